@@ -1,0 +1,125 @@
+"""Kernel registry: one function per (domain, op type, opset range).
+
+A kernel is a plain function over numpy arrays::
+
+    @register("Conv", since=11)
+    def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+             kernel_shape=None, pads=None, strides=None):
+        ...
+        return y                      # one array, or a tuple for several outputs
+
+* Inputs arrive positionally in ONNX order; an omitted optional input is ``None``.
+* Attributes arrive as keyword arguments, already decoded: int, float, str,
+  list[int], list[float], list[str], np.ndarray (TENSOR), Graph (GRAPH),
+  list[Graph]. Keyword defaults are the ONNX defaults.
+* A kernel that declares ``ctx`` as its first parameter gets a ``KernelContext``
+  (opset, node name, number of outputs, subgraph runner for If/Loop/Scan).
+* ``since`` is the first opset the implementation is valid for; it holds until
+  the next registration of the same op. Register a new range only where the
+  op's semantics changed.
+"""
+from __future__ import annotations
+
+import bisect
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tuili.errors import UnsupportedOpError
+
+ONNX_DOMAIN = ""
+ONNX_ML_DOMAIN = "ai.onnx.ml"
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class KernelContext:
+    """What a kernel may need beyond its inputs and attributes."""
+
+    op_type: str
+    opset: int
+    node_name: str = ""
+    num_outputs: int = 1
+    # run_subgraph(graph, feeds: dict[str, Any]) -> list of output values (outer scope visible)
+    run_subgraph: Callable[..., list] | None = None
+    # Values of the enclosing scope, for subgraphs that read outer names.
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    op_type: str
+    domain: str
+    since: int
+    fn: Callable[..., Any]
+    wants_ctx: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.domain or 'ai.onnx'}::{self.op_type}-{self.since}"
+
+
+# (domain, op_type) -> sorted list of (since, Kernel)
+_KERNELS: dict[tuple[str, str], list[tuple[int, Kernel]]] = {}
+
+
+def register(op_type: str, *, domain: str = ONNX_DOMAIN, since: int = 1) -> Callable:
+    """Decorator registering ``fn`` as the kernel for ``op_type`` from opset ``since`` on."""
+
+    def deco(fn: Callable) -> Callable:
+        params = list(inspect.signature(fn).parameters)
+        kernel = Kernel(op_type, domain, since, fn, wants_ctx=bool(params) and params[0] == "ctx")
+        entries = _KERNELS.setdefault((domain, op_type), [])
+        if any(s == since for s, _ in entries):
+            raise ValueError(f"kernel {kernel.name} registered twice")
+        bisect.insort(entries, (since, kernel), key=lambda e: e[0])
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every kernel module.
+    import tuili.ops  # noqa: F401
+
+
+def lookup(op_type: str, domain: str = ONNX_DOMAIN, opset: int = 10**6) -> Kernel | None:
+    """The kernel valid for ``opset``, or None."""
+    _ensure_loaded()
+    domain = "" if domain == "ai.onnx" else domain
+    entries = _KERNELS.get((domain, op_type))
+    if not entries:
+        return None
+    i = bisect.bisect_right([s for s, _ in entries], opset)
+    return entries[i - 1][1] if i else None
+
+
+def get_kernel(op_type: str, domain: str = ONNX_DOMAIN, opset: int = 10**6, node_name: str = "") -> Kernel:
+    """Like ``lookup`` but raises a clear UnsupportedOpError naming what exists nearby."""
+    kernel = lookup(op_type, domain, opset)
+    if kernel is not None:
+        return kernel
+    domain = "" if domain == "ai.onnx" else domain
+    where = f" (node {node_name!r})" if node_name else ""
+    entries = _KERNELS.get((domain, op_type))
+    if entries:
+        raise UnsupportedOpError(
+            f"op {op_type} (domain {domain or 'ai.onnx'!r}) at opset {opset}{where} is not supported: "
+            f"tuili implements it from opset {entries[0][0]} on; re-export the model with a newer opset"
+        )
+    near = difflib.get_close_matches(op_type, [op for d, op in _KERNELS if d == domain], n=5, cutoff=0.5)
+    hint = f"; similar supported ops: {', '.join(near)}" if near else ""
+    raise UnsupportedOpError(
+        f"op {op_type} (domain {domain or 'ai.onnx'!r}, opset {opset}){where} has no tuili kernel{hint}. "
+        f"`tuili ops` lists every supported op; replace the op or export the model without it"
+    )
+
+
+def supported_ops() -> dict[str, list[tuple[str, int]]]:
+    """domain -> sorted [(op_type, first opset)] of everything registered."""
+    _ensure_loaded()
+    out: dict[str, list[tuple[str, int]]] = {}
+    for (domain, op), entries in _KERNELS.items():
+        out.setdefault(domain or "ai.onnx", []).append((op, entries[0][0]))
+    return {d: sorted(v) for d, v in sorted(out.items())}

@@ -1,0 +1,7 @@
+"""tuili's intermediate representation: Graph / Node / Value / Tensor, ONNX I/O, shape inference.
+
+``ir`` imports nothing from the rest of tuili."""
+from tuili.ir.core import Graph, Node, Tensor, Value
+from tuili.ir.serde import from_model_proto, load, save, to_model_proto
+
+__all__ = ["Graph", "Node", "Tensor", "Value", "from_model_proto", "load", "save", "to_model_proto"]

@@ -1,0 +1,183 @@
+"""One interface for every engine the server can run.
+
+A backend instance is one loaded copy of one model version. The server (an
+instance group of N) creates N backend instances and calls ``infer`` from N
+worker threads, one thread per instance, so a backend never sees two calls at
+once on the same instance. The server never knows which engine runs.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tuili.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TensorSpec:
+    """Name, V2 datatype ("FP32", "BYTES", ...) and full shape (-1 = dynamic) of a model input/output.
+
+    The shape is the model's own shape, i.e. it includes the batch dimension if the model has one."""
+
+    name: str
+    datatype: str
+    shape: list[int] = field(default_factory=list)
+    optional: bool = False
+
+
+class Backend:
+    """Base class: ``load`` once, then ``infer`` many times, ``unload`` at the end.
+
+    Subclasses set ``inputs``/``outputs`` (list[TensorSpec]) in ``load``.
+    ``wants_request_list``: if True the scheduler calls ``infer_many`` with the
+    un-merged requests of a batch (python backend: Triton's execute(requests))
+    instead of concatenating them into one ``infer`` call.
+    """
+
+    name = "base"
+    default_filename = "model"
+    wants_request_list = False
+
+    def __init__(self) -> None:
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.model_name = ""
+        self.instance_index = 0
+        self.instance_count = 1
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def load(self, model_dir: str, version_dir: str, config) -> None:
+        """Load the model found in ``version_dir`` (config may be partial: autocomplete runs after)."""
+        raise NotImplementedError
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def infer_many(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | BaseException]:
+        """Run several requests; the default runs them one by one. An entry may be an exception
+        (that request failed, the others did not)."""
+        out: list = []
+        for feeds in requests:
+            try:
+                out.append(self.infer(feeds))
+            except Exception as e:  # one bad request must not fail the others
+                out.append(e)
+        return out
+
+    def unload(self) -> None:
+        pass
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def model_file(self, version_dir: str, config, candidates: tuple[str, ...] = ()) -> str:
+        """Path of the model file: config.default_model_filename, else the backend default, else any candidate."""
+        names = []
+        fname = getattr(config, "default_model_filename", "") if config is not None else ""
+        if fname:
+            names.append(fname)
+        names.append(self.default_filename)
+        names.extend(candidates)
+        for n in names:
+            p = os.path.join(version_dir, n)
+            if os.path.exists(p):
+                return p
+        raise ModelLoadError(
+            f"{self.name} backend: no model file in {version_dir} (looked for {', '.join(dict.fromkeys(names))}); "
+            f"put the model there or set default_model_filename in config.pbtxt"
+        )
+
+
+def config_parameter(config, key: str, default: str | None = None) -> str | None:
+    """String value of ``parameters { key: "..." value: { string_value: "..." } }`` in a model config."""
+    if config is None:
+        return default
+    try:
+        params = config.parameters
+    except AttributeError:
+        return default
+    if key in params:
+        return params[key].string_value
+    return default
+
+
+# backend name -> module path, class name
+_BACKENDS = {
+    "onnxruntime": ("tuili.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "pytorch": ("tuili.backends.torch", "TorchBackend"),
+    "python": ("tuili.backends.python", "PythonBackend"),
+    "tuili": ("tuili.backends.tuili", "TuiliBackend"),
+}
+# Triton platform names -> backend name
+PLATFORMS = {
+    "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+    "pytorch_torchscript": "pytorch",
+    "torch_exported_program": "pytorch",
+}
+# backend name -> platform reported in model metadata
+BACKEND_PLATFORM = {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch", "python": "python", "tuili": "tuili_onnx"}
+BACKEND_ALIASES = {"torch": "pytorch", "libtorch": "pytorch", "onnx": "onnxruntime", "ort": "onnxruntime"}
+
+
+def backend_names() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def resolve_backend_name(backend: str, platform: str, version_dir: str | None = None) -> str:
+    """Backend to use from config.backend / config.platform, else guessed from the files in version_dir."""
+    if backend:
+        b = BACKEND_ALIASES.get(backend, backend)
+        if b not in _BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; available: {', '.join(backend_names())}")
+        return b
+    if platform:
+        if platform in PLATFORMS:
+            return PLATFORMS[platform]
+        raise ConfigError(f"unknown platform {platform!r}; known platforms: {', '.join(sorted(PLATFORMS))}, ensemble")
+    if version_dir and os.path.isdir(version_dir):
+        files = set(os.listdir(version_dir))
+        if "model.onnx" in files or any(f.endswith(".onnx") for f in files):
+            return "onnxruntime"
+        if "model.py" in files:
+            return "python"
+        if any(f.endswith((".pt", ".pt2", ".pth")) for f in files):
+            return "pytorch"
+    raise ConfigError(
+        f"cannot tell which backend runs the model in {version_dir}: set backend: \"onnxruntime\"|\"pytorch\"|"
+        f"\"python\"|\"tuili\" (or platform) in config.pbtxt"
+    )
+
+
+def create_backend(name: str) -> Backend:
+    try:
+        mod_name, cls_name = _BACKENDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(backend_names())}") from None
+    module = importlib.import_module(mod_name)
+    return getattr(module, cls_name)()
+
+
+def onnx_type_to_v2(type_str: str) -> str:
+    """onnxruntime's 'tensor(float)' style type names -> V2 datatype."""
+    t = type_str
+    if t.startswith("tensor(") and t.endswith(")"):
+        t = t[7:-1]
+    table = {
+        "float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16",
+        "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
+        "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
+        "bool": "BOOL", "string": "BYTES",
+    }
+    if t not in table:
+        raise ModelLoadError(f"onnx tensor type {type_str!r} is not supported by the server")
+    return table[t]
+
+
+def dims_from_onnx(shape) -> list[int]:
+    """onnxruntime NodeArg.shape (ints, strings, None) -> ints with -1 for dynamic dims."""
+    return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in (shape or [])]

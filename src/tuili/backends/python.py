@@ -1,0 +1,131 @@
+"""python backend: a user ``model.py`` defining ``class TritonPythonModel`` with
+``initialize(args)``, ``execute(requests) -> responses`` and ``finalize()``, exactly like
+Triton's python backend (``import triton_python_backend_utils as pb_utils`` works).
+
+Meant for pre- and post-processing steps (decode images, tokenize, top-k labels) in ensembles.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+
+import numpy as np
+
+from tuili.backends import pb_utils
+from tuili.backends.base import Backend
+from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError, ModelNotFoundError, ServerBusyError
+
+log = logging.getLogger(__name__)
+_load_lock = threading.Lock()
+_counter = 0
+
+
+def _error_from(model: str, err) -> Exception:
+    if isinstance(err, pb_utils.TritonError):
+        code = err.code()
+        msg = f"model {model!r}: {err.message()}"
+        if code == pb_utils.TritonError.INVALID_ARG:
+            return InvalidInputError(msg)
+        if code == pb_utils.TritonError.NOT_FOUND:
+            return ModelNotFoundError(msg)
+        if code == pb_utils.TritonError.UNAVAILABLE:
+            return ServerBusyError(msg)
+        return KernelError(msg)
+    if isinstance(err, BaseException):
+        return KernelError(f"model {model!r}: python model raised {type(err).__name__}: {err}")
+    return KernelError(f"model {model!r}: {err}")
+
+
+def _config_json(config) -> dict:
+    try:
+        from tuili.serve.config import config_to_json
+
+        return config_to_json(config)
+    except ImportError:  # pragma: no cover - S2's module not there yet
+        from google.protobuf import json_format
+
+        return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+class PythonBackend(Backend):
+    name = "python"
+    default_filename = "model.py"
+    wants_request_list = True
+
+    def load(self, model_dir: str, version_dir: str, config) -> None:
+        global _counter
+        path = self.model_file(version_dir, config)
+        sys.modules.setdefault("triton_python_backend_utils", pb_utils)
+        with _load_lock:
+            _counter += 1
+            mod_name = f"tuili_user_model_{_counter}"
+        try:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise ModelLoadError(f"python backend could not import {path}: {type(e).__name__}: {e}") from e
+        cls = getattr(module, "TritonPythonModel", None)
+        if cls is None:
+            raise ModelLoadError(f"{path} defines no class TritonPythonModel; add one with initialize/execute/finalize")
+        if config is None or not len(config.output):
+            raise ConfigError(f"python model {model_dir}: config.pbtxt must list the inputs and outputs")
+        self.model_name = config.name or os.path.basename(model_dir)
+        self.model = cls()
+        args = {
+            "model_config": json.dumps(_config_json(config)),
+            "model_instance_kind": "CPU",
+            "model_instance_name": f"{self.model_name}_{self.instance_index}",
+            "model_instance_device_id": "0",
+            "model_repository": model_dir,
+            "model_version": os.path.basename(version_dir),
+            "model_name": self.model_name,
+        }
+        if hasattr(self.model, "initialize"):
+            try:
+                self.model.initialize(args)
+            except Exception as e:
+                raise ModelLoadError(f"{path}: TritonPythonModel.initialize failed: {type(e).__name__}: {e}") from e
+        from tuili.serve.spec import tensor_specs
+
+        self.inputs, self.outputs = tensor_specs(config)
+        self._output_names = [o.name for o in self.outputs]
+        self._path = path
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        r = self.infer_many([feeds])[0]
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+    def infer_many(self, requests):
+        reqs = [pb_utils.InferenceRequest([pb_utils.Tensor(k, v) for k, v in f.items()], self._output_names) for f in requests]
+        try:
+            responses = self.model.execute(reqs)
+        except Exception as e:
+            err = _error_from(self.model_name, e if not isinstance(e, pb_utils.TritonError) else e)
+            return [err] * len(requests)
+        if responses is None or len(responses) != len(requests):
+            err = KernelError(f"model {self.model_name!r}: execute() returned {0 if responses is None else len(responses)} "
+                              f"responses for {len(requests)} requests; return one InferenceResponse per request")
+            return [err] * len(requests)
+        out = []
+        for resp in responses:
+            if resp.has_error():
+                out.append(_error_from(self.model_name, resp.error()))
+            else:
+                out.append({t.name(): t.as_numpy() for t in resp.output_tensors()})
+        return out
+
+    def unload(self) -> None:
+        fin = getattr(getattr(self, "model", None), "finalize", None)
+        if fin is not None:
+            try:
+                fin()
+            except Exception:  # finalize errors must not block the unload
+                log.exception("python model %s: finalize failed", self.model_name)
+        self.model = None

@@ -1,0 +1,384 @@
+"""Control flow (If/Loop/Scan/SequenceMap), sequences, optionals, signal, strings, images."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import TensorProto
+
+from tuili.errors import ShapeInferenceError
+
+from .registry import (
+    BOOL,
+    INT64,
+    InferContext,
+    OptionalType,
+    SequenceType,
+    TensorType,
+    broadcast_shapes,
+    dim_add,
+    normalize_axis,
+    shape_rule,
+    unify_shape,
+    value_to_dim,
+)
+
+
+def unify_type(a, b):
+    """The join of two types of the same value (branches, sequence elements, loop iterations)."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, TensorType) and isinstance(b, TensorType):
+        dtype = a.dtype if a.dtype == b.dtype else None
+        return TensorType(dtype, unify_shape(a.shape, b.shape))
+    if isinstance(a, SequenceType) and isinstance(b, SequenceType):
+        return SequenceType(unify_type(a.elem, b.elem))
+    if isinstance(a, OptionalType) and isinstance(b, OptionalType):
+        return OptionalType(unify_type(a.elem, b.elem))
+    return None
+
+
+def _copy(t):
+    if isinstance(t, TensorType):
+        return TensorType(t.dtype, t.shape)
+    return t
+
+
+# --------------------------------------------------------------------------- control flow
+@shape_rule("If")
+def _if(ctx: InferContext):
+    if ctx.subgraph_infer is None:
+        return [None] * ctx.num_outputs
+    then = ctx.subgraph_infer("then_branch", [])
+    els = ctx.subgraph_infer("else_branch", [])
+    if len(then) != ctx.num_outputs or len(els) != ctx.num_outputs:
+        raise ShapeInferenceError(
+            f"branches have {len(then)} and {len(els)} outputs but the node has {ctx.num_outputs}")
+    cond = ctx.value(0)
+    if cond is not None and np.size(cond) == 1 and not isinstance(np.asarray(cond).reshape(-1)[0], str):
+        return [_copy(t) for t in (then if bool(np.asarray(cond).reshape(-1)[0]) else els)]
+    outs = []
+    for a, b in zip(then, els):
+        if isinstance(a, TensorType) and isinstance(b, TensorType) and a.dtype and b.dtype and a.dtype != b.dtype:
+            raise ShapeInferenceError(f"branches disagree on element type: {a} vs {b}")
+        outs.append(unify_type(a, b))
+    return outs
+
+
+@shape_rule("Loop")
+def _loop(ctx):
+    carried = [_copy(t) for t in ctx.inputs[2:]]
+    n_carried = len(carried)
+    if ctx.subgraph_infer is None:
+        return [None] * ctx.num_outputs
+    body_in = [TensorType(INT64, ()), TensorType(BOOL, ())] + carried
+    body_out = ctx.subgraph_infer("body", body_in)
+    outs = []
+    for i in range(n_carried):
+        b = body_out[1 + i] if 1 + i < len(body_out) else None
+        init = carried[i]
+        if isinstance(b, TensorType) and isinstance(init, TensorType):
+            dtype = b.dtype or init.dtype
+            outs.append(TensorType(dtype, unify_shape(b.shape, init.shape)))
+        else:
+            outs.append(unify_type(b, init) if init is not None else b)
+    trip = None
+    m = ctx.value(0) if ctx.has_input(0) else None
+    if m is not None and not ctx.has_input(1):
+        x = np.asarray(m).reshape(-1)[0]
+        trip = int(x) if not isinstance(x, str) and x is not None else None
+    for t in body_out[1 + n_carried:]:
+        if isinstance(t, TensorType):
+            outs.append(TensorType(t.dtype, None if t.shape is None else (trip,) + tuple(t.shape)))
+        else:
+            outs.append(None)
+    return outs[: ctx.num_outputs] + [None] * (ctx.num_outputs - len(outs))
+
+
+@shape_rule("Scan")
+def _scan(ctx):
+    if ctx.subgraph_infer is None:
+        return [None] * ctx.num_outputs
+    m = ctx.attr("num_scan_inputs")
+    n_in = len(ctx.inputs)
+    if ctx.opset < 9:
+        return [None] * ctx.num_outputs
+    n_state = n_in - m
+    in_axes = ctx.attr("scan_input_axes") or [0] * m
+    states = [_copy(t) for t in ctx.inputs[:n_state]]
+    slices = []
+    seq_len = None
+    for j in range(m):
+        t = ctx.inputs[n_state + j]
+        if t is None or t.shape is None:
+            slices.append(TensorType(getattr(t, "dtype", None), None))
+            continue
+        ax = normalize_axis(in_axes[j], len(t.shape))
+        if seq_len is None:
+            seq_len = t.shape[ax]
+        slices.append(TensorType(t.dtype, tuple(d for i, d in enumerate(t.shape) if i != ax)))
+    body_out = ctx.subgraph_infer("body", states + slices)
+    outs = []
+    for i in range(n_state):
+        b = body_out[i] if i < len(body_out) else None
+        outs.append(TensorType(b.dtype, unify_shape(b.shape, states[i].shape) if states[i] else b.shape)
+                    if isinstance(b, TensorType) else None)
+    k = len(body_out) - n_state
+    out_axes = ctx.attr("scan_output_axes") or [0] * k
+    for j, t in enumerate(body_out[n_state:]):
+        if not isinstance(t, TensorType) or t.shape is None:
+            outs.append(TensorType(getattr(t, "dtype", None), None))
+            continue
+        r = len(t.shape) + 1
+        ax = normalize_axis(out_axes[j], r)
+        shp = list(t.shape)
+        shp.insert(ax, seq_len)
+        outs.append(TensorType(t.dtype, tuple(shp)))
+    return outs[: ctx.num_outputs]
+
+
+@shape_rule("SequenceMap")
+def _sequence_map(ctx):
+    if ctx.subgraph_infer is None:
+        return [None] * ctx.num_outputs
+    body_in = [t.elem if isinstance(t, SequenceType) else _copy(t) for t in ctx.inputs]
+    body_out = ctx.subgraph_infer("body", body_in)
+    return [SequenceType(_loosen(t)) for t in body_out]
+
+
+def _loosen(t):
+    # elements of a mapped sequence may differ in shape: keep rank and dtype only
+    if isinstance(t, TensorType) and t.shape is not None:
+        return TensorType(t.dtype, tuple(d if isinstance(d, str) else None for d in t.shape))
+    return t
+
+
+# --------------------------------------------------------------------------- sequences / optional
+@shape_rule("SequenceConstruct")
+def _seq_construct(ctx):
+    elem = None
+    for i, t in enumerate(ctx.inputs):
+        elem = _copy(t) if i == 0 else unify_type(elem, t)
+    return [SequenceType(elem)]
+
+
+@shape_rule("SequenceEmpty")
+def _seq_empty(ctx):
+    return [SequenceType(TensorType(ctx.attr("dtype", TensorProto.FLOAT), None))]
+
+
+@shape_rule("SequenceInsert")
+def _seq_insert(ctx):
+    seq, t = ctx.input(0), ctx.input(1)
+    if isinstance(seq, SequenceType) and seq.elem is not None and seq.elem.shape is None and seq.elem.dtype:
+        return [SequenceType(TensorType(seq.elem.dtype, None))]
+    elem = unify_type(seq.elem, t) if isinstance(seq, SequenceType) else None
+    return [SequenceType(elem)]
+
+
+@shape_rule("SequenceErase")
+def _seq_erase(ctx):
+    return [ctx.input(0)]
+
+
+@shape_rule("SequenceAt")
+def _seq_at(ctx):
+    seq = ctx.input(0)
+    return [_copy(seq.elem) if isinstance(seq, SequenceType) else None]
+
+
+@shape_rule("SequenceLength")
+def _seq_len(ctx):
+    return [TensorType(INT64, ())]
+
+
+@shape_rule("SplitToSequence")
+def _split_to_seq(ctx):
+    shape = ctx.shape(0)
+    dtype = ctx.dtype(0)
+    if shape is None:
+        return [SequenceType(TensorType(dtype, None))]
+    axis = normalize_axis(ctx.attr("axis", 0), len(shape))
+    if not ctx.has_input(1):
+        if ctx.attr("keepdims", 1):
+            return [SequenceType(TensorType(dtype, shape[:axis] + (1,) + shape[axis + 1:]))]
+        return [SequenceType(TensorType(dtype, shape[:axis] + shape[axis + 1:]))]
+    split = ctx.int_list(1)
+    d = None
+    if split is not None and ctx.rank(1) == 0:
+        d = split[0] if isinstance(shape[axis], int) and shape[axis] % split[0] == 0 else None
+    elif split is not None and len(set(split)) == 1:
+        d = split[0]
+    return [SequenceType(TensorType(dtype, shape[:axis] + (d,) + shape[axis + 1:]))]
+
+
+@shape_rule("ConcatFromSequence")
+def _concat_from_seq(ctx):
+    seq = ctx.input(0)
+    elem = seq.elem if isinstance(seq, SequenceType) else None
+    if elem is None or elem.shape is None:
+        return [TensorType(getattr(elem, "dtype", None), None)]
+    new_axis = ctx.attr("new_axis", 0)
+    r = len(elem.shape) + (1 if new_axis else 0)
+    axis = normalize_axis(ctx.attr("axis"), r)
+    shp = list(elem.shape)
+    if new_axis:
+        shp.insert(axis, None)
+    else:
+        shp[axis] = None
+    return [TensorType(elem.dtype, tuple(shp))]
+
+
+@shape_rule("Optional")
+def _optional(ctx):
+    if ctx.has_input(0):
+        return [OptionalType(_copy(ctx.input(0)))]
+    tp = ctx.attr("type")
+    return [OptionalType(_type_from_proto(tp)) if tp is not None else OptionalType(None)]
+
+
+def _type_from_proto(tp):
+    if tp is None:
+        return None
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        tt = tp.tensor_type
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        return TensorType(tt.elem_type or None, shape)
+    if kind == "sequence_type":
+        return SequenceType(_type_from_proto(tp.sequence_type.elem_type))
+    if kind == "optional_type":
+        return OptionalType(_type_from_proto(tp.optional_type.elem_type))
+    return None
+
+
+@shape_rule("OptionalGetElement")
+def _opt_get(ctx):
+    t = ctx.input(0)
+    return [_copy(t.elem) if isinstance(t, OptionalType) else _copy(t)]
+
+
+@shape_rule("OptionalHasElement")
+def _opt_has(ctx):
+    return [TensorType(BOOL, ())]
+
+
+# --------------------------------------------------------------------------- signal
+def _scalar_value(ctx, i):
+    v = ctx.value(i)
+    if v is None:
+        return None
+    x = np.asarray(v).reshape(-1)
+    if x.size != 1 or isinstance(x[0], str) or x[0] is None:
+        return None
+    return x[0].item() if hasattr(x[0], "item") else x[0]
+
+
+@shape_rule("DFT")
+def _dft(ctx):
+    shape = ctx.shape(0)
+    if shape is None:
+        return [TensorType(ctx.dtype(0), None)]
+    r = len(shape)
+    if ctx.opset < 20:
+        axis = ctx.attr("axis", 1)
+    else:
+        axis = _scalar_value(ctx, 2) if ctx.has_input(2) else -2
+        if axis is None:
+            return [TensorType(ctx.dtype(0), (None,) * r)]
+    axis = normalize_axis(int(axis), r)
+    n = shape[axis]
+    if ctx.has_input(1):
+        n = _scalar_value(ctx, 1)
+        n = int(n) if n is not None else None
+    if ctx.attr("onesided", 0) and not ctx.attr("inverse", 0):
+        n = n // 2 + 1 if isinstance(n, int) else None
+    out = list(shape)
+    out[axis] = n
+    out[-1] = 2
+    return [TensorType(ctx.dtype(0), tuple(out))]
+
+
+@shape_rule("STFT")
+def _stft(ctx):
+    shape = ctx.shape(0)
+    step = _scalar_value(ctx, 1)
+    flen = _scalar_value(ctx, 3) if ctx.has_input(3) else None
+    if flen is None and ctx.has_input(2) and ctx.shape(2) is not None:
+        flen = ctx.shape(2)[0]
+    if shape is None:
+        return [TensorType(ctx.dtype(0), None)]
+    b, n = shape[0], shape[1]
+    frames = None
+    if isinstance(n, int) and isinstance(flen, int) and step:
+        frames = (n - flen) // int(step) + 1
+    bins = None
+    if isinstance(flen, int):
+        bins = flen // 2 + 1 if ctx.attr("onesided", 1) else flen
+    return [TensorType(ctx.dtype(0), (b, frames, bins, 2))]
+
+
+@shape_rule("HannWindow", "HammingWindow", "BlackmanWindow")
+def _window(ctx):
+    n = _scalar_value(ctx, 0)
+    return [TensorType(ctx.attr("output_datatype", TensorProto.FLOAT), (int(n) if n is not None else None,))]
+
+
+@shape_rule("MelWeightMatrix")
+def _mel(ctx):
+    bins = _scalar_value(ctx, 0)
+    dft = _scalar_value(ctx, 1)
+    rows = int(dft) // 2 + 1 if dft is not None else None
+    return [TensorType(ctx.attr("output_datatype", TensorProto.FLOAT), (rows, int(bins) if bins is not None else None))]
+
+
+# --------------------------------------------------------------------------- strings / text / images
+@shape_rule("StringConcat")
+def _string_concat(ctx):
+    return [TensorType(TensorProto.STRING, broadcast_shapes(ctx.shape(0), ctx.shape(1)))]
+
+
+@shape_rule("RegexFullMatch")
+def _regex(ctx):
+    return [TensorType(BOOL, ctx.shape(0))]
+
+
+@shape_rule("StringSplit")
+def _string_split(ctx):
+    shape = ctx.shape(0)
+    if shape is None:
+        return [TensorType(TensorProto.STRING, None), TensorType(INT64, None)]
+    return [TensorType(TensorProto.STRING, tuple(shape) + (None,)), TensorType(INT64, tuple(shape))]
+
+
+@shape_rule("StringNormalizer")
+def _string_normalizer(ctx):
+    shape = ctx.shape(0)
+    if shape is None:
+        return [TensorType(TensorProto.STRING, None)]
+    if ctx.attr("stopwords"):
+        return [TensorType(TensorProto.STRING, tuple(shape[:-1]) + (None,))]
+    return [TensorType(TensorProto.STRING, tuple(shape))]
+
+
+@shape_rule("TfIdfVectorizer")
+def _tfidf(ctx):
+    shape = ctx.shape(0)
+    idx = ctx.attr("ngram_indexes") or [0]
+    width = max(idx) + 1
+    if shape is None:
+        return [TensorType(TensorProto.FLOAT, None)]
+    if len(shape) == 1:
+        return [TensorType(TensorProto.FLOAT, (width,))]
+    return [TensorType(TensorProto.FLOAT, (shape[0], width))]
+
+
+@shape_rule("ImageDecoder")
+def _image_decoder(ctx):
+    c = 1 if ctx.attr("pixel_format", "RGB") == "Grayscale" else 3
+    return [TensorType(TensorProto.UINT8, (None, None, c))]
+
+
+del math, dim_add, value_to_dim

@@ -1,0 +1,245 @@
+"""Normalization family: BatchNormalization, InstanceNormalization, LayerNormalization,
+GroupNormalization, RMSNormalization, LRN, LpNormalization, MeanVarianceNormalization,
+Dropout.
+
+Float32 stays float32. ``stash_type`` (LayerNormalization, GroupNormalization-21,
+RMSNormalization) picks the dtype statistics are computed in.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from tuili.errors import KernelError
+from tuili.ops.registry import register
+
+log = logging.getLogger(__name__)
+
+_STASH = {1: np.float32, 10: np.float16, 11: np.float64}
+
+
+def _stash_dtype(stash_type: int, x: np.ndarray, op: str):
+    if stash_type not in _STASH:
+        if stash_type == 16:
+            import ml_dtypes
+
+            return np.dtype(ml_dtypes.bfloat16)
+        raise KernelError(f"{op}: unsupported stash_type {stash_type}; use 1 (float), 10 (float16) or 11 (double)")
+    return np.dtype(_STASH[stash_type])
+
+
+def _channel_shape(p: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel (C,) parameter reshaped to broadcast against (N, C, D1, ...)."""
+    p = np.asarray(p)
+    if p.ndim == 1:
+        return p.reshape((-1,) + (1,) * (ndim - 2))
+    return p  # spatial=0 style (C, D1, ...) already broadcasts against trailing dims
+
+
+# ---------------------------------------------------------------- BatchNormalization
+
+
+def _bn_inference(x, scale, b, mean, var, epsilon):
+    dt = x.dtype
+    nd = x.ndim
+    inv = (np.asarray(var, dtype=np.float64) + epsilon) ** -0.5
+    a = np.asarray(scale, dtype=np.float64) * inv
+    c = np.asarray(b, dtype=np.float64) - np.asarray(mean, dtype=np.float64) * a
+    a = _channel_shape(a.astype(dt), nd)
+    c = _channel_shape(c.astype(dt), nd)
+    y = x * a
+    y += c
+    return y
+
+
+@register("BatchNormalization", since=1)
+def batch_normalization(ctx, x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, spatial=1, is_test=0, consumed_inputs=None):
+    # Before opset 14 runtimes (and exporters) treat BatchNormalization as inference-only.
+    y = _bn_inference(x, scale, b, mean, var, epsilon)
+    if ctx.num_outputs > 1:
+        log.debug("BatchNormalization %s: training outputs requested at opset %d; returning running stats", ctx.node_name, ctx.opset)
+        return (y, mean, var, mean, var)[: ctx.num_outputs]
+    return y
+
+
+@register("BatchNormalization", since=14)
+def batch_normalization_14(ctx, x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+    if not training_mode:
+        return _bn_inference(x, scale, b, mean, var, epsilon)
+    dt = x.dtype
+    axes = (0,) + tuple(range(2, x.ndim))
+    xc = x.astype(np.float32) if dt.itemsize < 4 else x
+    cur_mean = xc.mean(axis=axes)
+    cur_var = xc.var(axis=axes)
+    shp = (-1,) + (1,) * (x.ndim - 2)
+    y = (xc - cur_mean.reshape(shp)) / np.sqrt(cur_var.reshape(shp) + epsilon) * np.asarray(scale).reshape(shp) + np.asarray(b).reshape(shp)
+    y = y.astype(dt, copy=False)
+    run_mean = (mean * momentum + cur_mean * (1 - momentum)).astype(mean.dtype, copy=False)
+    run_var = (var * momentum + cur_var * (1 - momentum)).astype(var.dtype, copy=False)
+    if ctx.num_outputs == 1:
+        return y
+    return (y, run_mean, run_var)[: ctx.num_outputs]
+
+
+# ---------------------------------------------------------------- Instance / Layer / Group / RMS
+
+
+@register("InstanceNormalization", since=1)
+def instance_normalization(x, scale, b, *, epsilon=1e-5):
+    axes = tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    d *= (1 / np.sqrt(var + x.dtype.type(epsilon))).astype(x.dtype, copy=False)
+    nd = x.ndim
+    d *= _channel_shape(scale, nd).astype(x.dtype, copy=False)
+    d += _channel_shape(b, nd).astype(x.dtype, copy=False)
+    return d
+
+
+@register("LayerNormalization", since=17)
+def layer_normalization(ctx, x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
+    dt = x.dtype
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise KernelError(f"LayerNormalization node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
+    sd = _stash_dtype(stash_type, x, "LayerNormalization")
+    xc = x.astype(sd, copy=False)
+    axes = tuple(range(ax, x.ndim))
+    mean = xc.mean(axis=axes, keepdims=True)
+    d = xc - mean
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(var + sd.type(epsilon))
+    d *= inv
+    if sd != dt:
+        d = d.astype(dt)
+    y = d * scale
+    if b is not None:
+        y += b
+    y = y.astype(dt, copy=False)
+    if ctx.num_outputs == 1:
+        return y
+    return (y, mean, inv)[: ctx.num_outputs]
+
+
+def _group_norm(x, num_groups, scale, b, epsilon, sd, per_group):
+    dt = x.dtype
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise KernelError(f"GroupNormalization: channels {c} (input {x.shape}) not divisible by num_groups={num_groups}")
+    xr = x.reshape(n, num_groups, -1).astype(sd, copy=False)
+    mean = xr.mean(axis=-1, keepdims=True)
+    d = xr - mean
+    var = np.mean(d * d, axis=-1, keepdims=True)
+    d *= 1 / np.sqrt(var + sd.type(epsilon))
+    d = d.astype(dt, copy=False).reshape(x.shape)
+    if per_group:
+        scale = np.repeat(np.asarray(scale), c // num_groups)
+        b = np.repeat(np.asarray(b), c // num_groups)
+    nd = x.ndim
+    y = d * _channel_shape(scale, nd) + _channel_shape(b, nd)
+    return y.astype(dt, copy=False)
+
+
+@register("GroupNormalization", since=18)
+def group_normalization_18(x, scale, b, *, epsilon=1e-5, num_groups=None):
+    return _group_norm(x, num_groups, scale, b, epsilon, np.dtype(x.dtype), per_group=True)
+
+
+@register("GroupNormalization", since=21)
+def group_normalization_21(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_type=1):
+    sd = _stash_dtype(stash_type, x, "GroupNormalization")
+    return _group_norm(x, num_groups, scale, b, epsilon, sd, per_group=False)
+
+
+@register("RMSNormalization", since=23)
+def rms_normalization(ctx, x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
+    dt = x.dtype
+    ax = axis + x.ndim if axis < 0 else axis
+    sd = _stash_dtype(stash_type, x, "RMSNormalization")
+    xc = x.astype(sd, copy=False)
+    ms = np.mean(xc * xc, axis=tuple(range(ax, x.ndim)), keepdims=True)
+    y = xc * (1 / np.sqrt(ms + sd.type(epsilon)))
+    y = y.astype(dt, copy=False) * scale
+    return y.astype(dt, copy=False)
+
+
+# ---------------------------------------------------------------- LRN / Lp / MVN
+
+
+@register("LRN", since=1)
+def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
+    if size is None:
+        raise KernelError("LRN: the size attribute is required")
+    c = x.shape[1]
+    lo = math.floor((size - 1) / 2)
+    hi = math.ceil((size - 1) / 2)
+    sq = (x * x).astype(x.dtype, copy=False)
+    # windowed channel sum through a cumulative sum along axis 1
+    cs = np.cumsum(sq, axis=1, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    zero = np.zeros_like(cs[:, :1])
+    cs = np.concatenate([zero, cs], axis=1)
+    idx = np.arange(c)
+    start = np.maximum(0, idx - lo)
+    end = np.minimum(c, idx + hi + 1)
+    ssum = np.take(cs, end, axis=1) - np.take(cs, start, axis=1)
+    y = x / (x.dtype.type(bias) + x.dtype.type(alpha / size) * ssum.astype(x.dtype)) ** x.dtype.type(beta)
+    return y.astype(x.dtype, copy=False)
+
+
+@register("LpNormalization", since=1)
+def lp_normalization(x, *, axis=-1, p=2):
+    if p == 1:
+        norm = np.sum(np.abs(x), axis=axis, keepdims=True)
+    elif p == 2:
+        norm = np.sqrt(np.sum(x * x, axis=axis, keepdims=True))
+    else:
+        raise KernelError(f"LpNormalization: p must be 1 or 2, got {p}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(norm == 0, np.zeros((), x.dtype), x / norm)
+    return y.astype(x.dtype, copy=False)
+
+
+@register("MeanVarianceNormalization", since=9)
+def mean_variance_normalization(x, *, axes=(0, 2, 3)):
+    axes = tuple(axes)
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    std = np.sqrt(np.mean(d * d, axis=axes, keepdims=True))
+    return (d / (std + x.dtype.type(1e-9))).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- Dropout
+
+
+def _dropout(ctx, x, ratio, training, seed):
+    want_mask = ctx.num_outputs >= 2
+    if not training or ratio == 0:
+        if want_mask:
+            return x, np.ones(x.shape, dtype=bool)
+        return x
+    if not 0 <= ratio < 1:
+        raise KernelError(f"Dropout node {ctx.node_name!r}: ratio must be in [0, 1), got {ratio}")
+    # Deterministic for a given seed: numpy's MT19937 RandomState uniform stream.
+    rng = np.random.RandomState(seed) if seed is not None else np.random.RandomState()
+    keep = rng.uniform(0.0, 1.0, x.shape) >= ratio
+    y = np.where(keep, x * x.dtype.type(1.0 / (1.0 - ratio)), np.zeros((), x.dtype)).astype(x.dtype, copy=False)
+    return (y, keep) if want_mask else y
+
+
+@register("Dropout", since=1)
+def dropout_1(ctx, x, *, is_test=0, ratio=0.5, consumed_inputs=None):
+    # Inference engines run Dropout as identity; the legacy mask output had x's dtype.
+    if ctx.num_outputs >= 2:
+        mask = np.ones(x.shape, dtype=bool if ctx.opset >= 10 else x.dtype)
+        return x, mask
+    return x
+
+
+@register("Dropout", since=12)
+def dropout_12(ctx, x, ratio=None, training_mode=None, *, seed=None):
+    r = 0.5 if ratio is None else float(np.asarray(ratio))
+    training = bool(np.asarray(training_mode)) if training_mode is not None else False
+    return _dropout(ctx, x, r, training, seed)

@@ -1,0 +1,286 @@
+"""Recurrent family: RNN, LSTM, GRU (every opset; ``layout`` from opset 14).
+
+The input projection ``X @ W^T + Wb`` is one matmul over all time steps; only the
+recurrence loops over time. ``sequence_lens`` is handled with per-batch masks; the
+reverse direction walks each batch entry's own valid prefix backwards through a
+gather (an involution, so the same index un-reverses the outputs).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tuili.errors import KernelError
+from tuili.ops.registry import register
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- activations
+
+
+def _sigmoid(x):
+    # numerically safe logistic in x's dtype
+    out = np.empty_like(x)
+    pos = x >= 0
+    ex = np.exp(-np.abs(x))
+    one = x.dtype.type(1)
+    np.divide(one, one + ex, out=out, where=pos)
+    np.divide(ex, one + ex, out=out, where=~pos)
+    return out
+
+
+# name -> (number of alpha params, number of beta params, default alpha, default beta, fn(x, a, b))
+_ACTS = {
+    "sigmoid": (0, 0, 0.0, 0.0, lambda x, a, b: _sigmoid(x)),
+    "tanh": (0, 0, 0.0, 0.0, lambda x, a, b: np.tanh(x)),
+    "relu": (0, 0, 0.0, 0.0, lambda x, a, b: np.maximum(x, 0)),
+    "affine": (1, 1, 1.0, 0.0, lambda x, a, b: a * x + b),
+    "leakyrelu": (1, 0, 0.01, 0.0, lambda x, a, b: np.where(x >= 0, x, a * x)),
+    "thresholdedrelu": (1, 0, 1.0, 0.0, lambda x, a, b: np.where(x > a, x, 0)),
+    "scaledtanh": (1, 1, 1.0, 1.0, lambda x, a, b: a * np.tanh(b * x)),
+    "hardsigmoid": (1, 1, 0.2, 0.5, lambda x, a, b: np.clip(a * x + b, 0, 1)),
+    "elu": (1, 0, 1.0, 0.0, lambda x, a, b: np.where(x >= 0, x, a * (np.exp(x) - 1))),
+    "softsign": (0, 0, 0.0, 0.0, lambda x, a, b: x / (1 + np.abs(x))),
+    "softplus": (0, 0, 0.0, 0.0, lambda x, a, b: np.logaddexp(0, x)),
+}
+
+
+def _activations(op, names, alphas, betas, defaults, num_dir):
+    """List (per direction) of lists of callables x -> y."""
+    if not names:
+        names = defaults * num_dir
+    elif len(names) == len(defaults) and num_dir == 2:
+        names = list(names) * 2  # one set given for both directions
+    if len(names) != len(defaults) * num_dir:
+        raise KernelError(f"{op}: expected {len(defaults) * num_dir} activations, got {names}")
+    alphas = list(alphas or [])
+    betas = list(betas or [])
+    ai = bi = 0
+    fns = []
+    for name in names:
+        key = name.lower()
+        if key not in _ACTS:
+            raise KernelError(f"{op}: unsupported activation {name!r}; supported: {sorted(_ACTS)}")
+        na, nb, da, db, fn = _ACTS[key]
+        a, b = da, db
+        if na and ai < len(alphas):
+            a = alphas[ai]
+            ai += 1
+        if nb and bi < len(betas):
+            b = betas[bi]
+            bi += 1
+        fns.append(lambda x, fn=fn, a=a, b=b: fn(x, x.dtype.type(a), x.dtype.type(b)).astype(x.dtype, copy=False))
+    k = len(defaults)
+    return [fns[d * k : (d + 1) * k] for d in range(num_dir)]
+
+
+# ---------------------------------------------------------------- shared plumbing
+
+
+class _Setup:
+    def __init__(self, op, x, w, r, b, sequence_lens, initial_states, hidden_size, direction, layout, gates):
+        if direction not in ("forward", "reverse", "bidirectional"):
+            raise KernelError(f"{op}: direction must be forward, reverse or bidirectional, got {direction!r}")
+        self.num_dir = 2 if direction == "bidirectional" else 1
+        self.dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+        self.layout = layout
+        if layout:
+            x = x.transpose(1, 0, 2)
+        self.x = x
+        self.seq, self.batch, _ = x.shape
+        self.hidden = int(hidden_size) if hidden_size else r.shape[-1]
+        self.dtype = x.dtype
+        h = self.hidden
+        if w.shape[0] != self.num_dir or w.shape[1] != gates * h:
+            raise KernelError(f"{op}: W has shape {w.shape}, expected ({self.num_dir}, {gates * h}, input_size)")
+        if b is None:
+            b = np.zeros((self.num_dir, 2 * gates * h), dtype=x.dtype)
+        self.wb = b[:, : gates * h]
+        self.rb = b[:, gates * h :]
+        if sequence_lens is None:
+            self.lens = np.full(self.batch, self.seq, dtype=np.int64)
+            self.full = True
+        else:
+            self.lens = np.asarray(sequence_lens).astype(np.int64).reshape(-1)
+            self.full = bool(np.all(self.lens == self.seq))
+        self.states = []
+        for s in initial_states:
+            if s is None:
+                self.states.append(np.zeros((self.num_dir, self.batch, h), dtype=x.dtype))
+            else:
+                self.states.append(s.transpose(1, 0, 2) if layout else s)
+        # (T, B) mask of valid steps
+        self.valid = None if self.full else (np.arange(self.seq)[:, None] < self.lens[None, :])
+
+    def projection(self, w, d):
+        """X @ W[d]^T + Wb[d] for all time steps, as (T, B, G*H)."""
+        t, bsz, i = self.x.shape
+        xw = (self.x.reshape(t * bsz, i) @ w[d].T).reshape(t, bsz, -1)
+        xw += self.wb[d]
+        return xw
+
+    def reverse_index(self):
+        """(T, B) time index that reverses each batch entry's valid prefix."""
+        t = np.arange(self.seq)[:, None]
+        lens = self.lens[None, :]
+        return np.where(t < lens, lens - 1 - t, t)
+
+    def order(self, arr, d, rev_idx):
+        """Reorder a (T, B, ...) array for direction d (involution)."""
+        if self.dirs[d] != "reverse":
+            return arr
+        if self.full:
+            return arr[::-1]
+        return arr[rev_idx, np.arange(self.batch)[None, :]]
+
+    def outputs(self, ctx, ys, finals):
+        """ys: list per direction of (T, B, H); finals: list of per-direction state lists."""
+        y = np.stack(ys, axis=1)  # (T, D, B, H)
+        states = [np.stack(f, axis=0) for f in zip(*finals)]  # each (D, B, H)
+        if self.layout:
+            y = y.transpose(2, 0, 1, 3)
+            states = [s.transpose(1, 0, 2) for s in states]
+        res = (y, *states)
+        n = max(1, ctx.num_outputs)
+        return res[:n] if n > 1 else res[0]
+
+
+def _clip(x, clip):
+    if clip is not None:
+        np.clip(x, -clip, clip, out=x)
+    return x
+
+
+# ---------------------------------------------------------------- RNN
+
+
+@register("RNN", since=1)
+def rnn(
+    ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, *,
+    activation_alpha=None, activation_beta=None, activations=None, clip=None,
+    direction="forward", hidden_size=None, layout=0, output_sequence=0,
+):
+    s = _Setup("RNN", x, w, r, b, sequence_lens, [initial_h], hidden_size, direction, layout, 1)
+    acts = _activations("RNN", activations, activation_alpha, activation_beta, ["Tanh"], s.num_dir)
+    rev_idx = None if s.full else s.reverse_index()
+    ys, finals = [], []
+    for d in range(s.num_dir):
+        f = acts[d][0]
+        xw = s.order(s.projection(w, d), d, rev_idx)
+        rt = r[d].T
+        h = s.states[0][d]
+        y = np.zeros((s.seq, s.batch, s.hidden), dtype=s.dtype)
+        for t in range(s.seq):
+            g = xw[t] + h @ rt
+            g += s.rb[d]
+            hn = f(_clip(g, clip))
+            if s.valid is not None:
+                m = s.valid[t][:, None]
+                hn = np.where(m, hn, h)
+                y[t] = np.where(m, hn, 0)
+            else:
+                y[t] = hn
+            h = hn
+        ys.append(s.order(y, d, rev_idx))
+        finals.append([h])
+    return s.outputs(ctx, ys, finals)
+
+
+# ---------------------------------------------------------------- LSTM
+
+
+@register("LSTM", since=1)
+def lstm(
+    ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None, *,
+    activation_alpha=None, activation_beta=None, activations=None, clip=None,
+    direction="forward", hidden_size=None, input_forget=0, layout=0, output_sequence=0,
+):
+    s = _Setup("LSTM", x, w, r, b, sequence_lens, [initial_h, initial_c], hidden_size, direction, layout, 4)
+    acts = _activations("LSTM", activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"], s.num_dir)
+    hs = s.hidden
+    rev_idx = None if s.full else s.reverse_index()
+    ys, finals = [], []
+    for d in range(s.num_dir):
+        f, g_act, h_act = acts[d]
+        xw = s.order(s.projection(w, d), d, rev_idx)
+        rt = r[d].T
+        rb = s.rb[d]
+        if p is not None:
+            pi, po, pf = p[d, :hs], p[d, hs : 2 * hs], p[d, 2 * hs :]
+        h = s.states[0][d]
+        c = s.states[1][d]
+        y = np.zeros((s.seq, s.batch, hs), dtype=s.dtype)
+        for t in range(s.seq):
+            gates = xw[t] + h @ rt
+            gates += rb
+            gi, go, gf, gc = gates[:, :hs], gates[:, hs : 2 * hs], gates[:, 2 * hs : 3 * hs], gates[:, 3 * hs :]
+            if p is not None:
+                gi = gi + pi * c
+                gf = gf + pf * c
+            i_t = f(_clip(gi, clip))
+            f_t = (1 - i_t) if input_forget else f(_clip(gf, clip))
+            c_t = g_act(_clip(gc, clip))
+            cn = f_t * c + i_t * c_t
+            if p is not None:
+                go = go + po * cn
+            o_t = f(_clip(go, clip))
+            hn = o_t * h_act(cn)
+            if s.valid is not None:
+                m = s.valid[t][:, None]
+                hn = np.where(m, hn, h)
+                cn = np.where(m, cn, c)
+                y[t] = np.where(m, hn, 0)
+            else:
+                y[t] = hn
+            h, c = hn, cn
+        ys.append(s.order(y, d, rev_idx))
+        finals.append([h, c])
+    return s.outputs(ctx, ys, finals)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+@register("GRU", since=1)
+def gru(
+    ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, *,
+    activation_alpha=None, activation_beta=None, activations=None, clip=None,
+    direction="forward", hidden_size=None, layout=0, linear_before_reset=0, output_sequence=0,
+):
+    s = _Setup("GRU", x, w, r, b, sequence_lens, [initial_h], hidden_size, direction, layout, 3)
+    acts = _activations("GRU", activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], s.num_dir)
+    hs = s.hidden
+    rev_idx = None if s.full else s.reverse_index()
+    ys, finals = [], []
+    for d in range(s.num_dir):
+        f, g_act = acts[d]
+        xw = s.order(s.projection(w, d), d, rev_idx)
+        rzr_t = r[d, : 2 * hs].T
+        rh_t = r[d, 2 * hs :].T
+        rb = s.rb[d]
+        rb_zr, rb_h = rb[: 2 * hs], rb[2 * hs :]
+        h = s.states[0][d]
+        y = np.zeros((s.seq, s.batch, hs), dtype=s.dtype)
+        for t in range(s.seq):
+            zr = xw[t, :, : 2 * hs] + h @ rzr_t
+            zr += rb_zr
+            zr = f(_clip(zr, clip))
+            z, rr = zr[:, :hs], zr[:, hs:]
+            if linear_before_reset:
+                hh = xw[t, :, 2 * hs :] + rr * (h @ rh_t + rb_h)
+            else:
+                hh = xw[t, :, 2 * hs :] + (rr * h) @ rh_t + rb_h
+            hh = g_act(_clip(hh, clip))
+            hn = (1 - z) * hh + z * h
+            if s.valid is not None:
+                m = s.valid[t][:, None]
+                hn = np.where(m, hn, h)
+                y[t] = np.where(m, hn, 0)
+            else:
+                y[t] = hn
+            h = hn.astype(s.dtype, copy=False)
+        ys.append(s.order(y, d, rev_idx))
+        finals.append([h])
+    return s.outputs(ctx, ys, finals)

@@ -1,0 +1,170 @@
+"""InferenceSession: onnxruntime's calling convention over tuili's engine (or onnxruntime itself).
+
+    sess = tuili.InferenceSession("model.onnx")            # engine="tuili"
+    (logits,) = sess.run(None, {"input": x})
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from tuili.errors import ConfigError, InvalidInputError
+from tuili.ir import Graph, load
+from tuili.ir.core import Value
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("tuili", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """Like onnxruntime's NodeArg: name, shape (ints, symbolic names, None) and type string."""
+
+    name: str
+    shape: list[int | str | None] | None
+    type: str
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        elem = _ELEM_OF_TYPE.get(self.type)
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+
+
+_TYPE_NAME = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
+_TYPE_NAME.update({onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double"})
+_ELEM_OF_TYPE = {f"tensor({n})": e for e, n in _TYPE_NAME.items()}
+
+
+def _type_string(v: Value) -> str:
+    if v.type_proto is not None and not v.type_proto.HasField("tensor_type") and v.type_proto.ListFields():
+        which = v.type_proto.WhichOneof("value")
+        return f"{which.replace('_type', '')}(...)"
+    return f"tensor({_TYPE_NAME.get(v.dtype or 0, 'undefined')})"
+
+
+def _node_arg(v: Value) -> NodeArg:
+    return NodeArg(v.name, None if v.shape is None else list(v.shape), _type_string(v))
+
+
+class InferenceSession:
+    """Load once, plan once, run many times. Thread-safe: ``run`` keeps no state between calls."""
+
+    def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
+                 opt_level: int = 2, threads: int | None = None, **_ignored: Any):
+        if engine not in ENGINES:
+            raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+        self.engine = engine
+        self.graph = model if isinstance(model, Graph) else load(model)
+        self.threads = threads
+        self._inputs = [v for v in self.graph.inputs if not v.is_initializer]
+        self._input_names = {v.name for v in self.graph.inputs}
+        self._outputs = list(self.graph.outputs)
+        if engine == "onnxruntime":
+            self._ort = _ort_session(self.graph, threads)
+            self._plan = None
+        else:
+            from tuili.runtime.plan import Planner
+
+            self.graph.validate()
+            self._plan = Planner(self.graph).build()
+        self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}
+        self._output_index = {v.name: i for i, v in enumerate(self._outputs)}
+        log.debug("session ready: %s, %d steps", engine, len(self._plan.steps) if self._plan else 0)
+
+    # ----- onnxruntime-compatible API
+    def get_inputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._outputs]
+
+    def get_modelmeta(self) -> dict[str, str]:
+        return dict(self.graph.metadata_props)
+
+    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
+        names = list(output_names) if output_names else [v.name for v in self._outputs]
+        unknown = [n for n in names if n not in self._output_index]
+        if unknown:
+            raise InvalidInputError(f"requested output(s) {unknown} do not exist; the model's outputs are "
+                                    f"{[v.name for v in self._outputs]}")
+        feeds = self._check_feeds(feeds)
+        if self._plan is None:
+            return self._ort.run(names, feeds)
+        ordered = [feeds.get(v.name) for v in self.graph.inputs]
+        if self.threads:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(self.threads):
+                results = self._plan.run(ordered)
+        else:
+            results = self._plan.run(ordered)
+        return [results[self._output_index[n]] for n in names]
+
+    # ----- feed validation: name, dtype, rank and fixed dims, consistent symbolic dims
+    def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        unknown = [k for k in feeds if k not in self._input_names]
+        if unknown:
+            raise InvalidInputError(f"feed(s) {unknown} are not inputs of this model; its inputs are "
+                                    f"{[v.name for v in self._inputs]}")
+        out: dict[str, Any] = {}
+        symbols: dict[str, tuple[int, str]] = {}
+        for v in self._inputs:
+            if v.name not in feeds:
+                if _is_optional(v):
+                    continue
+                raise InvalidInputError(f"input {v.name!r} is missing: expected {_describe_expected(v)}; "
+                                        f"the model's inputs are {[x.name for x in self._inputs]}")
+            out[v.name] = self._check_one(v, feeds[v.name], symbols)
+        for name, value in feeds.items():
+            out.setdefault(name, value)
+        return out
+
+    def _check_one(self, v: Value, value: Any, symbols: dict) -> Any:
+        if not v.is_tensor:
+            return value
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if v.dtype:
+            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.dtype))
+            if arr.dtype != want and not (want == object and arr.dtype.kind in "OUS"):
+                raise InvalidInputError(f"input {v.name!r} has dtype {arr.dtype}, expected {want} "
+                                        f"({_describe_expected(v)}): convert it with .astype(np.{want})")
+        if v.shape is not None:
+            if arr.ndim != len(v.shape):
+                raise InvalidInputError(f"input {v.name!r} has shape {list(arr.shape)} (rank {arr.ndim}), "
+                                        f"expected rank {len(v.shape)}: {_describe_expected(v)}")
+            for axis, (want_dim, got) in enumerate(zip(v.shape, arr.shape)):
+                if isinstance(want_dim, int) and want_dim != got:
+                    raise InvalidInputError(f"input {v.name!r} has shape {list(arr.shape)}, expected "
+                                            f"{_describe_expected(v)}: dimension {axis} must be {want_dim}")
+                if isinstance(want_dim, str) and want_dim:
+                    seen = symbols.setdefault(want_dim, (got, v.name))
+                    if seen[0] != got:
+                        raise InvalidInputError(
+                            f"input {v.name!r} has {want_dim}={got} on axis {axis} but input {seen[1]!r} "
+                            f"has {want_dim}={seen[0]}: inputs sharing a symbolic dimension must agree")
+        return arr
+
+
+def _is_optional(v: Value) -> bool:
+    tp = v.type_proto
+    return tp is not None and tp.HasField("optional_type")
+
+
+def _describe_expected(v: Value) -> str:
+    shape = "?" if v.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"
+    return f"{_type_string(v)} with shape {shape}"
+
+
+def _ort_session(graph: Graph, threads: int | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(graph.to_proto().SerializeToString(), opts, providers=["CPUExecutionProvider"])

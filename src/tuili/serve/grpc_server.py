@@ -1,0 +1,464 @@
+"""gRPC adapter: the KServe V2 / Triton ``inference.GRPCInferenceService``.
+
+It turns protobuf messages (tuili/serve/protos/grpc_service.proto) into the
+protocol-independent types of tuili.serve.types, calls the
+``InferenceServer`` (tuili.serve.core) and turns the answers back. Nothing
+model-specific happens here: classification, batching and statistics live in
+the core, shared with the HTTP adapter.
+
+Errors raised by the core are tuili.errors classes; they become gRPC status
+codes (InvalidInputError -> INVALID_ARGUMENT, ModelNotFoundError -> NOT_FOUND,
+ServerBusyError -> UNAVAILABLE, ConfigError -> INVALID_ARGUMENT, anything
+else -> INTERNAL) with the error's message as details.
+
+Usage (inside a running asyncio loop)::
+
+    server = await start_grpc_server(core, "127.0.0.1", 8001)
+    ...
+    await server.stop(grace=5)
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from tuili.errors import (
+    ConfigError,
+    InvalidInputError,
+    ModelNotFoundError,
+    ServerBusyError,
+    TuiliError,
+)
+from tuili.serve.protos import grpc_service_pb2 as pb
+from tuili.serve.protos import model_config_pb2 as mc
+from tuili.serve.types import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    deserialize_bytes_tensor,
+    element_count,
+    serialize_bytes_tensor,
+    v2_to_numpy,
+)
+
+log = logging.getLogger(__name__)
+
+#: The fully-qualified service name clients call (fixed by the protocol).
+SERVICE_NAME = "inference.GRPCInferenceService"
+#: Message size limit in both directions (grpc's default of 4 MiB is too small for images/batches).
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+# Typed-contents field of InferTensorContents for each V2 datatype (FP16/BF16: raw only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_STATUS = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ServerBusyError, grpc.StatusCode.UNAVAILABLE),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """gRPC status code for an exception raised while serving a call."""
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+# --------------------------------------------------------------------------- conversions
+def _param_value(p: Any) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def _params_to_dict(params) -> dict:
+    return {k: _param_value(v) for k, v in params.items()}
+
+
+def _set_param(target, value: Any) -> None:
+    if isinstance(value, (bool, np.bool_)):
+        target.bool_param = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        v = int(value)
+        if v >= 2**63:
+            target.uint64_param = v
+        else:
+            target.int64_param = v
+    elif isinstance(value, (float, np.floating)):
+        target.double_param = float(value)
+    elif isinstance(value, bytes):
+        target.string_param = value.decode("utf-8", "replace")
+    else:
+        target.string_param = str(value)
+
+
+def _check_shape(name: str, shape) -> list[int]:
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise InvalidInputError(f"input {name!r} has shape {dims}: a request shape cannot hold negative dimensions")
+    return dims
+
+
+def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    count = element_count(shape)
+    if datatype == "BYTES":
+        try:
+            flat = deserialize_bytes_tensor(raw, count)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"input {name!r} (BYTES, shape {shape}): {exc}") from None
+        return flat.reshape(shape)
+    dtype = v2_to_numpy(datatype)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInputError(
+            f"input {name!r}: raw_input_contents holds {len(raw)} bytes but datatype {datatype} with "
+            f"shape {shape} needs {expected} ({count} elements x {dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.ndarray:
+    count = element_count(shape)
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        v2_to_numpy(datatype)  # unknown datatype -> InvalidInputError naming it
+        raise InvalidInputError(
+            f"input {name!r}: datatype {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input {name!r}: contents.{field} holds {len(values)} values but shape {shape} needs {count}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    dtype = v2_to_numpy(datatype)
+    try:
+        return np.array(values, dtype=dtype).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInputError(f"input {name!r}: contents.{field} do not fit datatype {datatype}: {exc}") from None
+
+
+def _has_typed_contents(t) -> bool:
+    return t.HasField("contents") and any(
+        len(getattr(t.contents, f)) for f in set(_CONTENTS_FIELD.values())
+    )
+
+
+def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
+    """ModelInferRequest -> InferRequest (InvalidInputError for malformed tensors)."""
+    if not msg.model_name:
+        raise InvalidInputError("ModelInferRequest.model_name is empty; name the model to run")
+    raw = msg.raw_input_contents
+    if len(raw) and len(raw) != len(msg.inputs):
+        raise InvalidInputError(
+            f"request has {len(msg.inputs)} inputs but {len(raw)} raw_input_contents entries; "
+            f"send one raw entry per input, in input order (or none and use typed contents)"
+        )
+    inputs = []
+    for i, t in enumerate(msg.inputs):
+        if not t.name:
+            raise InvalidInputError(f"input #{i} of the request has no name")
+        if not t.datatype:
+            raise InvalidInputError(f"input {t.name!r} has no datatype")
+        shape = _check_shape(t.name, t.shape)
+        if len(raw):
+            if _has_typed_contents(t):
+                raise InvalidInputError(
+                    f"input {t.name!r} has both typed contents and raw_input_contents; send one of them"
+                )
+            data = _decode_raw(t.name, t.datatype, shape, raw[i])
+        elif _has_typed_contents(t) or element_count(shape) == 0:
+            data = _decode_typed(t.name, t.datatype, shape, t.contents)
+        else:
+            raise InvalidInputError(
+                f"input {t.name!r} carries no data: fill contents or raw_input_contents"
+            )
+        inputs.append(InferInput(t.name, t.datatype, shape, data, _params_to_dict(t.parameters)))
+    outputs = None
+    if len(msg.outputs):
+        outputs = [RequestedOutput(o.name, _params_to_dict(o.parameters)) for o in msg.outputs]
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=_params_to_dict(msg.parameters),
+    )
+
+
+def _raw_bytes(datatype: str, data: np.ndarray) -> bytes:
+    if datatype == "BYTES":
+        return serialize_bytes_tensor(np.asarray(data, dtype=object))
+    arr = np.asarray(data)
+    want = v2_to_numpy(datatype).newbyteorder("<")
+    if arr.dtype != want:
+        arr = arr.astype(want)
+    return np.ascontiguousarray(arr).tobytes()
+
+
+def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
+    """InferResponse -> ModelInferResponse with every output in raw_output_contents."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=str(resp.model_version), id=resp.id)
+    for k, v in (resp.parameters or {}).items():
+        _set_param(msg.parameters[k], v)
+    for out in resp.outputs:
+        t = msg.outputs.add(name=out.name, datatype=out.datatype)
+        t.shape.extend(int(d) for d in out.shape)
+        for k, v in (out.parameters or {}).items():
+            if k == "binary_data":  # an HTTP notion; gRPC outputs are always raw
+                continue
+            _set_param(t.parameters[k], v)
+        msg.raw_output_contents.append(_raw_bytes(out.datatype, out.data))
+    return msg
+
+
+def _model_metadata_to_proto(d: dict) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=d.get("name", ""), platform=d.get("platform", ""))
+    msg.versions.extend(str(v) for v in d.get("versions", []))
+    for key, target in (("inputs", msg.inputs), ("outputs", msg.outputs)):
+        for t in d.get(key, []):
+            tm = target.add(name=t["name"], datatype=t["datatype"])
+            tm.shape.extend(int(s) for s in t.get("shape", []))
+    return msg
+
+
+def _statistics_to_proto(stats: Any) -> pb.ModelStatisticsResponse:
+    if isinstance(stats, list):
+        stats = {"model_stats": stats}
+    msg = pb.ModelStatisticsResponse()
+    json_format.ParseDict(stats, msg, ignore_unknown_fields=True)
+    return msg
+
+
+def _config_to_proto(cfg: Any) -> mc.ModelConfig:
+    if isinstance(cfg, mc.ModelConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        out = mc.ModelConfig()
+        json_format.ParseDict(cfg, out, ignore_unknown_fields=True)
+        return out
+    # A ModelConfig from another descriptor pool (same schema): go through bytes.
+    return mc.ModelConfig.FromString(cfg.SerializeToString())
+
+
+# --------------------------------------------------------------------------- the service
+class GRPCInferenceService:
+    """Handlers of inference.GRPCInferenceService, bound to one InferenceServer."""
+
+    def __init__(self, core: Any):
+        self.core = core
+
+    # -- health ----------------------------------------------------------------------------------
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=bool(self.core.live()))
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=bool(self.core.ready()))
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        try:
+            ready = bool(self.core.model_ready(request.name, request.version))
+        except ModelNotFoundError:
+            ready = False
+        return pb.ModelReadyResponse(ready=ready)
+
+    # -- metadata --------------------------------------------------------------------------------
+    async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
+        d = self.core.metadata()
+        msg = pb.ServerMetadataResponse(name=d.get("name", ""), version=str(d.get("version", "")))
+        msg.extensions.extend(d.get("extensions", []))
+        return msg
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        return _model_metadata_to_proto(self.core.model_metadata(request.name, request.version))
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        cfg = _config_to_proto(self.core.model_config(request.name, request.version))
+        resp = pb.ModelConfigResponse()
+        resp.config.CopyFrom(cfg)
+        return resp
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        return _statistics_to_proto(self.core.model_statistics(request.name, request.version))
+
+    # -- inference -------------------------------------------------------------------------------
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        req = request_from_proto(request)
+        resp = await self.core.infer(req)
+        return response_to_proto(resp)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context):
+        """Bidirectional stream: each request is answered by one stream message, in
+        completion order; a failed request yields ``error_message`` and the stream goes on."""
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def one(msg: pb.ModelInferRequest) -> None:
+            try:
+                resp = response_to_proto(await self.core.infer(request_from_proto(msg)))
+                await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
+            except Exception as exc:  # reported in-band; the stream stays open
+                if not isinstance(exc, TuiliError):
+                    log.exception("stream inference on model %r failed", msg.model_name)
+                err = pb.ModelStreamInferResponse(error_message=str(exc))
+                err.infer_response.model_name = msg.model_name
+                err.infer_response.id = msg.id
+                await queue.put(err)
+
+        async def reader() -> None:
+            tasks = set()
+            try:
+                async for msg in request_iterator:
+                    tasks.add(asyncio.ensure_future(one(msg)))
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await queue.put(done)
+
+        feeder = asyncio.ensure_future(reader())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                yield item
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+
+    # -- repository ------------------------------------------------------------------------------
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        msg = pb.RepositoryIndexResponse()
+        for m in self.core.repository_index(ready_only=request.ready):
+            msg.models.add(name=m.get("name", ""), version=str(m.get("version", "") or ""),
+                           state=m.get("state", ""), reason=m.get("reason", "") or "")
+        return msg
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context):
+        if not request.model_name:
+            raise InvalidInputError("RepositoryModelLoad: model_name is empty")
+        config = None
+        for key, p in request.parameters.items():
+            value = _param_value(p)
+            if key == "config":
+                config = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            elif key.startswith("file:"):
+                raise InvalidInputError(
+                    f"RepositoryModelLoad parameter {key!r}: loading model files sent in the request is not "
+                    f"supported; put the files in the model repository"
+                )
+        await self.core.load_model(request.model_name, config=config)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context):
+        if not request.model_name:
+            raise InvalidInputError("RepositoryModelUnload: model_name is empty")
+        await self.core.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+# Method name -> (request type, response type, kind)
+_METHODS: dict[str, tuple[type, type, str]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse, "unary"),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse, "unary"),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse, "unary"),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse, "unary"),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse, "unary"),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse, "unary"),
+    "ModelStreamInfer": (pb.ModelInferRequest, pb.ModelStreamInferResponse, "stream"),
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse, "unary"),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse, "unary"),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse, "unary"),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse, "unary"),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse, "unary"),
+}
+
+
+def _unary(name: str, fn: Callable) -> Callable:
+    async def handler(request, context):
+        try:
+            return await fn(request, context)
+        except Exception as exc:
+            code = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("gRPC %s failed", name)
+            else:
+                log.debug("gRPC %s: %s: %s", name, code.name, exc)
+            await context.abort(code, str(exc) or type(exc).__name__)
+
+    handler.__name__ = name
+    return handler
+
+
+def build_handler(core: Any) -> grpc.GenericRpcHandler:
+    """The generic handler serving inference.GRPCInferenceService for ``core``."""
+    service = GRPCInferenceService(core)
+    handlers = {}
+    for name, (req_t, resp_t, kind) in _METHODS.items():
+        fn = getattr(service, name)
+        if kind == "unary":
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                _unary(name, fn),
+                request_deserializer=req_t.FromString,
+                response_serializer=resp_t.SerializeToString,
+            )
+        else:
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                fn,
+                request_deserializer=req_t.FromString,
+                response_serializer=resp_t.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+async def start_grpc_server(core: Any, host: str = "127.0.0.1", port: int = 8001, *,
+                            max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Server:
+    """Start serving ``core`` over gRPC on host:port (port 0: an ephemeral port).
+
+    Returns the started ``grpc.aio.Server``; its ``bound_port`` attribute holds
+    the port actually bound. The caller stops it with ``await server.stop(grace)``."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ])
+    server.add_generic_rpc_handlers((build_handler(core),))
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"gRPC server cannot bind {address}: {exc}; pick another --grpc-port") from None
+    if bound == 0:
+        raise ConfigError(f"gRPC server cannot bind {address} (in use?); pick another --grpc-port")
+    await server.start()
+    try:
+        server.bound_port = bound
+    except AttributeError:  # pragma: no cover - grpc.aio.Server without __dict__
+        pass
+    log.info("gRPC (KServe V2) listening on %s:%d", host, bound)
+    return server

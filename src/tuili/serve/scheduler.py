@@ -1,0 +1,310 @@
+"""Per-model-version scheduler: priority queues, the dynamic batcher and the instance threads.
+
+Requests are submitted from the event loop (``submit`` returns an asyncio future); each model
+instance is one worker thread that owns one backend instance, forms a batch straight from the
+queues under one lock, runs it and hands all results of the batch back to the loop in a single
+``call_soon_threadsafe``. So a request crosses threads exactly twice.
+
+Dynamic batching (Triton's knobs): ``max_batch_size``, ``preferred_batch_size``,
+``max_queue_delay_microseconds``. Requests of different batch sizes are concatenated along
+dim 0 and the results split back. With zero delay a free instance takes *everything already
+queued* (up to max_batch_size) rather than the first request alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from tuili.errors import InvalidInputError, KernelError, ServerBusyError, TuiliError
+
+log = logging.getLogger(__name__)
+_now = time.monotonic_ns
+
+
+class Pending:
+    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "result", "error")
+
+    def __init__(self, feeds, batch, fut, t_enqueue, deadline):
+        self.feeds = feeds
+        self.batch = batch
+        self.fut = fut
+        self.t_enqueue = t_enqueue
+        self.deadline = deadline
+        self.result = None
+        self.error = None
+
+
+class QueuePolicy:
+    __slots__ = ("reject_on_timeout", "default_timeout_ns", "allow_override", "max_queue_size")
+
+    def __init__(self, msg=None):
+        if msg is None:
+            self.reject_on_timeout, self.default_timeout_ns, self.allow_override, self.max_queue_size = True, 0, False, 0
+        else:
+            self.reject_on_timeout = int(msg.timeout_action) == 0  # REJECT
+            self.default_timeout_ns = int(msg.default_timeout_microseconds) * 1000
+            self.allow_override = bool(msg.allow_timeout_override)
+            self.max_queue_size = int(msg.max_queue_size)
+
+
+def _set_results(items: list[Pending]) -> None:
+    for it in items:
+        if it.fut.done():  # the client went away
+            continue
+        if it.error is not None:
+            it.fut.set_exception(it.error)
+        else:
+            it.fut.set_result(it.result)
+
+
+class Scheduler:
+    def __init__(self, model: str, version: str, config, instances: list, stats, loop: asyncio.AbstractEventLoop):
+        self.model, self.version = model, version
+        self.instances = instances
+        self.stats = stats
+        self.loop = loop
+        self.max_batch = int(config.max_batch_size)
+        self.dynamic = config.HasField("dynamic_batching") and self.max_batch > 0
+        db = config.dynamic_batching
+        self.preferred = sorted({int(p) for p in db.preferred_batch_size if 0 < int(p) <= self.max_batch}) if self.dynamic else []
+        self.delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self.dynamic else 0
+        levels = int(db.priority_levels) if config.HasField("dynamic_batching") else 0
+        self.levels = max(1, levels)
+        dl = int(db.default_priority_level) if levels else 0
+        self.default_level = (dl - 1) if 1 <= dl <= self.levels else (self.levels - 1 if levels else 0)
+        default_policy = QueuePolicy(db.default_queue_policy if config.HasField("dynamic_batching") and db.HasField("default_queue_policy") else None)
+        self.policies = [default_policy] * self.levels
+        if config.HasField("dynamic_batching"):
+            for lvl, pol in db.priority_queue_policy.items():
+                if 1 <= int(lvl) <= self.levels:
+                    self.policies[int(lvl) - 1] = QueuePolicy(pol)
+        self.queues: list[deque[Pending]] = [deque() for _ in range(self.levels)]
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # idle workers wait here
+        self._form = threading.Condition(self._lock)  # the worker forming a delayed batch waits here
+        self._forming = False
+        self._queued = 0
+        self._stopping = False
+        self._inflight = 0  # loop thread only
+        self._drained: asyncio.Event | None = None
+        self.wants_request_list = bool(instances and instances[0].wants_request_list)
+        self.threads = [
+            threading.Thread(target=self._worker, args=(b,), name=f"tuili-{model}-v{version}-{i}", daemon=True)
+            for i, b in enumerate(instances)
+        ]
+        for t in self.threads:
+            t.start()
+
+    # ------------------------------------------------------------------ event-loop side
+    def submit(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
+        """Queue one request (``batch`` = its size along dim 0, 1 for non-batching models)."""
+        if priority:
+            if not 1 <= priority <= self.levels:
+                raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
+            level = priority - 1
+        else:
+            level = self.default_level
+        pol = self.policies[level]
+        now = _now()
+        timeout_ns = pol.default_timeout_ns
+        if timeout_us and (pol.allow_override or not timeout_ns):
+            timeout_ns = int(timeout_us) * 1000
+        fut = self.loop.create_future()
+        item = Pending(feeds, batch, fut, now, now + timeout_ns if timeout_ns else 0)
+        with self._lock:
+            if self._stopping:
+                raise ServerBusyError(f"model {self.model!r} version {self.version} is unloading; retry the request")
+            q = self.queues[level]
+            if pol.max_queue_size and len(q) >= pol.max_queue_size:
+                raise ServerBusyError(
+                    f"queue of model {self.model!r} (priority level {level + 1}) is full: {len(q)} requests, "
+                    f"max_queue_size {pol.max_queue_size}; retry later or raise max_queue_size"
+                )
+            q.append(item)
+            self._queued += 1
+            if self._forming:
+                self._form.notify()
+            else:
+                self._work.notify()
+        self._inflight += 1
+        self.stats.p_pending.inc()
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _done(self, _fut) -> None:
+        self._inflight -= 1
+        self.stats.p_pending.dec()
+        if self._inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until every queued and running request has finished."""
+        if self._inflight == 0:
+            return
+        self._drained = asyncio.Event()
+        while self._inflight:
+            self._drained.clear()
+            await self._drained.wait()
+
+    async def stop(self) -> None:
+        """Finish what is queued, stop the workers and unload the instances."""
+        await self.drain()
+        with self._lock:
+            self._stopping = True
+            self._work.notify_all()
+            self._form.notify_all()
+
+        def join_and_unload():
+            for t in self.threads:
+                t.join()
+            for b in self.instances:
+                try:
+                    b.unload()
+                except Exception:
+                    log.exception("model %s: unloading an instance failed", self.model)
+
+        await asyncio.to_thread(join_and_unload)
+
+    # ------------------------------------------------------------------ worker side
+    def _expire(self, now: int, rejected: list[Pending]) -> None:
+        for lvl, q in enumerate(self.queues):
+            if not q or not self.policies[lvl].reject_on_timeout:
+                continue
+            if any(it.deadline and it.deadline <= now for it in q):
+                keep = deque()
+                for it in q:
+                    if it.deadline and it.deadline <= now:
+                        it.error = ServerBusyError(
+                            f"request to model {self.model!r} timed out after {(now - it.t_enqueue) // 1000} us in the queue; "
+                            f"retry, or raise the timeout / default_timeout_microseconds"
+                        )
+                        rejected.append(it)
+                        self._queued -= 1
+                    else:
+                        keep.append(it)
+                self.queues[lvl] = keep
+
+    def _candidates(self) -> tuple[list[tuple[int, int]], int]:
+        """(level, index) of the requests that fit in one batch, in priority/FIFO order, and their total size."""
+        out, total = [], 0
+        for lvl, q in enumerate(self.queues):
+            for i, it in enumerate(q):
+                if total + it.batch > self.max_batch:
+                    return out, total
+                out.append((lvl, i))
+                total += it.batch
+        return out, total
+
+    def _take(self, n: int) -> list[Pending]:
+        """Pop the first n requests in priority order."""
+        taken = []
+        for q in self.queues:
+            while q and len(taken) < n:
+                taken.append(q.popleft())
+            if len(taken) == n:
+                break
+        self._queued -= len(taken)
+        return taken
+
+    def _preferred_cut(self, cands, total) -> int:
+        """Number of candidates forming the largest preferred batch size, or 0."""
+        if not self.preferred:
+            return 0
+        sizes, acc = [], 0
+        for lvl, i in cands:
+            acc += self.queues[lvl][i].batch
+            sizes.append(acc)
+        for k in range(len(sizes) - 1, -1, -1):
+            if sizes[k] in self.preferred:
+                return k + 1
+        return 0
+
+    def _next_batch(self, rejected: list[Pending]) -> list[Pending]:
+        """Called with the lock held and at least one request queued."""
+        if not self.dynamic:
+            return self._take(1)
+        while True:
+            now = _now()
+            self._expire(now, rejected)
+            if not self._queued:
+                return []
+            cands, total = self._candidates()
+            if not cands:  # the head request alone is larger than max_batch (validated earlier, but be safe)
+                return self._take(1)
+            full = total >= self.max_batch or (self.preferred and total >= self.preferred[-1])
+            oldest = min(q[0].t_enqueue for q in self.queues if q)
+            if full or self.delay_ns == 0 or now >= oldest + self.delay_ns or self._stopping:
+                cut = self._preferred_cut(cands, total)
+                return self._take(cut or len(cands))
+            self._forming = True
+            try:
+                self._form.wait((oldest + self.delay_ns - now) / 1e9)
+            finally:
+                self._forming = False
+
+    def _worker(self, backend) -> None:
+        while True:
+            rejected: list[Pending] = []
+            with self._lock:
+                while not self._queued and not self._stopping:
+                    self._work.wait()
+                if not self._queued and self._stopping:
+                    return
+                batch = self._next_batch(rejected)
+            if rejected:
+                self.loop.call_soon_threadsafe(_set_results, rejected)
+            if batch:
+                self._execute(backend, batch)
+
+    def _execute(self, backend, batch: list[Pending]) -> None:
+        t0 = _now()
+        queue_ns = [t0 - it.t_enqueue for it in batch]
+        total = sum(it.batch for it in batch)
+        try:
+            if self.wants_request_list:
+                t1 = t0
+                results = backend.infer_many([it.feeds for it in batch])
+                t2 = _now()
+                for it, r in zip(batch, results):
+                    if isinstance(r, BaseException):
+                        it.error = r if isinstance(r, TuiliError) else KernelError(f"model {self.model!r}: {type(r).__name__}: {r}")
+                    else:
+                        it.result = r
+                t3 = t2
+            elif len(batch) == 1:
+                t1 = t0
+                batch[0].result = backend.infer(batch[0].feeds)
+                t2 = t3 = _now()
+            else:
+                first = batch[0].feeds
+                feeds = {k: np.concatenate([it.feeds[k] for it in batch]) for k in first}
+                t1 = _now()
+                out = backend.infer(feeds)
+                t2 = _now()
+                start = 0
+                for it in batch:
+                    end = start + it.batch
+                    it.result = {k: (v[start:end] if getattr(v, "ndim", 0) else v) for k, v in out.items()}
+                    start = end
+                t3 = _now()
+        except Exception as e:
+            if len(batch) > 1 and not self.wants_request_list:
+                # Isolate the failing request: the others must not be disturbed.
+                log.debug("model %s: batched execution failed (%s); running the %d requests one by one", self.model, e, len(batch))
+                for it in batch:
+                    self._execute(backend, [it])
+                return
+            err = e if isinstance(e, TuiliError) else KernelError(f"model {self.model!r}: {type(e).__name__}: {e}")
+            for it in batch:
+                it.error = err
+            self.loop.call_soon_threadsafe(_set_results, batch)
+            return
+        ok = sum(1 for it in batch if it.error is None)
+        if ok:
+            self.stats.record_execution(total, ok, [q for q, it in zip(queue_ns, batch) if it.error is None], t1 - t0, t2 - t1, t3 - t2)
+        self.loop.call_soon_threadsafe(_set_results, batch)

@@ -1,0 +1,3 @@
+"""Every ONNX backend case tuili does not run, with the reason. One list, reviewed by hand."""
+SKIPS: dict[str, str] = {
+}

@@ -1,0 +1,470 @@
+"""tuili's shape/dtype inference against onnx.shape_inference (data_prop=True) and real outputs.
+
+For every ONNX backend node case (single-node and expanded) and for small torch models exported
+with a dynamic batch, every value's dtype/shape inferred by tuili is compared with onnx's answer
+wherever onnx gives one (known dtype, known rank, known dims; symbolic dims up to renaming). Dims
+tuili knows but onnx does not are checked against the real output arrays shipped with the cases.
+
+    .venv/bin/python tests/ir/test_shape_inference.py      # prints the agreement report
+"""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections import Counter, defaultdict
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, shape_inference
+
+from tuili.errors import ShapeInferenceError
+from tuili.ir.shape_inference import ProtoGraph, infer_model_types, infer_shapes
+from tuili.ir.shape_rules import TensorType, registered_ops
+from tuili.ir.shape_rules.registry import SequenceType
+
+warnings.filterwarnings("ignore")
+
+
+# --------------------------------------------------------------------------- comparison machinery
+def strip_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of model with output types and value_info removed everywhere (inputs stay declared)."""
+    m = copy.deepcopy(model)
+
+    def strip(g):
+        del g.value_info[:]
+        for o in g.output:
+            o.ClearField("type")
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    strip_sub(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        strip_sub(sg)
+
+    def strip_sub(g):
+        # subgraph outputs are part of the body's contract, but onnx infers them too
+        strip(g)
+
+    strip(m.graph)
+    return m
+
+
+def onnx_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    out = {}
+
+    def walk(g):
+        for vi in list(g.value_info) + list(g.output):
+            if vi.HasField("type"):
+                out.setdefault(vi.name, vi.type)
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        walk(sg)
+
+    walk(model.graph)
+    return out
+
+
+def _ref_tensor(tp: onnx.TypeProto):
+    """(dtype or None, shape or None) from an onnx TypeProto; sequences compare their element."""
+    kind = tp.WhichOneof("value")
+    if kind == "sequence_type":
+        return _ref_tensor(tp.sequence_type.elem_type) if tp.sequence_type.HasField("elem_type") else (None, None)
+    if kind == "optional_type":
+        return _ref_tensor(tp.optional_type.elem_type) if tp.optional_type.HasField("elem_type") else (None, None)
+    if kind != "tensor_type":
+        return None, None
+    tt = tp.tensor_type
+    shape = None
+    if tt.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+    return (tt.elem_type or None), shape
+
+
+def _our_tensor(t):
+    while t is not None and not isinstance(t, TensorType):
+        t = getattr(t, "elem", None)
+    if t is None:
+        return None, None
+    return t.dtype, t.shape
+
+
+class Tally:
+    def __init__(self):
+        self.counts = Counter()
+        self.by_op = defaultdict(Counter)
+        self.examples = defaultdict(list)
+
+    def add(self, kind: str, op: str, detail: str = ""):
+        self.counts[kind] += 1
+        self.by_op[op][kind] += 1
+        if kind in ("disagree", "wrong_vs_data") and len(self.examples[op]) < 3:
+            self.examples[op].append(detail)
+
+
+def compare_value(ref_tp, ours, symmap: dict, rsymmap: dict):
+    """-> (kind, detail): kind in agree / more / less / disagree."""
+    rd, rs = _ref_tensor(ref_tp)
+    od, os_ = _our_tensor(ours)
+    more = less = False
+    problems = []
+    if rd is not None:
+        if od is None:
+            less = True
+        elif od != rd:
+            problems.append(f"dtype {TensorProto.DataType.Name(od)} != onnx {TensorProto.DataType.Name(rd)}")
+    elif od is not None:
+        more = True
+    if rs is not None:
+        if os_ is None:
+            less = True
+        elif len(os_) != len(rs):
+            problems.append(f"rank {len(os_)} {list(os_)} != onnx {list(rs)}")
+        else:
+            for r, o in zip(rs, os_):
+                if isinstance(r, int):
+                    if o is None or isinstance(o, str):
+                        less = True
+                    elif o != r:
+                        problems.append(f"shape {list(os_)} != onnx {list(rs)}")
+                        break
+                elif isinstance(r, str):
+                    if isinstance(o, str):
+                        if symmap.setdefault(r, o) != o or rsymmap.setdefault(o, r) != r:
+                            problems.append(f"symbol {o} vs onnx {r} (renaming inconsistent) {list(os_)} vs {list(rs)}")
+                            break
+                    elif o is None:
+                        less = True
+                    else:
+                        more = True  # a concrete value where onnx only has a symbol
+                else:
+                    if o is not None:
+                        more = True
+    elif os_ is not None:
+        more = True
+    if problems:
+        return "disagree", "; ".join(problems)
+    if less:
+        return "less", ""
+    if more:
+        return "more", ""
+    return "agree", ""
+
+
+def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = None, label: str = "") -> None:
+    stripped = strip_types(model)
+    try:
+        ref = shape_inference.infer_shapes(stripped, data_prop=True)
+    except Exception:  # noqa: BLE001  onnx itself cannot type this model
+        tally.counts["onnx_failed"] += 1
+        return
+    ref_types = onnx_types(ref)
+    pg, ours = infer_model_types(stripped, keep_value_info=False)
+    producer_op = {}
+    for g in [pg, *pg.subgraphs()]:
+        for n in g.nodes:
+            for v in n.outputs:
+                producer_op[v.name] = n.op_type
+    symmap, rsymmap = {}, {}
+    for name, tp in ref_types.items():
+        if name not in ours or name not in producer_op:
+            continue
+        kind, detail = compare_value(tp, ours[name], symmap, rsymmap)
+        tally.add(kind, producer_op[name], f"{label}: {name}: {detail}")
+    # where tuili claims a concrete dim or dtype, the real outputs must agree
+    for name, arr in (actual or {}).items():
+        od, os_ = _our_tensor(ours.get(name))
+        if not isinstance(arr, np.ndarray) or name not in producer_op:
+            continue
+        bad = []
+        if os_ is not None:
+            if len(os_) != arr.ndim or any(isinstance(d, int) and d != a for d, a in zip(os_, arr.shape)):
+                bad.append(f"shape {list(os_)} but real output is {list(arr.shape)}")
+        if od is not None and arr.dtype != object:
+            try:
+                exp = helper.np_dtype_to_tensor_dtype(arr.dtype)
+                if exp != od:
+                    bad.append(f"dtype {TensorProto.DataType.Name(od)} but real output is {arr.dtype}")
+            except Exception:  # noqa: BLE001
+                pass
+        tally.counts["checked_vs_data"] += 1
+        if bad:
+            tally.add("wrong_vs_data", producer_op[name], f"{label}: {name}: {'; '.join(bad)}")
+
+
+def node_cases():
+    from onnx.backend.test.case.node import collect_testcases
+
+    return collect_testcases(None)
+
+
+def run_node_cases(tally: Tally, cases=None) -> None:
+    for case in cases if cases is not None else node_cases():
+        actual = {}
+        if case.data_sets:
+            outs = case.data_sets[0][1]
+            actual = {o.name: a for o, a in zip(case.model.graph.output, outs)}
+        compare_model(case.model, tally, actual, case.name)
+
+
+# --------------------------------------------------------------------------- torch models
+def torch_models():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class SmallCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=2)
+            self.fc = nn.Linear(16 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = F.relu(self.bn(self.c1(x)))
+            x = F.max_pool2d(x, 2)
+            x = F.relu(self.c2(x))
+            x = F.adaptive_avg_pool2d(x, 4)
+            x = torch.flatten(x, 1)
+            return F.log_softmax(self.fc(x), dim=-1)
+
+    class TinyBlock(nn.Module):  # transformer block with reshapes driven by x.shape
+        def __init__(self, d=16, h=2):
+            super().__init__()
+            self.h = h
+            self.ln = nn.LayerNorm(d)
+            self.qkv = nn.Linear(d, 3 * d)
+            self.proj = nn.Linear(d, d)
+            self.ff = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.qkv(self.ln(x)).split(d, dim=-1)
+            q = q.reshape(b, t, self.h, d // self.h).transpose(1, 2)
+            k = k.reshape(b, t, self.h, d // self.h).transpose(1, 2)
+            v = v.reshape(b, t, self.h, d // self.h).transpose(1, 2)
+            att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, dim=-1)
+            y = (att @ v).transpose(1, 2).reshape(b, t, d)
+            x = x + self.proj(y)
+            return x + self.ff(x)
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 12, batch_first=True)
+            self.gru = nn.GRU(12, 6, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            y, _ = self.lstm(x)
+            z, h = self.gru(y)
+            return z.mean(dim=1), h
+
+    class ShapeOps(nn.Module):
+        def forward(self, x):
+            n = x.shape[0]
+            y = x.view(n, -1)
+            z = y.unsqueeze(1).expand(n, 3, y.shape[1])
+            w = torch.zeros(n, 2, dtype=torch.long) + torch.arange(2)
+            return z.permute(0, 2, 1).contiguous(), w, torch.cat([y, y], dim=1)[:, 1:5], F.interpolate(
+                x, scale_factor=2.0, mode="nearest")
+
+    return {
+        "small_cnn": (SmallCNN(), (torch.randn(2, 3, 16, 16),)),
+        "tiny_block": (TinyBlock(), (torch.randn(2, 5, 16),)),
+        "recurrent": (Recurrent(), (torch.randn(2, 7, 8),)),
+        "shape_ops": (ShapeOps(), (torch.randn(2, 3, 4, 4),)),
+    }
+
+
+def export_torch(name, module, args) -> onnx.ModelProto:
+    import torch
+
+    module.eval()
+    buf = io.BytesIO()
+    dyn = {"x": {0: "N"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, input_names=["x"], dynamic_axes=dyn, dynamo=False, opset_version=17)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def run_torch_models(tally: Tally) -> dict:
+    import onnxruntime as ort
+
+    models = {}
+    for name, (module, args) in torch_models().items():
+        model = export_torch(name, module, args)
+        models[name] = model
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, {"x": args[0].numpy()})
+        actual = {o.name: a for o, a in zip(model.graph.output, outs)}
+        compare_model(model, tally, actual, name)
+    return models
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def all_cases():
+    return node_cases()
+
+
+@pytest.mark.conformance
+def test_node_cases_agree_with_onnx(all_cases):
+    tally = Tally()
+    run_node_cases(tally, all_cases)
+    c = tally.counts
+    compared = c["agree"] + c["more"] + c["less"] + c["disagree"]
+    assert compared > 2000
+    bad = {op: ex for op, ex in tally.examples.items() if ex}
+    assert c["disagree"] == 0 and c["wrong_vs_data"] == 0, bad
+    # tuili must know at least what onnx knows on nearly every value
+    assert c["less"] <= 0.02 * compared, {op: k for op, k in tally.by_op.items() if k["less"]}
+
+
+def test_every_node_case_op_has_a_rule(all_cases):
+    ours = set(registered_ops(""))
+    missing = set()
+    for case in all_cases:
+        for n in case.model.graph.node:
+            if n.domain in ("", "ai.onnx") and n.op_type not in ours:
+                missing.add(n.op_type)
+    assert not missing, sorted(missing)
+
+
+def test_torch_exports_dynamic_batch():
+    tally = Tally()
+    models = run_torch_models(tally)
+    c = tally.counts
+    assert c["disagree"] == 0 and c["wrong_vs_data"] == 0, dict(tally.examples)
+    # every value of the exports is fully known, with the batch symbolic as "N"
+    for name, model in models.items():
+        _, ours = infer_model_types(strip_types(model), keep_value_info=False)
+        for o in model.graph.output:
+            t = ours[o.name]
+            assert t is not None and t.dtype == TensorProto.FLOAT or t.dtype == TensorProto.INT64, (name, o.name, t)
+            assert t.shape is not None and all(d is not None for d in t.shape), (name, o.name, t)
+        x_users = ours[model.graph.output[0].name].shape
+        assert x_users[0] == "N", (name, x_users)
+
+
+def _model(nodes, inputs, outputs=None, inits=(), opset=21):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                          [onnx.ValueInfoProto(name=o) for o in (outputs or [nodes[-1].output[0]])],
+                          initializer=list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_strict_raises_on_inconsistent_matmul():
+    m = _model([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")],
+               [("a", TensorProto.FLOAT, [2, 3]), ("b", TensorProto.FLOAT, [4, 5])])
+    with pytest.raises(ShapeInferenceError) as e:
+        infer_model_types(m, strict=True)
+    msg = str(e.value)
+    assert "mm" in msg and "MatMul" in msg and "[2,3]" in msg and "[4,5]" in msg
+    _, types = infer_model_types(m, strict=False)  # lenient: unknown, no exception
+    assert types["y"] is None
+
+
+def test_shape_gather_concat_reshape_chain_keeps_symbol():
+    from onnx import numpy_helper as nh
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        helper.make_node("Concat", ["n1", "m1"], ["shp"], axis=0),
+        helper.make_node("Reshape", ["x", "shp"], ["y"]),
+        helper.make_node("Shape", ["y"], ["s2"]),
+        helper.make_node("ConstantOfShape", ["s2"], ["z"], value=nh.from_array(np.array([1], np.int32))),
+        helper.make_node("Tile", ["z", "rep"], ["t"]),
+        helper.make_node("Mul", ["n", "two"], ["n2"]),
+        helper.make_node("Unsqueeze", ["n2", "ax"], ["n2u"]),
+        helper.make_node("Expand", ["x", "e_shape"], ["e"]),
+    ]
+    inits = [nh.from_array(np.array(0, np.int64), "i0"), nh.from_array(np.array([0], np.int64), "ax"),
+             nh.from_array(np.array([-1], np.int64), "m1"), nh.from_array(np.array([1, 3], np.int64), "rep"),
+             nh.from_array(np.array(2, np.int64), "two"), nh.from_array(np.array([2, 1, 1, 1], np.int64), "e_shape")]
+    m = _model(nodes, [("x", TensorProto.FLOAT, ["N", 3, 4, 1])], ["y", "z", "t", "n2u", "e"], inits)
+    pg, types = infer_model_types(m, strict=True)
+    assert types["y"].shape == ("N", 12)
+    assert types["z"] == TensorType(TensorProto.INT32, ("N", 12))
+    assert types["t"].shape == ("N", 36)
+    assert types["e"].shape == (2, 3, 4, 1)  # broadcast of N with 2: N must be 1 or 2 -> 2
+    assert types["n2u"].shape == (1,)
+
+
+def test_broadcast_symbols():
+    from tuili.ir.shape_rules import broadcast_shapes
+
+    assert broadcast_shapes(("N", 1, 4), (1, 3, 4)) == ("N", 3, 4)
+    assert broadcast_shapes(("N", 3), ("N", 1)) == ("N", 3)
+    assert broadcast_shapes(("N",), ("M",)) == (None,)
+    with pytest.raises(ShapeInferenceError):
+        broadcast_shapes((2, 3), (4, 3))
+
+
+def test_subgraphs_if_loop():
+    then_g = helper.make_graph([helper.make_node("Add", ["x", "x"], ["t"])], "then", [],
+                               [onnx.ValueInfoProto(name="t")])
+    else_g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["e"])], "else", [],
+                               [onnx.ValueInfoProto(name="e")])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Add", ["acc", "x"], ["acc_out"]),
+         helper.make_node("Identity", ["acc_out"], ["scan_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), onnx.ValueInfoProto(name="acc")],
+        [onnx.ValueInfoProto(name="c_out"), onnx.ValueInfoProto(name="acc_out"), onnx.ValueInfoProto(name="scan_out")])
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Loop", ["m", "", "x"], ["acc_final", "scans"], body=body)]
+    m = _model(nodes, [("c", TensorProto.BOOL, []), ("x", TensorProto.FLOAT, ["N", 4]),
+                       ("m", TensorProto.INT64, [])], ["y", "acc_final", "scans"])
+    _, types = infer_model_types(m, strict=True)
+    assert types["y"] == TensorType(TensorProto.FLOAT, ("N", 4))
+    assert types["acc_final"] == TensorType(TensorProto.FLOAT, ("N", 4))
+    assert types["scans"].shape == (None, "N", 4)
+    assert types["t"].shape == ("N", 4)  # inside the branch
+
+
+def test_sequence_types():
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["s"], axis=1, keepdims=0),
+             helper.make_node("SequenceAt", ["s", "i"], ["y"])]
+    m = _model(nodes, [("x", TensorProto.FLOAT, ["N", 3, 5]), ("i", TensorProto.INT64, [])], ["s", "y"])
+    _, types = infer_model_types(m, strict=True)
+    assert isinstance(types["s"], SequenceType)
+    assert types["y"] == TensorType(TensorProto.FLOAT, ("N", 5))
+
+
+def test_proto_graph_is_driver_input():
+    m = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT16, ["B", 7])])
+    pg = ProtoGraph.from_model(m)
+    assert infer_shapes(pg) is pg
+    assert pg.values["y"].dtype == TensorProto.FLOAT16 and pg.values["y"].shape == ("B", 7)
+
+
+def _report() -> None:
+    for title, fn in (("ONNX node cases", run_node_cases), ("torch exports", run_torch_models)):
+        tally = Tally()
+        fn(tally)
+        c = tally.counts
+        compared = c["agree"] + c["more"] + c["less"] + c["disagree"]
+        print(f"## {title}: compared {compared}, agree {c['agree']}, tuili knows more {c['more']}, "
+              f"tuili knows less {c['less']}, disagree {c['disagree']}, onnx failed {c['onnx_failed']}, "
+              f"checked vs real outputs {c['checked_vs_data']}, wrong vs real outputs {c['wrong_vs_data']}")
+        for op in sorted(tally.by_op):
+            k = tally.by_op[op]
+            if k["disagree"] or k["less"] or k["wrong_vs_data"]:
+                print(f"  {op}: {dict(k)}")
+                for ex in tally.examples.get(op, []):
+                    print(f"     {ex}")
+
+
+if __name__ == "__main__":
+    _report()

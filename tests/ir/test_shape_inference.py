@@ -83,7 +83,10 @@ def _ref_tensor(tp: onnx.TypeProto):
     tt = tp.tensor_type
     shape = None
     if tt.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        # onnx names dims it cannot compute "unk__k"; such a name carries no information
+        shape = tuple(d.dim_value if d.HasField("dim_value") else
+                      (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
+                      for d in tt.shape.dim)
     return (tt.elem_type or None), shape
 
 
@@ -100,12 +103,15 @@ class Tally:
         self.counts = Counter()
         self.by_op = defaultdict(Counter)
         self.examples = defaultdict(list)
+        self.less_examples = defaultdict(list)
 
     def add(self, kind: str, op: str, detail: str = ""):
         self.counts[kind] += 1
         self.by_op[op][kind] += 1
         if kind in ("disagree", "wrong_vs_data") and len(self.examples[op]) < 3:
             self.examples[op].append(detail)
+        if kind == "less" and len(self.less_examples[op]) < 2:
+            self.less_examples[op].append(detail)
 
 
 def compare_value(ref_tp, ours, symmap: dict, rsymmap: dict):
@@ -151,10 +157,14 @@ def compare_value(ref_tp, ours, symmap: dict, rsymmap: dict):
     if problems:
         return "disagree", "; ".join(problems)
     if less:
-        return "less", ""
+        return "less", f"{_fmt(od, os_)} vs onnx {_fmt(rd, rs)}"
     if more:
         return "more", ""
     return "agree", ""
+
+
+def _fmt(dtype, shape):
+    return f"{TensorProto.DataType.Name(dtype) if dtype else '?'}{list(shape) if shape is not None else '[?]'}"
 
 
 def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = None, label: str = "") -> None:
@@ -462,7 +472,7 @@ def _report() -> None:
             k = tally.by_op[op]
             if k["disagree"] or k["less"] or k["wrong_vs_data"]:
                 print(f"  {op}: {dict(k)}")
-                for ex in tally.examples.get(op, []):
+                for ex in tally.examples.get(op, []) + tally.less_examples.get(op, []):
                     print(f"     {ex}")
 
 

@@ -25,6 +25,8 @@ def _elem_type(a) -> int:
 def make_model(op, inputs, n_outputs=1, opset=None, domain="", **attrs):
     """One-node model. ``inputs``: list of arrays or None (omitted optional input)."""
     names = [f"in{i}" if a is not None else "" for i, a in enumerate(inputs)]
+    while names and not names[-1]:
+        names.pop()
     outs = [f"out{i}" for i in range(n_outputs)]
     node = helper.make_node(op, names, outs, domain=domain or None, **attrs)
     g_in = [

@@ -323,10 +323,9 @@ def save(g: Graph, path: str | os.PathLike, *, external_data: dict[str, str] | N
     if moved:
         from onnx.external_data_helper import set_external_data, write_external_data_tensors
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         for loc in set(moved.values()):
-            target = path.parent / loc
-            if target.exists():
-                target.unlink()  # the data is in memory; rewrite rather than append
+            (path.parent / loc).write_bytes(b"")  # the data is in memory: rewrite rather than append
         for t in mp.graph.initializer:
             if t.name in moved and t.HasField("raw_data"):
                 set_external_data(t, location=moved[t.name])

@@ -238,11 +238,17 @@ def _infer_node(node, graph, state: _State) -> None:
         _fresh=state.fresh,
     )
 
-    def subgraph_infer(attr_name: str, types: list) -> list:
+    def subgraph_infer(attr_name: str, types: list, lenient: bool = False) -> list:
         sub = node.attrs.get(attr_name)
         if sub is None or isinstance(sub, onnx.GraphProto):
             raise ShapeInferenceError(f"attribute {attr_name!r} is not a decoded subgraph")
-        return _infer_graph(sub, state, types)
+        strict = state.strict
+        if lenient:
+            state.strict = False
+        try:
+            return _infer_graph(sub, state, types)
+        finally:
+            state.strict = strict
 
     ctx.subgraph_infer = subgraph_infer
     try:

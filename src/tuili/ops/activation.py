@@ -10,8 +10,8 @@ import functools
 import math
 
 import numpy as np
-from scipy import special as _special
 
+from tuili.ops.elementwise import erf as _erf
 from tuili.ops.elementwise import is_exotic
 from tuili.ops.registry import register
 
@@ -100,7 +100,17 @@ def prelu(x, slope):
     return np.where(x >= 0, x, x * slope)
 
 
-_both("PRelu", prelu)
+def prelu_legacy(x, slope, *, consumed_inputs=None):
+    """Opsets 1-6: a 1-D slope of size C applies per channel (axis 1), not along the last axis."""
+    x = _asarray(x)
+    slope = _asarray(slope)
+    if slope.ndim == 1 and slope.size > 1 and x.ndim > 2 and slope.shape[0] == x.shape[1]:
+        slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
+    return prelu(x, slope)
+
+
+register("PRelu", since=1)(prelu_legacy)
+register("PRelu", since=7)(prelu)
 
 
 @_keep_dtype
@@ -158,9 +168,16 @@ def mish(x):
 
 
 def _sigmoid(x):
+    """1 / (1 + exp(-x)) in place on one buffer: 4 SIMD passes, accurate in the tails
+    (exp overflow for x < -88 gives exactly 0)."""
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    return _special.expit(x)
+    y = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(y, out=y)
+    y += 1
+    np.reciprocal(y, out=y)
+    return y
 
 
 @register("Swish", since=24)
@@ -180,7 +197,7 @@ def gelu(x, *, approximate="none"):
         inner *= math.sqrt(2.0 / math.pi)
         y = np.tanh(inner)
     else:
-        y = _special.erf(x * (1.0 / math.sqrt(2.0)))
+        y = _erf(x * (1.0 / math.sqrt(2.0)))
     y += 1.0
     y *= x
     y *= 0.5

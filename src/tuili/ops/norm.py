@@ -17,6 +17,55 @@ from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
 
+try:  # numba is a project dependency; the numpy path stays as the fallback
+    import numba
+
+    _HAVE_NUMBA = True
+except Exception:  # pragma: no cover - environment without numba
+    numba = None
+    _HAVE_NUMBA = False
+
+if _HAVE_NUMBA:
+    # reassoc lets LLVM vectorize the row reductions; NaN/inf semantics are kept.
+    _FM = {"reassoc", "contract"}
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+    def _ln_rows(x, scale, bias, eps, y, mean_out, inv_out):  # pragma: no cover - compiled
+        n, d = x.shape
+        for i in range(n):
+            s = 0.0
+            for j in range(d):
+                s += x[i, j]
+            m = s / d
+            v = 0.0
+            for j in range(d):
+                t = x[i, j] - m
+                v += t * t
+            inv = 1.0 / np.sqrt(v / d + eps)
+            for j in range(d):
+                y[i, j] = (x[i, j] - m) * inv * scale[j] + bias[j]
+            mean_out[i] = m
+            inv_out[i] = inv
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+    def _rms_rows(x, scale, eps, y):  # pragma: no cover - compiled
+        n, d = x.shape
+        for i in range(n):
+            v = 0.0
+            for j in range(d):
+                v += x[i, j] * x[i, j]
+            inv = 1.0 / np.sqrt(v / d + eps)
+            for j in range(d):
+                y[i, j] = x[i, j] * inv * scale[j]
+
+
+def _rowwise_ok(xc: np.ndarray, ax: int, *params) -> bool:
+    """Can the fused numba row kernel take this case (float32/64, params of the row size)?"""
+    if not _HAVE_NUMBA or xc.dtype not in (np.float32, np.float64) or xc.size == 0:
+        return False
+    d = int(np.prod(xc.shape[ax:]))
+    return all(p is None or (p.size == d and p.dtype == xc.dtype) for p in params)
+
 _STASH = {1: np.float32, 10: np.float16, 11: np.float64}
 
 
@@ -107,7 +156,30 @@ def layer_normalization(ctx, x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_t
         raise KernelError(f"LayerNormalization node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
     sd = _stash_dtype(stash_type, x, "LayerNormalization")
     xc = x.astype(sd, copy=False)
-    axes = tuple(range(ax, x.ndim))
+    stat_shape = x.shape[:ax] + (1,) * (x.ndim - ax)
+    sc = np.asarray(scale).astype(sd, copy=False)
+    bc = None if b is None else np.asarray(b).astype(sd, copy=False)
+    if _rowwise_ok(xc, ax, sc, bc):
+        d = int(np.prod(x.shape[ax:]))
+        n = xc.size // d
+        y = np.empty((n, d), dtype=sd)
+        mean = np.empty(n, dtype=sd)
+        inv = np.empty(n, dtype=sd)
+        bias = bc.reshape(-1) if bc is not None else np.zeros(d, dtype=sd)
+        _ln_rows(np.ascontiguousarray(xc).reshape(n, d), sc.reshape(-1), bias, float(epsilon), y, mean, inv)
+        y = y.reshape(x.shape).astype(dt, copy=False)
+        mean = mean.reshape(stat_shape)
+        inv = inv.reshape(stat_shape)
+    else:
+        y, mean, inv = _layer_norm_numpy(xc, ax, scale, b, epsilon, dt)
+    if ctx.num_outputs == 1:
+        return y
+    return (y, mean, inv)[: ctx.num_outputs]
+
+
+def _layer_norm_numpy(xc, ax, scale, b, epsilon, dt):
+    sd = xc.dtype
+    axes = tuple(range(ax, xc.ndim))
     mean = xc.mean(axis=axes, keepdims=True)
     d = xc - mean
     var = np.mean(d * d, axis=axes, keepdims=True)
@@ -118,10 +190,7 @@ def layer_normalization(ctx, x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_t
     y = d * scale
     if b is not None:
         y += b
-    y = y.astype(dt, copy=False)
-    if ctx.num_outputs == 1:
-        return y
-    return (y, mean, inv)[: ctx.num_outputs]
+    return y.astype(dt, copy=False), mean, inv
 
 
 def _group_norm(x, num_groups, scale, b, epsilon, sd, per_group):
@@ -158,8 +227,17 @@ def group_normalization_21(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_
 def rms_normalization(ctx, x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     dt = x.dtype
     ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise KernelError(f"RMSNormalization node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
     sd = _stash_dtype(stash_type, x, "RMSNormalization")
     xc = x.astype(sd, copy=False)
+    sc = np.asarray(scale)
+    if sd == dt and _rowwise_ok(xc, ax, sc):
+        d = int(np.prod(x.shape[ax:]))
+        n = xc.size // d
+        y = np.empty((n, d), dtype=sd)
+        _rms_rows(np.ascontiguousarray(xc).reshape(n, d), sc.reshape(-1), float(epsilon), y)
+        return y.reshape(x.shape)
     ms = np.mean(xc * xc, axis=tuple(range(ax, x.ndim)), keepdims=True)
     y = xc * (1 / np.sqrt(ms + sd.type(epsilon)))
     y = y.astype(dt, copy=False) * scale

@@ -21,13 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def _sigmoid(x):
-    # numerically safe logistic in x's dtype
-    out = np.empty_like(x)
-    pos = x >= 0
-    ex = np.exp(-np.abs(x))
-    one = x.dtype.type(1)
-    np.divide(one, one + ex, out=out, where=pos)
-    np.divide(ex, one + ex, out=out, where=~pos)
+    """Logistic in x's dtype. Callers run under np.errstate(over="ignore"): exp(-x) may
+    overflow to inf for very negative x, which correctly gives 0."""
+    out = np.exp(-x)
+    out += 1
+    np.reciprocal(out, out=out)
     return out
 
 
@@ -71,7 +69,12 @@ def _activations(op, names, alphas, betas, defaults, num_dir):
         if nb and bi < len(betas):
             b = betas[bi]
             bi += 1
-        fns.append(lambda x, fn=fn, a=a, b=b: fn(x, x.dtype.type(a), x.dtype.type(b)).astype(x.dtype, copy=False))
+        if key == "sigmoid":
+            fns.append(_sigmoid)
+        elif key == "tanh":
+            fns.append(np.tanh)
+        else:
+            fns.append(lambda x, fn=fn, a=a, b=b: fn(x, x.dtype.type(a), x.dtype.type(b)).astype(x.dtype, copy=False))
     k = len(defaults)
     return [fns[d * k : (d + 1) * k] for d in range(num_dir)]
 
@@ -114,11 +117,11 @@ class _Setup:
         # (T, B) mask of valid steps
         self.valid = None if self.full else (np.arange(self.seq)[:, None] < self.lens[None, :])
 
-    def projection(self, w, d):
-        """X @ W[d]^T + Wb[d] for all time steps, as (T, B, G*H)."""
+    def projection(self, w, d, with_rb=True):
+        """X @ W[d]^T + Wb[d] (+ Rb[d]) for all time steps, as (T, B, G*H)."""
         t, bsz, i = self.x.shape
         xw = (self.x.reshape(t * bsz, i) @ w[d].T).reshape(t, bsz, -1)
-        xw += self.wb[d]
+        xw += (self.wb[d] + self.rb[d]) if with_rb else self.wb[d]
         return xw
 
     def reverse_index(self):
@@ -166,25 +169,24 @@ def rnn(
     acts = _activations("RNN", activations, activation_alpha, activation_beta, ["Tanh"], s.num_dir)
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
-    for d in range(s.num_dir):
-        f = acts[d][0]
-        xw = s.order(s.projection(w, d), d, rev_idx)
-        rt = r[d].T
-        h = s.states[0][d]
-        y = np.zeros((s.seq, s.batch, s.hidden), dtype=s.dtype)
-        for t in range(s.seq):
-            g = xw[t] + h @ rt
-            g += s.rb[d]
-            hn = f(_clip(g, clip))
-            if s.valid is not None:
-                m = s.valid[t][:, None]
-                hn = np.where(m, hn, h)
-                y[t] = np.where(m, hn, 0)
-            else:
-                y[t] = hn
-            h = hn
-        ys.append(s.order(y, d, rev_idx))
-        finals.append([h])
+    with np.errstate(over="ignore"):
+        for d in range(s.num_dir):
+            f = acts[d][0]
+            xw = s.order(s.projection(w, d), d, rev_idx)
+            rt = r[d].T
+            h = s.states[0][d]
+            y = np.empty((s.seq, s.batch, s.hidden), dtype=s.dtype)
+            for t in range(s.seq):
+                hn = f(_clip(xw[t] + h @ rt, clip))
+                if s.valid is not None:
+                    m = s.valid[t][:, None]
+                    hn = np.where(m, hn, h)
+                    y[t] = np.where(m, hn, 0)
+                else:
+                    y[t] = hn
+                h = hn
+            ys.append(s.order(y, d, rev_idx))
+            finals.append([h])
     return s.outputs(ctx, ys, finals)
 
 
@@ -202,41 +204,42 @@ def lstm(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
-    for d in range(s.num_dir):
-        f, g_act, h_act = acts[d]
-        xw = s.order(s.projection(w, d), d, rev_idx)
-        rt = r[d].T
-        rb = s.rb[d]
-        if p is not None:
-            pi, po, pf = p[d, :hs], p[d, hs : 2 * hs], p[d, 2 * hs :]
-        h = s.states[0][d]
-        c = s.states[1][d]
-        y = np.zeros((s.seq, s.batch, hs), dtype=s.dtype)
-        for t in range(s.seq):
-            gates = xw[t] + h @ rt
-            gates += rb
-            gi, go, gf, gc = gates[:, :hs], gates[:, hs : 2 * hs], gates[:, 2 * hs : 3 * hs], gates[:, 3 * hs :]
-            if p is not None:
-                gi = gi + pi * c
-                gf = gf + pf * c
-            i_t = f(_clip(gi, clip))
-            f_t = (1 - i_t) if input_forget else f(_clip(gf, clip))
-            c_t = g_act(_clip(gc, clip))
-            cn = f_t * c + i_t * c_t
-            if p is not None:
-                go = go + po * cn
-            o_t = f(_clip(go, clip))
-            hn = o_t * h_act(cn)
-            if s.valid is not None:
-                m = s.valid[t][:, None]
-                hn = np.where(m, hn, h)
-                cn = np.where(m, cn, c)
-                y[t] = np.where(m, hn, 0)
-            else:
-                y[t] = hn
-            h, c = hn, cn
-        ys.append(s.order(y, d, rev_idx))
-        finals.append([h, c])
+    with np.errstate(over="ignore"):
+        for d in range(s.num_dir):
+            f, g_act, h_act = acts[d]
+            xw = s.order(s.projection(w, d), d, rev_idx)
+            rt = r[d].T
+            peep = p is not None and np.any(p[d])
+            if peep:
+                pi, po, pf = p[d, :hs], p[d, hs : 2 * hs], p[d, 2 * hs :]
+            h = s.states[0][d]
+            c = s.states[1][d]
+            y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
+            for t in range(s.seq):
+                gates = xw[t] + h @ rt  # columns: i | o | f | c
+                c_t = g_act(_clip(gates[:, 3 * hs :], clip))
+                if peep:
+                    i_t = f(_clip(gates[:, :hs] + pi * c, clip))
+                    f_t = (1 - i_t) if input_forget else f(_clip(gates[:, 2 * hs : 3 * hs] + pf * c, clip))
+                    cn = f_t * c + i_t * c_t
+                    o_t = f(_clip(gates[:, hs : 2 * hs] + po * cn, clip))
+                else:
+                    iof = f(_clip(gates[:, : 3 * hs], clip))
+                    i_t, o_t = iof[:, :hs], iof[:, hs : 2 * hs]
+                    f_t = (1 - i_t) if input_forget else iof[:, 2 * hs :]
+                    cn = f_t * c
+                    cn += i_t * c_t
+                hn = o_t * h_act(cn)
+                if s.valid is not None:
+                    m = s.valid[t][:, None]
+                    hn = np.where(m, hn, h)
+                    cn = np.where(m, cn, c)
+                    y[t] = np.where(m, hn, 0)
+                else:
+                    y[t] = hn
+                h, c = hn, cn
+            ys.append(s.order(y, d, rev_idx))
+            finals.append([h, c])
     return s.outputs(ctx, ys, finals)
 
 
@@ -254,33 +257,41 @@ def gru(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
-    for d in range(s.num_dir):
-        f, g_act = acts[d]
-        xw = s.order(s.projection(w, d), d, rev_idx)
-        rzr_t = r[d, : 2 * hs].T
-        rh_t = r[d, 2 * hs :].T
-        rb = s.rb[d]
-        rb_zr, rb_h = rb[: 2 * hs], rb[2 * hs :]
-        h = s.states[0][d]
-        y = np.zeros((s.seq, s.batch, hs), dtype=s.dtype)
-        for t in range(s.seq):
-            zr = xw[t, :, : 2 * hs] + h @ rzr_t
-            zr += rb_zr
-            zr = f(_clip(zr, clip))
-            z, rr = zr[:, :hs], zr[:, hs:]
-            if linear_before_reset:
-                hh = xw[t, :, 2 * hs :] + rr * (h @ rh_t + rb_h)
-            else:
-                hh = xw[t, :, 2 * hs :] + (rr * h) @ rh_t + rb_h
-            hh = g_act(_clip(hh, clip))
-            hn = (1 - z) * hh + z * h
-            if s.valid is not None:
-                m = s.valid[t][:, None]
-                hn = np.where(m, hn, h)
-                y[t] = np.where(m, hn, 0)
-            else:
-                y[t] = hn
-            h = hn.astype(s.dtype, copy=False)
-        ys.append(s.order(y, d, rev_idx))
-        finals.append([h])
+    with np.errstate(over="ignore"):
+        for d in range(s.num_dir):
+            f, g_act = acts[d]
+            xw = s.projection(w, d, with_rb=False)
+            rb_h = s.rb[d, 2 * hs :]
+            xw[:, :, : 2 * hs] += s.rb[d, : 2 * hs]
+            if not linear_before_reset:
+                xw[:, :, 2 * hs :] += rb_h  # outside the reset product: fold it in
+            xw = s.order(xw, d, rev_idx)
+            rzr_t = r[d, : 2 * hs].T
+            rh_t = r[d, 2 * hs :].T
+            h = s.states[0][d]
+            y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
+            for t in range(s.seq):
+                if linear_before_reset:
+                    rec = h @ r[d].T  # one matmul for z, r and h
+                    zr = f(_clip(xw[t, :, : 2 * hs] + rec[:, : 2 * hs], clip))
+                    rr = zr[:, hs:]
+                    rec_h = rec[:, 2 * hs :]
+                    rec_h += rb_h
+                    hh = xw[t, :, 2 * hs :] + rr * rec_h
+                else:
+                    zr = f(_clip(xw[t, :, : 2 * hs] + h @ rzr_t, clip))
+                    rr = zr[:, hs:]
+                    hh = xw[t, :, 2 * hs :] + (rr * h) @ rh_t
+                z = zr[:, :hs]
+                hh = g_act(_clip(hh, clip))
+                hn = hh + z * (h - hh)  # (1 - z) * hh + z * h
+                if s.valid is not None:
+                    m = s.valid[t][:, None]
+                    hn = np.where(m, hn, h)
+                    y[t] = np.where(m, hn, 0)
+                else:
+                    y[t] = hn
+                h = hn.astype(s.dtype, copy=False)
+            ys.append(s.order(y, d, rev_idx))
+            finals.append([h])
     return s.outputs(ctx, ys, finals)

@@ -91,7 +91,7 @@ def split_to_sequence(input, split=None, *, axis=0, keepdims=1):  # noqa: A002 -
             raise KernelError(f"SplitToSequence: split {sizes} does not add up to axis {axis} size {dim}")
     bounds = np.cumsum([0] + sizes)
     pre = (slice(None),) * axis
-    return [np.ascontiguousarray(x[pre + (slice(int(b), int(e)),)]) for b, e in zip(bounds[:-1], bounds[1:])]
+    return [x[pre + (slice(int(b), int(e)),)].copy() for b, e in zip(bounds[:-1], bounds[1:])]
 
 
 @register("ConcatFromSequence", since=11)

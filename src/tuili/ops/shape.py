@@ -90,7 +90,7 @@ def transpose(data, *, perm=None):
         perm = list(range(data.ndim))[::-1]
     if sorted(perm) != list(range(data.ndim)):
         raise KernelError(f"Transpose: perm {perm} is not a permutation of the {data.ndim} input axes")
-    return np.ascontiguousarray(np.transpose(data, perm))
+    return np.transpose(data, perm).copy(order="C")
 
 
 # ---------------------------------------------------------------- Squeeze / Unsqueeze

@@ -88,7 +88,7 @@ def _split(x, axis, sizes, n_out, num_outputs=None):
             raise KernelError(f"Split: split sizes {sizes} do not add up to axis {axis} size {dim}")
     bounds = np.cumsum([0] + sizes)
     pre = (slice(None),) * axis
-    return tuple(np.ascontiguousarray(x[pre + (slice(int(b), int(e)),)]) for b, e in zip(bounds[:-1], bounds[1:]))
+    return tuple(x[pre + (slice(int(b), int(e)),)].copy() for b, e in zip(bounds[:-1], bounds[1:]))
 
 
 @register("Split", since=1)
@@ -126,10 +126,15 @@ def _slice(data, starts, ends, axes, steps):
     for s, e, a, st in zip(starts, ends, axes, steps):
         if st == 0:
             raise KernelError(f"Slice: step 0 on axis {a}")
-        # Python's slice clamping equals ONNX's: negative indices count from the end,
-        # then starts/ends clamp to [0, dim] (step > 0) or [-1, dim - 1] (step < 0).
-        index[a] = slice(s, e, st)
-    return np.ascontiguousarray(data[tuple(index)])
+        d = data.shape[a]
+        s = s + d if s < 0 else s
+        e = e + d if e < 0 else e
+        if st > 0:  # clamp to [0, dim]
+            s, e = min(max(s, 0), d), min(max(e, 0), d)
+        else:  # clamp starts to [0, dim-1], ends to [-1, dim-1]
+            s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
+        index[a] = slice(0, 0) if d == 0 else slice(s, None if e < 0 else e, st)
+    return data[tuple(index)].copy()
 
 
 @register("Slice", since=1)
@@ -414,10 +419,14 @@ def reverse_sequence(x, sequence_lens, *, batch_axis=1, time_axis=0):
 def compress(x, condition, *, axis=None):
     cond = np.asarray(condition).astype(bool).reshape(-1)
     if axis is None:
-        return np.compress(cond, x.reshape(-1))
-    axis = _axis(axis, x.ndim, "Compress")
-    if cond.size > x.shape[axis]:
-        cond = cond[: x.shape[axis]] if not cond[x.shape[axis]:].any() else cond
+        x, axis = x.reshape(-1), 0
+    else:
+        axis = _axis(axis, x.ndim, "Compress")
+    n = x.shape[axis]
+    if cond.size > n:
+        if cond[n:].any():
+            raise KernelError(f"Compress: condition has {cond.size} entries, axis {axis} has only {n}")
+        cond = cond[:n]
     return np.compress(cond, x, axis=axis)
 
 

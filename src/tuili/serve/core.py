@@ -91,6 +91,7 @@ class InferenceServer:
         self._models: dict[str, ModelEntry] = {}
         self._started = False
         self._stopping = False
+        self._draining = False
         self._poll_task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._version = _server_version()
@@ -135,6 +136,10 @@ class InferenceServer:
         for n in names:
             await self._unload(n, reason="server shutting down")
 
+    def begin_shutdown(self) -> None:
+        """Turn not-ready (load balancers stop sending) while requests in flight still finish."""
+        self._draining = True
+
     def _is_ensemble_loaded(self, name: str) -> bool:
         e = self._models.get(name)
         return bool(e and e.default and e.default.platform == "ensemble")
@@ -144,7 +149,7 @@ class InferenceServer:
         return True
 
     def ready(self) -> bool:
-        return self._started and not self._stopping
+        return self._started and not self._stopping and not self._draining
 
     def metadata(self) -> dict:
         return {"name": SERVER_NAME, "version": self._version, "extensions": list(EXTENSIONS)}
@@ -304,7 +309,7 @@ class InferenceServer:
         try:
             await mv.runner.stop()
         finally:
-            self.metrics.remove(mv.name, mv.version)
+            self.metrics.remove(mv.stats)
 
     async def _unload(self, name: str, reason: str = "unloaded") -> None:
         entry = self._models.get(name)

@@ -379,7 +379,11 @@ class GRPCInferenceService:
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context):
         if not request.model_name:
             raise InvalidInputError("RepositoryModelUnload: model_name is empty")
-        await self.core.unload_model(request.model_name)
+        params = {k: _param_value(v) for k, v in request.parameters.items()}
+        if params.get("unload_dependents"):
+            await self.core.unload_model(request.model_name, unload_dependents=True)
+        else:
+            await self.core.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

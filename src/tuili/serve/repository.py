@@ -181,6 +181,10 @@ class ModelRepository:
             instances.append(first)
             supports_batching = plan.backend in ("onnxruntime", "tuili", "pytorch")
             config = cfg.autocomplete(config, first.inputs, first.outputs, supports_batching, model_dir=plan.model_dir)
+            if not config.backend and not config.platform:
+                config.backend = plan.backend
+                if plan.backend in ("onnxruntime", "pytorch"):
+                    config.platform = plan.platform
             for i in range(1, count):
                 instances.append(self._new_instance(plan, version_dir, config, i, count))
         except BaseException:

@@ -132,13 +132,13 @@ class Scheduler:
             else:
                 self._work.notify()
         self._inflight += 1
-        self.stats.p_pending.inc()
+        self.stats.pending += 1
         fut.add_done_callback(self._done)
         return fut
 
     def _done(self, _fut) -> None:
         self._inflight -= 1
-        self.stats.p_pending.dec()
+        self.stats.pending -= 1
         if self._inflight == 0 and self._drained is not None:
             self._drained.set()
 

@@ -8,28 +8,45 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 _LABELS = ("model", "version")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf"))
 
 
+# Triton's metric families: (name, type, help, ModelStats -> value)
+_FAMILIES = [
+    ("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes", lambda s: s.success.count),
+    ("nv_inference_request_failure", "counter", "Number of failed inference requests, all batch sizes", lambda s: s.fail.count),
+    ("nv_inference_count", "counter", "Number of inferences performed (does not include cached requests)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "counter", "Number of model executions performed (does not include cached requests)", lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "counter", "Cumulative inference request duration in microseconds",
+     lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "counter", "Cumulative inference queuing duration in microseconds", lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration in microseconds",
+     lambda s: s.compute_input.ns // 1000),
+    ("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds",
+     lambda s: s.compute_infer.ns // 1000),
+    ("nv_inference_compute_output_duration_us", "counter", "Cumulative inference compute output duration in microseconds",
+     lambda s: s.compute_output.ns // 1000),
+    ("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution per-model",
+     lambda s: s.pending),
+]
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 class Metrics:
-    """The Prometheus metric families of one server (own registry, so several servers can coexist)."""
+    """The metrics of one server. Triton's ``nv_*`` families are rendered from the ModelStats
+    counters exactly as Triton names them (no ``_total`` suffix); the latency histograms are
+    prometheus_client Histograms in this server's own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.success = Counter("nv_inference_request_success", "Number of successful inference requests, all batch sizes", _LABELS, registry=r)
-        self.failure = Counter("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", _LABELS, registry=r)
-        self.count = Counter("nv_inference_count", "Number of inferences performed (a batch of n counts n)", _LABELS, registry=r)
-        self.exec_count = Counter("nv_inference_exec_count", "Number of model executions performed (a batch counts 1)", _LABELS, registry=r)
-        self.request_us = Counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", _LABELS, registry=r)
-        self.queue_us = Counter("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", _LABELS, registry=r)
-        self.input_us = Counter("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds", _LABELS, registry=r)
-        self.infer_us = Counter("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds", _LABELS, registry=r)
-        self.output_us = Counter("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds", _LABELS, registry=r)
-        self.pending = Gauge("nv_inference_pending_request_count", "Instantaneous number of pending requests awaiting execution", _LABELS, registry=r)
+        self._stats: dict[tuple[str, str], "ModelStats"] = {}
         self.latency = Histogram("tuili_inference_request_latency_seconds", "End-to-end server latency of successful requests", _LABELS,
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_latency = Histogram("tuili_inference_queue_latency_seconds", "Time requests wait in the scheduler queue", _LABELS,
@@ -37,13 +54,31 @@ class Metrics:
         self.batch_size = Histogram("tuili_inference_batch_size", "Batch size of model executions", _LABELS,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, float("inf")), registry=r)
 
-    def remove(self, model: str, version: str) -> None:
-        for m in (self.success, self.failure, self.count, self.exec_count, self.request_us, self.queue_us, self.input_us,
-                  self.infer_us, self.output_us, self.pending, self.latency, self.queue_latency, self.batch_size):
+    def add(self, stats: "ModelStats") -> None:
+        self._stats[(stats.model, stats.version)] = stats
+
+    def remove(self, stats: "ModelStats") -> None:
+        """Forget a retired version's stats (unless a reload already replaced them)."""
+        model, version = stats.model, stats.version
+        if self._stats.get((model, version)) is not stats:
+            return
+        del self._stats[(model, version)]
+        for m in (self.latency, self.queue_latency, self.batch_size):
             try:
                 m.remove(model, version)
             except KeyError:
                 pass
+
+    def exposition(self) -> bytes:
+        """Prometheus text format of everything."""
+        stats = [self._stats[k] for k in sorted(self._stats)]
+        lines = []
+        for name, typ, help_, get in _FAMILIES:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {typ}")
+            for s in stats:
+                lines.append(f'{name}{{model="{_esc(s.model)}",version="{_esc(s.version)}"}} {get(s)}')
+        return ("\n".join(lines) + "\n").encode() + generate_latest(self.registry)
 
 
 class _Dur:
@@ -73,21 +108,12 @@ class ModelStats:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.batch: dict[int, list[_Dur]] = {}
+        self.pending = 0
         lv = (model, version)
-        self.m = metrics
-        self._p_success = metrics.success.labels(*lv)
-        self._p_failure = metrics.failure.labels(*lv)
-        self._p_count = metrics.count.labels(*lv)
-        self._p_exec = metrics.exec_count.labels(*lv)
-        self._p_request = metrics.request_us.labels(*lv)
-        self._p_queue = metrics.queue_us.labels(*lv)
-        self._p_input = metrics.input_us.labels(*lv)
-        self._p_infer = metrics.infer_us.labels(*lv)
-        self._p_output = metrics.output_us.labels(*lv)
-        self.p_pending = metrics.pending.labels(*lv)
         self._p_latency = metrics.latency.labels(*lv)
         self._p_qlat = metrics.queue_latency.labels(*lv)
         self._p_bs = metrics.batch_size.labels(*lv)
+        metrics.add(self)
 
     # called from worker threads -------------------------------------------------------------
     def record_execution(self, batch_size: int, n_requests: int, queue_ns: list[int], input_ns: int, infer_ns: int, output_ns: int) -> None:
@@ -106,16 +132,9 @@ class ModelStats:
             self.compute_input.add(input_ns * n_requests, n_requests)
             self.compute_infer.add(infer_ns * n_requests, n_requests)
             self.compute_output.add(output_ns * n_requests, n_requests)
-        self._p_exec.inc()
-        self._p_count.inc(batch_size)
         self._p_bs.observe(batch_size)
-        qus = sum(queue_ns) / 1000.0
-        self._p_queue.inc(qus)
         for q in queue_ns:
             self._p_qlat.observe(q / 1e9)
-        self._p_input.inc(input_ns * n_requests / 1000.0)
-        self._p_infer.inc(infer_ns * n_requests / 1000.0)
-        self._p_output.inc(output_ns * n_requests / 1000.0)
 
     # called from the event loop -------------------------------------------------------------
     def record_request(self, ok: bool, duration_ns: int) -> None:
@@ -124,19 +143,13 @@ class ModelStats:
             if ok:
                 self.last_inference_ms = int(time.time() * 1000)
         if ok:
-            self._p_success.inc()
-            self._p_request.inc(duration_ns / 1000.0)
             self._p_latency.observe(duration_ns / 1e9)
-        else:
-            self._p_failure.inc()
 
     def record_ensemble(self, batch_size: int) -> None:
         """Ensembles have no executions of their own; count the inferences they run."""
         with self._lock:
             self.inference_count += batch_size
             self.execution_count += 1
-        self._p_count.inc(batch_size)
-        self._p_exec.inc()
 
     def json(self) -> dict:
         with self._lock:

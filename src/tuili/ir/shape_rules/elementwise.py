@@ -31,8 +31,10 @@ UNARY_SAME = (
 @shape_rule(*UNARY_SAME)
 def _unary(ctx: InferContext):
     out = same(ctx, 0)
-    if ctx.op_type == "Identity" and ctx.value(0) is not None:
-        ctx.set_value(0, ctx.value(0))
+    if ctx.op_type == "Identity":
+        if ctx.value(0) is not None:
+            ctx.set_value(0, ctx.value(0))
+        return [ctx.input(0)]
     return [out] + [None] * (ctx.num_outputs - 1)
 
 

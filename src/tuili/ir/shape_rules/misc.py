@@ -17,6 +17,7 @@ from .registry import (
     TensorType,
     broadcast_shapes,
     dim_add,
+    dim_prod,
     normalize_axis,
     shape_rule,
     unify_shape,
@@ -38,6 +39,13 @@ def unify_type(a, b):
     return None
 
 
+def _py_scalar(v):
+    x = np.asarray(v).reshape(-1)[0]
+    if isinstance(x, (bool, np.bool_, np.integer)):
+        return int(x)
+    return x
+
+
 def _copy(t):
     if isinstance(t, TensorType):
         return TensorType(t.dtype, t.shape)
@@ -49,14 +57,18 @@ def _copy(t):
 def _if(ctx: InferContext):
     if ctx.subgraph_infer is None:
         return [None] * ctx.num_outputs
-    then = ctx.subgraph_infer("then_branch", [])
-    els = ctx.subgraph_infer("else_branch", [])
+    cond = ctx.value(0)
+    live = None
+    if cond is not None and np.size(cond) == 1 and isinstance(_py_scalar(cond), int):
+        live = bool(_py_scalar(cond))
+    # a branch that cannot run is still typed, but its inconsistencies are not errors
+    then = ctx.subgraph_infer("then_branch", [], lenient=live is False)
+    els = ctx.subgraph_infer("else_branch", [], lenient=live is True)
     if len(then) != ctx.num_outputs or len(els) != ctx.num_outputs:
         raise ShapeInferenceError(
             f"branches have {len(then)} and {len(els)} outputs but the node has {ctx.num_outputs}")
-    cond = ctx.value(0)
-    if cond is not None and np.size(cond) == 1 and not isinstance(np.asarray(cond).reshape(-1)[0], str):
-        return [_copy(t) for t in (then if bool(np.asarray(cond).reshape(-1)[0]) else els)]
+    if live is not None:
+        return [_copy(t) for t in (then if live else els)]
     outs = []
     for a, b in zip(then, els):
         if isinstance(a, TensorType) and isinstance(b, TensorType) and a.dtype and b.dtype and a.dtype != b.dtype:
@@ -102,7 +114,7 @@ def _scan(ctx):
     m = ctx.attr("num_scan_inputs")
     n_in = len(ctx.inputs)
     if ctx.opset < 9:
-        return [None] * ctx.num_outputs
+        return _scan8(ctx, m)
     n_state = n_in - m
     in_axes = ctx.attr("scan_input_axes") or [0] * m
     states = [_copy(t) for t in ctx.inputs[:n_state]]
@@ -137,13 +149,41 @@ def _scan(ctx):
     return outs[: ctx.num_outputs]
 
 
+def _scan8(ctx, m):
+    """Scan-8: optional sequence_lens first; every tensor has a leading batch dim; scan axis 1."""
+    ins = ctx.inputs[1:]
+    n_state = len(ins) - m
+    batch = seq_len = None
+    body_in = []
+    for j, t in enumerate(ins):
+        if not isinstance(t, TensorType) or t.shape is None:
+            body_in.append(TensorType(getattr(t, "dtype", None), None))
+            continue
+        batch = batch if batch is not None else t.shape[0]
+        if j < n_state:
+            body_in.append(TensorType(t.dtype, tuple(t.shape[1:])))
+        else:
+            seq_len = seq_len if seq_len is not None else t.shape[1]
+            body_in.append(TensorType(t.dtype, tuple(t.shape[2:])))
+    body_out = ctx.subgraph_infer("body", body_in)
+    outs = []
+    for i, t in enumerate(body_out):
+        if not isinstance(t, TensorType) or t.shape is None:
+            outs.append(TensorType(getattr(t, "dtype", None), None))
+        elif i < n_state:
+            outs.append(TensorType(t.dtype, (batch,) + tuple(t.shape)))
+        else:
+            outs.append(TensorType(t.dtype, (batch, seq_len) + tuple(t.shape)))
+    return outs[: ctx.num_outputs]
+
+
 @shape_rule("SequenceMap")
 def _sequence_map(ctx):
     if ctx.subgraph_infer is None:
         return [None] * ctx.num_outputs
     body_in = [t.elem if isinstance(t, SequenceType) else _copy(t) for t in ctx.inputs]
     body_out = ctx.subgraph_infer("body", body_in)
-    return [SequenceType(_loosen(t)) for t in body_out]
+    return [SequenceType(_copy(t)) for t in body_out]
 
 
 def _loosen(t):
@@ -170,8 +210,9 @@ def _seq_empty(ctx):
 @shape_rule("SequenceInsert")
 def _seq_insert(ctx):
     seq, t = ctx.input(0), ctx.input(1)
-    if isinstance(seq, SequenceType) and seq.elem is not None and seq.elem.shape is None and seq.elem.dtype:
-        return [SequenceType(TensorType(seq.elem.dtype, None))]
+    if isinstance(seq, SequenceType) and (seq.elem is None or seq.elem.shape is None) and isinstance(t, TensorType):
+        # nothing known about the elements already there: the inserted tensor is all we know
+        return [SequenceType(TensorType(t.dtype or getattr(seq.elem, "dtype", None), t.shape))]
     elem = unify_type(seq.elem, t) if isinstance(seq, SequenceType) else None
     return [SequenceType(elem)]
 
@@ -282,22 +323,33 @@ def _dft(ctx):
     if shape is None:
         return [TensorType(ctx.dtype(0), None)]
     r = len(shape)
+    onesided, inverse = ctx.attr("onesided", 0), ctx.attr("inverse", 0)
     if ctx.opset < 20:
         axis = ctx.attr("axis", 1)
     else:
         axis = _scalar_value(ctx, 2) if ctx.has_input(2) else -2
-        if axis is None:
-            return [TensorType(ctx.dtype(0), (None,) * r)]
-    axis = normalize_axis(int(axis), r)
-    n = shape[axis]
+    n_given = None
     if ctx.has_input(1):
-        n = _scalar_value(ctx, 1)
-        n = int(n) if n is not None else None
-    if ctx.attr("onesided", 0) and not ctx.attr("inverse", 0):
-        n = n // 2 + 1 if isinstance(n, int) else None
+        n_given = _scalar_value(ctx, 1)
+        n_given = int(n_given) if n_given is not None else None
+    if axis is None:
+        last = 1 if onesided and inverse else 2
+        if ctx.has_input(1) or onesided:
+            return [TensorType(ctx.dtype(0), (None,) * (r - 1) + (last,))]
+        return [TensorType(ctx.dtype(0), tuple(shape[:-1]) + (last,))]
+    axis = normalize_axis(int(axis), r)
+    n = shape[axis] if not ctx.has_input(1) else n_given
     out = list(shape)
-    out[axis] = n
-    out[-1] = 2
+    if onesided and inverse:
+        if not ctx.has_input(1):
+            n = 2 * (n - 1) if isinstance(n, int) else None
+        out[axis] = n
+        out[-1] = 1
+    else:
+        if onesided:
+            n = n // 2 + 1 if isinstance(n, int) else None
+        out[axis] = n
+        out[-1] = 2
     return [TensorType(ctx.dtype(0), tuple(out))]
 
 
@@ -379,6 +431,100 @@ def _tfidf(ctx):
 def _image_decoder(ctx):
     c = 1 if ctx.attr("pixel_format", "RGB") == "Grayscale" else 3
     return [TensorType(TensorProto.UINT8, (None, None, c))]
+
+
+# --------------------------------------------------------------------------- random
+@shape_rule("RandomUniformLike", "RandomNormalLike")
+def _random_like(ctx):
+    return [TensorType(ctx.attr("dtype", ctx.dtype(0)), ctx.shape(0))]
+
+
+@shape_rule("RandomUniform", "RandomNormal")
+def _random(ctx):
+    return [TensorType(ctx.attr("dtype", TensorProto.FLOAT), tuple(ctx.attr("shape")))]
+
+
+@shape_rule("Multinomial")
+def _multinomial(ctx):
+    shape = ctx.shape(0)
+    return [TensorType(ctx.attr("dtype", TensorProto.INT32),
+                       (shape[0] if shape else None, ctx.attr("sample_size", 1)))]
+
+
+# --------------------------------------------------------------------------- other domains in the node tests
+@shape_rule("ArrayFeatureExtractor", domain="ai.onnx.ml")
+def _array_feature_extractor(ctx):
+    x, idx = ctx.shape(0), ctx.shape(1)
+    if x is None or idx is None:
+        return [TensorType(ctx.dtype(0), None)]
+    n = dim_prod(idx)
+    return [TensorType(ctx.dtype(0), (1, n) if len(x) == 1 else tuple(x[:-1]) + (n,))]
+
+
+@shape_rule("Binarizer", domain="ai.onnx.ml")
+def _binarizer(ctx):
+    return [TensorType(ctx.dtype(0), ctx.shape(0))]
+
+
+@shape_rule("LabelEncoder", domain="ai.onnx.ml")
+def _label_encoder(ctx):
+    a = ctx.attrs
+    if "values_tensor" in a:
+        arr = np.asarray(a["values_tensor"])
+        dtype = TensorProto.STRING if arr.dtype == object else onnx_dtype_of(arr)
+    elif "values_strings" in a:
+        dtype = TensorProto.STRING
+    elif "values_int64s" in a:
+        dtype = INT64
+    elif "values_floats" in a:
+        dtype = TensorProto.FLOAT
+    else:
+        dtype = None
+    return [TensorType(dtype, ctx.shape(0))]
+
+
+def onnx_dtype_of(arr):
+    from onnx.helper import np_dtype_to_tensor_dtype
+
+    return np_dtype_to_tensor_dtype(arr.dtype)
+
+
+@shape_rule("TreeEnsemble", domain="ai.onnx.ml")
+def _tree_ensemble(ctx):
+    x = ctx.shape(0)
+    n = x[0] if x is not None else None
+    return [TensorType(ctx.dtype(0), (n, ctx.attr("n_targets")))]
+
+
+@shape_rule("Adagrad", "Momentum", domain="ai.onnx.preview.training")
+def _optimizer(ctx):
+    # inputs: R, T, then n tensors X, n gradients, (n accumulators...); outputs: new X, new accumulators
+    n_in = len(ctx.inputs) - 2
+    groups = n_in // ctx.num_outputs * 0 + (3 if ctx.op_type in ("Adagrad", "Momentum") else 4)
+    n = n_in // groups
+    xs = [ctx.input(2 + i) for i in range(n)]
+    outs = []
+    for k in range(ctx.num_outputs // max(n, 1)):
+        outs.extend(TensorType(t.dtype, t.shape) if isinstance(t, TensorType) else None for t in xs)
+    return outs[: ctx.num_outputs]
+
+
+@shape_rule("Adam", domain="ai.onnx.preview.training")
+def _adam(ctx):
+    n = (len(ctx.inputs) - 2) // 4
+    xs = [ctx.input(2 + i) for i in range(n)]
+    outs = []
+    for _ in range(3):
+        outs.extend(TensorType(t.dtype, t.shape) if isinstance(t, TensorType) else None for t in xs)
+    return outs[: ctx.num_outputs]
+
+
+@shape_rule("FlexAttention", domain="ai.onnx.preview")
+def _flex_attention(ctx):
+    q, v = ctx.shape(0), ctx.shape(2)
+    if q is None or v is None:
+        return [TensorType(ctx.dtype(0), None)]
+    return [TensorType(ctx.dtype(0), tuple(q[:-1]) + (v[-1],))]
 
 
 del math, dim_add, value_to_dim

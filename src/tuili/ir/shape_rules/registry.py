@@ -104,7 +104,7 @@ class InferContext:
 
     def set_value(self, i: int, v) -> None:
         if v is not None and i < len(self.out_values):
-            self.out_values[i] = v
+            self.out_values[i] = as_value(v)
 
     def int_list(self, i: int) -> list | None:
         """Known value of input i as a list of ints/symbols/None, or None if unknown."""
@@ -118,6 +118,17 @@ class InferContext:
         if lst is None or any(not isinstance(x, int) for x in lst):
             return None
         return lst
+
+
+def as_value(v) -> np.ndarray:
+    """Normalize a propagated value: always an ndarray; symbolic entries keep an object array."""
+    if isinstance(v, np.ndarray):
+        return v
+    if v is None or isinstance(v, str):
+        arr = np.empty((), dtype=object)
+        arr[()] = v
+        return arr
+    return np.asarray(v)
 
 
 def _scalar(x):

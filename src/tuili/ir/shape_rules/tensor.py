@@ -276,8 +276,8 @@ def _expand(ctx):
         s = ctx.shape(1)
         n = s[0] if s and len(s) == 1 else None
         if shape is not None and isinstance(n, int):
-            r = max(len(shape), n)
-            return [TensorType(ctx.dtype(0), (None,) * r)]
+            # an unknown target entry is 1 or equal to the input dim where that is > 1
+            return [TensorType(ctx.dtype(0), broadcast_shapes(shape, (None,) * n))]
         return [TensorType(ctx.dtype(0), None)]
     target = tuple(value_to_dim(d) for d in target)
     out = broadcast_shapes(shape, target)
@@ -345,6 +345,11 @@ def _concat(ctx):
                         f"dim {i} differs between inputs: {[list(x) for x in known]}") from None
             out.append(d)
     vals = [ctx.value(i) for i in range(len(ctx.inputs))]
+    if r == 1 and dtype == INT64 and any(v is not None for v in vals):
+        # shape tensors: an input of known length but unknown value contributes unknown entries
+        for i, v in enumerate(vals):
+            if v is None and shapes[i] is not None and isinstance(shapes[i][0], int) and shapes[i][0] <= MAX_VALUE_ELEMS:
+                vals[i] = np.full(shapes[i][0], None, dtype=object)
     if all(v is not None for v in vals) and sum(np.size(v) for v in vals) <= MAX_VALUE_ELEMS:
         arrs = [np.asarray(v) for v in vals]
         if any(a.dtype == object for a in arrs):
@@ -379,8 +384,9 @@ def _split(ctx):
         if isinstance(d, int):
             if "num_outputs" in ctx.attrs:
                 chunk = -(-d // num)
-                sizes = [chunk] * (d // chunk) + ([d % chunk] if d % chunk else [])
-                sizes = (sizes + [0] * num)[:num]
+                sizes = [chunk] * (num - 1) + [d - chunk * (num - 1)]
+                if sizes[-1] < 0:
+                    raise ShapeInferenceError(f"dim {d} of axis {axis} cannot be split into {num} outputs")
             else:
                 if d % num:
                     raise ShapeInferenceError(f"dim {d} of axis {axis} does not split evenly into {num}")
@@ -617,6 +623,9 @@ def _resize(ctx):
         if sv is not None and np.size(sv) > 0:
             scales = [float(x) for x in np.asarray(sv).reshape(-1)]
     if sizes is None and scales is None:
+        if axes is not None:
+            ax = {normalize_axis(a, len(shape)) for a in axes}
+            return [TensorType(dtype, tuple(None if i in ax else d for i, d in enumerate(shape)))]
         return [TensorType(dtype, (None,) * len(shape))]
     return [TensorType(dtype, _resize_shape(shape, scales, sizes, axes, policy))]
 
@@ -673,8 +682,14 @@ def _col2im(ctx):
     shape = ctx.shape(0)
     image = ctx.int_list(1)
     block = ctx.int_list(2)
-    if shape is None or image is None:
+    if shape is None:
         return [TensorType(ctx.dtype(0), None)]
+    if image is None:
+        s1 = ctx.shape(1)
+        k = s1[0] if s1 is not None and len(s1) == 1 and isinstance(s1[0], int) else None
+        if k is None:
+            return [TensorType(ctx.dtype(0), None)]
+        image = [None] * k
     c = dim_div(shape[1], dim_prod(block)) if block is not None else None
     return [TensorType(ctx.dtype(0), (shape[0], c) + tuple(value_to_dim(x) for x in image))]
 

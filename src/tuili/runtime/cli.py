@@ -1,0 +1,131 @@
+"""`tuili run` (one inference from .npy/.npz or random inputs) and `tuili ops` (supported ops)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tuili.errors import InvalidInputError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run an ONNX model once and print or save its outputs",
+                       description="Run an ONNX model on inputs from .npy/.npz files or random data.")
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("-i", "--input", action="append", default=[], metavar="NAME=FILE.npy | FILE.npz",
+                   help="input tensor(s); an .npz maps its keys to input names")
+    p.add_argument("--random", action="store_true", help="feed random inputs (symbolic dims become --dim values)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a symbolic dimension for --random (default 1)")
+    p.add_argument("--engine", default="tuili", choices=["tuili", "onnxruntime"])
+    p.add_argument("--compare", action="store_true", help="also run onnxruntime and print the agreement")
+    p.add_argument("-o", "--output", help="save outputs to this .npz")
+    p.add_argument("--repeat", type=int, default=1, help="run N times and print the mean latency")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_command)
+
+    p = sub.add_parser("ops", help="list the ops tuili's engine implements")
+    p.set_defaults(func=ops_command)
+
+
+def read_inputs(specs: list[str], input_names: list[str]) -> dict:
+    import numpy as np
+
+    feeds = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        if not Path(path).is_file():
+            raise InvalidInputError(f"input file {path!r} does not exist")
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            feeds.update({k: data[k] for k in data.files})
+        else:
+            if not name:
+                if len(input_names) != 1:
+                    raise InvalidInputError(f"{path}: say which input it is (NAME={path}); the model's inputs "
+                                            f"are {input_names}")
+                name = input_names[0]
+            feeds[name] = data
+    return feeds
+
+
+def random_inputs(sess, dims: dict[str, int], seed: int = 0) -> dict:
+    """Random feeds for every input: floats in [0, 1), ints in [0, 10), bools."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in sess.get_inputs():
+        if arg.dtype is None:
+            raise InvalidInputError(f"input {arg.name!r} is of type {arg.type}: --random makes tensors only")
+        shape = [d if isinstance(d, int) else dims.get(d or "", 1) for d in (arg.shape or [])]
+        if arg.dtype.kind == "f":
+            feeds[arg.name] = rng.random(shape).astype(arg.dtype)
+        elif arg.dtype.kind in "iu":
+            feeds[arg.name] = rng.integers(0, 10, shape).astype(arg.dtype)
+        elif arg.dtype.kind == "b":
+            feeds[arg.name] = rng.random(shape) < 0.5
+        else:
+            raise InvalidInputError(f"input {arg.name!r} has dtype {arg.dtype}: give it with -i")
+    return feeds
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tuili.runtime.session import InferenceSession
+
+    t0 = time.perf_counter()
+    sess = InferenceSession(args.model, engine=args.engine)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    names = [a.name for a in sess.get_inputs()]
+    dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}
+    feeds = random_inputs(sess, dims, args.seed) if args.random else {}
+    feeds.update(read_inputs(args.input, names))
+    times = []
+    for _ in range(max(1, args.repeat)):
+        t0 = time.perf_counter()
+        outputs = sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    out_names = [o.name for o in sess.get_outputs()]
+    print(f"{args.model}: loaded in {load_ms:.0f} ms on engine {args.engine}; "
+          f"run {1e3 * sorted(times)[len(times) // 2]:.2f} ms (median of {len(times)})")
+    for name, value in zip(out_names, outputs):
+        arr = np.asarray(value) if not isinstance(value, list) else value
+        if isinstance(arr, np.ndarray):
+            summary = f"{arr.dtype}{list(arr.shape)}"
+            if arr.dtype.kind in "fiu" and arr.size:
+                summary += f" min {arr.min():.4g} max {arr.max():.4g} mean {arr.astype(np.float64).mean():.4g}"
+            print(f"  {name}: {summary}")
+            if arr.size <= 20:
+                print(f"    {np.array2string(arr, precision=5)}")
+        else:
+            print(f"  {name}: sequence of {len(arr)}")
+    if args.compare:
+        ref = InferenceSession(args.model, engine="onnxruntime").run(None, feeds)
+        for name, a, b in zip(out_names, outputs, ref):
+            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+            err = float(np.max(np.abs(a - b))) if a.size else 0.0
+            rel = err / max(float(np.max(np.abs(b))) if b.size else 1.0, 1e-12)
+            print(f"  {name}: max |tuili - onnxruntime| = {err:.3g} (relative {rel:.3g})")
+    if args.output:
+        np.savez(args.output, **dict(zip(out_names, outputs)))
+        print(f"saved outputs to {args.output}")
+    return 0
+
+
+def ops_command(args: argparse.Namespace) -> int:
+    from tuili.ops.registry import supported_ops
+
+    for domain, ops in supported_ops().items():
+        print(f"{domain} ({len(ops)} ops)")
+        line = "  "
+        for op, since in ops:
+            item = f"{op}-{since} "
+            if len(line) + len(item) > 100:
+                print(line)
+                line = "  "
+            line += item
+        print(line)
+    return 0
+

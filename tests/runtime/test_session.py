@@ -1,0 +1,120 @@
+"""InferenceSession: onnxruntime's calling convention, clear errors for bad feeds and unsupported ops."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import tuili
+from tuili.errors import InvalidInputError, UnsupportedOpError
+
+F = onnx.TensorProto.FLOAT
+
+
+def _mlp() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="act"),
+             helper.make_node("MatMul", ["a", "w2"], ["logits"], name="fc2"),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", F, ["N", 8])],
+                              [helper.make_tensor_value_info("logits", F, ["N", 3]),
+                               helper.make_tensor_value_info("probs", F, ["N", 3])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    model = _mlp()
+    return tuili.InferenceSession(model), tuili.InferenceSession(model, engine="onnxruntime")
+
+
+def test_ort_calling_convention(sessions):
+    sess, ref = sessions
+    (x_arg,) = sess.get_inputs()
+    assert (x_arg.name, x_arg.shape, x_arg.type) == ("x", ["N", 8], "tensor(float)")
+    assert [o.name for o in sess.get_outputs()] == ["logits", "probs"]
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    for names in (None, ["probs"], ["probs", "logits"]):
+        got, want = sess.run(names, {"x": x}), ref.run(names, {"x": x})
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_runs_are_independent(sessions):
+    sess, ref = sessions
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((n + 1, 8)).astype(np.float32) for n in range(8)]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(20):
+            results[i] = sess.run(["probs"], {"x": xs[i]})[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, r in zip(xs, results):
+        np.testing.assert_allclose(r, ref.run(["probs"], {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_input_name(sessions):
+    with pytest.raises(InvalidInputError, match=r"\['image'\] are not inputs.*\['x'\]"):
+        sessions[0].run(None, {"image": np.zeros((1, 8), np.float32)})
+
+
+def test_missing_input(sessions):
+    with pytest.raises(InvalidInputError, match="input 'x' is missing"):
+        sessions[0].run(None, {})
+
+
+def test_wrong_dtype_names_expected_and_given(sessions):
+    with pytest.raises(InvalidInputError, match=r"'x' has dtype float64, expected float32"):
+        sessions[0].run(None, {"x": np.zeros((1, 8))})
+
+
+def test_wrong_shape_names_dimension(sessions):
+    with pytest.raises(InvalidInputError, match=r"'x' has shape \[2, 7\].*dimension 1 must be 8"):
+        sessions[0].run(None, {"x": np.zeros((2, 7), np.float32)})
+    with pytest.raises(InvalidInputError, match=r"rank 3.*expected rank 2"):
+        sessions[0].run(None, {"x": np.zeros((1, 2, 8), np.float32)})
+
+
+def test_unknown_output_name(sessions):
+    with pytest.raises(InvalidInputError, match="'nope'"):
+        sessions[0].run(["nope"], {"x": np.zeros((1, 8), np.float32)})
+
+
+def test_unsupported_op_names_op_domain_opset_node():
+    node = helper.make_node("FancyConv", ["x"], ["y"], name="layer7", domain="")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", F, [1])],
+                              [helper.make_tensor_value_info("y", F, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOpError, match=r"FancyConv.*ai\.onnx.*opset 17.*'layer7'.*similar supported ops: .*Conv"):
+        tuili.InferenceSession(model)
+
+
+def test_subgraph_reads_outer_scope_values():
+    """An If branch that reads a value of the enclosing graph (captured at run time)."""
+    then_g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["r"])], "then", [],
+                               [helper.make_tensor_value_info("r", F, [2])])
+    else_g = helper.make_graph([helper.make_node("Sub", ["a", "b"], ["r2"])], "else", [],
+                               [helper.make_tensor_value_info("r2", F, [2])])
+    nodes = [helper.make_node("Neg", ["x"], ["a"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    b = numpy_helper.from_array(np.array([10, 20], np.float32), "b")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2]),
+                                           helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", F, [2])], [b])
+    sess = tuili.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.array([1, 2], np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x, "c": np.array(True)})[0], [9, 18])
+    np.testing.assert_array_equal(sess.run(None, {"x": x, "c": np.array(False)})[0], [-11, -22])

@@ -93,7 +93,7 @@ def test_external_data_round_trip(tmp_path):
     assert (dst.parent / "weights.bin").is_file()
     saved = onnx.load(dst, load_external_data=False)
     assert onnx.external_data_helper.uses_external_data(saved.graph.initializer[0])
-    assert same_model(onnx.load(dst), model)
+    assert same_model(onnx.load(dst), onnx.load(src))
     assert graph.metadata_props == {"author": "tuili", "license": "MIT"}
     assert graph.opset_imports == {"": 17, "com.x": 1}
 

@@ -10,11 +10,6 @@ from onnx import TensorProto, helper
 from tuili.ir.attributes import decode_attribute
 from tuili.ops.registry import KernelContext, get_kernel
 
-_TYPES = {
-    np.dtype(object): TensorProto.STRING,
-}
-
-
 def _elem_type(a) -> int:
     a = np.asarray(a)
     if a.dtype == object or a.dtype.kind in "SU":
@@ -30,7 +25,9 @@ def make_model(op, inputs, n_outputs=1, opset=None, domain="", **attrs):
     outs = [f"out{i}" for i in range(n_outputs)]
     node = helper.make_node(op, names, outs, domain=domain or None, **attrs)
     g_in = [
-        helper.make_tensor_value_info(n, _elem_type(a), np.asarray(a).shape)
+        helper.make_tensor_sequence_value_info(n, _elem_type(a[0]) if a else TensorProto.FLOAT, None)
+        if isinstance(a, list)
+        else helper.make_tensor_value_info(n, _elem_type(a), np.asarray(a).shape)
         for n, a in zip(names, inputs)
         if a is not None
     ]

@@ -83,6 +83,9 @@ def _declared_type(v):
     """What a Value already says about itself (declared inputs, value_info, initializers)."""
     if v is None:
         return None
+    tensor = getattr(v, "tensor", None)  # tuili.ir.Value: dtype/shape without decoding the data
+    if tensor is not None:
+        return TensorType(tensor.dtype, tuple(int(d) for d in tensor.shape))
     const = getattr(v, "const", None)
     if const is not None:
         arr = np.asarray(const)
@@ -94,6 +97,19 @@ def _declared_type(v):
     if dtype is None and shape is None:
         return None
     return TensorType(dtype, None if shape is None else tuple(shape))
+
+
+def _const_of(v) -> np.ndarray | None:
+    """The value of an initializer if it is small enough to hand to rules."""
+    tensor = getattr(v, "tensor", None)
+    if tensor is not None:
+        if int(np.prod(tensor.shape, dtype=np.int64)) > MAX_CONST_FOR_RULES:
+            return None
+        return np.asarray(tensor.numpy())
+    const = getattr(v, "const", None)
+    if const is not None and np.size(const) <= MAX_CONST_FOR_RULES:
+        return np.asarray(const)
+    return None
 
 
 def _merge_types(declared, inferred, where: str, strict: bool):
@@ -151,10 +167,7 @@ class _State:
             return None
         if id(v) in self.values:
             return self.values[id(v)]
-        const = getattr(v, "const", None)
-        if const is not None and np.size(const) <= MAX_CONST_FOR_RULES:
-            return np.asarray(const)
-        return None
+        return _const_of(v)
 
     def set(self, v, t) -> None:
         self.types[id(v)] = t
@@ -166,6 +179,7 @@ class _State:
                 v.type_proto = None
         elif t is not None and hasattr(v, "type_proto"):
             v.type_proto = type_to_proto(t)
+            v.dtype = v.shape = None
 
 
 def infer_shapes(graph, *, strict: bool = False):

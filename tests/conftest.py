@@ -1,0 +1,22 @@
+"""Shared fixtures: zoo models exported once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def zoo_onnx(tmp_path_factory):
+    """zoo_onnx(name) -> path of the model exported with a dynamic batch axis (cached for the session)."""
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("zoo")
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            from tuili import zoo
+
+            cache[name] = zoo.export(name, root / f"{name}.onnx")
+        return cache[name]
+
+    return get

@@ -20,7 +20,8 @@ import pytest
 from onnx import TensorProto, helper, shape_inference
 
 from tuili.errors import ShapeInferenceError
-from tuili.ir.shape_inference import ProtoGraph, infer_model_types, infer_shapes
+from tuili.ir import from_model_proto
+from tuili.ir.shape_inference import ProtoGraph, _declared_type, infer_model_types, infer_shapes
 from tuili.ir.shape_rules import TensorType, registered_ops
 from tuili.ir.shape_rules.registry import SequenceType
 
@@ -175,12 +176,7 @@ def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = No
         tally.counts["onnx_failed"] += 1
         return
     ref_types = onnx_types(ref)
-    pg, ours = infer_model_types(stripped, keep_value_info=False)
-    producer_op = {}
-    for g in [pg, *pg.subgraphs()]:
-        for n in g.nodes:
-            for v in n.outputs:
-                producer_op[v.name] = n.op_type
+    ours, producer_op = infer_with_ir(stripped)
     symmap, rsymmap = {}, {}
     for name, tp in ref_types.items():
         if name not in ours or name not in producer_op:
@@ -206,6 +202,21 @@ def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = No
         tally.counts["checked_vs_data"] += 1
         if bad:
             tally.add("wrong_vs_data", producer_op[name], f"{label}: {name}: {'; '.join(bad)}")
+
+
+def infer_with_ir(model: onnx.ModelProto, strict: bool = False):
+    """Load into tuili's IR, infer, and read back {name: type} and {name: producing op type}."""
+    graph = from_model_proto(model)
+    assert infer_shapes(graph, strict=strict) is graph
+    types, producer_op = {}, {}
+    for g in [graph, *graph.subgraphs()]:
+        for name, v in g.values.items():
+            if name:
+                types.setdefault(name, _declared_type(v))
+        for n in g.nodes:
+            for v in n.outputs:
+                producer_op[v.name] = n.op_type
+    return types, producer_op
 
 
 def node_cases():

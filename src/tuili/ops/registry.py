@@ -41,7 +41,8 @@ class KernelContext:
     opset: int
     node_name: str = ""
     num_outputs: int = 1
-    # run_subgraph(graph, feeds: dict[str, Any]) -> list of output values (outer scope visible)
+    # run_subgraph(graph, inputs: list in the body's input order, or dict by name) -> list of outputs;
+    # the body sees the outer-scope values it reads
     run_subgraph: Callable[..., list] | None = None
     # Values of the enclosing scope, for subgraphs that read outer names.
     extra: dict = field(default_factory=dict)

@@ -101,8 +101,10 @@ def _bind(ctx: KernelContext, captured: list[Any]) -> KernelContext:
     """A per-call context whose run_subgraph sees this call's outer values."""
     plans: dict[int, Plan] = ctx.extra["plans"]
 
-    def run_subgraph(graph: Graph, inputs: Sequence[Any]) -> list[Any]:
+    def run_subgraph(graph: Graph, inputs: Sequence[Any] | dict[str, Any]) -> list[Any]:
         plan = plans[id(graph)]
+        if isinstance(inputs, dict):  # by name -> in the body's input order
+            inputs = [inputs.get(v.name) for v in graph.inputs]
         return plan.run(inputs, [captured[i] for i in ctx.extra["capture_index"][id(graph)]])
 
     return KernelContext(ctx.op_type, ctx.opset, ctx.node_name, ctx.num_outputs, run_subgraph, ctx.extra)

@@ -211,6 +211,38 @@ def _clean_protobuf_message(msg: str) -> str:
     return msg
 
 
+def _hint(reason: str) -> str:
+    """What to do about a protobuf text-format error."""
+    m = re.search(r'Enum type "([\w.]+)" has no value named', reason)
+    if m:
+        enum = _find_enum(m.group(1))
+        if enum is not None:
+            return "valid values: " + ", ".join(v.name for v in enum.values)
+    if "has no field named" in reason:
+        return ("check the spelling; the fields are those of Triton's model configuration "
+                "(tuili/serve/protos/model_config.proto)")
+    if "oneof" in reason:
+        return "keep only one of these alternatives"
+    if "multiple" in reason:
+        return "write the field once, or use [ ... ] for a repeated field"
+    return "fix the protobuf text-format syntax at this position"
+
+
+def _find_enum(name: str):
+    """Enum descriptor of model_config.proto by (possibly nested) name."""
+    short = name.split(".")[-1]
+    found = mc.DESCRIPTOR.enum_types_by_name.get(short)
+    if found is not None:
+        return found
+    stack = list(mc.DESCRIPTOR.message_types_by_name.values())
+    while stack:
+        d = stack.pop()
+        if short in d.enum_types_by_name:
+            return d.enum_types_by_name[short]
+        stack.extend(d.nested_types)
+    return None
+
+
 def parse_model_config(text: str, source: str = "<config.pbtxt>", *, validate: bool = True,
                        model_dir: str | Path | None = None) -> ModelConfig:
     """Parse config.pbtxt text; errors are ModelConfigError naming ``source``,
@@ -225,10 +257,8 @@ def parse_model_config(text: str, source: str = "<config.pbtxt>", *, validate: b
             loc = _Locator(text, ModelConfig.DESCRIPTOR)
             field = loc.field_at(line, col or 1)
         reason = _clean_protobuf_message(str(exc))
-        raise ModelConfigError(
-            f"{reason} (fix the text-format syntax; see model_config.proto for the schema)",
-            file=source, line=line, column=col, field=field,
-        ) from None
+        raise ModelConfigError(f"{reason} ({_hint(reason)})", file=source, line=line, column=col,
+                               field=field) from None
     if validate:
         validate_model_config(config, model_dir=model_dir, source=source, text=text)
     return config

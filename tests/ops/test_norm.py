@@ -90,11 +90,25 @@ def test_group_normalization(opset, groups):
     assert_same("GroupNormalization", [x, _f32(rng, (n,)), _f32(rng, (n,))], 1, opset, num_groups=groups, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("size", [1, 3, 5])
 def test_lrn(size):
     rng = np.random.default_rng(size)
     x = _f32(rng, (2, 6, 3, 4))
     assert_same("LRN", [x], 1, 13, size=size, alpha=0.01, beta=0.6, bias=1.5, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_lrn_even_size_against_spec_loop(size):
+    # onnxruntime only accepts odd sizes; check even windows against the spec's formula.
+    rng = np.random.default_rng(size)
+    x = _f32(rng, (2, 5, 3))
+    want = np.empty_like(x)
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    for c in range(x.shape[1]):
+        sq = np.sum(x[:, max(0, c - lo) : min(5, c + hi + 1)] ** 2, axis=1)
+        want[:, c] = x[:, c] / (1.5 + 0.01 / size * sq) ** 0.6
+    got = run_tuili("LRN", [x], 1, 13, size=size, alpha=0.01, beta=0.6, bias=1.5)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -120,11 +134,12 @@ def test_mean_variance_normalization():
 def test_dropout_inference_and_training():
     rng = np.random.default_rng(3)
     x = _f32(rng, (4, 50))
-    # inference (all opsets): identity, all-true mask
+    # inference (all opsets): identity, all-true mask (bool from opset 10, x's type before)
     for opset in (7, 10, 12, 22):
         inputs = [x] if opset < 12 else [x, np.array(0.5, np.float32)]
         y, mask = run_tuili("Dropout", inputs, 2, opset)
-        assert np.array_equal(y, x) and mask.dtype == np.bool_ and mask.all()
+        assert np.array_equal(y, x) and mask.all()
+        assert mask.dtype == (np.bool_ if opset >= 10 else x.dtype)
     # training: kept values are scaled by 1/(1-ratio), dropped are 0, same seed -> same mask
     r, t = np.array(0.25, np.float32), np.array(True)
     y1, m1 = run_tuili("Dropout", [x, r, t], 2, 22, seed=7)

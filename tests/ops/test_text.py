@@ -33,6 +33,10 @@ def test_string_concat_broadcast(a, b):
     maxsplit=st.one_of(st.none(), st.integers(0, 3)),
 )
 def test_string_split(items, delimiter, maxsplit):
+    # An empty string split on an explicit delimiter gives one empty substring (Python, the ONNX
+    # reference, tuili) but none in onnxruntime: keep "" away from the comparison there.
+    if delimiter:
+        items = [s or "a" for s in items]
     attrs = {}
     if delimiter is not None:
         attrs["delimiter"] = delimiter
@@ -47,11 +51,15 @@ def test_string_split_empty_and_2d():
     assert y.shape == (2, 2, 3) and n.tolist() == [[2, 1], [0, 3]]
     y, n = run_tuili("StringSplit", [strs([])], n_outputs=2, opset=20)
     assert y.shape == (0, 0) and n.shape == (0,) and n.dtype == np.int64
+    y, n = run_tuili("StringSplit", [strs(["", "a-b"])], n_outputs=2, opset=20, delimiter="-")
+    assert y.tolist() == [["", ""], ["a", "b"]] and n.tolist() == [1, 2]
 
 
 @SETTINGS
 @given(
-    items=st.lists(st.sampled_from(["Monday", "monday", "TUESDAY", "wed", "Straße"]), min_size=1, max_size=5),
+    # ASCII only: onnxruntime with locale "C" leaves non-ASCII letters alone, Python (and the ONNX
+    # reference) case-map them
+    items=st.lists(st.sampled_from(["Monday", "monday", "TUESDAY", "wed", "Friday"]), min_size=1, max_size=5),
     case=st.sampled_from(["NONE", "LOWER", "UPPER"]),
     sensitive=st.integers(0, 1),
     two_d=st.booleans(),
@@ -59,7 +67,7 @@ def test_string_split_empty_and_2d():
 def test_string_normalizer(items, case, sensitive, two_d):
     x = strs(items, (1, len(items)) if two_d else None)
     assert_same("StringNormalizer", [x], opset=10, case_change_action=case, is_case_sensitive=sensitive,
-                stopwords=["monday", "wed"])
+                stopwords=["monday", "wed"], locale="C")
 
 
 @pytest.mark.parametrize("pattern", [r"a+b?", r"(\W|^)[\w.\-]{0,25}@(yahoo|gmail)\.com(\W|$)", r"[ab]*-[ab]*"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -173,7 +174,9 @@ def test_schema_matches_tritonclient_field_for_field():
     [
         ('name: "m"\nmax_batch_sise: 4\n', "max_batch_sise", 2, ["no field named"]),
         ('name: "m"\ninput [\n  { name: "x"\n    data_type: TYPE_FLOAT32 dims: [1] } ]\n', "input[0].data_type", 4,
-         ["TYPE_FLOAT32"]),
+         ["TYPE_FLOAT32", "valid values", "TYPE_FP32"]),
+        ('name: "m"\ninstance_group [ { count: 1 kind: KIND_TPU } ]\n', "instance_group[0].kind", 2,
+         ["KIND_TPU", "KIND_CPU"]),
         ('name: "m"\ninput { name: "x" data_type: TYPE_FP32 dims: [ 1, 2 }\n', "input[0].dims", 2, []),
         ('name: "m"\nmax_batch_size: "eight"\n', "max_batch_size", 2, ["integer"]),
         ('name: "m"\noutput [ { name: "a" }, { name: "b" bogus: 1 } ]\n', "output[1].bogus", 2, ["bogus"]),
@@ -387,3 +390,43 @@ def test_pbtxt_round_trip(tmp_path):
     cfg = C.parse_model_config(ENSEMBLE)
     assert C.parse_model_config(C.config_to_pbtxt(cfg)) == cfg
     assert json_format.MessageToDict(cfg)["ensembleScheduling"]["step"][0]["modelName"] == "preprocess"
+
+
+def test_protos_compile_at_build_time(tmp_path):
+    """`python -m tuili.serve.protos.build` (compile_protos) writes the generated modules;
+    importing the package compiles them when they are missing or stale."""
+    from tuili.serve.protos import _protoc, build
+
+    written = build.compile_protos(tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["grpc_service_pb2.py", "grpc_service_pb2.pyi", "model_config_pb2.py", "model_config_pb2.pyi"]
+    text = (tmp_path / "grpc_service_pb2.py").read_text()
+    assert "tuili/serve/protos/grpc_service.proto" in text
+    assert "from tuili.serve.protos import model_config_pb2" in text
+    assert not _protoc.is_stale(tmp_path)
+    (tmp_path / "model_config_pb2.py").unlink()
+    assert _protoc.is_stale(tmp_path)
+
+
+def test_fresh_install_compiles_protos_on_first_import(tmp_path):
+    """A copy of the package without generated modules (what a plain install from a
+    checkout looks like) compiles them on first import."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tuili
+
+    src = Path(tuili.__file__).parent
+    dst = tmp_path / "tuili"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*_pb2.py", "*_pb2.pyi"))
+    assert not list((dst / "serve" / "protos").glob("*_pb2.py"))
+    code = ("import tuili.serve.protos as p; from tuili.serve.protos import grpc_service_pb2 as g; "
+            "print(p.__file__); print(g.ModelConfigResponse.DESCRIPTOR.fields_by_name['config'].message_type.name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[0].startswith(str(dst)) and lines[1] == "ModelConfig"
+    assert (dst / "serve" / "protos" / "grpc_service_pb2.py").exists()

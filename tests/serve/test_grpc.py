@@ -2,6 +2,10 @@
 `tuili serve` process driven with the unmodified official tritonclient.grpc."""
 from __future__ import annotations
 
+import json
+import os
+import threading
+
 import numpy as np
 import pytest
 
@@ -12,6 +16,7 @@ from tuili.serve.types import InferOutput, InferResponse, serialize_bytes_tensor
 
 tc_grpc = pytest.importorskip("tritonclient.grpc")
 tc_service = pytest.importorskip("tritonclient.grpc.service_pb2")
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ALL_DTYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -174,15 +179,6 @@ def test_response_decodes_in_tritonclient():
 
 
 # =========================================================================== a real `tuili serve`
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ADD_SUB_CONFIG = """\
 name: "add_sub"
@@ -226,58 +222,18 @@ def make_repository(root) -> None:
          os.path.join(root, "strings", "1", "model.onnx"))
 
 
-class ServerProcess:
-    def __init__(self, repo, ready_file, log_path):
-        self.ready_file = ready_file
-        self.log = open(log_path, "w")
-        cmd = [sys.executable, "-m", "tuili.cli", "serve", "--model-repository", str(repo),
-               "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "-1",
-               "--model-control-mode", "explicit", "--load-model", "*",
-               "--shutdown-grace-secs", "5", "--ready-file", str(ready_file)]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.log_path = log_path
-
-    def wait_ready(self, timeout=120.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tuili serve exited with {self.proc.returncode}:\n{self.output()}")
-            if os.path.exists(self.ready_file):
-                with open(self.ready_file) as f:
-                    return json.load(f)
-            time.sleep(0.1)
-        raise RuntimeError(f"tuili serve not ready after {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpc_repo")
-    repo = root / "models"
+def server(tmp_path_factory, server_factory):
+    """A real `tuili serve` (conftest's ServerProcess: ephemeral ports on 127.0.0.1), explicit
+    model control so the repository API can load/unload; stopped with SIGTERM at the end."""
+    repo = tmp_path_factory.mktemp("grpc_repo") / "models"
     make_repository(str(repo))
-    proc = ServerProcess(repo, root / "ready.json", root / "server.log")
-    try:
-        ports = proc.wait_ready()
-        proc.grpc_url = f"127.0.0.1:{ports['grpc']}"
-        yield proc
-    finally:
-        code = proc.stop()
-    assert code == 0, f"tuili serve did not shut down cleanly ({code}):\n{proc.output()}"
+    proc = server_factory(str(repo), "--model-control-mode", "explicit", "--load-model", "*",
+                          "--shutdown-grace-secs", "5")
+    proc.grpc_url = proc.grpc
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"tuili serve did not shut down cleanly ({code}):\n{proc.log()}"
 
 
 @pytest.fixture
@@ -593,3 +549,44 @@ def test_raw_content_size_mismatch_is_invalid_argument(client, server):
         call(req)
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "IN" in ei.value.details()
     assert_healthy(client)
+
+
+def test_large_messages_pass_in_both_directions(client):
+    """Beyond gRPC's default 4 MiB limit: a 6 MiB BYTES element goes in and comes back."""
+    big = np.array([[b"\x01" * (6 * 1024 * 1024)]], dtype=object)
+    i = tc_grpc.InferInput("IN", [1, 1], "BYTES")
+    i.set_data_from_numpy(big)
+    out = client.infer("strings", [i]).as_numpy("OUT")
+    assert out.shape == (1, 1) and out[0, 0] == big[0, 0]
+
+
+def test_bad_requests_do_not_disturb_concurrent_good_ones(server):
+    good, bad, errors = [], [], []
+
+    def work(k):
+        c = tc_grpc.InferenceServerClient(server.grpc_url)
+        try:
+            a = np.full((1 + k % 2, 4), k, np.float32)
+            if k % 3 == 0:  # malformed: wrong width
+                w = np.ones((1, 3), np.float32)
+                try:
+                    c.infer("add_sub", add_sub_inputs(w, w))
+                    errors.append(f"request {k} should have failed")
+                except InferenceServerException as e:
+                    bad.append(e.status())
+            else:
+                r = c.infer("add_sub", add_sub_inputs(a, a))
+                good.append(np.array_equal(r.as_numpy("OUTPUT0"), a + a))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(18)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert good == [True] * 12
+    assert bad == ["StatusCode.INVALID_ARGUMENT"] * 6

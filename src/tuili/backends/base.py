@@ -181,3 +181,21 @@ def onnx_type_to_v2(type_str: str) -> str:
 def dims_from_onnx(shape) -> list[int]:
     """onnxruntime NodeArg.shape (ints, strings, None) -> ints with -1 for dynamic dims."""
     return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in (shape or [])]
+
+
+def bytes_to_str(arr: np.ndarray) -> np.ndarray:
+    """Object array of bytes -> object array of str (what ONNX engines take for string tensors)."""
+    out = np.empty(arr.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, x in enumerate(arr.reshape(-1)):
+        flat[i] = x.decode("utf-8", "surrogateescape") if isinstance(x, (bytes, bytearray)) else x
+    return out
+
+
+def str_to_bytes(arr: np.ndarray) -> np.ndarray:
+    """Object/str array -> object array of bytes (the server's BYTES convention)."""
+    out = np.empty(arr.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, x in enumerate(arr.reshape(-1)):
+        flat[i] = x.encode("utf-8", "surrogateescape") if isinstance(x, str) else x
+    return out

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from tuili.backends.base import Backend, TensorSpec, config_parameter, dims_from_onnx, onnx_type_to_v2
+from tuili.backends.base import Backend, TensorSpec, bytes_to_str, str_to_bytes, config_parameter, dims_from_onnx, onnx_type_to_v2
 from tuili.errors import InvalidInputError, KernelError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,13 @@ class OnnxRuntimeBackend(Backend):
         self.inputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_inputs()]
         self.outputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
         self._path = path
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._string_inputs:
+            feeds = {k: (bytes_to_str(v) if k in self._string_inputs else v) for k, v in feeds.items()}
         try:
             results = self.session.run(self._output_names, feeds)
         except Exception as e:  # onnxruntime raises its own exception types
@@ -61,7 +65,10 @@ class OnnxRuntimeBackend(Backend):
             if "INVALID_ARGUMENT" in msg or "Invalid" in msg:
                 raise InvalidInputError(f"onnxruntime rejected the inputs of {self._path}: {msg}") from e
             raise KernelError(f"onnxruntime failed running {self._path}: {msg}") from e
-        return dict(zip(self._output_names, results))
+        out = dict(zip(self._output_names, results))
+        for k in self._string_outputs:
+            out[k] = str_to_bytes(out[k])
+        return out
 
     def unload(self) -> None:
         self.session = None

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from tuili.backends.base import Backend, TensorSpec, config_parameter, dims_from_onnx, onnx_type_to_v2
+from tuili.backends.base import Backend, TensorSpec, bytes_to_str, str_to_bytes, config_parameter, dims_from_onnx, onnx_type_to_v2
 from tuili.errors import InvalidInputError, KernelError, ModelLoadError, TuiliError
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,23 @@ class TuiliBackend(Backend):
         self.inputs = [TensorSpec(a.name, _type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_inputs()]
         self.outputs = [TensorSpec(a.name, _type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
         self._path = path
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._string_inputs:
+            feeds = {k: (bytes_to_str(v) if k in self._string_inputs else v) for k, v in feeds.items()}
         try:
             results = self.session.run(self._output_names, feeds)
         except TuiliError:
             raise
         except Exception as e:
             raise KernelError(f"tuili engine failed running {self._path}: {e}") from e
-        return dict(zip(self._output_names, results))
+        out = dict(zip(self._output_names, results))
+        for k in self._string_outputs:
+            out[k] = str_to_bytes(out[k])
+        return out
 
     def unload(self) -> None:
         self.session = None

@@ -161,7 +161,10 @@ def attention(
     if want_qk and qk_matmul_output_mode == 1:
         qk_out = scores.copy()
     if bias is not None:
-        scores = scores + bias
+        if np.broadcast_shapes(scores.shape, bias.shape) == scores.shape:
+            scores += bias  # scores is a temporary this kernel owns
+        else:
+            scores = scores + bias
     if want_qk and qk_matmul_output_mode == 2:
         qk_out = scores.copy()
     if softmax_precision is not None:
@@ -183,6 +186,7 @@ def attention(
         outs += [present_key, present_value]
     if want_qk:
         outs.append(qk_out.astype(dtype, copy=False))
+    outs = outs[: max(1, ctx.num_outputs)]
     return tuple(outs) if len(outs) > 1 else outs[0]
 
 

@@ -77,8 +77,7 @@ def split_to_sequence(input, split=None, *, axis=0, keepdims=1):  # noqa: A002 -
     axis = axis + r if axis < 0 else axis
     dim = x.shape[axis]
     if split is None:
-        parts = [np.take(x, i, axis=axis) if not keepdims else np.take(x, [i], axis=axis) for i in range(dim)]
-        return parts
+        return [np.asarray(np.take(x, i if not keepdims else [i], axis=axis)) for i in range(dim)]
     sp = np.asarray(split)
     if sp.ndim == 0:
         chunk = int(sp)

@@ -112,18 +112,19 @@ def stft(signal, frame_step, window=None, frame_length=None, *, onesided=1):
 
 
 def _window(size, periodic, output_datatype, coeffs, op):
+    """Generalized cosine window sum_m c_m cos(2 pi m n / N), N = size (periodic) or size - 1."""
     n = int(np.asarray(size))
     if n < 0:
         raise KernelError(f"{op}: size must be >= 0, got {n}")
+    dt = _out_dtype(output_datatype, op)
     denom = n if periodic else n - 1
+    if denom == 0:  # a one-point symmetric window is [1] (numpy/scipy/torch convention)
+        return np.ones(n, dtype=dt)
     k = np.arange(n, dtype=np.float64)
-    w = np.zeros(n, dtype=np.float64)
-    for m, c in enumerate(coeffs):
-        if m == 0:
-            w += c
-        else:
-            w += c * np.cos(2 * np.pi * m * k / denom) if denom else c
-    return w.astype(_out_dtype(output_datatype, op))
+    w = np.full(n, coeffs[0], dtype=np.float64)
+    for m, c in enumerate(coeffs[1:], start=1):
+        w += c * np.cos(2 * np.pi * m * k / denom)
+    return w.astype(dt)
 
 
 @register("HannWindow", since=17)

@@ -154,7 +154,7 @@ def slice_(data, starts, ends, axes=None, steps=None):
 def gather(data, indices, *, axis=0):
     axis = _axis(axis, data.ndim, "Gather")
     idx = _fix_indices(indices, data.shape[axis], "Gather")
-    return np.take(data, idx, axis=axis)
+    return np.asarray(np.take(data, idx, axis=axis))  # 0-d indices on 1-D data give a numpy scalar
 
 
 @register("GatherElements", since=11)

@@ -229,18 +229,11 @@ def _hint(reason: str) -> str:
 
 
 def _find_enum(name: str):
-    """Enum descriptor of model_config.proto by (possibly nested) name."""
-    short = name.split(".")[-1]
-    found = mc.DESCRIPTOR.enum_types_by_name.get(short)
-    if found is not None:
-        return found
-    stack = list(mc.DESCRIPTOR.message_types_by_name.values())
-    while stack:
-        d = stack.pop()
-        if short in d.enum_types_by_name:
-            return d.enum_types_by_name[short]
-        stack.extend(d.nested_types)
-    return None
+    """Enum descriptor of model_config.proto by its name relative to the package."""
+    try:
+        return mc.DESCRIPTOR.pool.FindEnumTypeByName(f"{mc.DESCRIPTOR.package}.{name}")
+    except KeyError:
+        return None
 
 
 def parse_model_config(text: str, source: str = "<config.pbtxt>", *, validate: bool = True,

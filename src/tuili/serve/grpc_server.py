@@ -71,6 +71,8 @@ _CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 
+_TYPED_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
+
 _STATUS = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -164,9 +166,7 @@ def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.nd
 
 
 def _has_typed_contents(t) -> bool:
-    return t.HasField("contents") and any(
-        len(getattr(t.contents, f)) for f in set(_CONTENTS_FIELD.values())
-    )
+    return t.HasField("contents") and any(len(getattr(t.contents, f)) for f in _TYPED_FIELDS)
 
 
 def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:

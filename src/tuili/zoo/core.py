@@ -1,6 +1,7 @@
 """create / example_inputs / export: the zoo's public verbs (torch is imported lazily)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
@@ -131,7 +132,7 @@ def _check_opset(opset) -> int:
     return o
 
 
-_OP_RE = re.compile(r"operator '([^']+)'")
+_OP_RES = (re.compile(r"operator '([^']+)'"), re.compile(r"export failed on (\S+?),? which is not implemented"))
 _ADDED_RE = re.compile(r"added in version (\d+)")
 
 
@@ -173,8 +174,7 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s (opset %d, batch %s) to %s", name, o, batch, path)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
                 model, args, str(path), dynamo=False, opset_version=o,
                 input_names=list(spec.inputs), output_names=list(spec.outputs),
@@ -184,13 +184,12 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
         raise
     except Exception as e:  # torch.onnx.errors.* and the symbolic registry's errors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        op = _OP_RE.search(str(e))
+        op = next((m for m in (r.search(str(e)) for r in _OP_RES) if m), None)
         added = _ADDED_RE.search(str(e))
         if op:
-            need = f"; it needs opset {added.group(1)} or newer" if added else ""
-            need = need or _probe_min_opset(name, model, args, spec, batch, o)
-            raise ConfigError(f"{name}: cannot export to opset {o}: operator {op.group(1)} is not expressible{need} "
-                              f"(use --opset {added.group(1) if added else 'N'} or newer)") from e
+            need = int(added.group(1)) if added else _probe_min_opset(model, args, spec, batch, o)
+            where = f"it needs opset {need} or newer (use --opset {need})" if need else "no opset up to the exporter's maximum can express it"
+            raise ConfigError(f"{name}: cannot export to opset {o}: operator {op.group(1)} has no ONNX form at this opset; {where}") from e
         raise ConfigError(f"{name}: ONNX export at opset {o} failed: {msg}") from e
     m = onnx.load(str(path))
     m.producer_name = "tuili.zoo"
@@ -208,7 +207,30 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
     return path
 
 
-def _probe_min_opset(name, model, args, spec, batch, failed: int) -> str:
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the TorchScript exporter: its deprecation warnings, and the IR dump it prints to
+    stdout when a symbolic fails (torch 2.13's setup_onnx_logging turns its log on by mistake)."""
+    import torch
+
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils as ts_utils
+    except ImportError:  # pragma: no cover - other torch layouts
+        ts_utils = None
+    saved = getattr(ts_utils, "setup_onnx_logging", None)
+    if saved is not None:
+        ts_utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved is not None:
+            ts_utils.setup_onnx_logging = saved
+        torch._C._jit_set_onnx_log_enabled(False)
+
+
+def _probe_min_opset(model, args, spec, batch, failed: int) -> int | None:
     """Find the first opset that exports (only on the error path)."""
     import io
 
@@ -217,12 +239,11 @@ def _probe_min_opset(name, model, args, spec, batch, failed: int) -> str:
 
     for o in range(failed + 1, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1):
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
+            with _quiet_exporter(), torch.no_grad():
                 torch.onnx.export(model, args, io.BytesIO(), dynamo=False, opset_version=o,
                                   input_names=list(spec.inputs), output_names=list(spec.outputs),
                                   dynamic_axes=_dynamic_axes(spec, batch))
-            return f"; the model exports from opset {o}"
+            return o
         except Exception:
             continue
-    return ""
+    return None

@@ -46,6 +46,22 @@ def _py_scalar(v):
     return x
 
 
+def loop_state_shape(body, init):
+    """Shape of a loop-carried value: what the body produces, where it agrees with the initial value.
+    A concrete dim against a symbol is the concrete dim (the symbol must equal it for the body to type)."""
+    if body is None or init is None or len(body) != len(init):
+        return None
+    out = []
+    for b, i in zip(body, init):
+        if b == i:
+            out.append(b)
+        elif isinstance(b, int) and isinstance(i, str) or isinstance(i, int) and isinstance(b, str):
+            out.append(b if isinstance(b, int) else i)
+        else:
+            out.append(None)
+    return tuple(out)
+
+
 def _copy(t):
     if isinstance(t, TensorType):
         return TensorType(t.dtype, t.shape)
@@ -91,7 +107,7 @@ def _loop(ctx):
         init = carried[i]
         if isinstance(b, TensorType) and isinstance(init, TensorType):
             dtype = b.dtype or init.dtype
-            outs.append(TensorType(dtype, unify_shape(b.shape, init.shape)))
+            outs.append(TensorType(dtype, loop_state_shape(b.shape, init.shape)))
         else:
             outs.append(unify_type(b, init) if init is not None else b)
     trip = None
@@ -133,7 +149,7 @@ def _scan(ctx):
     outs = []
     for i in range(n_state):
         b = body_out[i] if i < len(body_out) else None
-        outs.append(TensorType(b.dtype, unify_shape(b.shape, states[i].shape) if states[i] else b.shape)
+        outs.append(TensorType(b.dtype, loop_state_shape(b.shape, states[i].shape) if states[i] else b.shape)
                     if isinstance(b, TensorType) else None)
     k = len(body_out) - n_state
     out_axes = ctx.attr("scan_output_axes") or [0] * k

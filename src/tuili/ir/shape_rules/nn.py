@@ -17,6 +17,7 @@ from .registry import (
     dim_mul,
     dim_prod,
     merge_dim,
+    merge_shape,
     normalize_axis,
     same,
     shape_rule,
@@ -180,7 +181,10 @@ def _roi_align(ctx):
 @shape_rule("BatchNormalization")
 def _batchnorm(ctx):
     outs = [same(ctx, 0)]
-    c_shape = ctx.shape(1)
+    x = ctx.shape(0)
+    c_shape = (x[1],) if x is not None and len(x) > 1 else None
+    for i in range(1, 5):
+        c_shape = merge_shape(c_shape, ctx.shape(i))
     for i in range(1, ctx.num_outputs):
         outs.append(TensorType(ctx.dtype(1) if i < 3 else ctx.dtype(0), c_shape))
     return outs

@@ -685,8 +685,14 @@ def _col2im(ctx):
     if shape is None:
         return [TensorType(ctx.dtype(0), None)]
     if image is None:
-        s1 = ctx.shape(1)
-        k = s1[0] if s1 is not None and len(s1) == 1 and isinstance(s1[0], int) else None
+        k = None
+        for j in (1, 2):
+            sj = ctx.shape(j)
+            if sj is not None and len(sj) == 1 and isinstance(sj[0], int):
+                k = sj[0]
+        for name, per in (("dilations", 1), ("strides", 1), ("pads", 2)):
+            if k is None and ctx.attr(name):
+                k = len(ctx.attr(name)) // per
         if k is None:
             return [TensorType(ctx.dtype(0), None)]
         image = [None] * k

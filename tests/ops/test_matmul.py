@@ -1,0 +1,137 @@
+"""MatMul / Gemm / MatMulInteger / Einsum / Det against onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import helper
+
+from tuili.ops.registry import get_kernel
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def _ort(op, inputs, opset, **attrs):
+    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
+    node = helper.make_node(op, names, ["y"], **attrs)
+    g_in = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        for n, a in zip(names, inputs)
+        if a is not None
+    ]
+    g = helper.make_graph([node], "t", g_in, [onnx.ValueInfoProto(name="y")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {n: a for n, a in zip(names, inputs) if a is not None})[0]
+
+
+def _check(op, inputs, opset=17, rtol=1e-4, atol=1e-4, **attrs):
+    ref = _ort(op, inputs, opset, **attrs)
+    got = get_kernel(op, "", opset).fn(*inputs, **attrs)
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, got.shape, ref.dtype, ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+elems = st.floats(-2, 2, width=32)
+
+
+def _arr(data, shape, dtype=np.float32, elements=elems):
+    return data.draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@SETTINGS
+@given(st.data(), st.integers(1, 5), st.integers(1, 5), st.integers(1, 5),
+       st.sampled_from(["2d", "1d_left", "1d_right", "batched", "batched_2d_rhs", "broadcast_batch"]))
+def test_matmul_vs_ort(data, m, k, n, kind):
+    shapes = {
+        "2d": ((m, k), (k, n)),
+        "1d_left": ((k,), (k, n)),
+        "1d_right": ((m, k), (k,)),
+        "batched": ((2, 3, m, k), (2, 3, k, n)),
+        "batched_2d_rhs": ((2, 3, m, k), (k, n)),
+        "broadcast_batch": ((2, 1, m, k), (3, k, n)),
+    }[kind]
+    a, b = (_arr(data, s) for s in shapes)
+    _check("MatMul", [a, b], opset=13)
+
+
+@SETTINGS
+@given(st.data(), st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.booleans(), st.booleans(),
+       st.sampled_from(["none", "scalar", "row", "col", "full"]), st.sampled_from([1.0, 0.5]), st.sampled_from([1.0, 0.0, 2.0]))
+def test_gemm_vs_ort(data, m, k, n, ta, tb, c_kind, alpha, beta):
+    a = _arr(data, (k, m) if ta else (m, k))
+    b = _arr(data, (n, k) if tb else (k, n))
+    c = {"none": None, "scalar": (1,), "row": (n,), "col": (m, 1), "full": (m, n)}[c_kind]
+    c = None if c is None else _arr(data, c)
+    _check("Gemm", [a, b, c], opset=13, transA=int(ta), transB=int(tb), alpha=alpha, beta=beta)
+
+
+@SETTINGS
+@given(st.data(), st.integers(1, 4), st.integers(1, 6), st.integers(1, 4), st.sampled_from(["none", "scalar", "vector"]))
+def test_matmul_integer_vs_ort(data, m, k, n, zp_kind):
+    a = _arr(data, (m, k), np.uint8, st.integers(0, 255))
+    b = _arr(data, (k, n), np.int8, st.integers(-128, 127))
+    if zp_kind == "none":
+        inputs = [a, b]
+    elif zp_kind == "scalar":
+        inputs = [a, b, np.array(12, np.uint8), np.array(-3, np.int8)]
+    else:
+        inputs = [a, b, np.array(7, np.uint8), _arr(data, (n,), np.int8, st.integers(-10, 10))]
+    _check("MatMulInteger", inputs, opset=10, rtol=0, atol=0)
+
+
+EINSUMS = [
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]),
+    ("ii->i", [(4, 4)]),
+    ("ij->ji", [(3, 4)]),
+    ("i,i", [(5,), (5,)]),
+    ("...ij,...jk", [(2, 3, 4), (2, 4, 2)]),
+    ("bhqd, bhkd -> bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+]
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from(EINSUMS))
+def test_einsum_vs_ort(data, case):
+    eq, shapes = case
+    inputs = [_arr(data, s) for s in shapes]
+    _check("Einsum", inputs, opset=12, equation=eq)
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from([(3, 3), (2, 4, 4), (1,) + (2, 2)]))
+def test_det_vs_ort(data, shape):
+    x = _arr(data, shape)
+    _check("Det", [x], opset=11, rtol=1e-3, atol=1e-3)
+
+
+def test_gemm_keeps_float32_and_does_not_touch_inputs():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 8)).astype(np.float32)
+    b = rng.standard_normal((5, 8)).astype(np.float32)
+    c = rng.standard_normal((5,)).astype(np.float32)
+    keep = [a.copy(), b.copy(), c.copy()]
+    y = get_kernel("Gemm", "", 13).fn(a, b, c, transB=1, alpha=2.0, beta=3.0)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, 2 * a @ b.T + 3 * c, rtol=1e-5, atol=1e-5)
+    for x, k in zip((a, b, c), keep):
+        np.testing.assert_array_equal(x, k)
+
+
+def test_matmul_3d_by_2d_single_gemm_path_matches_numpy():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 7, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 3)).astype(np.float32)
+    y = get_kernel("MatMul", "", 13).fn(a, w)
+    assert y.dtype == np.float32 and y.shape == (2, 7, 3)
+    np.testing.assert_allclose(y, np.matmul(a, w), rtol=1e-5, atol=1e-5)
+    # non-contiguous left operand takes the general path
+    at = np.swapaxes(rng.standard_normal((2, 16, 7)).astype(np.float32), 1, 2)
+    np.testing.assert_allclose(get_kernel("MatMul", "", 13).fn(at, w), np.matmul(at, w), rtol=1e-5, atol=1e-5)

@@ -121,8 +121,11 @@ def test_strings_both_ways():
     s = np.array(["1.5", "-INF", "+inf", "NaN", "1e3"], dtype=object)
     y = _cast(s, TensorProto.FLOAT)
     np.testing.assert_array_equal(y, np.array([1.5, -np.inf, np.inf, np.nan, 1000], np.float32))
-    back = _cast(np.array([0.5, 3.0], np.float32), TensorProto.STRING)
-    assert back.dtype == object and list(back) == ["0.5", "3.0"]
+    for x in (np.array([0.1, 1.0, 1e10, 1.2345678e-5, np.inf, -np.inf, np.nan], np.float32),
+              np.array([0.1, 123456789.0, 1e20, np.pi, -0.0], np.float64), np.array([1.5, 0.3], np.float16), np.array([True, False]), np.array([-5, 7], np.int32)):
+        back = _cast(x, TensorProto.STRING)
+        assert back.dtype == object
+        assert list(back) == list(_ort_cast(x, TensorProto.STRING)), x
     np.testing.assert_array_equal(_cast(np.array(["12", "-3"], dtype=object), TensorProto.INT64), [12, -3])
 
 

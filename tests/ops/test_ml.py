@@ -131,3 +131,119 @@ def test_tfidf_strings():
     x = strs(["a", "b", "a", "b", "c"])
     assert_same("TfIdfVectorizer", [x], opset=9, mode="TF", min_gram_length=1, max_gram_length=2,
                 max_skip_count=1, ngram_counts=[0, 2], ngram_indexes=[0, 1, 2], pool_strings=["a", "c", "a", "b"])
+
+
+def _random_regressor(rng, n_trees, n_features, n_targets):
+    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_featureids", "nodes_values",
+                         "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
+                         "target_treeids", "target_nodeids", "target_ids", "target_weights")}
+
+    def build(tree, depth, counter):
+        nid = counter[0]
+        counter[0] += 1
+        k = len(a["nodes_nodeids"])
+        leafy = depth == 0 or (depth < 3 and rng.random() < 0.3)
+        for key, val in (("nodes_treeids", tree), ("nodes_nodeids", nid), ("nodes_featureids", int(rng.integers(0, n_features))),
+                         ("nodes_values", float(rng.integers(-2, 3))), ("nodes_truenodeids", 0), ("nodes_falsenodeids", 0),
+                         ("nodes_missing_value_tracks_true", int(rng.integers(0, 2)))):
+            a[key].append(val)
+        if leafy:
+            a["nodes_modes"].append("LEAF")
+            for tg in rng.choice(n_targets, int(rng.integers(1, n_targets + 1)), replace=False):
+                a["target_treeids"].append(tree)
+                a["target_nodeids"].append(nid)
+                a["target_ids"].append(int(tg))
+                a["target_weights"].append(float(rng.integers(-5, 6)))
+            return nid
+        a["nodes_modes"].append(str(rng.choice(["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ"])))
+        a["nodes_truenodeids"][k] = build(tree, depth - 1, counter)
+        a["nodes_falsenodeids"][k] = build(tree, depth - 1, counter)
+        return nid
+
+    for t in range(n_trees):
+        build(t, 3, [0])
+    return a
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_trees=st.integers(1, 3),
+       agg=st.sampled_from(["SUM", "AVERAGE", "MIN", "MAX"]), post=st.sampled_from(["NONE", "LOGISTIC"]),
+       n_targets=st.integers(1, 2))
+def test_tree_ensemble_regressor(seed, n_trees, agg, post, n_targets):
+    rng = np.random.default_rng(seed)
+    attrs = _random_regressor(rng, n_trees, 3, n_targets)
+    x = rng.integers(-3, 4, (6, 3)).astype(np.float32)
+    x[0, 0] = np.nan
+    if n_targets == 1:
+        post = "NONE"  # onnxruntime ignores LOGISTIC/SOFTMAX for a single target; tuili applies it (spec)
+    assert_same("TreeEnsembleRegressor", [x], opset=3, domain=ML, n_targets=n_targets, aggregate_function=agg,
+                post_transform=post, base_values=[0.5, -1.0][:n_targets], rtol=1e-5, atol=1e-6, **attrs)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), norm=st.sampled_from(["MAX", "L1", "L2"]), targets=st.integers(1, 3))
+def test_scaler_normalizer_linear_regressor(seed, norm, targets):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    x[1] = 0
+    assert_same("Scaler", [x], opset=1, domain=ML, offset=[0.5, -1.0, 2.0], scale=[2.0, 0.5, 1.0], rtol=1e-6)
+    if norm == "MAX":  # onnxruntime divides by the signed row max; the ONNX reference (and tuili) by max |x|
+        (got,) = run_tuili("Normalizer", [x], opset=1, domain=ML, norm=norm)
+        d = np.abs(x).max(axis=1, keepdims=True)
+        np.testing.assert_allclose(got, np.where(d == 0, x, x / np.where(d == 0, 1, d)), rtol=1e-6)
+    else:
+        assert_same("Normalizer", [x], opset=1, domain=ML, norm=norm, rtol=1e-6)
+    coef = rng.standard_normal(3 * targets).tolist()
+    assert_same("LinearRegressor", [x], opset=1, domain=ML, coefficients=coef, intercepts=[0.25] * targets,
+                targets=targets, rtol=1e-5, atol=1e-6)
+
+
+def test_imputer_category_mapper_feature_vectorizer_one_hot_encoder():
+    x = np.array([[1.0, np.nan, 3.0], [np.nan, 5.0, 0.0]], np.float32)
+    assert_same("Imputer", [x], opset=1, domain=ML, imputed_value_floats=[9.0, 8.0, 7.0], replaced_value_float=np.nan)
+    assert_same("Imputer", [x], opset=1, domain=ML, imputed_value_floats=[4.0], replaced_value_float=0.0)
+    assert_same("Imputer", [np.array([[1, 0, 3]], np.int64)], opset=1, domain=ML, imputed_value_int64s=[5],
+                replaced_value_int64=0)
+    cats = dict(cats_int64s=[1, 2, 3], cats_strings=["a", "b", "c"])
+    assert_same("CategoryMapper", [strs(["a", "z", "c"], (1, 3))], opset=1, domain=ML, default_int64=-9, **cats)
+    assert_same("CategoryMapper", [np.array([3, 7, 1], np.int64)], opset=1, domain=ML, default_string="?", **cats)
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[1.0], [2.0]], np.float32)
+    assert_same("FeatureVectorizer", [a, b], opset=1, domain=ML, inputdimensions=[2, 3])
+    assert_same("OneHotEncoder", [np.array([[1, 5, 3]], np.int64)], opset=1, domain=ML, cats_int64s=[3, 1, 4])
+    assert_same("OneHotEncoder", [strs(["b", "a"])], opset=1, domain=ML, cats_strings=["a", "b"])
+    with pytest.raises(KernelError, match="zeros=0"):
+        run_tuili("OneHotEncoder", [np.array([5], np.int64)], opset=1, domain=ML, cats_int64s=[3], zeros=0)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_classes=st.sampled_from([1, 3]), post=st.sampled_from(["NONE", "LOGISTIC", "SOFTMAX"]),
+       string_labels=st.booleans())
+def test_linear_classifier(seed, n_classes, post, string_labels):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    n_labels = 2 if n_classes == 1 else n_classes
+    labels = {"classlabels_strings": [f"c{i}" for i in range(n_labels)]} if string_labels else {
+        "classlabels_ints": list(range(10, 10 + n_labels))}
+    if n_classes == 1 and post == "SOFTMAX":
+        post = "NONE"
+    assert_same("LinearClassifier", [x], n_outputs=2, opset=1, domain=ML, post_transform=post,
+                coefficients=rng.standard_normal(4 * n_classes).tolist(), intercepts=rng.standard_normal(n_classes).tolist(),
+                rtol=1e-5, atol=1e-6, **labels)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), n_trees=st.integers(1, 3), n_classes=st.sampled_from([2, 3]),
+       one_class=st.booleans(), positive=st.booleans(), post=st.sampled_from(["NONE", "LOGISTIC", "SOFTMAX"]))
+def test_tree_ensemble_classifier(seed, n_trees, n_classes, one_class, positive, post):
+    rng = np.random.default_rng(seed)
+    a = _random_regressor(rng, n_trees, 3, n_classes)
+    attrs = {k.replace("target_", "class_"): v for k, v in a.items()}
+    if n_classes == 2 and one_class:  # binary forest that scores class 1 only
+        attrs["class_ids"] = [1] * len(attrs["class_ids"])
+        if post == "SOFTMAX":
+            post = "NONE"
+    if positive:
+        attrs["class_weights"] = [abs(w) / 10 for w in attrs["class_weights"]]
+    x = rng.integers(-3, 4, (6, 3)).astype(np.float32)
+    assert_same("TreeEnsembleClassifier", [x], n_outputs=2, opset=3, domain=ML, post_transform=post,
+                classlabels_int64s=list(range(5, 5 + n_classes)), rtol=1e-5, atol=1e-6, **attrs)

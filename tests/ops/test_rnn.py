@@ -3,11 +3,14 @@ peepholes, input_forget, linear_before_reset, clip, activations with alpha/beta;
 (which onnxruntime's CPU kernels reject) is checked as the transpose of layout=0."""
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tuili.ops.rnn as rnn_mod
 from tests.ops._ortref_shape import run_ort, run_tuili
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -45,7 +48,15 @@ def rnn_case(draw, op):
 
 def _compare(op, inputs, attrs, opset=14):
     want = run_ort(op, inputs, N_OUT[op], opset, **attrs)
+    before = [None if a is None else a.copy() for a in inputs]
     got = run_tuili(op, inputs, N_OUT[op], opset, **attrs)
+    for a, b in zip(inputs, before):
+        assert a is None or np.array_equal(a, b), "kernel mutated an input"
+    if op != "RNN":  # the numpy loop (fallback when the numba recurrence is unavailable) agrees too
+        with patch.object(rnn_mod, "_HAVE_NUMBA", False):
+            slow = run_tuili(op, inputs, N_OUT[op], opset, **attrs)
+        for w, g in zip(want, slow):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
     assert len(got) == len(want)
     for w, g in zip(want, got):
         assert g.dtype == w.dtype and g.shape == w.shape

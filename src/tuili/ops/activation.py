@@ -27,11 +27,17 @@ def _keep_dtype(fn):
     def kernel(x, *args, **kwargs):
         x = _asarray(x)
         dt = x.dtype
+        shape = x.shape
+        if not shape:
+            # numpy turns 0-d results into scalars, which breaks the in-place steps below
+            x = x.reshape(1)
         if is_exotic(dt):
             y = fn(x.astype(np.float32), *args, **kwargs)
         else:
             y = fn(x, *args, **kwargs)
         y = _asarray(y)
+        if not shape:
+            y = y.reshape(())
         return y if y.dtype == dt else y.astype(dt)
 
     return kernel
@@ -88,7 +94,10 @@ def celu(x, *, alpha=1.0):
 
 @_keep_dtype
 def leaky_relu(x, *, alpha=0.01):
-    return np.where(x >= 0, x, x * alpha)
+    y = x * alpha
+    if 0.0 <= alpha <= 1.0:
+        return np.maximum(x, y, out=y)  # max(x, a*x) is LeakyRelu for 0 <= a <= 1: 2 passes, no mask
+    return np.where(x >= 0, x, y)
 
 
 _both("LeakyRelu", leaky_relu)

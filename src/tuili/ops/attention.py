@@ -150,8 +150,14 @@ def attention(
 
     # ---- scores: (B, Hkv, G, Sq, Skv) viewed as (B, Hq, Sq, Skv) ----
     g = hq // hkv
-    qs = (q * s).reshape(b, hkv, g, sq, dh)
-    ks = (k * s)[:, :, None]
+    if dtype in (np.float32, np.float64):
+        # one scaling pass over Q only (K may be a long cache); rounding differs by ~1 ulp
+        qs = (q * dtype.type(scale)).reshape(b, hkv, g, sq, dh)
+        ks = k[:, :, None]
+    else:
+        # low precision: scale both sides by sqrt(scale) as the spec's graph does
+        qs = (q * s).reshape(b, hkv, g, sq, dh)
+        ks = (k * s)[:, :, None]
     scores = np.matmul(qs, ks.swapaxes(-1, -2)).reshape(b, hq, sq, skv).astype(dtype, copy=False)
     want_qk = ctx.num_outputs >= 4
     qk_out = scores.copy() if want_qk and qk_matmul_output_mode == 0 else None
@@ -258,14 +264,6 @@ def linear_attention(
     return y.astype(out_dtype), state.astype(state_dtype)
 
 
-def _graph_input_name(g) -> str:
-    if hasattr(g, "input"):
-        return g.input[0].name
-    ins = getattr(g, "inputs")
-    first = ins[0]
-    return getattr(first, "name", first)
-
-
 @register("FlexAttention", domain="ai.onnx.preview", since=1)
 def flex_attention(ctx, q, k, v, *, prob_mod=None, score_mod=None, scale=None, softmax_precision=None):
     where = f"FlexAttention node {ctx.node_name!r}"
@@ -290,7 +288,7 @@ def flex_attention(ctx, q, k, v, *, prob_mod=None, score_mod=None, scale=None, s
     def _apply(graph, x, name):
         if ctx.run_subgraph is None:
             raise UnsupportedOpError(f"{where}: {name} subgraph needs the runtime (no subgraph runner available)")
-        return np.asarray(ctx.run_subgraph(graph, {_graph_input_name(graph): x})[0])
+        return np.asarray(ctx.run_subgraph(graph, [x])[0])
 
     if score_mod is not None:
         scores = _apply(score_mod, scores, "score_mod")

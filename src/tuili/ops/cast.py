@@ -9,8 +9,9 @@ Rules implemented (ONNX Cast spec):
 * float -> int4 / uint4 / int2 / uint2: truncate toward zero, then keep the low bits (two's
   complement wrap), like every other float -> fixed-point / fixed-point -> fixed-point cast.
 * float4e2m1 / float6: round to nearest even, saturating (these types have no inf / NaN).
-* strings: numbers print in their shortest round-trip form; strings parse "INF", "+INF", "-INF",
-  "NaN" case-insensitively and plain or scientific notation.
+* strings: numbers print as onnxruntime prints them (floats as "%.8g", "INF" / "-INF" / "NaN",
+  bools as "1" / "0"); strings parse "INF", "+INF", "-INF", "NaN"
+  case-insensitively and plain or scientific notation.
 """
 from __future__ import annotations
 
@@ -130,13 +131,26 @@ def _parse_strings(x: np.ndarray) -> np.ndarray:
     return np.array(flat, dtype=np.float64).reshape(x.shape)
 
 
+def _format_one(v) -> str:
+    if isinstance(v, (np.floating, float)):
+        if v != v:
+            return "NaN"
+        if v in (np.inf, -np.inf):
+            return "INF" if v > 0 else "-INF"
+        return "%.8g" % float(v)  # onnxruntime prints every float type with 8 significant digits
+    if isinstance(v, (np.bool_, bool)):
+        return "1" if v else "0"
+    return str(v)
+
+
 def _format_strings(x: np.ndarray) -> np.ndarray:
+    """Numbers -> strings the way onnxruntime prints them: '1', '0.1', '1.2345679e+08', 'INF', 'NaN'."""
     if is_exotic(x.dtype):
         x = x.astype(np.float32)
     out = np.empty(x.shape, dtype=object)
     flat = out.reshape(-1)
     for i, v in enumerate(x.reshape(-1)):
-        flat[i] = str(v)
+        flat[i] = _format_one(v)
     return out
 
 

@@ -24,13 +24,6 @@ def is_exotic(dt: np.dtype) -> bool:
     return dt.kind == "V"  # every ml_dtypes type registers as a void-kind dtype
 
 
-def compute_dtype(dt: np.dtype) -> np.dtype:
-    """The dtype to do arithmetic in for ``dt``."""
-    if is_exotic(dt):
-        return np.dtype(np.float32)
-    return dt
-
-
 # ----------------------------------------------------------------------------------------------
 # erf: scipy's erf is scalar code (~25 ns/element); BERT-style GELU runs it over millions of
 # elements, so float32 uses a rational approximation (|error| < 5e-7, same form as the one XLA

@@ -44,8 +44,9 @@ def negative_log_likelihood_loss(x, target, weight=None, *, ignore_index=None, r
 @register("SoftmaxCrossEntropyLoss", since=12)
 def softmax_cross_entropy_loss(ctx, scores, labels, weights=None, *, ignore_index=None, reduction="mean"):
     dt = scores.dtype
-    m = np.max(scores, axis=1, keepdims=True)
-    z = scores - m
+    sc = scores.astype(np.float32) if dt.itemsize < 4 else scores  # half types: log-softmax in float32
+    m = np.max(sc, axis=1, keepdims=True)
+    z = sc - m
     logp = (z - np.log(np.sum(np.exp(z), axis=1, keepdims=True))).astype(dt, copy=False)
     loss = _nll("SoftmaxCrossEntropyLoss", logp, labels, weights, ignore_index, reduction)
     if ctx.num_outputs >= 2:

@@ -54,8 +54,18 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
             f"(transA={trans_a}, transB={trans_b})"
         )
     y = np.dot(a, b)
+    if y.dtype.kind != "f":
+        # integer Gemm: scale in float64, then back to the input dtype
+        if alpha != 1.0 or (c is not None and beta not in (0.0, 1.0)):
+            acc = y.astype(np.float64) * alpha
+            if c is not None and beta != 0.0:
+                acc += _asarray(c).astype(np.float64) * beta
+            return np.rint(acc).astype(dt) if dt.kind in "iu" else acc.astype(dt)
+        if c is not None and beta != 0.0:
+            y += _asarray(c).astype(y.dtype, copy=False)
+        return y if y.dtype == dt else y.astype(dt)
     if alpha != 1.0:
-        y *= y.dtype.type(alpha) if y.dtype.kind == "f" else alpha
+        y *= y.dtype.type(alpha)
     if c is not None and beta != 0.0:
         c = _asarray(c)
         if c.dtype != y.dtype:
@@ -63,7 +73,7 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
         if beta == 1.0:
             y += c
         else:
-            y += c * (y.dtype.type(beta) if y.dtype.kind == "f" else beta)
+            y += c * y.dtype.type(beta)
     if y.dtype != dt:
         y = y.astype(dt)
     return y
@@ -79,7 +89,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N80
     return _gemm(a, b, c, alpha, beta, transA, transB)
 
 
-def _zero_point(zp, name: str) -> np.ndarray | None:
+def _zero_point(zp) -> np.ndarray | None:
     if zp is None:
         return None
     zp = _asarray(zp)
@@ -96,8 +106,8 @@ def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
     b = _asarray(b)
     af = a.astype(np.float64)
     bf = b.astype(np.float64)
-    azp = _zero_point(a_zero_point, "a_zero_point")
-    bzp = _zero_point(b_zero_point, "b_zero_point")
+    azp = _zero_point(a_zero_point)
+    bzp = _zero_point(b_zero_point)
     if azp is not None:
         if azp.ndim == 1 and azp.size > 1 and a.ndim >= 2:
             azp = azp.reshape(-1, 1)  # per-row of A
@@ -116,7 +126,10 @@ def einsum(*inputs, equation):
     if is_exotic(dt):
         arrs = [x.astype(np.float32) for x in arrs]
     try:
-        y = np.einsum(eq, *arrs, optimize=len(arrs) > 2)
+        # the path optimizer (and its BLAS contractions) pays off for 3+ operands or big ones;
+        # for tiny inputs its planning overhead dominates
+        big = len(arrs) > 2 or sum(x.size for x in arrs) > 4096
+        y = np.einsum(eq, *arrs, optimize=big)
     except ValueError as e:
         shapes = ", ".join(str(x.shape) for x in arrs)
         raise KernelError(f"Einsum: equation {equation!r} does not fit input shapes {shapes}: {e}") from None

@@ -159,6 +159,46 @@ def _post_transform(scores: np.ndarray, mode: int) -> np.ndarray:
     raise KernelError(f"TreeEnsemble: unknown post_transform {mode}; use 0..4")
 
 
+def _walk(x, roots, root_is_leaf, modes, feat, splits, t_ids, f_ids, t_leaf, f_leaf, miss, sets) -> np.ndarray:
+    """Leaf index reached by every (row, tree): all pairs walk down together, one level per step.
+
+    Branch ``i`` compares ``x[:, feat[i]]`` with ``splits[i]`` by ``modes[i]``; its true child
+    is leaf ``t_ids[i]`` if ``t_leaf[i]`` else branch ``t_ids[i]`` (likewise for false). A NaN
+    feature takes the true branch where ``miss[i]``, else the comparison decides (NaN != t is
+    true), as in the ONNX reference and onnxruntime.
+    """
+    n, n_trees = x.shape[0], roots.size
+    node = np.broadcast_to(roots, (n, n_trees)).copy()
+    leaf = np.where(root_is_leaf, roots, -1)[None, :].repeat(n, axis=0)
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, n_trees))
+    active = np.broadcast_to(~np.asarray(root_is_leaf, bool), (n, n_trees)).copy()
+    for _ in range(modes.size + 1):
+        if not active.any():
+            break
+        r, t = np.nonzero(active)
+        nd = node[r, t]
+        v = x[rows[r, t], feat[nd]].astype(np.float64)
+        s = splits[nd].astype(np.float64)
+        m = modes[nd]
+        cond = np.select(
+            [m == _LEQ, m == _LT, m == _GTE, m == _GT, m == _EQ, m == _NEQ],
+            [v <= s, v < s, v >= s, v > s, v == s, v != s],
+            default=False,
+        )
+        for mn in np.unique(nd[m == _MEMBER]):
+            sel = nd == mn
+            cond[sel] = np.isin(v[sel], sets[int(mn)])
+        cond = cond | (np.isnan(v) & miss[nd])
+        nxt = np.where(cond, t_ids[nd], f_ids[nd])
+        is_leaf = np.where(cond, t_leaf[nd], f_leaf[nd])
+        leaf[r[is_leaf], t[is_leaf]] = nxt[is_leaf]
+        active[r[is_leaf], t[is_leaf]] = False
+        node[r[~is_leaf], t[~is_leaf]] = nxt[~is_leaf]
+    if active.any():
+        raise KernelError("TreeEnsemble: a tree does not terminate (cycle in the node ids)")
+    return leaf
+
+
 @register("TreeEnsemble", domain=ONNX_ML_DOMAIN, since=5)
 def tree_ensemble(
     x,
@@ -229,36 +269,7 @@ def tree_ensemble(
 
     roots = np.asarray(tree_roots, dtype=np.int64)
     n_trees = roots.size
-    # Walk every (row, tree) pair down together, one level per iteration.
-    node = np.broadcast_to(roots, (n, n_trees)).copy()
-    leaf = np.full((n, n_trees), -1, dtype=np.int64)
-    rows = np.broadcast_to(np.arange(n)[:, None], (n, n_trees))
-    active = np.ones((n, n_trees), dtype=bool)
-    for _ in range(modes.size + 1):
-        if not active.any():
-            break
-        r, t = np.nonzero(active)
-        nd = node[r, t]
-        v = x[rows[r, t], feat[nd]].astype(np.float64)
-        s = splits[nd].astype(np.float64)
-        m = modes[nd]
-        cond = np.select(
-            [m == _LEQ, m == _LT, m == _GTE, m == _GT, m == _EQ, m == _NEQ],
-            [v <= s, v < s, v >= s, v > s, v == s, v != s],
-            default=False,
-        )
-        for mn in np.unique(nd[m == _MEMBER]):
-            sel = nd == mn
-            cond[sel] = np.isin(v[sel], sets[int(mn)])
-        nan = np.isnan(v)
-        cond = np.where(nan, miss[nd], cond)
-        nxt = np.where(cond, t_ids[nd], f_ids[nd])
-        is_leaf = np.where(cond, t_leaf[nd], f_leaf[nd])
-        leaf[r[is_leaf], t[is_leaf]] = nxt[is_leaf]
-        active[r[is_leaf], t[is_leaf]] = False
-        node[r[~is_leaf], t[~is_leaf]] = nxt[~is_leaf]
-    if active.any():
-        raise KernelError("TreeEnsemble: a tree does not terminate (cycle in nodes_*nodeids)")
+    leaf = _walk(x, roots, np.zeros(n_trees, bool), modes, feat, splits, t_ids, f_ids, t_leaf, f_leaf, miss, sets)
 
     out_dtype = x.dtype if x.dtype.kind == "f" else np.float32
     w = weights[leaf].astype(np.float64)  # (n, trees)
@@ -277,6 +288,202 @@ def tree_ensemble(
     else:
         raise KernelError(f"TreeEnsemble: unknown aggregate_function {aggregate_function}; use 0..3")
     return _post_transform(scores, post_transform).astype(out_dtype)
+
+
+# ---------------------------------------------------------------- TreeEnsembleRegressor (ml opset 1, 3)
+
+_MODE_NAMES = {"BRANCH_LEQ": _LEQ, "BRANCH_LT": _LT, "BRANCH_GTE": _GTE, "BRANCH_GT": _GT,
+               "BRANCH_EQ": _EQ, "BRANCH_NEQ": _NEQ, "LEAF": -1}  # fmt: skip
+_POST_NAMES = {"NONE": 0, "SOFTMAX": 1, "LOGISTIC": 2, "SOFTMAX_ZERO": 3, "PROBIT": 4}
+_AGG_NAMES = {"AVERAGE": 0, "SUM": 1, "MIN": 2, "MAX": 3}
+
+
+def _first(*vals):
+    for v in vals:
+        if v is not None:
+            return np.asarray(v).reshape(-1)
+    return None
+
+
+def _legacy_forest(op, x, n_t, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids, nodes_values,
+                   nodes_truenodeids, nodes_falsenodeids, nodes_missing_value_tracks_true,
+                   target_treeids, target_nodeids, target_ids, target_weights):  # fmt: skip
+    """Walk a pre-opset-5 forest (nodes keyed by (tree id, node id), LEAF nodes carry weights).
+
+    Returns (weights, has) of shape (rows, trees, n_t): each tree's leaf weight per target
+    for every row, and whether that leaf names the target at all.
+    """
+    if nodes_modes is None or nodes_treeids is None or nodes_nodeids is None:
+        raise KernelError(f"{op}: nodes_modes, nodes_treeids and nodes_nodeids are required")
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    trees = np.asarray(nodes_treeids, dtype=np.int64)
+    ids = np.asarray(nodes_nodeids, dtype=np.int64)
+    count = trees.size
+    try:
+        modes = np.array([_MODE_NAMES[m] for m in nodes_modes], dtype=np.int64)
+    except KeyError as e:
+        raise KernelError(f"{op}: unknown node mode {e.args[0]!r}") from None
+    pos = {(int(t), int(i)): k for k, (t, i) in enumerate(zip(trees, ids))}
+    is_leaf = modes < 0
+    leaf_no = np.cumsum(is_leaf) - 1  # leaf number of every LEAF node
+    zeros = np.zeros(count, np.int64)
+    t_nodes = np.asarray(nodes_truenodeids if nodes_truenodeids is not None else zeros, dtype=np.int64)
+    f_nodes = np.asarray(nodes_falsenodeids if nodes_falsenodeids is not None else zeros, dtype=np.int64)
+
+    def child(k, target):
+        if is_leaf[k]:
+            return 0, False
+        g = pos.get((int(trees[k]), int(target)))
+        if g is None:
+            raise KernelError(f"{op}: node ({trees[k]}, {ids[k]}) points to missing node id {target}")
+        return (int(leaf_no[g]), True) if is_leaf[g] else (g, False)
+
+    tc = [child(k, t_nodes[k]) for k in range(count)]
+    fc = [child(k, f_nodes[k]) for k in range(count)]
+    t_ids = np.array([c[0] for c in tc], np.int64)
+    t_leaf = np.array([c[1] for c in tc], bool)
+    f_ids = np.array([c[0] for c in fc], np.int64)
+    f_leaf = np.array([c[1] for c in fc], bool)
+    tree_order = list(dict.fromkeys(trees.tolist()))
+    referenced = {(int(trees[k]), int(v)) for k in range(count) if not is_leaf[k] for v in (t_nodes[k], f_nodes[k])}
+    roots, root_is_leaf = [], []
+    for tr in tree_order:
+        members = [k for k in range(count) if trees[k] == tr]
+        root = next((k for k in members if (tr, int(ids[k])) not in referenced), members[0])
+        roots.append(int(leaf_no[root]) if is_leaf[root] else root)
+        root_is_leaf.append(bool(is_leaf[root]))
+    splits = nodes_values
+    splits = np.zeros(count) if splits is None else splits
+    miss = (
+        np.zeros(count, bool)
+        if nodes_missing_value_tracks_true is None
+        else np.asarray(nodes_missing_value_tracks_true, dtype=bool)
+    )
+    feat = np.asarray(nodes_featureids if nodes_featureids is not None else zeros, dtype=np.int64)
+    leaf = _walk(x, np.array(roots, np.int64), np.array(root_is_leaf), modes, feat, splits,
+                 t_ids, f_ids, t_leaf, f_leaf, miss, {})  # fmt: skip
+
+    # Leaf -> per-target weight (a leaf may feed several targets).
+    n_leaves = int(is_leaf.sum())
+    W = np.zeros((n_leaves, n_t))
+    has = np.zeros((n_leaves, n_t), bool)
+    if target_treeids is not None and len(target_treeids):
+        for tr, nd, tg, w in zip(target_treeids, target_nodeids, target_ids, target_weights):
+            g = pos.get((int(tr), int(nd)))
+            if g is None or not is_leaf[g]:
+                raise KernelError(f"{op}: target weight for ({tr}, {nd}) does not name a LEAF node")
+            if not 0 <= int(tg) < n_t:
+                raise KernelError(f"{op}: target/class id {tg} out of range [0, {n_t})")
+            W[leaf_no[g], int(tg)] += float(w)
+            has[leaf_no[g], int(tg)] = True
+    return W[leaf], has[leaf]
+
+
+@register("TreeEnsembleRegressor", domain=ONNX_ML_DOMAIN, since=1)
+def tree_ensemble_regressor(
+    x,
+    *,
+    aggregate_function="SUM",
+    base_values=None,
+    base_values_as_tensor=None,
+    n_targets=None,
+    nodes_falsenodeids=None,
+    nodes_featureids=None,
+    nodes_hitrates=None,
+    nodes_hitrates_as_tensor=None,
+    nodes_missing_value_tracks_true=None,
+    nodes_modes=None,
+    nodes_nodeids=None,
+    nodes_treeids=None,
+    nodes_truenodeids=None,
+    nodes_values=None,
+    nodes_values_as_tensor=None,
+    post_transform="NONE",
+    target_ids=None,
+    target_nodeids=None,
+    target_treeids=None,
+    target_weights=None,
+    target_weights_as_tensor=None,
+):
+    """The pre-opset-5 regressor: nodes keyed by (tree id, node id), leaves are LEAF nodes."""
+    op = "TreeEnsembleRegressor"
+    if n_targets is None:
+        raise KernelError(f"{op}: the n_targets attribute is required")
+    if aggregate_function not in _AGG_NAMES or post_transform not in _POST_NAMES:
+        raise KernelError(f"{op}: unknown aggregate_function {aggregate_function!r} or post_transform {post_transform!r}")
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    n_t = int(n_targets)
+    per_tree, has_t = _legacy_forest(
+        op, x, n_t, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids,
+        _first(nodes_values_as_tensor, nodes_values), nodes_truenodeids, nodes_falsenodeids,
+        nodes_missing_value_tracks_true, target_treeids, target_nodeids, target_ids,
+        _first(target_weights_as_tensor, target_weights),
+    )  # fmt: skip
+    n_trees = per_tree.shape[1]
+    agg = _AGG_NAMES[aggregate_function]
+    if agg in (0, 1):
+        scores = per_tree.sum(axis=1)
+        if agg == 0:
+            scores /= max(n_trees, 1)
+    else:
+        mask = has_t
+        fill = np.inf if agg == 2 else -np.inf
+        red = np.where(mask, per_tree, fill)
+        scores = red.min(axis=1) if agg == 2 else red.max(axis=1)
+        scores = np.where(mask.any(axis=1), scores, 0.0)
+    base = _first(base_values_as_tensor, base_values)
+    if base is not None and base.size:
+        scores = scores + base.astype(np.float64)
+    if n_t > 1:
+        # With several targets, one that no reached leaf scores stays 0, base value included
+        # (onnxruntime's behaviour; the ONNX reference gives base, or +-FLT_MAX for MIN/MAX).
+        scores = np.where(has_t.any(axis=1), scores, 0.0)
+    return _post_transform(scores, _POST_NAMES[post_transform]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- Scaler / Normalizer / LinearRegressor
+
+
+@register("Scaler", domain=ONNX_ML_DOMAIN, since=1)
+def scaler(x, *, offset=None, scale=None):
+    off = np.asarray(offset if offset is not None else [0.0], dtype=np.float32)
+    sc = np.asarray(scale if scale is not None else [1.0], dtype=np.float32)
+    return ((np.asarray(x, dtype=np.float32) - off) * sc).astype(np.float32)
+
+
+@register("Normalizer", domain=ONNX_ML_DOMAIN, since=1)
+def normalizer(x, *, norm="MAX"):
+    x = np.asarray(x, dtype=np.float32)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    if norm == "MAX":
+        d = np.abs(x2).max(axis=1, keepdims=True) if x2.shape[1] else np.ones((x2.shape[0], 1), np.float32)
+    elif norm == "L1":
+        d = np.abs(x2).sum(axis=1, keepdims=True)
+    elif norm == "L2":
+        d = np.sqrt((x2 * x2).sum(axis=1, keepdims=True))
+    else:
+        raise KernelError(f"Normalizer: unknown norm {norm!r}; use MAX, L1 or L2")
+    out = np.where(d == 0, x2, x2 / np.where(d == 0, 1, d)).astype(np.float32)
+    return out.reshape(x.shape)
+
+
+@register("LinearRegressor", domain=ONNX_ML_DOMAIN, since=1)
+def linear_regressor(x, *, coefficients=None, intercepts=None, post_transform="NONE", targets=1):
+    x = np.asarray(x, dtype=np.float32)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    coef = np.asarray(coefficients if coefficients is not None else [], dtype=np.float32).reshape(targets, -1)
+    if coef.shape[1] != x2.shape[1]:
+        raise KernelError(f"LinearRegressor: {coef.shape[1]} coefficients per target but {x2.shape[1]} features")
+    y = x2 @ coef.T
+    if intercepts is not None:
+        y = y + np.asarray(intercepts, dtype=np.float32)
+    if post_transform not in _POST_NAMES:
+        raise KernelError(f"LinearRegressor: unknown post_transform {post_transform!r}")
+    return _post_transform(y.astype(np.float64), _POST_NAMES[post_transform]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- TfIdfVectorizer
@@ -339,3 +546,174 @@ def tfidf_vectorizer(
             out = np.minimum(out, 1.0)
         out = out * w
     return out.reshape(width) if x.ndim <= 1 else out
+
+
+# ---------------------------------------------------------------- small ai.onnx.ml preprocessing ops
+
+
+@register("Imputer", domain=ONNX_ML_DOMAIN, since=1)
+def imputer(x, *, imputed_value_floats=None, imputed_value_int64s=None, replaced_value_float=0.0,
+            replaced_value_int64=0):  # fmt: skip
+    x = np.asarray(x)
+    if imputed_value_floats is not None and len(imputed_value_floats):
+        vals, target = np.asarray(imputed_value_floats, dtype=x.dtype), replaced_value_float
+    elif imputed_value_int64s is not None and len(imputed_value_int64s):
+        vals, target = np.asarray(imputed_value_int64s, dtype=x.dtype), replaced_value_int64
+    else:
+        raise KernelError("Imputer: one of imputed_value_floats, imputed_value_int64s is required")
+    if vals.size != 1 and vals.size != x.shape[-1]:
+        raise KernelError(f"Imputer: {vals.size} imputed values for {x.shape[-1]} features; give 1 or one per feature")
+    hit = np.isnan(x) if x.dtype.kind == "f" and np.isnan(target) else x == target
+    return np.where(hit, vals, x).astype(x.dtype)
+
+
+@register("CategoryMapper", domain=ONNX_ML_DOMAIN, since=1)
+def category_mapper(x, *, cats_int64s=None, cats_strings=None, default_int64=-1, default_string="_Unused"):
+    if cats_int64s is None or cats_strings is None or len(cats_int64s) != len(cats_strings):
+        raise KernelError("CategoryMapper: cats_int64s and cats_strings must both be given, of equal length")
+    x = np.asarray(x)
+    if x.dtype == object or x.dtype.kind in "SU":
+        return _encode(x, _str_array(cats_strings), np.asarray(cats_int64s, np.int64), default_int64)
+    return _encode(x.astype(np.int64), np.asarray(cats_int64s, np.int64), _str_array(cats_strings), default_string)
+
+
+@register("FeatureVectorizer", domain=ONNX_ML_DOMAIN, since=1)
+def feature_vectorizer(*inputs, inputdimensions=None):
+    if inputdimensions is None or len(inputdimensions) != len(inputs):
+        raise KernelError(f"FeatureVectorizer: inputdimensions must give one size per input ({len(inputs)} inputs)")
+    first = np.asarray(inputs[0])
+    n = 1 if first.ndim <= 1 else first.shape[0]
+    cols = []
+    for a, d in zip(inputs, inputdimensions):
+        a = np.asarray(a, dtype=np.float32).reshape(n, -1)
+        part = np.zeros((n, d), np.float32)
+        k = min(d, a.shape[1])
+        part[:, :k] = a[:, :k]
+        cols.append(part)
+    return np.concatenate(cols, axis=1)
+
+
+@register("OneHotEncoder", domain=ONNX_ML_DOMAIN, since=1)
+def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1):
+    x = np.asarray(x)
+    if cats_strings is not None:
+        keys = _str_array(cats_strings)
+    elif cats_int64s is not None:
+        keys = np.asarray(cats_int64s, np.int64)
+        x = x.astype(np.int64) if x.dtype.kind == "f" else x
+    else:
+        raise KernelError("OneHotEncoder: one of cats_int64s, cats_strings is required")
+    pos = _encode(x, keys, np.arange(keys.size, dtype=np.int64), -1)
+    if not zeros and (pos < 0).any():
+        raise KernelError("OneHotEncoder: input holds a category not in cats_* and zeros=0")
+    return (pos[..., None] == np.arange(keys.size)).astype(np.float32)
+
+
+@register("LinearClassifier", domain=ONNX_ML_DOMAIN, since=1)
+def linear_classifier(ctx, x, *, coefficients=None, intercepts=None, classlabels_ints=None,
+                      classlabels_strings=None, multi_class=0, post_transform="NONE"):  # fmt: skip
+    x = np.asarray(x, dtype=np.float32)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    if classlabels_strings is not None:
+        labels = _str_array(classlabels_strings)
+    elif classlabels_ints is not None:
+        labels = np.asarray(classlabels_ints, np.int64)
+    else:
+        raise KernelError("LinearClassifier: one of classlabels_ints, classlabels_strings is required")
+    coef = np.asarray(coefficients if coefficients is not None else [], dtype=np.float32).reshape(-1, x2.shape[1])
+    scores = (x2 @ coef.T).astype(np.float32)
+    if intercepts is not None:
+        scores = scores + np.asarray(intercepts, dtype=np.float32)
+    if post_transform not in _POST_NAMES:
+        raise KernelError(f"LinearClassifier: unknown post_transform {post_transform!r}")
+    pt = _POST_NAMES[post_transform]
+    if coef.shape[0] == 1 and labels.size == 2:
+        # Binary with one score column s: positive class when s > 0 and the score output gets
+        # both columns, [1 - s, s] (NONE) or [1 - p, p] with p = sigmoid(s) (LOGISTIC), as
+        # onnxruntime does; other transforms apply to [-s, s].
+        s = scores[:, 0].astype(np.float64)
+        y = labels[(s > 0).astype(np.int64)]
+        if pt in (0, 2):
+            p = s if pt == 0 else 1.0 / (1.0 + np.exp(-s))
+            z = np.stack([1 - p, p], axis=1)
+        else:
+            z = _post_transform(np.stack([-s, s], axis=1), pt)
+    else:
+        y = labels[np.argmax(scores, axis=1)]
+        z = _post_transform(scores.astype(np.float64), pt)
+    return y, z.astype(np.float32)
+
+
+@register("TreeEnsembleClassifier", domain=ONNX_ML_DOMAIN, since=1)
+def tree_ensemble_classifier(
+    ctx,
+    x,
+    *,
+    base_values=None,
+    base_values_as_tensor=None,
+    class_ids=None,
+    class_nodeids=None,
+    class_treeids=None,
+    class_weights=None,
+    class_weights_as_tensor=None,
+    classlabels_int64s=None,
+    classlabels_strings=None,
+    nodes_falsenodeids=None,
+    nodes_featureids=None,
+    nodes_hitrates=None,
+    nodes_hitrates_as_tensor=None,
+    nodes_missing_value_tracks_true=None,
+    nodes_modes=None,
+    nodes_nodeids=None,
+    nodes_treeids=None,
+    nodes_truenodeids=None,
+    nodes_values=None,
+    nodes_values_as_tensor=None,
+    post_transform="NONE",
+):
+    """Pre-opset-5 classifier: outputs (labels [N], scores [N, classes])."""
+    op = "TreeEnsembleClassifier"
+    if classlabels_strings is not None:
+        labels = _str_array(classlabels_strings)
+    elif classlabels_int64s is not None:
+        labels = np.asarray(classlabels_int64s, np.int64)
+    else:
+        raise KernelError(f"{op}: one of classlabels_int64s, classlabels_strings is required")
+    if post_transform not in _POST_NAMES:
+        raise KernelError(f"{op}: unknown post_transform {post_transform!r}")
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    n_cls = labels.size
+    per_tree, has_t = _legacy_forest(
+        op, x, n_cls, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids,
+        _first(nodes_values_as_tensor, nodes_values), nodes_truenodeids, nodes_falsenodeids,
+        nodes_missing_value_tracks_true, class_treeids, class_nodeids, class_ids,
+        _first(class_weights_as_tensor, class_weights),
+    )  # fmt: skip
+    scores = per_tree.sum(axis=1)
+    base = _first(base_values_as_tensor, base_values)
+    weights = _first(class_weights_as_tensor, class_weights)
+    used = sorted(set(int(c) for c in class_ids)) if class_ids is not None else []
+    pt = _POST_NAMES[post_transform]
+    if n_cls == 2 and len(used) == 1:
+        # Binary forest scoring one class only (onnxruntime's convention): with all weights
+        # >= 0 the score is a probability (positive when > 0.5, output [1 - s, s]); otherwise a
+        # margin (positive when > 0, output [-s, s]).
+        s = scores[:, used[0]] + (base[used[0]] if base is not None and base.size > used[0] else 0.0)
+        if weights is None or (np.asarray(weights) >= 0).all():
+            y = labels[(s > 0.5).astype(np.int64)]
+            z = np.stack([1 - s, s], axis=1)
+        else:
+            y = labels[(s > 0).astype(np.int64)]
+            z = np.stack([-s, s], axis=1)
+        if pt == 2:
+            z = 1.0 / (1.0 + np.exp(-z))
+        elif pt:
+            z = _post_transform(z, pt)
+    else:
+        if base is not None and base.size:
+            scores = scores + base.astype(np.float64)
+        y = labels[np.argmax(scores, axis=1)]
+        z = _post_transform(scores, pt)
+    return y, z.astype(np.float32)

@@ -48,6 +48,36 @@ if _HAVE_NUMBA:
             inv_out[i] = inv
 
     @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+    def _in_rows(x, scale, bias, eps, y):  # pragma: no cover - compiled
+        # row i of (N*C, L) belongs to channel i % C; scale/bias are per channel
+        n, d = x.shape
+        c = scale.shape[0]
+        for i in range(n):
+            s = 0.0
+            for j in range(d):
+                s += x[i, j]
+            m = s / d
+            v = 0.0
+            for j in range(d):
+                t = x[i, j] - m
+                v += t * t
+            a = scale[i % c] / np.sqrt(v / d + eps)
+            b = bias[i % c] - m * a
+            for j in range(d):
+                y[i, j] = x[i, j] * a + b
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+    def _affine_rows(x, a, b, y):  # pragma: no cover - compiled
+        # y = x * a[c] + b[c] for rows of (N*C, L), row i in channel i % C: one pass
+        n, d = x.shape
+        c = a.shape[0]
+        for i in range(n):
+            ai = a[i % c]
+            bi = b[i % c]
+            for j in range(d):
+                y[i, j] = x[i, j] * ai + bi
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
     def _rms_rows(x, scale, eps, y):  # pragma: no cover - compiled
         n, d = x.shape
         for i in range(n):
@@ -96,6 +126,11 @@ def _bn_inference(x, scale, b, mean, var, epsilon):
     inv = (np.asarray(var, dtype=np.float64) + epsilon) ** -0.5
     a = np.asarray(scale, dtype=np.float64) * inv
     c = np.asarray(b, dtype=np.float64) - np.asarray(mean, dtype=np.float64) * a
+    if a.ndim == 1 and nd >= 2 and a.size == x.shape[1] and _rowwise_ok(x, 2):
+        n = x.shape[0] * x.shape[1]
+        y = np.empty(x.shape, dtype=dt)
+        _affine_rows(np.ascontiguousarray(x).reshape(n, -1), a.astype(dt), c.astype(dt), y.reshape(n, -1))
+        return y
     a = _channel_shape(a.astype(dt), nd)
     c = _channel_shape(c.astype(dt), nd)
     y = x * a
@@ -137,6 +172,13 @@ def batch_normalization_14(ctx, x, scale, b, mean, var, *, epsilon=1e-5, momentu
 
 @register("InstanceNormalization", since=1)
 def instance_normalization(x, scale, b, *, epsilon=1e-5):
+    sc = np.asarray(scale).reshape(-1)
+    bc = np.asarray(b).reshape(-1)
+    if x.ndim >= 3 and sc.size == x.shape[1] and bc.size == x.shape[1] and _rowwise_ok(x, 2):
+        n = x.shape[0] * x.shape[1]
+        y = np.empty(x.shape, dtype=x.dtype)
+        _in_rows(np.ascontiguousarray(x).reshape(n, -1), sc.astype(x.dtype), bc.astype(x.dtype), float(epsilon), y.reshape(n, -1))
+        return y
     axes = tuple(range(2, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     d = x - mean
@@ -256,7 +298,7 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     hi = math.ceil((size - 1) / 2)
     sq = (x * x).astype(x.dtype, copy=False)
     # windowed channel sum through a cumulative sum along axis 1
-    cs = np.cumsum(sq, axis=1, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    cs = np.cumsum(sq, axis=1, dtype=np.float64)  # float64: differences of prefix sums stay exact enough
     zero = np.zeros_like(cs[:, :1])
     cs = np.concatenate([zero, cs], axis=1)
     idx = np.arange(c)

@@ -27,32 +27,40 @@ _CTMS = (
 )
 
 
-def _source_coords(ctm, out_len, in_len, scale, roi_lo, roi_hi):
-    y = np.arange(out_len, dtype=np.float64)
-    out_f = scale * in_len
+def _source_coords(ctm, out_len, in_len, scale, roi_lo, roi_hi, f=np.float32):
+    # The arithmetic precision decides nearest-mode ties. onnxruntime matches float32 math
+    # for given scales (8.5 / 1.7f == 5.0f) and float64 math for scales derived from sizes
+    # (4 / (8 / 7) == 3.5): ``f`` selects which.
+    y = np.arange(out_len, dtype=f)
+    scale = f(scale)
+    roi_lo, roi_hi = f(roi_lo), f(roi_hi)
+    out_f = scale * f(in_len)
     extrap = None
     if ctm == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
+        x = (y + f(0.5)) / scale - f(0.5)
     elif ctm == "half_pixel_symmetric":
-        adjustment = out_len / out_f
-        offset = (in_len / 2.0) * (1.0 - adjustment)
-        x = offset + (y + 0.5) / scale - 0.5
+        adjustment = f(out_len) / out_f
+        offset = f(in_len / 2.0) * (f(1.0) - adjustment)
+        x = offset + (y + f(0.5)) / scale - f(0.5)
     elif ctm == "pytorch_half_pixel":
-        x = (y + 0.5) / scale - 0.5 if out_f != 1 else np.full(out_len, -0.5)
+        # the spec (and onnxruntime) map a length-1 output to 0
+        x = (y + f(0.5)) / scale - f(0.5) if out_len > 1 else np.zeros(out_len, dtype=f)
     elif ctm == "align_corners":
-        x = y * (in_len - 1) / (out_f - 1) if out_f != 1 else np.zeros(out_len)
+        # ONNX (and its backend tests) divide by scale * in_len - 1, not by out_len - 1; the two
+        # differ only for scales whose product with the input length is not an integer
+        x = y * f(in_len - 1) / (out_f - f(1)) if out_f != 1 else np.zeros(out_len, dtype=f)
     elif ctm == "asymmetric":
         x = y / scale
     elif ctm == "tf_crop_and_resize":
         if out_f != 1:
-            x = y * (roi_hi - roi_lo) * (in_len - 1) / (out_f - 1)
+            x = y * (roi_hi - roi_lo) * f(in_len - 1) / (out_f - f(1))
         else:
-            x = np.full(out_len, (roi_hi - roi_lo) * (in_len - 1) / 2.0)
-        x = x + roi_lo * (in_len - 1)
+            x = np.full(out_len, (roi_hi - roi_lo) * f(in_len - 1) / f(2.0), dtype=f)
+        x = x + roi_lo * f(in_len - 1)
         extrap = (x < 0) | (x > in_len - 1)
     else:
         raise KernelError(f"Resize: unknown coordinate_transformation_mode {ctm!r}; expected one of {', '.join(_CTMS)}")
-    return x, extrap
+    return x.astype(np.float64), extrap
 
 
 def _nearest_index(x, nearest_mode, in_len, downsample=False):
@@ -161,6 +169,7 @@ def resize_nd(
         full_roi = {a: (roi[i], roi[na + i]) for i, a in enumerate(axes)}
 
     in_shape = x.shape
+    from_sizes = sizes is not None and np.asarray(sizes).size > 0
     scale_of = {}
     out_of = {}
     if sizes is not None and np.asarray(sizes).size:
@@ -204,7 +213,7 @@ def resize_nd(
             shp[a] = 0
             data = np.empty(shp, dtype=data.dtype)
             continue
-        coords, extrap = _source_coords(ctm, out_len, in_len, scale, lo, hi)
+        coords, extrap = _source_coords(ctm, out_len, in_len, scale, lo, hi, np.float64 if from_sizes else np.float32)
         idx, w = _axis_taps(mode, coords, in_len, scale, nearest_mode, cubic_a, exclude_outside, antialias)
         data = _apply_axis(data, a, idx, w, cdt)
         if extrap is not None and extrap.any():

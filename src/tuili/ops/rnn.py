@@ -16,6 +16,103 @@ from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
 
+try:  # numba is a project dependency; the numpy loop stays as the fallback
+    import numba
+
+    _HAVE_NUMBA = True
+except Exception:  # pragma: no cover - environment without numba
+    numba = None
+    _HAVE_NUMBA = False
+
+if _HAVE_NUMBA:
+    # Fused recurrences for the default activations: the whole time loop runs in compiled code,
+    # with one BLAS matmul (h @ R^T) per step and the gate math fused per element.
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _lstm_loop(xw, rt, h, c, p, has_p, input_forget, clip, valid, y):  # pragma: no cover - compiled
+        steps, nb, g4 = xw.shape
+        hs = g4 // 4
+        one = xw.dtype.type(1)
+        for t in range(steps):
+            rec = np.dot(h, rt)
+            for b in range(nb):
+                if not valid[t, b]:
+                    for j in range(hs):
+                        y[t, b, j] = 0
+                    continue
+                for j in range(hs):
+                    cp = c[b, j]
+                    gi = xw[t, b, j] + rec[b, j]
+                    go = xw[t, b, hs + j] + rec[b, hs + j]
+                    gf = xw[t, b, 2 * hs + j] + rec[b, 2 * hs + j]
+                    gc = xw[t, b, 3 * hs + j] + rec[b, 3 * hs + j]
+                    if has_p:
+                        gi += p[j] * cp
+                        gf += p[2 * hs + j] * cp
+                    if clip > 0:
+                        gi = min(max(gi, -clip), clip)
+                        gf = min(max(gf, -clip), clip)
+                        gc = min(max(gc, -clip), clip)
+                    i_t = one / (one + np.exp(-gi))
+                    f_t = (one - i_t) if input_forget else one / (one + np.exp(-gf))
+                    cn = f_t * cp + i_t * np.tanh(gc)
+                    if has_p:
+                        go += p[hs + j] * cn
+                    if clip > 0:
+                        go = min(max(go, -clip), clip)
+                    o_t = one / (one + np.exp(-go))
+                    hn = o_t * np.tanh(cn)
+                    c[b, j] = cn
+                    h[b, j] = hn
+                    y[t, b, j] = hn
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _gru_loop(xw, r, rb_h, h, lbr, clip, valid, y):  # pragma: no cover - compiled
+        # xw already holds Wb + Rb for z and r, and Rb_h too when not linear_before_reset
+        steps, nb, g3 = xw.shape
+        hs = g3 // 3
+        one = xw.dtype.type(1)
+        rzr_t = np.ascontiguousarray(r[: 2 * hs].T)
+        rh_t = np.ascontiguousarray(r[2 * hs :].T)
+        zt = np.empty((nb, hs), dtype=xw.dtype)
+        rh = np.empty((nb, hs), dtype=xw.dtype)
+        for t in range(steps):
+            rec = np.dot(h, rzr_t)
+            for b in range(nb):
+                for j in range(hs):
+                    gz = xw[t, b, j] + rec[b, j]
+                    gr = xw[t, b, hs + j] + rec[b, hs + j]
+                    if clip > 0:
+                        gz = min(max(gz, -clip), clip)
+                        gr = min(max(gr, -clip), clip)
+                    zt[b, j] = one / (one + np.exp(-gz))
+                    rr = one / (one + np.exp(-gr))
+                    rh[b, j] = rr if lbr else rr * h[b, j]
+            if lbr:
+                hrec = np.dot(h, rh_t)
+            else:
+                hrec = np.dot(rh, rh_t)
+            for b in range(nb):
+                if not valid[t, b]:
+                    for j in range(hs):
+                        y[t, b, j] = 0
+                    continue
+                for j in range(hs):
+                    if lbr:
+                        gh = xw[t, b, 2 * hs + j] + rh[b, j] * (hrec[b, j] + rb_h[j])
+                    else:
+                        gh = xw[t, b, 2 * hs + j] + hrec[b, j]
+                    if clip > 0:
+                        gh = min(max(gh, -clip), clip)
+                    hh = np.tanh(gh)
+                    hn = hh + zt[b, j] * (h[b, j] - hh)
+                    h[b, j] = hn
+                    y[t, b, j] = hn
+
+
+def _default_acts(names, defaults) -> bool:
+    return not names or all(n.lower() == d.lower() for n, d in zip(names, defaults * (len(names) // len(defaults))))
+
 
 # ---------------------------------------------------------------- activations
 
@@ -204,8 +301,27 @@ def lstm(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
+    fast = (
+        _HAVE_NUMBA
+        and s.dtype in (np.float32, np.float64)
+        and _default_acts(activations, ["Sigmoid", "Tanh", "Tanh"])
+        and s.seq > 0
+    )
+    valid = s.valid if s.valid is not None else np.ones((s.seq, s.batch), dtype=bool)
     with np.errstate(over="ignore"):
         for d in range(s.num_dir):
+            if fast:
+                xw = np.ascontiguousarray(s.order(s.projection(w, d), d, rev_idx))
+                h = s.states[0][d].astype(s.dtype, copy=True)
+                c = s.states[1][d].astype(s.dtype, copy=True)
+                pd = p[d].astype(s.dtype) if p is not None else np.zeros(3 * hs, dtype=s.dtype)
+                y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
+                vd = np.ascontiguousarray(s.order(valid, d, rev_idx))
+                _lstm_loop(xw, np.ascontiguousarray(r[d].T), h, c, pd, p is not None, bool(input_forget),
+                           s.dtype.type(clip if clip is not None else 0), vd, y)
+                ys.append(s.order(y, d, rev_idx))
+                finals.append([h, c])
+                continue
             f, g_act, h_act = acts[d]
             xw = s.order(s.projection(w, d), d, rev_idx)
             rt = r[d].T
@@ -257,8 +373,30 @@ def gru(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
+    fast = (
+        _HAVE_NUMBA
+        and s.dtype in (np.float32, np.float64)
+        and _default_acts(activations, ["Sigmoid", "Tanh"])
+        and s.seq > 0
+    )
+    valid = s.valid if s.valid is not None else np.ones((s.seq, s.batch), dtype=bool)
     with np.errstate(over="ignore"):
         for d in range(s.num_dir):
+            if fast:
+                xw = s.projection(w, d, with_rb=False)
+                rb_h = np.ascontiguousarray(s.rb[d, 2 * hs :]).astype(s.dtype)
+                xw[:, :, : 2 * hs] += s.rb[d, : 2 * hs]
+                if not linear_before_reset:
+                    xw[:, :, 2 * hs :] += rb_h
+                xw = np.ascontiguousarray(s.order(xw, d, rev_idx))
+                h = s.states[0][d].astype(s.dtype, copy=True)
+                y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
+                vd = np.ascontiguousarray(s.order(valid, d, rev_idx))
+                _gru_loop(xw, np.ascontiguousarray(r[d]), rb_h, h, bool(linear_before_reset),
+                          s.dtype.type(clip if clip is not None else 0), vd, y)
+                ys.append(s.order(y, d, rev_idx))
+                finals.append([h])
+                continue
             f, g_act = acts[d]
             xw = s.projection(w, d, with_rb=False)
             rb_h = s.rb[d, 2 * hs :]

@@ -16,7 +16,7 @@ from tuili.ops.registry import register
 
 
 def _ints(v) -> list[int]:
-    return [int(i) for i in np.asarray(v).reshape(-1)]
+    return [int(i) for i in np.asarray(v).reshape(-1).tolist()]
 
 
 def _axis(axis: int, rank: int, op: str, extra: int = 0) -> int:
@@ -153,15 +153,26 @@ def slice_(data, starts, ends, axes=None, steps=None):
 @register("Gather", since=1)
 def gather(data, indices, *, axis=0):
     axis = _axis(axis, data.ndim, "Gather")
-    idx = _fix_indices(indices, data.shape[axis], "Gather")
-    return np.asarray(np.take(data, idx, axis=axis))  # 0-d indices on 1-D data give a numpy scalar
+    try:  # numpy wraps negative indices itself and raises on out-of-range ones
+        return np.asarray(np.take(data, indices, axis=axis))  # 0-d indices on 1-D data give a numpy scalar
+    except IndexError:
+        _fix_indices(indices, data.shape[axis], "Gather")  # raises a KernelError naming the index
+        raise
 
 
 @register("GatherElements", since=11)
 def gather_elements(data, indices, *, axis=0):
     axis = _axis(axis, data.ndim, "GatherElements")
-    idx = _fix_indices(indices, data.shape[axis], "GatherElements")
-    return np.take_along_axis(data, idx, axis=axis)
+    indices = np.asarray(indices)
+    if indices.ndim != data.ndim:
+        raise KernelError(f"GatherElements: indices rank {indices.ndim} differs from data rank {data.ndim}")
+    # Output has the indices' shape: other dims of indices may be smaller than data's (no broadcast).
+    data = data[tuple(slice(None) if i == axis else slice(0, n) for i, n in enumerate(indices.shape))]
+    try:
+        return np.take_along_axis(data, indices, axis=axis)
+    except IndexError:
+        _fix_indices(indices, data.shape[axis], "GatherElements")
+        raise
 
 
 @register("GatherND", since=11)

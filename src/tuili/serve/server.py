@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -105,7 +106,6 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
              ports["grpc"], opts.host, ports["metrics"])
     if opts.ready_file:
         import json
-        import os
 
         tmp = opts.ready_file + ".tmp"
         with open(tmp, "w") as f:

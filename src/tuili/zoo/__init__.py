@@ -19,7 +19,7 @@ __all__ = ["ModelSpec", "TrainResult", "list_models", "get_spec", "names", "crea
 _LAZY = {
     "create": "core", "example_inputs": "core", "export": "core",
     "train": "training", "TrainResult": "training", "digits_data": "training", "load_checkpoint": "training",
-    "evaluate": "training", "count": "count", "layer_table": "count",
+    "evaluate": "training", "count": "counting", "layer_table": "counting",
 }
 
 

@@ -187,6 +187,6 @@ def check_seq_len(spec: ModelSpec, seq_len: int | None) -> int | None:
 
 @functools.lru_cache(maxsize=None)
 def _measured(name: str) -> tuple[int, int]:
-    from tuili.zoo.count import count
+    from tuili.zoo.counting import count
 
     return count(name)

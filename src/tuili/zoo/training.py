@@ -83,7 +83,7 @@ DEFAULT_EPOCHS = {"digits_cnn": 8}
 
 def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="zoo_runs", seed: int = 0,
           progress: bool = True, batch_size: int = 64, lr: float | None = None, resolution: int | None = None,
-          width: float | None = None) -> TrainResult:
+          width: float | None = None, threads: int | None = None) -> TrainResult:
     """Train zoo model ``name`` on ``data`` (only "digits" exists); save ``NAME.pt`` and ``NAME.onnx``
     under ``out_dir``; return the test accuracy and both paths."""
     import torch
@@ -115,6 +115,10 @@ def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="z
 
         bar = tqdm(total=steps, desc=f"train {name}", unit="step")
     history = []
+    saved_threads = torch.get_num_threads()
+    if threads or sum(p.numel() for p in model.parameters()) < 1_000_000:
+        # tiny models: intra-op threads cost more in hand-offs than they win (10x on a busy 2-core box)
+        torch.set_num_threads(threads or 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for ep in range(epochs):
@@ -132,7 +136,7 @@ def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="z
                 loss.backward()
                 opt.step()
                 sched.step()
-                tot += float(loss) * len(idx)
+                tot += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 n += len(idx)
                 if bar is not None:
@@ -143,6 +147,7 @@ def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="z
             log.info("%s epoch %d: loss %.4f train %.4f test %.4f", name, ep + 1, tot / max(n, 1), correct / max(n, 1), acc)
             if bar is not None:
                 bar.set_postfix(epoch=ep + 1, loss=f"{tot / max(n, 1):.3f}", test_acc=f"{acc:.3f}")
+    torch.set_num_threads(saved_threads)
     if bar is not None:
         bar.close()
     model.eval()

@@ -78,6 +78,15 @@ def _cmp(f):
             return int(f(a, b))
         if f is _eq and a is not None and a == b:
             return 1
+        # a symbolic dim is some unknown size >= 0: decide comparisons that hold for all of them
+        if isinstance(a, str) and isinstance(b, int):
+            results = {int(f(x, b)) for x in (0, max(b, 0), max(b, 0) + 1, 1 << 40)} if b >= 0 else \
+                {int(f(x, b)) for x in (0, 1 << 40)}
+            return results.pop() if len(results) == 1 else None
+        if isinstance(b, str) and isinstance(a, int):
+            results = {int(f(a, x)) for x in (0, max(a, 0), max(a, 0) + 1, 1 << 40)} if a >= 0 else \
+                {int(f(a, x)) for x in (0, 1 << 40)}
+            return results.pop() if len(results) == 1 else None
         return None
 
     return g
@@ -209,11 +218,14 @@ def _where(ctx):
             cc = np.broadcast_to(np.asarray(c), shp).reshape(-1).tolist()
             xx = np.broadcast_to(np.asarray(x), shp).reshape(-1).tolist()
             yy = np.broadcast_to(np.asarray(y), shp).reshape(-1).tolist()
-            if all(isinstance(_py(v), int) for v in cc):
-                res = np.empty(len(cc), dtype=object)
-                for i, (a, b, d) in enumerate(zip(cc, xx, yy)):
-                    res[i] = _py(b) if a else _py(d)
-                ctx.set_value(0, _tidy(res.reshape(shp), dtype))
+            res = np.empty(len(cc), dtype=object)
+            for i, (a, b, d) in enumerate(zip(cc, xx, yy)):
+                a, b, d = _py(a), _py(b), _py(d)
+                if isinstance(a, int):
+                    res[i] = b if a else d
+                else:  # unknown condition: known only if both sides agree
+                    res[i] = b if b is not None and b == d else None
+            ctx.set_value(0, _tidy(res.reshape(shp), dtype))
         except ValueError:
             pass
     return [TensorType(dtype, shape)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -166,38 +167,89 @@ def registered_ops(domain: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- dims
-def _factors(d) -> tuple[int, list[str]] | None:
-    """A dim as (coefficient, sorted atoms) or None if unknown."""
+# A symbolic dim is a string. Dims computed by rules are polynomials over the input symbols with
+# integer coefficients, written in a canonical form ("N", "3*N", "past+seq", "N-1"), so equal
+# expressions get equal names and products/quotients/sums cancel ("3*N" / 3 == "N").
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:]*$")
+_TERM = re.compile(r"[+-]?[^+-]+")
+
+Poly = dict  # {tuple(sorted atoms): int coefficient}
+
+
+def _parse(d) -> "Poly | None":
     if d is None:
         return None
     if isinstance(d, (int, np.integer)):
-        return int(d), []
-    coef, atoms = 1, []
-    for part in str(d).split("*"):
-        part = part.strip()
-        if part.lstrip("-").isdigit():
-            coef *= int(part)
-        else:
-            atoms.append(part)
-    return coef, sorted(atoms)
+        return {(): int(d)} if d else {}
+    text = str(d)
+    poly: dict = {}
+    terms = _TERM.findall(text)
+    if not terms or "".join(terms) != text:
+        return _opaque(text)
+    for term in terms:
+        sign = -1 if term.startswith("-") else 1
+        coef, atoms = sign, []
+        for part in term.lstrip("+-").split("*"):
+            if part.isdigit():
+                coef *= int(part)
+            elif _IDENT.match(part):
+                atoms.append(part)
+            else:
+                return _opaque(text)  # not one of our expressions: an opaque name
+        key = tuple(sorted(atoms))
+        poly[key] = poly.get(key, 0) + coef
+    poly = {k: c for k, c in poly.items() if c}
+    if len(terms) > 1 or "*" in text:
+        if _format(poly) != text:  # a name that merely looks like an expression ("seq-len")
+            return _opaque(text)
+    return poly
 
 
-def _from_factors(coef: int, atoms: list[str]):
-    if not atoms:
-        return coef
-    if coef == 0:
+def _opaque(text: str):
+    """A declared name that is not an identifier: an atom, unless it would print ambiguously."""
+    return None if any(c in text for c in "+-*") else {(text,): 1}
+
+
+def _format(poly: Poly):
+    if not poly:
         return 0
-    parts = ([str(coef)] if coef != 1 else []) + sorted(atoms)
-    return "*".join(parts)
+    if set(poly) == {()}:
+        return poly[()]
+    parts = []
+    for key in sorted(poly, key=lambda k: (len(k) == 0, k)):
+        c = poly[key]
+        body = "*".join(key)
+        if not key:
+            term = str(abs(c))
+        elif abs(c) == 1:
+            term = body
+        else:
+            term = f"{abs(c)}*{body}"
+        parts.append(("-" if c < 0 else "+") + term)
+    text = "".join(parts)
+    return text[1:] if text.startswith("+") else text
+
+
+def _poly_mul(a: Poly, b: Poly) -> Poly:
+    out: dict = {}
+    for ka, ca in a.items():
+        for kb, cb in b.items():
+            key = tuple(sorted(ka + kb))
+            out[key] = out.get(key, 0) + ca * cb
+    return {k: c for k, c in out.items() if c}
 
 
 def dim_mul(a, b):
-    fa, fb = _factors(a), _factors(b)
-    if fa is None or fb is None:
-        if (isinstance(a, int) and a == 0) or (isinstance(b, int) and b == 0):
-            return 0
+    if (isinstance(a, int) and a == 0) or (isinstance(b, int) and b == 0):
+        return 0
+    if isinstance(b, int) and b == 1:
+        return a
+    if isinstance(a, int) and a == 1:
+        return b
+    pa, pb = _parse(a), _parse(b)
+    if pa is None or pb is None:
         return None
-    return _from_factors(fa[0] * fb[0], fa[1] + fb[1])
+    return _format(_poly_mul(pa, pb))
 
 
 def dim_prod(dims: Iterable):
@@ -210,19 +262,25 @@ def dim_prod(dims: Iterable):
 
 
 def dim_div(a, b):
-    """Exact division a / b, or None when it cannot be expressed."""
-    fa, fb = _factors(a), _factors(b)
-    if fa is None or fb is None or fb[0] == 0:
+    """Exact division a / b (b a single term), or None when it cannot be expressed."""
+    pa, pb = _parse(a), _parse(b)
+    if pa is None or pb is None or len(pb) != 1:
         return None
-    atoms = list(fa[1])
-    for s in fb[1]:
-        if s in atoms:
-            atoms.remove(s)
-        else:
+    (kb, cb), = pb.items()
+    if cb == 0:
+        return None
+    out = {}
+    for ka, ca in pa.items():
+        atoms = list(ka)
+        for s in kb:
+            if s in atoms:
+                atoms.remove(s)
+            else:
+                return None
+        if ca % cb:
             return None
-    if fa[0] % fb[0]:
-        return None
-    return _from_factors(fa[0] // fb[0], atoms)
+        out[tuple(atoms)] = ca // cb
+    return _format(out)
 
 
 def dim_floordiv(a, b):
@@ -234,21 +292,23 @@ def dim_floordiv(a, b):
 def dim_add(a, b):
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if isinstance(a, int) and a == 0:
-        return b
     if isinstance(b, int) and b == 0:
         return a
-    return None
+    if isinstance(a, int) and a == 0:
+        return b
+    pa, pb = _parse(a), _parse(b)
+    if pa is None or pb is None:
+        return None
+    out = dict(pa)
+    for k, c in pb.items():
+        out[k] = out.get(k, 0) + c
+    return _format({k: c for k, c in out.items() if c})
 
 
 def dim_sub(a, b):
     if isinstance(a, int) and isinstance(b, int):
         return a - b
-    if isinstance(b, int) and b == 0:
-        return a
-    if a is not None and a == b:
-        return 0
-    return None
+    return dim_add(a, dim_mul(b, -1)) if b is not None else None
 
 
 def is_known(d) -> bool:

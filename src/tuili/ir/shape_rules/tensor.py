@@ -14,15 +14,14 @@ from .registry import (
     INT64,
     InferContext,
     TensorType,
-    _factors,
     broadcast_shapes,
     dim_add,
     dim_div,
     dim_mul,
     dim_prod,
+    dim_sub,
     merge_dim,
     normalize_axis,
-    same,
     shape_rule,
     shape_value,
     value_to_dim,
@@ -110,8 +109,8 @@ def _range(ctx):
                 if n <= MAX_VALUE_ELEMS:
                     ctx.set_value(0, (s + np.arange(n) * d).astype(np.asarray(vals[0]).dtype))
                 return [TensorType(dtype, (n,))]
-            if s == 0 and d == 1 and isinstance(l, str):
-                return [TensorType(dtype, (l,))]
+            if d == 1 and (isinstance(l, str) or isinstance(s, str)) and s is not None and l is not None:
+                return [TensorType(dtype, (dim_sub(l, s),))]
         except (TypeError, ValueError, ZeroDivisionError):
             pass
     return [TensorType(dtype, (None,))]
@@ -406,11 +405,9 @@ def _slice_dim(d, start, end, step):
         if step == 0:
             raise ShapeInferenceError("slice step cannot be 0")
         return len(range(*slice(start, end, step).indices(d)))
-    # symbolic/unknown length: only the full slice keeps the symbol
-    if step == 1 and start == 0 and end >= INT_MAX // 4:
-        return d
-    if step == 1 and start >= 0 and end >= 0 and end < INT_MAX // 4:
-        return None  # min(end, d) - start: unknown in general
+    # symbolic/unknown length: x[start:] keeps the symbol (minus start); a bounded end is min(end, d)
+    if d is not None and step == 1 and start >= 0 and end >= INT_MAX // 4:
+        return dim_sub(d, start)
     return None
 
 
@@ -711,7 +708,7 @@ def _einsum(ctx):
     eq = ctx.attr("equation", "").replace(" ", "")
     dtype = ctx.dtype(0)
     shapes = [ctx.shape(i) for i in range(len(ctx.inputs))]
-    lhs, _, rhs = eq.partition("->")
+    lhs, arrow, rhs = eq.partition("->")
     terms = lhs.split(",")
     if any(s is None for s in shapes) or len(terms) != len(shapes):
         return [TensorType(dtype, None)]
@@ -719,9 +716,6 @@ def _einsum(ctx):
     ell = None
     for term, shape in zip(terms, shapes):
         n_ell = len(shape) - len(term.replace("...", ""))
-        i = 0
-        for part in term.split("...") if "..." in term else [term]:
-            pass
         pos = 0
         k = 0
         while k < len(term):
@@ -743,8 +737,7 @@ def _einsum(ctx):
                 letters[ch] = d
             pos += 1
             k += 1
-        del i
-    if not _:
+    if not arrow:
         # implicit output: ellipsis then letters appearing once, alphabetical
         counts = {}
         for ch in lhs.replace(",", "").replace(".", ""):
@@ -781,4 +774,3 @@ def _max_unpool(ctx):
     return [TensorType(ctx.dtype(0), tuple(shape[:2]) + tuple(sp))]
 
 
-del _factors, same

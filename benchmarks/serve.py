@@ -1,0 +1,202 @@
+"""Serving benchmark (issue 4): ResNet-18 on the onnxruntime backend behind `tuili serve`.
+
+Throughput and p50/p99 latency at concurrency 1, 4, 16, over HTTP and gRPC, with dynamic
+batching on and off, beside the same onnxruntime model called in-process at its best batch
+size (the upper limit a server can reach on this machine). Prints one markdown table.
+
+    .venv/bin/python benchmarks/serve.py                 # ~3-4 minutes
+    .venv/bin/python benchmarks/serve.py --seconds 5 --concurrency 1 16 --protocols http
+
+The load generator runs in this process (asyncio, the official tritonclient aio clients), on
+the same cores as the server, as Triton's perf_analyzer would on a one-machine setup.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "model_repository", "resnet18", "1", "model.onnx")
+
+CONFIG = """
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch}
+input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }} ]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 1000 ] }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{batching}
+"""
+
+
+def resnet18_onnx(workdir: str) -> str:
+    if os.path.exists(EXAMPLE):
+        return EXAMPLE
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from tuili import zoo
+
+    path = os.path.join(workdir, "resnet18.onnx")
+    zoo.export("resnet18", path)
+    return path
+
+
+def build_repo(workdir: str, model: str, max_batch: int, instances: int) -> str:
+    repo = os.path.join(workdir, "repo")
+    for name, batching in (("resnet18_batching", "dynamic_batching { max_queue_delay_microseconds: 0 }"), ("resnet18_plain", "")):
+        os.makedirs(os.path.join(repo, name, "1"), exist_ok=True)
+        dst = os.path.join(repo, name, "1", "model.onnx")
+        if not os.path.exists(dst):
+            try:
+                os.symlink(model, dst)
+            except OSError:
+                shutil.copyfile(model, dst)
+        with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
+            f.write(CONFIG.format(name=name, max_batch=max_batch, instances=instances, batching=batching))
+    return repo
+
+
+def start_server(repo: str, workdir: str):
+    ready = os.path.join(workdir, "ready.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    log = open(os.path.join(workdir, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tuili.cli", "serve", "--model-repository", repo, "--http-port", "0",
+                             "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not start; see {log.name}")
+        time.sleep(0.1)
+    with open(ready) as f:
+        ports = json.load(f)
+    return proc, ports
+
+
+def in_process_limit(model: str, seconds: float, batches=(1, 2, 4, 8, 16)) -> tuple[int, float, dict]:
+    """Best throughput (inferences/s) of onnxruntime called directly, over batch sizes."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    results = {}
+    for b in batches:
+        x = np.random.rand(b, 3, 224, 224).astype(np.float32)
+        for _ in range(2):
+            sess.run(None, {"input": x})
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            sess.run(None, {"input": x})
+            n += b
+        results[b] = n / (time.perf_counter() - t0)
+    best = max(results, key=results.get)
+    return best, results[best], results
+
+
+async def load(protocol: str, url: str, model: str, concurrency: int, seconds: float, warmup: float) -> dict:
+    x = np.random.rand(1, 3, 224, 224).astype(np.float32)
+    if protocol == "http":
+        import tritonclient.http.aio as tc
+
+        client = tc.InferenceServerClient(url, conn_limit=max(concurrency, 1))
+    else:
+        import tritonclient.grpc.aio as tc
+
+        client = tc.InferenceServerClient(url)
+    inp = tc.InferInput("input", [1, 3, 224, 224], "FP32")
+    inp.set_data_from_numpy(x)
+    outs = [tc.InferRequestedOutput("logits")]
+    lat: list[float] = []
+    errors = 0
+    t_start = time.perf_counter()
+    t_measure = t_start + warmup
+    t_end = t_measure + seconds
+
+    async def worker():
+        nonlocal errors
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            try:
+                await client.infer(model, [inp], outputs=outs)
+            except Exception:
+                errors += 1
+                continue
+            t1 = time.perf_counter()
+            if t0 >= t_measure and t1 <= t_end:
+                lat.append(t1 - t0)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await client.close()
+    lat_ms = np.array(lat) * 1000
+    return {
+        "throughput": len(lat) / seconds,
+        "p50": float(np.percentile(lat_ms, 50)) if len(lat) else float("nan"),
+        "p99": float(np.percentile(lat_ms, 99)) if len(lat) else float("nan"),
+        "errors": errors,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--instances", type=int, default=1)
+    args = p.parse_args(argv)
+
+    workdir = tempfile.mkdtemp(prefix="tuili-bench-serve-")
+    model = resnet18_onnx(workdir)
+    print(f"measuring the in-process limit (onnxruntime, {os.cpu_count()} cores) ...", file=sys.stderr)
+    best_b, limit, per_batch = in_process_limit(model, max(2.0, args.seconds / 2))
+    repo = build_repo(workdir, model, args.max_batch, args.instances)
+    proc, ports = start_server(repo, workdir)
+    rows = []
+    try:
+        for protocol in args.protocols:
+            url = f"127.0.0.1:{ports['http'] if protocol == 'http' else ports['grpc']}"
+            for batching, name in (("on", "resnet18_batching"), ("off", "resnet18_plain")):
+                for c in args.concurrency:
+                    print(f"{protocol} batching {batching} concurrency {c} ...", file=sys.stderr)
+                    r = asyncio.run(load(protocol, url, name, c, args.seconds, args.warmup))
+                    rows.append((protocol, batching, c, r))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {os.cpu_count()} cores\n")
+    print("In-process onnxruntime (no server): " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in per_batch.items())
+          + f" -> limit {limit:.1f} inferences/s at batch {best_b}\n")
+    print("| protocol | dynamic batching | concurrency | throughput (infer/s) | p50 (ms) | p99 (ms) | vs in-process limit | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for protocol, batching, c, r in rows:
+        print(f"| {protocol} | {batching} | {c} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+              f"{r['throughput'] / limit:.2f} | {r['errors']} |")
+    goal = [r for protocol, b, c, r in rows if b == "on" and c == max(args.concurrency)]
+    if goal:
+        best = max(g["throughput"] for g in goal) / limit
+        print(f"\nGoal (dynamic batching, concurrency {max(args.concurrency)}: >= 0.90 of the limit): best {best:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,12 +66,16 @@ def build_repo(workdir: str, model: str, max_batch: int, instances: int) -> str:
 
 
 def start_server(repo: str, workdir: str):
+    return start_server_args(repo, workdir, [])
+
+
+def start_server_args(repo: str, workdir: str, extra: list[str]):
     ready = os.path.join(workdir, "ready.json")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
     log = open(os.path.join(workdir, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "tuili.cli", "serve", "--model-repository", repo, "--http-port", "0",
-                             "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready], stdout=log, stderr=subprocess.STDOUT, env=env)
+                             "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
     while not os.path.exists(ready):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -150,21 +154,63 @@ async def load(protocol: str, url: str, model: str, concurrency: int, seconds: f
     }
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_unload_growth(model: str, workdir: str, cycles: int) -> tuple[float, float, float]:
+    """Repeated load/unload of ResNet-18 (a Triton pain point): server RSS after the first cycle and after the last."""
+    import tritonclient.http as th
+
+    repo = build_repo(os.path.join(workdir, "lu"), model, 16, 1)
+    lu_dir = os.path.join(workdir, "lu")
+    proc, ports = start_server_args(repo, lu_dir, ["--model-control-mode", "explicit"])
+    try:
+        c = th.InferenceServerClient(f"127.0.0.1:{ports['http']}")
+        x = np.random.rand(1, 3, 224, 224).astype(np.float32)
+        inp = th.InferInput("input", [1, 3, 224, 224], "FP32")
+        inp.set_data_from_numpy(x)
+        start = rss_mb(proc.pid)
+        first = None
+        for i in range(cycles):
+            c.load_model("resnet18_batching")
+            c.infer("resnet18_batching", [inp])
+            c.unload_model("resnet18_batching")
+            if i == 0:
+                first = rss_mb(proc.pid)
+        last = rss_mb(proc.pid)
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return start, first, last
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
-    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=0,
+                   help="max_batch_size of the served models (default: the best in-process batch size, as a tuned config would use)")
     p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--load-unload", type=int, default=20, help="load/unload cycles for the memory-growth check (0 = skip)")
     args = p.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="tuili-bench-serve-")
     model = resnet18_onnx(workdir)
     print(f"measuring the in-process limit (onnxruntime, {os.cpu_count()} cores) ...", file=sys.stderr)
     best_b, limit, per_batch = in_process_limit(model, max(2.0, args.seconds / 2))
-    repo = build_repo(workdir, model, args.max_batch, args.instances)
+    max_batch = args.max_batch or max(2, best_b)
+    repo = build_repo(workdir, model, max_batch, args.instances)
     proc, ports = start_server(repo, workdir)
     rows = []
     try:
@@ -181,9 +227,16 @@ def main(argv=None) -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
+    growth = None
+    try:
+        if args.load_unload > 0:
+            print(f"load/unload x{args.load_unload} ...", file=sys.stderr)
+            growth = load_unload_growth(model, workdir, args.load_unload)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {os.cpu_count()} cores\n")
+    print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {os.cpu_count()} cores, "
+          f"{args.instances} instance(s), max_batch_size {max_batch}\n")
     print("In-process onnxruntime (no server): " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in per_batch.items())
           + f" -> limit {limit:.1f} inferences/s at batch {best_b}\n")
     print("| protocol | dynamic batching | concurrency | throughput (infer/s) | p50 (ms) | p99 (ms) | vs in-process limit | errors |")
@@ -195,6 +248,10 @@ def main(argv=None) -> int:
     if goal:
         best = max(g["throughput"] for g in goal) / limit
         print(f"\nGoal (dynamic batching, concurrency {max(args.concurrency)}: >= 0.90 of the limit): best {best:.2f}")
+    if growth:
+        start, first, last = growth
+        print(f"\nRepeated load/unload of ResNet-18 ({args.load_unload} cycles, explicit mode): server RSS {start:.0f} MB at start, "
+              f"{first:.0f} MB after the first cycle, {last:.0f} MB after the last ({last - first:+.0f} MB growth)")
     return 0
 
 

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, shape_inference
 
 from tuili.errors import ShapeInferenceError
 from tuili.ir import from_model_proto
-from tuili.ir.shape_inference import ProtoGraph, _declared_type, infer_model_types, infer_shapes
+from tuili.ir.shape_inference import infer_model_types, infer_shapes, value_type
 from tuili.ir.shape_rules import TensorType, registered_ops
 from tuili.ir.shape_rules.registry import SequenceType
 
@@ -168,7 +168,36 @@ def _fmt(dtype, shape):
     return f"{TensorProto.DataType.Name(dtype) if dtype else '?'}{list(shape) if shape is not None else '[?]'}"
 
 
-def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = None, label: str = "") -> None:
+def input_bindings(model: onnx.ModelProto, feeds: dict) -> dict:
+    """{symbol: size} from the symbolic input dims and the arrays fed for them."""
+    bindings = {}
+    for vi in model.graph.input:
+        if vi.name in feeds and vi.type.HasField("tensor_type"):
+            arr = np.asarray(feeds[vi.name])
+            for d, n in zip(vi.type.tensor_type.shape.dim, arr.shape):
+                if d.dim_param:
+                    bindings[d.dim_param] = n
+    return bindings
+
+
+def check_shape_against(shape, real_shape, bindings: dict) -> str | None:
+    """None if every dim tuili claims (int or polynomial of input symbols) equals the real size."""
+    if len(shape) != len(real_shape):
+        return f"rank of {list(shape)} but the real value is {list(real_shape)}"
+    for d, n in zip(shape, real_shape):
+        v = eval_dim(d, bindings)
+        if isinstance(v, tuple):
+            if d != v[1]:
+                continue  # an expression of an unbound symbol: nothing to check yet
+            bindings[d] = n  # a fresh symbol: bind it, later uses must agree
+            continue
+        if v is not None and v != n:
+            return f"{list(shape)} but the real value is {list(real_shape)} ({d}={v})"
+    return None
+
+
+def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = None, label: str = "",
+                  feeds: dict | None = None) -> None:
     stripped = strip_types(model)
     try:
         ref = shape_inference.infer_shapes(stripped, data_prop=True)
@@ -183,15 +212,17 @@ def compare_model(model: onnx.ModelProto, tally: Tally, actual: dict | None = No
             continue
         kind, detail = compare_value(tp, ours[name], symmap, rsymmap)
         tally.add(kind, producer_op[name], f"{label}: {name}: {detail}")
-    # where tuili claims a concrete dim or dtype, the real outputs must agree
+    # where tuili claims a dim (concrete or symbolic) or a dtype, the real outputs must agree
+    bindings = input_bindings(model, feeds or {})
     for name, arr in (actual or {}).items():
         od, os_ = _our_tensor(ours.get(name))
         if not isinstance(arr, np.ndarray) or name not in producer_op:
             continue
         bad = []
         if os_ is not None:
-            if len(os_) != arr.ndim or any(isinstance(d, int) and d != a for d, a in zip(os_, arr.shape)):
-                bad.append(f"shape {list(os_)} but real output is {list(arr.shape)}")
+            err = check_shape_against(os_, arr.shape, bindings)
+            if err:
+                bad.append(err)
         if od is not None and arr.dtype != object:
             try:
                 exp = helper.np_dtype_to_tensor_dtype(arr.dtype)
@@ -212,7 +243,7 @@ def infer_with_ir(model: onnx.ModelProto, strict: bool = False):
     for g in [graph, *graph.subgraphs()]:
         for name, v in g.values.items():
             if name:
-                types.setdefault(name, _declared_type(v))
+                types.setdefault(name, value_type(v))
         for n in g.nodes:
             for v in n.outputs:
                 producer_op[v.name] = n.op_type
@@ -247,13 +278,7 @@ def verify_by_running(model: onnx.ModelProto, feeds: dict, tally: Tally, label: 
     if any(n.op_type in ("Loop", "Scan") for n in model.graph.node):
         return  # the reference evaluator stacks Loop scan outputs with an extra axis
     ours, producer_op = infer_with_ir(model)
-    bindings = {}
-    for vi in model.graph.input:
-        if vi.name in feeds and vi.type.HasField("tensor_type"):
-            arr = np.asarray(feeds[vi.name])
-            for d, n in zip(vi.type.tensor_type.shape.dim, arr.shape):
-                if d.dim_param:
-                    bindings[d.dim_param] = n
+    bindings = input_bindings(model, feeds)
     try:
         results = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
     except Exception:  # noqa: BLE001  random ops, unsupported domains
@@ -266,18 +291,7 @@ def verify_by_running(model: onnx.ModelProto, feeds: dict, tally: Tally, label: 
         if shape is None:
             continue
         tally.counts["run_checked"] += 1
-        bad = None
-        if len(shape) != arr.ndim:
-            bad = f"rank of {list(shape)} but the real value is {list(arr.shape)}"
-        else:
-            for d, n in zip(shape, arr.shape):
-                v = eval_dim(d, bindings)
-                if isinstance(v, tuple):  # a fresh symbol: bind it, later uses must agree
-                    bindings[v[1]] = n
-                    v = eval_dim(d, bindings)
-                if v is not None and not isinstance(v, tuple) and v != n:
-                    bad = f"{list(shape)} but the real value is {list(arr.shape)} ({d}={v})"
-                    break
+        bad = check_shape_against(shape, arr.shape, bindings)
         if bad:
             tally.add("wrong_vs_run", producer_op[name], f"{label}: {name}: {bad}")
 
@@ -288,27 +302,28 @@ def node_cases():
     return collect_testcases(None)
 
 
-def symbolize_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of model whose graph inputs have dim 0 replaced by a symbol named after its value
-    ("d3" for 3): equal dims share a name, so every symbolic claim stays true of the real data."""
+def symbolize_batch(model: onnx.ModelProto, all_dims: bool = False) -> onnx.ModelProto:
+    """Copy of model whose graph inputs have dim 0 (or every dim) replaced by a symbol named after
+    its value ("d3" for 3): equal dims share a name, so every symbolic claim stays true of the data."""
     m = copy.deepcopy(model)
     for vi in m.graph.input:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
             dims = vi.type.tensor_type.shape.dim
-            if len(dims) and dims[0].HasField("dim_value"):
-                val = dims[0].dim_value
-                dims[0].dim_param = f"d{val}"
+            for d in list(dims) if all_dims else list(dims)[:1]:
+                if d.HasField("dim_value"):
+                    d.dim_param = f"d{d.dim_value}"
     return m
 
 
-def run_node_cases(tally: Tally, cases=None, symbolic: bool = False) -> None:
+def run_node_cases(tally: Tally, cases=None, symbolic: bool = False, all_dims: bool = False) -> None:
     for case in cases if cases is not None else node_cases():
-        actual = {}
+        actual, feeds = {}, {}
         if case.data_sets:
-            outs = case.data_sets[0][1]
+            ins, outs = case.data_sets[0]
             actual = {o.name: a for o, a in zip(case.model.graph.output, outs)}
-        model = symbolize_batch(case.model) if symbolic else case.model
-        compare_model(model, tally, actual, case.name)
+            feeds = {vi.name: a for vi, a in zip(case.model.graph.input, ins)}
+        model = symbolize_batch(case.model, all_dims) if symbolic else case.model
+        compare_model(model, tally, actual, case.name, feeds)
 
 
 # --------------------------------------------------------------------------- torch models
@@ -415,7 +430,7 @@ def torch_models():
     }
 
 
-def export_torch(name, module, args, axes=None) -> onnx.ModelProto:
+def export_torch(name, module, args, axes=None, opset: int = 17) -> onnx.ModelProto:
     import torch
 
     module.eval()
@@ -423,23 +438,23 @@ def export_torch(name, module, args, axes=None) -> onnx.ModelProto:
     dyn = {"x": axes or {0: "N"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, buf, input_names=["x"], dynamic_axes=dyn, dynamo=False, opset_version=17)
+        torch.onnx.export(module, args, buf, input_names=["x"], dynamic_axes=dyn, dynamo=False, opset_version=opset)
     return onnx.load_from_string(buf.getvalue())
 
 
-def run_torch_models(tally: Tally) -> dict:
+def run_torch_models(tally: Tally, opset: int = 17) -> dict:
     """Compare with onnx, then run each export (onnx.reference, every intermediate value) on an
     input whose dynamic dims differ from the traced ones, and check tuili's symbolic claims."""
     import onnxruntime as ort
 
     models = {}
     for name, (module, args, *axes) in torch_models().items():
-        model = export_torch(name, module, args, *axes)
+        model = export_torch(name, module, args, *axes, opset=opset)
         models[name] = model
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         outs = sess.run(None, {"x": args[0].numpy()})
         actual = {o.name: a for o, a in zip(model.graph.output, outs)}
-        compare_model(model, tally, actual, name)
+        compare_model(model, tally, actual, name, {"x": args[0].numpy()})
         x = args[0].numpy()
         grown = [n + 1 if i in (axes[0] if axes else {0: "N"}) else n for i, n in enumerate(x.shape)]
         x2 = np.resize(x, grown)
@@ -465,25 +480,23 @@ def _assert_agreement(tally: Tally, max_less: float) -> None:
 
 
 @pytest.mark.conformance
-def test_node_cases_agree_with_onnx(all_cases):
+@pytest.mark.parametrize("mode, max_less", [("concrete", 0.002), ("batch", 0.002), ("all", 0.005)])
+def test_node_cases_agree_with_onnx(all_cases, mode, max_less):
+    """Input dims as declared, dim 0 symbolic, or every input dim symbolic. (With every dim
+    symbolic, onnx 1.23 states qk_matmul_output's last dim of Attention as 0, a dim tuili
+    leaves symbolic; that is most of the tolerated 'less'.)"""
     tally = Tally()
-    run_node_cases(tally, all_cases)
-    _assert_agreement(tally, 0.002)
+    run_node_cases(tally, all_cases, symbolic=mode != "concrete", all_dims=mode == "all")
+    _assert_agreement(tally, max_less)
 
 
 @pytest.mark.conformance
-def test_node_cases_with_symbolic_batch_agree_with_onnx(all_cases):
-    tally = Tally()
-    run_node_cases(tally, all_cases, symbolic=True)
-    _assert_agreement(tally, 0.002)
-
-
-@pytest.mark.conformance
-def test_expanded_cases_every_claimed_dim_holds_when_run(all_cases):
+@pytest.mark.parametrize("all_dims", [False, True])
+def test_expanded_cases_every_claimed_dim_holds_when_run(all_cases, all_dims):
     """Each dim tuili states for an intermediate value (concrete, or a polynomial in the input
     symbols) equals the real size when the multi-node cases run in onnx.reference."""
     tally = Tally()
-    run_expanded_cases(tally, all_cases, symbolic=True)
+    run_expanded_cases(tally, all_cases, symbolic=True, all_dims=all_dims)
     assert tally.counts["run_checked"] > 10000
     assert tally.counts["wrong_vs_run"] == 0, dict(tally.examples)
 
@@ -498,22 +511,23 @@ def test_every_node_case_op_has_a_rule(all_cases):
     assert not missing, sorted(missing)
 
 
-def test_torch_exports_dynamic_batch():
+@pytest.mark.parametrize("opset", [11, 17])
+def test_torch_exports_dynamic_batch(opset):
     tally = Tally()
-    models = run_torch_models(tally)
+    models = run_torch_models(tally, opset)
     c = tally.counts
     assert c["disagree"] == 0 and c["wrong_vs_data"] == 0 and c["wrong_vs_run"] == 0, dict(tally.examples)
     assert c["less"] == 0, dict(tally.less_examples)
     assert c["run_failed"] == 0 and c["run_checked"] > 200
     # every output of the exports is fully known, with the batch symbolic as "N"
     for name, model in models.items():
-        ours, _ = infer_with_ir(strip_types(model))
+        ours = infer_model_types(strip_types(model))
         for o in model.graph.output:
             t = ours[o.name]
             assert t is not None and t.dtype in (TensorProto.FLOAT, TensorProto.INT64), (name, o.name, t)
             assert t.shape is not None and all(d is not None for d in t.shape), (name, o.name, t)
             assert "N" in t.shape, (name, o.name, t)
-    ours, _ = infer_with_ir(strip_types(models["decoder"]))
+    ours = infer_model_types(strip_types(models["decoder"]))
     assert ours[models["decoder"].graph.output[0].name].shape == ("N", 8, "4*H", "4*W")
 
 
@@ -531,8 +545,35 @@ def test_strict_raises_on_inconsistent_matmul():
         infer_model_types(m, strict=True)
     msg = str(e.value)
     assert "mm" in msg and "MatMul" in msg and "[2,3]" in msg and "[4,5]" in msg
-    _, types = infer_model_types(m, strict=False)  # lenient: unknown, no exception
+    types = infer_model_types(m, strict=False)  # lenient: unknown, no exception
     assert types["y"] is None
+
+
+@pytest.mark.parametrize("op, inputs, attrs, needle", [
+    ("Add", [("a", [2, 3]), ("b", [4, 3])], {}, "cannot broadcast"),
+    ("Concat", [("a", [2, 3]), ("b", [2, 4])], {"axis": 0}, "dim 1 differs"),
+    ("Gemm", [("a", [2, 3]), ("b", [4, 5])], {}, "inner dims"),
+    ("Conv", [("a", [1, 3, 8, 8]), ("b", [4, 2, 3, 3])], {}, "channels"),
+    ("Transpose", [("a", [2, 3])], {"perm": [0, 0]}, "permutation"),
+    ("Squeeze", [("a", ["N", 3])], {"axes": [1]}, "cannot squeeze"),
+])
+def test_strict_names_node_op_and_shapes(op, inputs, attrs, needle):
+    node = helper.make_node(op, [n for n, _ in inputs], ["y"], name="bad_node", **attrs)
+    m = _model([node], [(n, TensorProto.FLOAT, s) for n, s in inputs], opset=11 if op == "Squeeze" else 21)
+    with pytest.raises(ShapeInferenceError) as e:
+        infer_model_types(m, strict=True)
+    msg = str(e.value)
+    assert "bad_node" in msg and op in msg and needle in msg, msg
+    assert infer_model_types(m)["y"] is None
+
+
+def test_strict_reshape_element_count():
+    from onnx import numpy_helper as nh
+
+    m = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], [("x", TensorProto.FLOAT, [2, 3])],
+               inits=[nh.from_array(np.array([4, 2], np.int64), "s")])
+    with pytest.raises(ShapeInferenceError, match="cannot reshape"):
+        infer_model_types(m, strict=True)
 
 
 def test_shape_gather_concat_reshape_chain_keeps_symbol():
@@ -555,12 +596,31 @@ def test_shape_gather_concat_reshape_chain_keeps_symbol():
              nh.from_array(np.array([-1], np.int64), "m1"), nh.from_array(np.array([1, 3], np.int64), "rep"),
              nh.from_array(np.array(2, np.int64), "two"), nh.from_array(np.array([2, 1, 1, 1], np.int64), "e_shape")]
     m = _model(nodes, [("x", TensorProto.FLOAT, ["N", 3, 4, 1])], ["y", "z", "t", "n2u", "e"], inits)
-    pg, types = infer_model_types(m, strict=True)
+    types = infer_model_types(m, strict=True)
     assert types["y"].shape == ("N", 12)
     assert types["z"] == TensorType(TensorProto.INT32, ("N", 12))
     assert types["t"].shape == ("N", 36)
     assert types["e"].shape == (2, 3, 4, 1)  # broadcast of N with 2: N must be 1 or 2 -> 2
     assert types["n2u"].shape == (1,)
+
+
+def test_numel_and_symbol_arithmetic():
+    from onnx import numpy_helper as nh
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ReduceProd", ["s"], ["n"], keepdims=0),
+             helper.make_node("Unsqueeze", ["n", "ax"], ["nu"]), helper.make_node("Reshape", ["x", "nu"], ["flat"]),
+             helper.make_node("Concat", ["x", "past"], ["kv"], axis=0),
+             helper.make_node("Slice", ["kv", "one", "big", "ax"], ["tail"]),
+             helper.make_node("Reshape", ["kv", "m1"], ["kv_flat"])]
+    inits = [nh.from_array(np.array([0], np.int64), "ax"), nh.from_array(np.array([1], np.int64), "one"),
+             nh.from_array(np.array([2**62], np.int64), "big"), nh.from_array(np.array([-1], np.int64), "m1")]
+    m = _model(nodes, [("x", TensorProto.FLOAT, ["N", 3, 4]), ("past", TensorProto.FLOAT, ["P", 3, 4])],
+               ["flat", "tail", "kv_flat"], inits)
+    types = infer_model_types(m, strict=True)
+    assert types["flat"].shape == ("12*N",)
+    assert types["kv"].shape == ("N+P", 3, 4)
+    assert types["tail"].shape == ("N+P-1", 3, 4)
+    assert types["kv_flat"].shape == ("12*N+12*P",)
 
 
 def test_broadcast_symbols():
@@ -589,7 +649,7 @@ def test_subgraphs_if_loop():
              helper.make_node("Loop", ["m", "", "x"], ["acc_final", "scans"], body=body)]
     m = _model(nodes, [("c", TensorProto.BOOL, []), ("x", TensorProto.FLOAT, ["N", 4]),
                        ("m", TensorProto.INT64, [])], ["y", "acc_final", "scans"])
-    _, types = infer_model_types(m, strict=True)
+    types = infer_model_types(m, strict=True)
     assert types["y"] == TensorType(TensorProto.FLOAT, ("N", 4))
     assert types["acc_final"] == TensorType(TensorProto.FLOAT, ("N", 4))
     assert types["scans"].shape == (None, "N", 4)
@@ -600,23 +660,49 @@ def test_sequence_types():
     nodes = [helper.make_node("SplitToSequence", ["x"], ["s"], axis=1, keepdims=0),
              helper.make_node("SequenceAt", ["s", "i"], ["y"])]
     m = _model(nodes, [("x", TensorProto.FLOAT, ["N", 3, 5]), ("i", TensorProto.INT64, [])], ["s", "y"])
-    _, types = infer_model_types(m, strict=True)
+    types = infer_model_types(m, strict=True)
     assert isinstance(types["s"], SequenceType)
     assert types["y"] == TensorType(TensorProto.FLOAT, ("N", 5))
 
 
-def test_proto_graph_is_driver_input():
-    m = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", TensorProto.FLOAT16, ["B", 7])])
-    pg = ProtoGraph.from_model(m)
-    assert infer_shapes(pg) is pg
-    assert pg.values["y"].dtype == TensorProto.FLOAT16 and pg.values["y"].shape == ("B", 7)
+def test_model_local_function_is_inferred_through_its_body():
+    fn = helper.make_function(
+        "local", "LinearT", ["x", "w"], ["y"],
+        [helper.make_node("MatMul", ["x", "w"], ["m"]),
+         helper.make_node("Transpose", ["m"], ["t"]),
+         helper.make_node("Relu", ["t"], ["y"])],
+        [helper.make_opsetid("", 18)])
+    fn.node[1].attribute.append(helper.make_attribute_ref("perm", onnx.AttributeProto.INTS))
+    fn.attribute_proto.append(helper.make_attribute("perm", [0, 1]))  # default; the call overrides
+    call = helper.make_node("LinearT", ["x", "w"], ["y"], domain="local", perm=[1, 0])
+    g = helper.make_graph([call], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                        helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 6])],
+                          [onnx.ValueInfoProto(name="y")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                          functions=[fn])
+    types = infer_model_types(m, strict=True)
+    assert types["y"] == TensorType(TensorProto.FLOAT, (6, "N"))
 
 
-def run_expanded_cases(tally: Tally, cases=None, symbolic: bool = False) -> None:
+def test_fills_ir_values_in_place_and_saves():
+    from tuili.ir import from_model_proto
+
+    m = _model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], perm=[1, 0])],
+               [("x", TensorProto.FLOAT16, ["B", 7])])
+    graph = from_model_proto(m)
+    assert infer_shapes(graph) is graph
+    assert graph.values["r"].dtype == TensorProto.FLOAT16 and graph.values["r"].shape == ("B", 7)
+    assert graph.outputs[0].shape == (7, "B")
+    saved = graph.to_proto()
+    dims = saved.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == [7, "B"]
+
+
+def run_expanded_cases(tally: Tally, cases=None, symbolic: bool = False, all_dims: bool = False) -> None:
     for case in cases if cases is not None else node_cases():
         if len(case.model.graph.node) < 2 or not case.data_sets:
             continue
-        model = strip_types(symbolize_batch(case.model) if symbolic else case.model)
+        model = strip_types(symbolize_batch(case.model, all_dims) if symbolic else case.model)
         feeds = {vi.name: a for vi, a in zip(case.model.graph.input, case.data_sets[0][0])}
         verify_by_running(model, feeds, tally, case.name)
 
@@ -624,9 +710,13 @@ def run_expanded_cases(tally: Tally, cases=None, symbolic: bool = False) -> None
 def _report() -> None:
     for title, fn in (("ONNX node cases", run_node_cases),
                       ("ONNX node cases, input dim 0 symbolic", lambda t: run_node_cases(t, symbolic=True)),
+                      ("ONNX node cases, every input dim symbolic",
+                       lambda t: run_node_cases(t, symbolic=True, all_dims=True)),
                       ("torch exports", run_torch_models),
                       ("expanded cases run with onnx.reference", run_expanded_cases),
-                      ("expanded cases run, dim 0 symbolic", lambda t: run_expanded_cases(t, symbolic=True))):
+                      ("expanded cases run, dim 0 symbolic", lambda t: run_expanded_cases(t, symbolic=True)),
+                      ("expanded cases run, every input dim symbolic",
+                       lambda t: run_expanded_cases(t, symbolic=True, all_dims=True))):
         tally = Tally()
         fn(tally)
         c = tally.counts

@@ -58,7 +58,7 @@ def test_depthwise_conv_matches_ort(case):
     assert_same("Conv", [x, w, b], opset=17, rtol=1e-4, atol=1e-4, **attrs)
 
 
-@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2), (7, 1, 1)])
+@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2), (7, 1, 1), (7, 2, 1), (5, 1, 2)])
 def test_depthwise_2d_numba_paths(k, s, d):
     rng = np.random.default_rng(k * 100 + s * 10 + d)
     x = rng.standard_normal((2, 8, 13, 11)).astype(np.float32)
@@ -172,3 +172,12 @@ def test_causal_conv_state_streaming_matches_full():
     # causal depthwise conv == Conv with left padding k-1
     ref = conv(x, w, b, group=3, pads=[3, 0])
     np.testing.assert_allclose(full, ref / (1 + np.exp(-ref)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("strides", [[2, 1], [1, 2]])
+def test_depthwise_asymmetric_strides(k, strides):
+    rng = np.random.default_rng(k + 10 * strides[0])
+    x = rng.standard_normal((1, 6, 12, 15)).astype(np.float32)
+    w = rng.standard_normal((6, 1, k, k)).astype(np.float32)
+    assert_same("Conv", [x, w], opset=17, rtol=1e-4, atol=1e-4, group=6, strides=strides, pads=[k // 2, k // 2, k // 2 + 1, k // 2])

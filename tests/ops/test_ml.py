@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from tests.ops._ortref_shape import assert_same, run_tuili
+from tests.ops._ortref_shape import assert_same, make_model, run_tuili
 from tuili.errors import KernelError
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -133,7 +133,7 @@ def test_tfidf_strings():
                 max_skip_count=1, ngram_counts=[0, 2], ngram_indexes=[0, 1, 2], pool_strings=["a", "c", "a", "b"])
 
 
-def _random_regressor(rng, n_trees, n_features, n_targets):
+def _random_regressor(rng, n_trees, n_features, n_targets, all_targets=False):
     a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_modes", "nodes_featureids", "nodes_values",
                          "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true",
                          "target_treeids", "target_nodeids", "target_ids", "target_weights")}
@@ -149,7 +149,8 @@ def _random_regressor(rng, n_trees, n_features, n_targets):
             a[key].append(val)
         if leafy:
             a["nodes_modes"].append("LEAF")
-            for tg in rng.choice(n_targets, int(rng.integers(1, n_targets + 1)), replace=False):
+            picked = n_targets if all_targets else int(rng.integers(1, n_targets + 1))
+            for tg in rng.choice(n_targets, picked, replace=False):
                 a["target_treeids"].append(tree)
                 a["target_nodeids"].append(nid)
                 a["target_ids"].append(int(tg))
@@ -232,18 +233,65 @@ def test_linear_classifier(seed, n_classes, post, string_labels):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), n_trees=st.integers(1, 3), n_classes=st.sampled_from([2, 3]),
-       one_class=st.booleans(), positive=st.booleans(), post=st.sampled_from(["NONE", "LOGISTIC", "SOFTMAX"]))
-def test_tree_ensemble_classifier(seed, n_trees, n_classes, one_class, positive, post):
+@given(seed=st.integers(0, 10_000), n_trees=st.integers(1, 3), post=st.sampled_from(["NONE", "LOGISTIC", "SOFTMAX"]),
+       string_labels=st.booleans())
+def test_tree_ensemble_classifier_multiclass(seed, n_trees, post, string_labels):
+    # Multi-class forests whose leaves weight every class, with tie-free weights: here
+    # onnxruntime and the spec agree. (onnxruntime special-cases 2-class forests: it returns
+    # 0/1 instead of the labels, and [0, s] score columns; tuili does not copy that.)
     rng = np.random.default_rng(seed)
-    a = _random_regressor(rng, n_trees, 3, n_classes)
+    a = _random_regressor(rng, n_trees, 3, 3, all_targets=True)
     attrs = {k.replace("target_", "class_"): v for k, v in a.items()}
-    if n_classes == 2 and one_class:  # binary forest that scores class 1 only
-        attrs["class_ids"] = [1] * len(attrs["class_ids"])
-        if post == "SOFTMAX":
-            post = "NONE"
-    if positive:
-        attrs["class_weights"] = [abs(w) / 10 for w in attrs["class_weights"]]
+    attrs["class_weights"] = rng.uniform(0, 1, len(attrs["class_weights"])).tolist()
+    labels = {"classlabels_strings": ["a", "b", "c"]} if string_labels else {"classlabels_int64s": [5, 6, 7]}
     x = rng.integers(-3, 4, (6, 3)).astype(np.float32)
     assert_same("TreeEnsembleClassifier", [x], n_outputs=2, opset=3, domain=ML, post_transform=post,
-                classlabels_int64s=list(range(5, 5 + n_classes)), rtol=1e-5, atol=1e-6, **attrs)
+                base_values=[0.1, 0.0, -0.1], rtol=1e-5, atol=1e-6, **labels, **attrs)
+
+
+def test_tree_ensemble_classifier_binary_one_class():
+    # One tree, one split, scoring class 1 only: labels follow s > 0.5 (all weights >= 0).
+    attrs = dict(nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+                 nodes_featureids=[0, 0, 0], nodes_values=[0.0, 0.0, 0.0], nodes_truenodeids=[1, 0, 0],
+                 nodes_falsenodeids=[2, 0, 0], class_treeids=[0, 0], class_nodeids=[1, 2], class_ids=[1, 1],
+                 class_weights=[0.2, 0.9], classlabels_strings=["no", "yes"])
+    y, z = run_tuili("TreeEnsembleClassifier", [np.array([[-1.0], [1.0]], np.float32)], n_outputs=2, opset=3,
+                     domain=ML, **attrs)
+    assert y.tolist() == ["no", "yes"]
+    np.testing.assert_allclose(z, [[0.8, 0.2], [0.1, 0.9]], rtol=1e-6)
+
+
+def test_zip_map_against_ort():
+    x = np.array([[0.25, 0.75], [0.5, 0.5]], np.float32)
+    for labels in ({"classlabels_strings": ["n", "y"]}, {"classlabels_int64s": [3, 8]}):
+        model, _ = make_model("ZipMap", [x], opset=1, domain=ML, **labels)
+        import onnxruntime as ort
+
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"in0": x})[0]
+        got = run_tuili("ZipMap", [x], opset=1, domain=ML, **labels)[0]
+        assert got == [{k: pytest.approx(v) for k, v in d.items()} for d in want]
+
+
+def test_dict_vectorizer_and_cast_map():
+    (out,) = run_tuili("DictVectorizer", [{"b": 2.0, "z": 5.0}], opset=1, domain=ML, string_vocabulary=["a", "b"])
+    assert out.tolist() == [[0.0, 2.0]]
+    (out,) = run_tuili("CastMap", [{3: "1.5", 1: "2"}], opset=1, domain=ML)
+    assert out.dtype == np.float32 and out.tolist() == [[2.0, 1.5]]
+    (out,) = run_tuili("CastMap", [{3: 1.5, 1: 2.0}], opset=1, domain=ML, cast_to="TO_INT64", map_form="SPARSE",
+                       max_map=5)
+    assert out.tolist() == [[0, 2, 0, 1, 0]]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["LINEAR", "POLY", "RBF", "SIGMOID"]), one_class=st.integers(0, 1),
+       n_sv=st.integers(0, 4))
+def test_svm_regressor(seed, kind, one_class, n_sv):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    attrs = dict(kernel_type=kind, kernel_params=[0.3, 0.5, 2.0], rho=[0.25], one_class=one_class, n_supports=n_sv,
+                 coefficients=rng.standard_normal(max(n_sv, 3)).tolist())
+    if n_sv:
+        attrs["support_vectors"] = rng.standard_normal(3 * n_sv).tolist()
+    elif kind != "LINEAR":
+        return
+    assert_same("SVMRegressor", [x], opset=1, domain=ML, rtol=1e-4, atol=1e-5, **attrs)

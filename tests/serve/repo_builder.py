@@ -131,7 +131,15 @@ def build_test_repository(root: str) -> dict:
         instance_group [ { count: 2 kind: KIND_CPU } ]
         dynamic_batching { max_queue_delay_microseconds: 2000 }
     """)
-    # add_sub_nobatch: no config at all (auto-complete), non-batching shapes, INT32.
+    # add_sub_tuili: the same model on tuili's own engine (fails to load if the engine is missing).
+    _save(add_sub_model(), f"{root}/add_sub_tuili/1/model.onnx")
+    _write(f"{root}/add_sub_tuili/config.pbtxt", """
+        name: "add_sub_tuili"
+        backend: "tuili"
+        max_batch_size: 8
+        dynamic_batching { }
+    """)
+    # add_sub_int: no config at all (auto-complete), non-batching shapes, INT32.
     _save(add_sub_model(4, batch=False, dtype=TensorProto.INT32), f"{root}/add_sub_int/1/model.onnx")
     # classifier: with labels, for the classification extension.
     model, w, b = linear_classifier()

@@ -140,6 +140,17 @@ def test_infer_version_and_output_subset(client):
     np.testing.assert_array_equal(r.as_numpy("OUTPUT1"), np.zeros((1, 16), np.float32))
 
 
+def test_infer_tuili_backend(client):
+    if not client.is_model_ready("add_sub_tuili"):
+        pytest.skip("the tuili engine could not load the model (tuili.InferenceSession missing?)")
+    a = np.random.rand(4, 16).astype(np.float32)
+    b = np.random.rand(4, 16).astype(np.float32)
+    r = client.infer("add_sub_tuili", add_sub_inputs(a, b))
+    np.testing.assert_allclose(r.as_numpy("OUTPUT0"), a + b, rtol=1e-6)
+    np.testing.assert_allclose(r.as_numpy("OUTPUT1"), a - b, rtol=1e-6)
+    assert client.get_model_metadata("add_sub_tuili")["platform"] == "tuili_onnx"
+
+
 def test_infer_int32_autocompleted(client):
     a = np.array([1, 2, 3, 4], np.int32)
     b = np.array([10, 20, 30, 40], np.int32)
@@ -241,6 +252,17 @@ def test_metrics_move(client, srv):
     hist = ("tuili_inference_request_latency_seconds_count", *key)
     assert after[hist] == before[hist] + 1
     assert ("nv_inference_pending_request_count", *key) in after
+
+
+def test_log_settings(client, http):
+    st = client.get_log_settings()
+    assert st["log_verbose_level"] == 0 and st["log_info"] is True
+    st = client.update_log_settings({"log_verbose_level": 1})
+    assert st["log_verbose_level"] == 1
+    assert client.update_log_settings({"log_verbose_level": 0})["log_verbose_level"] == 0
+    r = http.post("/v2/logging", json={"log_verbose_level": "loud"})
+    assert r.status_code == 400 and "log_verbose_level" in r.json()["error"]
+    good_request(client)
 
 
 def test_model_control_disabled_in_none_mode(client):

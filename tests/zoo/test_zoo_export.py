@@ -15,7 +15,7 @@ FAST = ["resnet18", "mobilenet_v2", "resnet50", "bert_small"]
 SLOW = [n for n in names() if n not in FAST]
 
 
-def _check(zoo_exports, name, batches=(1, 3)):
+def _check(zoo_exports, name, batches=(1, 2)):
     path, model = zoo_exports.get(name)
     onnx.checker.check_model(str(path), full_check=True)
     m = onnx.load(str(path), load_external_data=False)
@@ -91,3 +91,19 @@ def test_create_is_deterministic_in_seed():
         assert torch.equal(a(x), b(x))
         assert not torch.equal(a(x), c(x))
     assert not a.training
+
+
+def test_keep_batchnorm_export(tmp_path):
+    """By default BN is folded into Conv; keep_batchnorm leaves BatchNormalization for the optimizer."""
+    from tuili.zoo import create, export
+
+    folded = export("mobilenet_v1", tmp_path / "f.onnx", resolution=64)
+    kept = export("mobilenet_v1", tmp_path / "k.onnx", resolution=64, keep_batchnorm=True)
+    ops = lambda p: {n.op_type for n in onnx.load(str(p)).graph.node}  # noqa: E731
+    assert "BatchNormalization" not in ops(folded)
+    assert "BatchNormalization" in ops(kept)
+    model = create("mobilenet_v1", resolution=64)
+    feeds = example_inputs("mobilenet_v1", 2, resolution=64)
+    want = torch_outputs(model, feeds)[0]
+    for p in (folded, kept):
+        np.testing.assert_allclose(ort_session(p).run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from tuili.backends.base import Backend, TensorSpec, bytes_to_str, str_to_bytes, config_parameter, dims_from_onnx, onnx_type_to_v2
-from tuili.errors import InvalidInputError, KernelError, ModelLoadError, TuiliError
+from tuili.errors import KernelError, ModelLoadError, TuiliError
 
 log = logging.getLogger(__name__)
 
@@ -76,5 +76,3 @@ class TuiliBackend(Backend):
     def unload(self) -> None:
         self.session = None
 
-
-__all__ = ["TuiliBackend", "session_class", "InvalidInputError"]

@@ -11,10 +11,10 @@ computed along Shape -> Gather -> Concat chains) are propagated so that Reshape/
 ConstantOfShape/Slice downstream get concrete or symbolic shapes. Subgraphs (If/Loop/Scan/
 SequenceMap bodies) are inferred recursively with their formal inputs typed from the node.
 
-The graph is duck-typed on the ``tuili.ir`` API (Graph.nodes/inputs/outputs/initializers,
-Node.op_type/domain/name/attrs/inputs/outputs/opset, Value.dtype/shape/type_proto/const), so the
-same driver also runs over :class:`ProtoGraph`, a light read-only view of an ``onnx.ModelProto``
-used by :func:`infer_model_types`.
+The driver only uses the ``tuili.ir`` API (Graph.nodes/inputs/outputs/initializers, Node.op_type/
+domain/name/attrs/inputs/outputs/opset, Value.dtype/shape/type_proto/tensor); non-tensor values
+(sequences, optionals) get their type as ``Value.type_proto``. :func:`value_type` reads a Value's
+type back as a TensorType/SequenceType/OptionalType.
 """
 from __future__ import annotations
 
@@ -28,16 +28,15 @@ from onnx import TensorProto, numpy_helper
 
 from tuili.errors import ShapeInferenceError
 
-from .attributes import decode_attribute
 from .shape_rules import InferContext, OptionalType, SequenceType, TensorType, get_rule
 from .shape_rules.misc import _type_from_proto
 from .shape_rules.registry import merge_shape
 
 log = logging.getLogger(__name__)
 
-__all__ = ["infer_shapes", "infer_model_types", "ProtoGraph", "type_to_proto"]
+__all__ = ["infer_shapes", "infer_model_types", "type_to_proto", "value_type"]
 
-MAX_CONST_FOR_RULES = 1 << 16  # initializers larger than this are not handed to rules as values
+MAX_CONST_FOR_RULES = 4096  # larger initializers (weights) are not decoded for rules
 
 
 # --------------------------------------------------------------------------- type helpers
@@ -77,6 +76,11 @@ def type_to_proto(t) -> onnx.TypeProto | None:
             tp.optional_type.elem_type.CopyFrom(type_to_proto(t.elem))
         return tp
     return None
+
+
+def value_type(v):
+    """A Value's type as TensorType / SequenceType / OptionalType, or None if unknown."""
+    return _declared_type(v)
 
 
 def _declared_type(v):
@@ -140,6 +144,7 @@ def _merge_types(declared, inferred, where: str, strict: bool):
 class _State:
     def __init__(self, strict: bool):
         self.strict = strict
+        self.dead_code = False  # inside an If branch that cannot run: problems are only debug-logged
         self.types: dict[int, Any] = {}
         self.values: dict[int, np.ndarray] = {}
         self.counter = itertools.count()
@@ -238,7 +243,8 @@ def _infer_node(node, graph, state: _State) -> None:
     rule = get_rule(node.op_type, domain)
     where = f"node {node.name!r} ({node.op_type})"
     if rule is None:
-        log.debug("no shape rule for %s%s; outputs left unknown", domain + "::" if domain else "", node.op_type)
+        if not _infer_function_call(node, graph, state, in_types):
+            log.debug("no shape rule for %s%s; outputs left unknown", domain + "::" if domain else "", node.op_type)
         return
     ctx = InferContext(
         op_type=node.op_type,
@@ -256,13 +262,13 @@ def _infer_node(node, graph, state: _State) -> None:
         sub = node.attrs.get(attr_name)
         if sub is None or isinstance(sub, onnx.GraphProto):
             raise ShapeInferenceError(f"attribute {attr_name!r} is not a decoded subgraph")
-        strict = state.strict
+        strict, dead = state.strict, state.dead_code
         if lenient:
-            state.strict = False
+            state.strict, state.dead_code = False, True
         try:
             return _infer_graph(sub, state, types)
         finally:
-            state.strict = strict
+            state.strict, state.dead_code = strict, dead
 
     ctx.subgraph_infer = subgraph_infer
     try:
@@ -271,7 +277,7 @@ def _infer_node(node, graph, state: _State) -> None:
         msg = f"{where}: {e}; inputs: {_describe_inputs(node, in_types)}"
         if state.strict:
             raise ShapeInferenceError(msg + ". Check the producer of these inputs or the model's declared shapes.") from None
-        log.warning("shape inference: %s", msg)
+        log.log(logging.DEBUG if state.dead_code else logging.WARNING, "shape inference: %s", msg)
         return
     except Exception as e:  # noqa: BLE001  a rule bug must not break loading a model
         msg = f"{where}: shape rule failed with {type(e).__name__}: {e}; inputs: {_describe_inputs(node, in_types)}"
@@ -292,125 +298,75 @@ def _infer_node(node, graph, state: _State) -> None:
             state.values[id(v)] = val
 
 
-# --------------------------------------------------------------------------- ModelProto adapter
-class _PV:
-    """Value in a ProtoGraph (same attribute names as tuili.ir.Value)."""
+def _infer_function_call(node, graph, state: _State, in_types) -> bool:
+    """A call of a model-local function: inline it in a one-node model typed like the call site,
+    and infer that. Returns False if the op is not a local function."""
+    root = getattr(graph, "root", graph)
+    fns = getattr(root, "functions", None) or []
+    fn = next((f for f in fns if f.name == node.op_type and f.domain == node.domain
+               and getattr(f, "overload", "") == getattr(node, "overload", "")), None)
+    if fn is None:
+        return False
+    import onnx.inliner
 
-    __slots__ = ("name", "dtype", "shape", "type_proto", "const", "producer")
+    from .serde import from_model_proto
 
-    def __init__(self, name: str, type_proto=None, const=None):
-        self.name = name
-        self.dtype = None
-        self.shape = None
-        self.type_proto = None
-        self.const = const
-        self.producer = None
-        if type_proto is not None:
-            kind = type_proto.WhichOneof("value")
-            if kind == "tensor_type":
-                t = _type_from_proto(type_proto)
-                self.dtype, self.shape = t.dtype, t.shape
-            elif kind is not None:
-                self.type_proto = type_proto
-
-    def tuili_type(self):
-        return _declared_type(self)
-
-    def __repr__(self) -> str:
-        return f"_PV({self.name!r}, {self.tuili_type()})"
-
-
-class _PN:
-    __slots__ = ("op_type", "domain", "name", "attrs", "inputs", "outputs", "opset")
-
-    def __init__(self, op_type, domain, name, attrs, inputs, outputs, opset):
-        self.op_type, self.domain, self.name = op_type, domain, name
-        self.attrs, self.inputs, self.outputs, self.opset = attrs, inputs, outputs, opset
-
-
-class ProtoGraph:
-    """A light view of an onnx GraphProto with the attribute names the driver uses."""
-
-    def __init__(self, g: onnx.GraphProto, opsets: dict[str, int], parent: "ProtoGraph | None" = None,
-                 keep_value_info: bool = True):
-        self.name = g.name
-        self.parent = parent
-        self.opset_imports = opsets
-        self.values: dict[str, _PV] = {}
-        self.initializers: dict[str, _PV] = {}
-        for init in g.initializer:
-            v = _PV(init.name, const=numpy_helper.to_array(init))
-            self.initializers[init.name] = self.values[init.name] = v
-        for sp in g.sparse_initializer:
-            from .attributes import sparse_to_dense
-
-            v = _PV(sp.values.name, const=sparse_to_dense(sp))
-            self.initializers[v.name] = self.values[v.name] = v
-        self.inputs = []
-        for vi in g.input:
-            if vi.name in self.values:  # initializer also listed as input (old IR versions)
-                self.inputs.append(self.values[vi.name])
-                continue
-            v = _PV(vi.name, vi.type if vi.HasField("type") else None)
-            self.values[vi.name] = v
-            self.inputs.append(v)
-        declared = {vi.name: vi for vi in g.value_info} if keep_value_info else {}
-        for vi in g.output:
-            if vi.HasField("type"):
-                declared.setdefault(vi.name, vi)
-        self.nodes: list[_PN] = []
-        for n in g.node:
-            ins = [self.lookup(name) if name else None for name in n.input]
-            attrs = {a.name: decode_attribute(a, lambda sub: ProtoGraph(sub, opsets, self, keep_value_info))
-                     for a in n.attribute}
-            outs = []
-            for name in n.output:
-                vi = declared.get(name)
-                v = _PV(name, vi.type if vi is not None and vi.HasField("type") else None)
-                if name:
-                    self.values[name] = v
-                outs.append(v)
-            pn = _PN(n.op_type, n.domain, n.name, attrs, ins, outs, opsets.get(n.domain or "", 1))
-            for v in outs:
-                v.producer = pn
-            self.nodes.append(pn)
-        self.outputs = [self.lookup(vi.name) for vi in g.output]
-
-    def lookup(self, name: str) -> _PV:
-        g = self
-        while g is not None:
-            if name in g.values:
-                return g.values[name]
-            g = g.parent
-        v = _PV(name)  # dangling reference: unknown type
-        self.values[name] = v
-        return v
-
-    def opset(self, domain: str = "") -> int:
-        return self.opset_imports.get(domain, 1)
-
-    def subgraphs(self):
-        for n in self.nodes:
-            for a in n.attrs.values():
-                subs = a if isinstance(a, list) else [a]
-                for s in subs:
-                    if isinstance(s, ProtoGraph):
-                        yield s
-                        yield from s.subgraphs()
-
-    @classmethod
-    def from_model(cls, model: onnx.ModelProto, keep_value_info: bool = True) -> "ProtoGraph":
-        opsets = {o.domain if o.domain != "ai.onnx" else "": o.version for o in model.opset_import}
-        return cls(model.graph, opsets, None, keep_value_info)
+    ins, inits, names = [], [], []
+    for i, (v, t) in enumerate(zip(node.inputs, in_types)):
+        if v is None:
+            names.append("")
+            continue
+        name = f"__in{i}"
+        names.append(name)
+        val = state.value_of(v)
+        if val is not None and val.dtype != object:
+            inits.append(numpy_helper.from_array(val, name))
+        else:
+            vi = onnx.ValueInfoProto(name=name)
+            tp = type_to_proto(t)
+            if tp is not None:
+                vi.type.CopyFrom(tp)
+            ins.append(vi)
+    outs = [f"__out{i}" for i in range(len(node.outputs))]
+    call = onnx.helper.make_node(node.op_type, names, outs, domain=node.domain)
+    protos = getattr(node, "_attr_protos", {})
+    for k, val in node.attrs.items():
+        call.attribute.append(protos[k][1] if k in protos else onnx.helper.make_attribute(k, val))
+    opsets = [onnx.helper.make_opsetid(d, v) for d, v in root.opset_imports.items()]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([call], "call", ins, [onnx.ValueInfoProto(name=o) for o in outs], inits),
+        opset_imports=opsets, functions=fns)
+    try:
+        body = from_model_proto(onnx.inliner.inline_local_functions(model))
+    except Exception as e:  # noqa: BLE001
+        log.warning("shape inference: cannot inline local function %s::%s for node %r: %s",
+                    node.domain, node.op_type, node.name, e)
+        return True
+    _infer_graph(body, state, None)
+    for v, name in zip(node.outputs, outs):
+        inner = body.values.get(name)
+        if v is None or not getattr(v, "name", "") or inner is None:
+            continue
+        t = state.type_of(inner)
+        if t is not None:
+            state.set(v, _merge_types(state.types.get(id(v)) or _declared_type(v), t,
+                                      f"node {node.name!r} ({node.op_type}) output {v.name!r}", state.strict))
+        if id(inner) in state.values:
+            state.values[id(v)] = state.values[id(inner)]
+    return True
 
 
-def infer_model_types(model: onnx.ModelProto, *, strict: bool = False, keep_value_info: bool = True):
-    """Infer types over a ModelProto; returns (ProtoGraph, {value name: type}) for every graph."""
-    pg = ProtoGraph.from_model(model, keep_value_info)
-    infer_shapes(pg, strict=strict)
+# --------------------------------------------------------------------------- ModelProto convenience
+def infer_model_types(model: onnx.ModelProto, *, strict: bool = False) -> dict[str, Any]:
+    """Load ``model`` into tuili's IR, infer, and return {value name: type} over all graphs.
+
+    Types are TensorType / SequenceType / OptionalType (or None where unknown)."""
+    from .serde import from_model_proto
+
+    graph = infer_shapes(from_model_proto(model), strict=strict)
     types: dict[str, Any] = {}
-    for g in [pg, *pg.subgraphs()]:
+    for g in [graph, *graph.subgraphs()]:
         for name, v in g.values.items():
             if name:
-                types.setdefault(name, v.tuili_type())
-    return pg, types
+                types.setdefault(name, _declared_type(v))
+    return types

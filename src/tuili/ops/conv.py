@@ -94,9 +94,15 @@ def pad_spatial(x: np.ndarray, pads, value=0) -> np.ndarray:
     begin = [max(0, b) for b in begin]
     end = [max(0, e) for e in end]
     shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], begin, end))
-    out = np.empty(shape, dtype=x.dtype) if value != 0 else np.zeros(shape, dtype=x.dtype)
-    if value != 0:
-        out.fill(value)
+    out = np.empty(shape, dtype=x.dtype)
+    # write the border slabs and the interior once each (no full zero fill first)
+    for i in range(nd):
+        lo = [slice(None)] * (nd + 2)
+        hi = [slice(None)] * (nd + 2)
+        lo[2 + i] = slice(0, begin[i])
+        hi[2 + i] = slice(begin[i] + x.shape[2 + i], shape[2 + i])
+        out[tuple(lo)] = value
+        out[tuple(hi)] = value
     out[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(begin, x.shape[2:]))] = x
     return out
 
@@ -178,10 +184,59 @@ if _HAVE_NUMBA:
         return out
 
     @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-    def _dw3x3_nb(xp, w, out, sh, sw):  # pragma: no cover - compiled
+    def _dw5x5_nb(xp, w, out, sh):  # pragma: no cover - compiled
+        # 5x5, column stride 1: one fused 5-tap multiply-add per kernel row
         n_, c_, oh_, ow_ = out.shape
         for n in range(n_):
             for c in range(c_):
+                plane = xp[n, c]
+                for i in range(oh_):
+                    orow = out[n, c, i]
+                    for j in range(ow_):
+                        orow[j] = 0.0
+                    for a in range(5):
+                        r = plane[i * sh + a]
+                        w0 = w[c, a, 0]
+                        w1 = w[c, a, 1]
+                        w2 = w[c, a, 2]
+                        w3 = w[c, a, 3]
+                        w4 = w[c, a, 4]
+                        for j in range(ow_):
+                            orow[j] += w0 * r[j] + w1 * r[j + 1] + w2 * r[j + 2] + w3 * r[j + 3] + w4 * r[j + 4]
+        return out
+
+    @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+    def _dw5x5_s2_nb(xe, xo, w, out, sh):  # pragma: no cover - compiled
+        # 5x5, column stride 2 on de-interleaved even/odd columns: contiguous loads only
+        n_, c_, oh_, ow_ = out.shape
+        for n in range(n_):
+            for c in range(c_):
+                for i in range(oh_):
+                    orow = out[n, c, i]
+                    for j in range(ow_):
+                        orow[j] = 0.0
+                    for a in range(5):
+                        e = xe[n, c, i * sh + a]
+                        o = xo[n, c, i * sh + a]
+                        w0 = w[c, a, 0]
+                        w1 = w[c, a, 1]
+                        w2 = w[c, a, 2]
+                        w3 = w[c, a, 3]
+                        w4 = w[c, a, 4]
+                        for j in range(ow_):
+                            orow[j] += w0 * e[j] + w1 * o[j] + w2 * e[j + 1] + w3 * o[j + 1] + w4 * e[j + 2]
+        return out
+
+    @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+    def _dw3x3_nb(xp, w, out, sh, sw):  # pragma: no cover - compiled
+        n_, c_, oh_, ow_ = out.shape
+        # column stride 2: computing the stride-1 row (contiguous, vectorizes) and keeping every
+        # other value beats a strided gather
+        full = (ow_ - 1) * sw + 1
+        tmp = np.empty(full, dtype=out.dtype)
+        for n in range(n_):
+            for c in range(c_):
+                plane = xp[n, c]
                 w0 = w[c, 0, 0]
                 w1 = w[c, 0, 1]
                 w2 = w[c, 0, 2]
@@ -192,15 +247,22 @@ if _HAVE_NUMBA:
                 w7 = w[c, 2, 1]
                 w8 = w[c, 2, 2]
                 for i in range(oh_):
-                    r0 = xp[n, c, i * sh]
-                    r1 = xp[n, c, i * sh + 1]
-                    r2 = xp[n, c, i * sh + 2]
+                    r0 = plane[i * sh]
+                    r1 = plane[i * sh + 1]
+                    r2 = plane[i * sh + 2]
                     orow = out[n, c, i]
                     if sw == 1:
                         for j in range(ow_):
                             orow[j] = (w0 * r0[j] + w1 * r0[j + 1] + w2 * r0[j + 2]
                                        + w3 * r1[j] + w4 * r1[j + 1] + w5 * r1[j + 2]
                                        + w6 * r2[j] + w7 * r2[j + 1] + w8 * r2[j + 2])
+                    elif sw == 2:
+                        for j in range(full):
+                            tmp[j] = (w0 * r0[j] + w1 * r0[j + 1] + w2 * r0[j + 2]
+                                      + w3 * r1[j] + w4 * r1[j + 1] + w5 * r1[j + 2]
+                                      + w6 * r2[j] + w7 * r2[j + 1] + w8 * r2[j + 2])
+                        for j in range(ow_):
+                            orow[j] = tmp[2 * j]
                     else:
                         for j in range(ow_):
                             q = j * sw
@@ -210,21 +272,29 @@ if _HAVE_NUMBA:
         return out
 
 
-def _depthwise(xp: np.ndarray, w: np.ndarray, strides, dilations, out_sp) -> np.ndarray:
-    """xp: padded (N, C, *S); w: (C, 1, *K). Returns (N, C, *out)."""
-    n, c = xp.shape[:2]
+def _depthwise(x: np.ndarray, w: np.ndarray, strides, dilations, pads, out_sp) -> np.ndarray:
+    """x: unpadded (N, C, *S); w: (C, 1, *K). Returns (N, C, *out)."""
+    n, c = x.shape[:2]
     kernel = w.shape[2:]
-    if _HAVE_NUMBA and len(kernel) == 2 and xp.dtype in (np.float32, np.float64):
-        out = np.empty((n, c) + tuple(out_sp), dtype=xp.dtype)
-        wk = np.ascontiguousarray(w.reshape((c,) + tuple(kernel)), dtype=xp.dtype)
-        xp = np.ascontiguousarray(xp)
-        if tuple(kernel) == (3, 3) and dilations[0] == 1 and dilations[1] == 1:
+    if _HAVE_NUMBA and len(kernel) == 2 and x.dtype in (np.float32, np.float64):
+        out = np.empty((n, c) + tuple(out_sp), dtype=x.dtype)
+        wk = np.ascontiguousarray(w.reshape((c,) + tuple(kernel)), dtype=x.dtype)
+        dil1 = dilations[0] == 1 and dilations[1] == 1
+        xp = np.ascontiguousarray(pad_spatial(x, pads))
+        if tuple(kernel) == (3, 3) and dil1:
             _dw3x3_nb(xp, wk, out, strides[0], strides[1])
+        elif tuple(kernel) == (5, 5) and dil1 and strides[1] == 1:
+            _dw5x5_nb(xp, wk, out, strides[0])
+        elif tuple(kernel) == (5, 5) and dil1 and strides[1] == 2:
+            xe = np.ascontiguousarray(xp[..., 0::2])
+            xo = np.ascontiguousarray(xp[..., 1::2])
+            _dw5x5_s2_nb(xe, xo, wk, out, strides[0])
         elif strides[0] == 1 and strides[1] == 1:
             _dw_flat_s1_nb(xp, wk, out, dilations[0], dilations[1])
         else:
             _dw2d_nb(xp, wk, out, strides[0], strides[1], dilations[0], dilations[1])
         return out
+    xp = pad_spatial(x, pads)
     out = None
     tmp = None
     nd = len(kernel)
@@ -257,9 +327,8 @@ def conv_core(x: np.ndarray, w: np.ndarray, strides, dilations, pads, group: int
     cg, mg = c // group, m // group
 
     # depthwise
-    if group == c and m == c and group > 1:
-        xp = pad_spatial(x, pads)
-        return _depthwise(xp, w, strides, dilations, out_sp)
+    if group == c and m == c and group > 1 and all(p >= 0 for p in pads):
+        return _depthwise(x, w, strides, dilations, pads, out_sp)
 
     # 1x1: no im2col
     if all(k == 1 for k in kernel):

@@ -717,3 +717,106 @@ def tree_ensemble_classifier(
         y = labels[np.argmax(scores, axis=1)]
         z = _post_transform(scores, pt)
     return y, z.astype(np.float32)
+
+
+# ---------------------------------------------------------------- map ops (maps are Python dicts)
+
+
+@register("ZipMap", domain=ONNX_ML_DOMAIN, since=1)
+def zip_map(x, *, classlabels_int64s=None, classlabels_strings=None):
+    """Scores [N, C] -> a sequence (list) of N maps (dicts) label -> float score."""
+    labels = classlabels_strings if classlabels_strings is not None else classlabels_int64s
+    if labels is None:
+        raise KernelError("ZipMap: one of classlabels_int64s, classlabels_strings is required")
+    x = np.asarray(x, dtype=np.float32)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    if x2.shape[1] != len(labels):
+        raise KernelError(f"ZipMap: {len(labels)} labels but scores have {x2.shape[1]} columns")
+    labels = list(labels)
+    return [dict(zip(labels, row)) for row in x2.tolist()]
+
+
+@register("DictVectorizer", domain=ONNX_ML_DOMAIN, since=1)
+def dict_vectorizer(x, *, int64_vocabulary=None, string_vocabulary=None):
+    """A map (dict) -> [1, len(vocabulary)] tensor of its values, 0 where a key is absent."""
+    vocab = string_vocabulary if string_vocabulary is not None else int64_vocabulary
+    if vocab is None:
+        raise KernelError("DictVectorizer: one of int64_vocabulary, string_vocabulary is required")
+    if not isinstance(x, dict):
+        raise KernelError(f"DictVectorizer: input must be a map (dict), got {type(x).__name__}")
+    vals = list(x.values())
+    sample = np.asarray(vals[:1]) if vals else np.zeros(0, np.float32)
+    dtype = object if sample.dtype.kind in "OSU" else (sample.dtype if vals else np.float32)
+    out = np.full((1, len(vocab)), "" if dtype is object else 0, dtype=dtype)
+    for i, key in enumerate(vocab):
+        if key in x:
+            out[0, i] = x[key]
+    return out
+
+
+@register("CastMap", domain=ONNX_ML_DOMAIN, since=1)
+def cast_map(x, *, cast_to="TO_FLOAT", map_form="DENSE", max_map=1):
+    """A map int64 -> (string | float) -> [1, N] tensor, keys in ascending order (DENSE) or as
+    positions of a length-``max_map`` vector (SPARSE, 0 where absent)."""
+    if not isinstance(x, dict):
+        raise KernelError(f"CastMap: input must be a map (dict), got {type(x).__name__}")
+    kinds = {"TO_FLOAT": np.float32, "TO_INT64": np.int64, "TO_STRING": object}
+    if cast_to not in kinds or map_form not in ("DENSE", "SPARSE"):
+        raise KernelError(f"CastMap: bad cast_to {cast_to!r} or map_form {map_form!r}")
+    dt = kinds[cast_to]
+
+    def conv(v):
+        if dt is object:
+            return str(v)
+        return dt(float(v)) if dt is np.float32 else dt(int(float(v)))
+
+    keys = sorted(x)
+    if map_form == "DENSE":
+        out = np.empty((1, len(keys)), dtype=dt)
+        for i, k in enumerate(keys):
+            out[0, i] = conv(x[k])
+        return out
+    out = np.full((1, max_map), "" if dt is object else 0, dtype=dt)
+    for k in keys:
+        if not 0 <= int(k) < max_map:
+            raise KernelError(f"CastMap: key {k} is outside [0, max_map={max_map})")
+        out[0, int(k)] = conv(x[k])
+    return out
+
+
+# ---------------------------------------------------------------- SVMRegressor
+
+
+def _svm_kernel(x, sv, kind, params):
+    gamma, coef0, degree = (list(params) + [0.0, 0.0, 0.0])[:3] if params else (0.0, 0.0, 0.0)
+    if kind == "LINEAR":
+        return x @ sv.T
+    if kind == "POLY":
+        return (gamma * (x @ sv.T) + coef0) ** int(degree)
+    if kind == "RBF":
+        d2 = (x * x).sum(1)[:, None] + (sv * sv).sum(1)[None, :] - 2 * (x @ sv.T)
+        return np.exp(-gamma * np.maximum(d2, 0))
+    if kind == "SIGMOID":
+        return np.tanh(gamma * (x @ sv.T) + coef0)
+    raise KernelError(f"SVM: unknown kernel_type {kind!r}; use LINEAR, POLY, RBF or SIGMOID")
+
+
+@register("SVMRegressor", domain=ONNX_ML_DOMAIN, since=1)
+def svm_regressor(x, *, coefficients=None, kernel_params=None, kernel_type="LINEAR", n_supports=0, one_class=0,
+                  post_transform="NONE", rho=None, support_vectors=None):  # fmt: skip
+    x = np.asarray(x, dtype=np.float64)
+    x2 = x.reshape(1, -1) if x.ndim == 1 else x
+    coef = np.asarray(coefficients if coefficients is not None else [], dtype=np.float64)
+    b = float(rho[0]) if rho else 0.0
+    if n_supports > 0:
+        sv = np.asarray(support_vectors, dtype=np.float64).reshape(n_supports, -1)
+        if sv.shape[1] != x2.shape[1]:
+            raise KernelError(f"SVMRegressor: support vectors have {sv.shape[1]} features, input {x2.shape[1]}")
+        y = _svm_kernel(x2, sv, kernel_type, kernel_params) @ coef[:n_supports] + b
+    else:  # linear model stored in coefficients
+        y = x2 @ coef.reshape(-1)[: x2.shape[1]] + b
+    if one_class:
+        y = np.where(y > 0, 1.0, -1.0)
+    if post_transform not in _POST_NAMES:
+        raise KernelError(f"SVMRegressor: unknown post_transform {post_transform!r}")
+    return _post_transform(y.reshape(-1, 1), _POST_NAMES[post_transform]).astype(np.float32)

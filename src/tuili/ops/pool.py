@@ -1,8 +1,9 @@
 """Pooling kernels: MaxPool (with Indices), AveragePool, LpPool, Global*Pool, MaxUnpool.
 
-Windowed pools loop over the kernel taps (k_h * k_w iterations at most, each a
-vectorized op over the whole (N, C, *out) tensor through a strided slice of the
-padded input): no Python loop ever runs over elements or channels.
+Windowed max/average pools are separable: one pass per spatial dim, each k-1
+vectorized ufunc calls over strided slices of the padded input (a 3x3 window
+costs 4 passes, not 9). MaxPool with Indices and LpPool loop over the kernel
+taps the same way. No Python loop ever runs over elements or channels.
 """
 from __future__ import annotations
 
@@ -107,8 +108,8 @@ def max_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
     kernel, strides, dilations, pads, out_sp = _pool_geometry(
         "MaxPool", x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     )
-    xp = _padded(x, pads, out_sp, kernel, strides, dilations, _min_value(x.dtype))
     want_idx = ctx.num_outputs > 1
+    xp = _padded(x, pads, out_sp, kernel, strides, dilations, _min_value(x.dtype))
     y = None
     idx = None
     nd = x.ndim - 2
@@ -123,6 +124,8 @@ def max_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
         else:
             el = [math.prod(in_sp[:i]) for i in range(nd)]
         starts = [np.arange(out_sp[i]) * strides[i] - pads[i] for i in range(nd)]
+    if not want_idx:
+        return _separable_reduce(xp, kernel, strides, dilations, out_sp, np.maximum)
     for kidx, sl in _taps(kernel, strides, dilations, out_sp):
         v = xp[sl]
         if y is None:
@@ -151,8 +154,28 @@ def _tap_index(kidx, starts, dilations, el, out_sp):
     return np.asarray(total, dtype=np.int64)
 
 
+def _separable_reduce(xp, kernel, strides, dilations, out_sp, ufunc):
+    """Box max/sum as one pass per spatial dim (k-1 ufunc calls each) instead of prod(k) passes."""
+    cur = xp
+    nd = len(kernel)
+    for i in range(nd):
+        ax = 2 + i
+        k, s, d, o = kernel[i], strides[i], dilations[i], out_sp[i]
+        def sl(t, ax=ax, s=s, d=d, o=o):
+            idx = [slice(None)] * cur.ndim
+            idx[ax] = slice(t * d, t * d + (o - 1) * s + 1, s)
+            return tuple(idx)
+        acc = np.array(cur[sl(0)], copy=True)
+        for t in range(1, k):
+            ufunc(acc, cur[sl(t)], out=acc)
+        cur = acc
+    return cur if cur is not xp else xp.copy()
+
+
 # ----------------------------------------------------------------------------- Average / Lp
 def _sum_pool(xp_acc, kernel, strides, dilations, out_sp, power=None):
+    if power is None:
+        return _separable_reduce(xp_acc, kernel, strides, dilations, out_sp, np.add)
     acc = None
     tmp = None
     for _, sl in _taps(kernel, strides, dilations, out_sp):
@@ -205,7 +228,11 @@ def _spatial_axes(op, x):
 def global_average_pool(x):
     axes = _spatial_axes("GlobalAveragePool", x)
     adt = _acc_dtype(x.dtype)
-    return np.mean(x, axis=axes, keepdims=True, dtype=adt).astype(x.dtype, copy=False)
+    n, c = x.shape[:2]
+    plane = math.prod(x.shape[2:])
+    flat = np.ascontiguousarray(x).reshape(n, c, plane)
+    y = np.add.reduce(flat, axis=2, dtype=adt) / adt.type(max(plane, 1))
+    return y.reshape((n, c) + (1,) * len(axes)).astype(x.dtype, copy=False)
 
 
 @register("GlobalMaxPool", since=1)

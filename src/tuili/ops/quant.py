@@ -108,12 +108,15 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
         q = xs / scale
     if out_dt in _INT_RANGES:
         lo, hi = _INT_RANGES[out_dt]
-        q = np.rint(q)
+        q = np.asarray(q)
+        if q.dtype not in (np.float32, np.float64) or not q.flags.writeable or q is x:
+            q = q.astype(np.float64 if q.dtype == np.float64 else np.float32)
+        np.rint(q, out=q)
         if y_zero_point is not None:
             zp = _broadcast_param(y_zero_point, x.shape, axis, block_size, op, "y_zero_point")
-            q = q + zp.astype(np.int32)
-        q = np.clip(q, lo, hi, out=q if isinstance(q, np.ndarray) and q.flags.writeable else None)
-        if out_dt.itemsize == 1 and out_dt in (np.dtype(np.uint8), np.dtype(np.int8)):
+            q = np.add(q, zp.astype(q.dtype), out=q if zp.ndim == 0 or zp.shape == q.shape else None)
+        np.clip(q, lo, hi, out=q)
+        if out_dt.kind in "iu" and out_dt.itemsize in (1, 2) and out_dt in (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16)):
             return q.astype(out_dt)
         return q.astype(np.int32).astype(out_dt)
     if out_dt in _FLOAT8:

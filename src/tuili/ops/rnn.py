@@ -28,24 +28,29 @@ if _HAVE_NUMBA:
     # Fused recurrences for the default activations: the whole time loop runs in compiled code,
     # with one BLAS matmul (h @ R^T) per step and the gate math fused per element.
 
+    # State is kept transposed, (H, B): the per-step product is R (G*H, H) @ h^T (H, B), which
+    # OpenBLAS runs 2-3x faster than h (B, H) @ R^T for the small batches of recurrent nets.
+
     @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def _lstm_loop(xw, rt, h, c, p, has_p, input_forget, clip, valid, y):  # pragma: no cover - compiled
+    def _lstm_loop(xw, r, h, c, p, has_p, input_forget, clip, valid, y):  # pragma: no cover - compiled
         steps, nb, g4 = xw.shape
         hs = g4 // 4
         one = xw.dtype.type(1)
+        ht = np.ascontiguousarray(h.T)
+        ct = np.ascontiguousarray(c.T)
         for t in range(steps):
-            rec = np.dot(h, rt)
+            rec = np.dot(r, ht)  # (4H, B)
             for b in range(nb):
                 if not valid[t, b]:
                     for j in range(hs):
                         y[t, b, j] = 0
                     continue
                 for j in range(hs):
-                    cp = c[b, j]
-                    gi = xw[t, b, j] + rec[b, j]
-                    go = xw[t, b, hs + j] + rec[b, hs + j]
-                    gf = xw[t, b, 2 * hs + j] + rec[b, 2 * hs + j]
-                    gc = xw[t, b, 3 * hs + j] + rec[b, 3 * hs + j]
+                    cp = ct[j, b]
+                    gi = xw[t, b, j] + rec[j, b]
+                    go = xw[t, b, hs + j] + rec[hs + j, b]
+                    gf = xw[t, b, 2 * hs + j] + rec[2 * hs + j, b]
+                    gc = xw[t, b, 3 * hs + j] + rec[3 * hs + j, b]
                     if has_p:
                         gi += p[j] * cp
                         gf += p[2 * hs + j] * cp
@@ -62,9 +67,11 @@ if _HAVE_NUMBA:
                         go = min(max(go, -clip), clip)
                     o_t = one / (one + np.exp(-go))
                     hn = o_t * np.tanh(cn)
-                    c[b, j] = cn
-                    h[b, j] = hn
+                    ct[j, b] = cn
+                    ht[j, b] = hn
                     y[t, b, j] = hn
+        h[:, :] = ht.T
+        c[:, :] = ct.T
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
     def _gru_loop(xw, r, rb_h, h, lbr, clip, valid, y):  # pragma: no cover - compiled
@@ -72,26 +79,27 @@ if _HAVE_NUMBA:
         steps, nb, g3 = xw.shape
         hs = g3 // 3
         one = xw.dtype.type(1)
-        rzr_t = np.ascontiguousarray(r[: 2 * hs].T)
-        rh_t = np.ascontiguousarray(r[2 * hs :].T)
-        zt = np.empty((nb, hs), dtype=xw.dtype)
-        rh = np.empty((nb, hs), dtype=xw.dtype)
+        rzr = np.ascontiguousarray(r[: 2 * hs])
+        rhh = np.ascontiguousarray(r[2 * hs :])
+        ht = np.ascontiguousarray(h.T)
+        zt = np.empty((hs, nb), dtype=xw.dtype)
+        rt = np.empty((hs, nb), dtype=xw.dtype)
         for t in range(steps):
-            rec = np.dot(h, rzr_t)
+            rec = np.dot(rzr, ht)  # (2H, B)
             for b in range(nb):
                 for j in range(hs):
-                    gz = xw[t, b, j] + rec[b, j]
-                    gr = xw[t, b, hs + j] + rec[b, hs + j]
+                    gz = xw[t, b, j] + rec[j, b]
+                    gr = xw[t, b, hs + j] + rec[hs + j, b]
                     if clip > 0:
                         gz = min(max(gz, -clip), clip)
                         gr = min(max(gr, -clip), clip)
-                    zt[b, j] = one / (one + np.exp(-gz))
+                    zt[j, b] = one / (one + np.exp(-gz))
                     rr = one / (one + np.exp(-gr))
-                    rh[b, j] = rr if lbr else rr * h[b, j]
+                    rt[j, b] = rr if lbr else rr * ht[j, b]
             if lbr:
-                hrec = np.dot(h, rh_t)
+                hrec = np.dot(rhh, ht)
             else:
-                hrec = np.dot(rh, rh_t)
+                hrec = np.dot(rhh, rt)
             for b in range(nb):
                 if not valid[t, b]:
                     for j in range(hs):
@@ -99,15 +107,16 @@ if _HAVE_NUMBA:
                     continue
                 for j in range(hs):
                     if lbr:
-                        gh = xw[t, b, 2 * hs + j] + rh[b, j] * (hrec[b, j] + rb_h[j])
+                        gh = xw[t, b, 2 * hs + j] + rt[j, b] * (hrec[j, b] + rb_h[j])
                     else:
-                        gh = xw[t, b, 2 * hs + j] + hrec[b, j]
+                        gh = xw[t, b, 2 * hs + j] + hrec[j, b]
                     if clip > 0:
                         gh = min(max(gh, -clip), clip)
                     hh = np.tanh(gh)
-                    hn = hh + zt[b, j] * (h[b, j] - hh)
-                    h[b, j] = hn
+                    hn = hh + zt[j, b] * (ht[j, b] - hh)
+                    ht[j, b] = hn
                     y[t, b, j] = hn
+        h[:, :] = ht.T
 
 
 def _default_acts(names, defaults) -> bool:
@@ -317,7 +326,7 @@ def lstm(
                 pd = p[d].astype(s.dtype) if p is not None else np.zeros(3 * hs, dtype=s.dtype)
                 y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
                 vd = np.ascontiguousarray(s.order(valid, d, rev_idx))
-                _lstm_loop(xw, np.ascontiguousarray(r[d].T), h, c, pd, p is not None, bool(input_forget),
+                _lstm_loop(xw, np.ascontiguousarray(r[d]), h, c, pd, p is not None, bool(input_forget),
                            s.dtype.type(clip if clip is not None else 0), vd, y)
                 ys.append(s.order(y, d, rev_idx))
                 finals.append([h, c])

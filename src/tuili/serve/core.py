@@ -36,6 +36,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "logging",
 ]
 CONTROL_MODES = ("none", "poll", "explicit")
 
@@ -95,6 +96,8 @@ class InferenceServer:
         self._poll_task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._version = _server_version()
+        self._log_settings = {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
+                              "log_verbose_level": 0, "log_format": "default"}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -189,6 +192,26 @@ class InferenceServer:
             "inputs": [{"name": s.name, "datatype": s.datatype, "shape": spec.full_shape(s)} for s in spec.inputs.values()],
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": spec.full_shape(s)} for s in spec.outputs.values()],
         }
+
+    def log_settings(self, update: dict | None = None) -> dict:
+        """Triton's logging extension: read (and optionally change) the server's log settings."""
+        known = {"log_file": str, "log_info": bool, "log_warning": bool, "log_error": bool, "log_verbose_level": int, "log_format": str}
+        for k, v in (update or {}).items():
+            if k not in known:
+                raise InvalidInputError(f"unknown log setting {k!r}; known: {', '.join(known)}")
+            if known[k] is int and (not isinstance(v, int) or isinstance(v, bool)) or known[k] is bool and not isinstance(v, bool) \
+                    or known[k] is str and not isinstance(v, str):
+                raise InvalidInputError(f"log setting {k!r} must be a {known[k].__name__}, got {v!r}")
+            if k == "log_file" and v:
+                raise InvalidInputError("log_file is not supported: tuili logs to stderr")
+            if k == "log_format" and v not in ("default", "ISO8601"):
+                raise InvalidInputError(f"log_format must be 'default' or 'ISO8601', got {v!r}")
+            self._log_settings[k] = v
+        st = self._log_settings
+        level = (logging.DEBUG if st["log_verbose_level"] > 0 else logging.INFO if st["log_info"]
+                 else logging.WARNING if st["log_warning"] else logging.ERROR if st["log_error"] else logging.CRITICAL)
+        logging.getLogger("tuili").setLevel(level)
+        return dict(st)
 
     def model_config(self, name: str, version: str = ""):
         return self.get_model(name, version).config

@@ -284,7 +284,7 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY) -> Starlette:
+def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
     """The ASGI app of the HTTP endpoint, calling ``core`` (an InferenceServer)."""
 
     async def live(request: Request):
@@ -378,6 +378,15 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY) -> Starlette:
         except Exception as e:
             return error_response(e, loading=True)
 
+    async def logging_settings(request: Request):
+        try:
+            update = None
+            if request.method == "POST":
+                update = _load_json(await read_body(request, max_body_bytes), "log settings")
+            return json_response(core.log_settings(update))
+        except Exception as e:
+            return error_response(e)
+
     async def not_found(request: Request, exc):
         return error_response(f"no such endpoint: {request.method} {request.url.path}", 404)
 
@@ -392,6 +401,7 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY) -> Starlette:
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/models/stats", all_stats, methods=["GET"]),
         Route("/v2/repository/index", repo_index, methods=["POST"]),
+        Route("/v2/logging", logging_settings, methods=["GET", "POST"]),
         Route("/v2/repository/models/{model}/load", repo_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repo_unload, methods=["POST"]),
     ]
@@ -403,4 +413,89 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY) -> Starlette:
             Route(base + "/stats", model_stats, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
         ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    return FastInfer(app, core, max_body_bytes)
+
+
+class FastInfer:
+    """ASGI wrapper that serves ``POST /v2/models/{model}[/versions/{v}]/infer`` directly (no
+    routing table walk, no Request/Response objects: the per-request overhead decides serving
+    rankings on small machines) and hands everything else to the starlette app."""
+
+    def __init__(self, app: Starlette, core, max_body_bytes: int):
+        self.app = app
+        self.core = core
+        self.limit = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                parts = path[11:-6].split("/")
+                if len(parts) == 1 and parts[0]:
+                    return await self._infer(scope, receive, send, parts[0], "")
+                if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                    return await self._infer(scope, receive, send, parts[0], parts[2])
+        await self.app(scope, receive, send)
+
+    async def _infer(self, scope, receive, send, model: str, version: str):
+        header_len = None
+        content_length = None
+        encoding = None
+        for k, v in scope["headers"]:
+            if k == b"inference-header-content-length":
+                header_len = v.decode("latin-1")
+            elif k == b"content-length":
+                content_length = v
+            elif k == b"content-encoding":
+                encoding = v.decode("latin-1")
+        try:
+            body = await self._body(receive, content_length, encoding)
+            req, binary_default = parse_infer_request(model, version, body, header_len)
+            resp = await self.core.infer(req)
+            r = encode_infer_response(resp, req, binary_default)
+        except Exception as e:
+            r = error_response(e)
+        await send({"type": "http.response.start", "status": r.status_code, "headers": r.raw_headers})
+        await send({"type": "http.response.body", "body": r.body})
+
+    async def _body(self, receive, content_length, encoding) -> bytes:
+        limit = self.limit
+        if content_length is not None:
+            try:
+                n = int(content_length)
+            except ValueError:
+                raise InvalidInputError(f"Content-Length header {content_length!r} is not an integer") from None
+            if n > limit:
+                raise BodyTooLarge(f"request body of {n} bytes is over the limit of {limit} bytes; "
+                                   f"send less data per request or raise --max-body-bytes")
+        msg = await receive()
+        body = msg.get("body", b"")
+        if msg.get("more_body"):
+            chunks, size = [body], len(body)
+            while msg.get("more_body"):
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    raise InvalidInputError("client disconnected while sending the request")
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body is over the limit of {limit} bytes; "
+                                       f"send less data per request or raise --max-body-bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        elif len(body) > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes; send less data per request or raise --max-body-bytes")
+        if encoding and encoding != "identity" and body:
+            try:
+                if encoding == "gzip":
+                    body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                else:
+                    raise InvalidInputError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity")
+            except zlib.error as e:
+                raise InvalidInputError(f"request body is not valid {encoding} data: {e}") from None
+            if len(body) > limit:
+                raise BodyTooLarge(f"decompressed request body of {len(body)} bytes is over the limit of {limit} bytes")
+        return body

@@ -175,6 +175,8 @@ class ModelRepository:
 
         config = plan.config
         count = sum(max(1, int(g.count)) for g in config.instance_group) or 1
+        if any(int(g.kind) == 1 for g in config.instance_group):  # KIND_GPU
+            log.warning("model %s asks for KIND_GPU instances; this server runs them on the CPU", plan.name)
         instances = []
         try:
             first = self._new_instance(plan, version_dir, config, 0, count)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 import uvicorn
@@ -19,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tuili.errors import ConfigError
 from tuili.serve.core import InferenceServer
 from tuili.serve.http_server import DEFAULT_MAX_BODY, create_app
 
@@ -58,13 +60,6 @@ def metrics_app(core: InferenceServer) -> Starlette:
     return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
 
 
-def _bound_port(server: uvicorn.Server) -> int:
-    for s in server.servers:
-        for sock in s.sockets:
-            return sock.getsockname()[1]
-    return 0
-
-
 async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = stop_event or asyncio.Event()
@@ -75,60 +70,95 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
             pass
 
     core = InferenceServer(opts.model_repository, opts.model_control_mode, opts.load_model, opts.repository_poll_secs)
-    await core.start()
 
-    def uv(app, port):
+    def uv(app, port, what):
         cfg = uvicorn.Config(app, host=opts.host, port=port, log_level="warning", access_log=False, lifespan="off",
                              timeout_graceful_shutdown=opts.shutdown_grace_secs)
-        return _Uvicorn(cfg)
+        return _Uvicorn(cfg), _bind(opts.host, port, what)
 
-    http = uv(create_app(core, opts.max_body_bytes), opts.http_port) if opts.http_port >= 0 else None
-    metrics = uv(metrics_app(core), opts.metrics_port) if opts.metrics_port >= 0 else None
-    servers = [s for s in (http, metrics) if s is not None]
-    for s in servers:
-        s.config.load()
-        s.lifespan = s.config.lifespan_class(s.config)
-        await s.startup()
-        if s.should_exit:  # could not bind
-            raise OSError(f"could not start the HTTP server on {opts.host}:{s.config.port}")
+    # Bind first: a busy port fails before minutes of model loading.
+    http = uv(create_app(core, opts.max_body_bytes), opts.http_port, "--http-port") if opts.http_port >= 0 else None
+    try:
+        metrics = uv(metrics_app(core), opts.metrics_port, "--metrics-port") if opts.metrics_port >= 0 else None
+    except BaseException:
+        if http:
+            http[1].close()
+        raise
+    await core.start()
+    servers: list[_Uvicorn] = []
     grpc_server = None
-    grpc_port = None
-    if opts.grpc_port >= 0:
-        try:
-            from tuili.serve.grpc_server import start_grpc_server
-        except ImportError as e:
-            log.warning("gRPC endpoint not available: %s", e)
-        else:
-            grpc_server = await start_grpc_server(core, opts.host, opts.grpc_port)
-            grpc_port = getattr(grpc_server, "bound_port", None) or opts.grpc_port
-    ports = {"http": _bound_port(http) if http else 0, "grpc": grpc_port or 0, "metrics": _bound_port(metrics) if metrics else 0}
-    log.info("tuili serve: HTTP on %s:%d, gRPC on %s:%s, metrics on %s:%d/metrics", opts.host, ports["http"], opts.host,
-             ports["grpc"], opts.host, ports["metrics"])
-    if opts.ready_file:
-        import json
-
-        tmp = opts.ready_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(ports, f)
-        os.replace(tmp, opts.ready_file)
-
-    tasks = [asyncio.create_task(s.main_loop()) for s in servers]
+    tasks: list[asyncio.Task] = []
     stop_task = asyncio.create_task(stop.wait())
-    await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    log.info("tuili serve: shutting down (finishing requests in flight)")
-    core.begin_shutdown()
-    for s in servers:
-        s.should_exit = True
-    await asyncio.gather(*tasks, return_exceptions=True)
-    shutdowns = [s.shutdown() for s in servers]
-    if grpc_server is not None:
-        shutdowns.append(grpc_server.stop(opts.shutdown_grace_secs))
-    await asyncio.gather(*shutdowns, return_exceptions=True)
-    await core.stop()
-    stop_task.cancel()
-    log.info("tuili serve: stopped")
+    try:
+        ports = {"http": 0, "grpc": 0, "metrics": 0}
+        for key, pair in (("http", http), ("metrics", metrics)):
+            if pair is None:
+                continue
+            server, sock = pair
+            server.config.load()
+            server.lifespan = server.config.lifespan_class(server.config)
+            await server.startup(sockets=[sock])
+            servers.append(server)
+            ports[key] = sock.getsockname()[1]
+        if opts.grpc_port >= 0:
+            from tuili.serve.grpc_server import start_grpc_server
+
+            grpc_server = await start_grpc_server(core, opts.host, opts.grpc_port)
+            ports["grpc"] = getattr(grpc_server, "bound_port", None) or opts.grpc_port
+        log.info("tuili serve: HTTP on %s:%d, gRPC on %s:%d, metrics on %s:%d/metrics", opts.host, ports["http"], opts.host,
+                 ports["grpc"], opts.host, ports["metrics"])
+        if opts.ready_file:
+            import json
+
+            tmp = opts.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(ports, f)
+            os.replace(tmp, opts.ready_file)
+        tasks = [asyncio.create_task(s.main_loop()) for s in servers]
+        await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("tuili serve: shutting down (finishing requests in flight)")
+    finally:
+        core.begin_shutdown()
+        for s in servers:
+            s.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        shutdowns = [s.shutdown() for s in servers]
+        if grpc_server is not None:
+            shutdowns.append(grpc_server.stop(opts.shutdown_grace_secs))
+        await asyncio.gather(*shutdowns, return_exceptions=True)
+        await core.stop()
+        stop_task.cancel()
+        log.info("tuili serve: stopped")
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    """Bind a listening socket ourselves, so a busy port is a clear error (not uvicorn's sys.exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); pick another {what} (0 = any free port)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _loop_factory():
+    """uvloop when installed and not disabled (TUILI_UVLOOP=0): a faster event loop, less overhead per request."""
+    if os.environ.get("TUILI_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop
+        except ImportError:
+            pass
+    return None
 
 
 def run(opts: ServeOptions) -> int:
-    asyncio.run(serve(opts))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(opts))
     return 0

@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     ex.add_argument("--seq-len", type=int, default=None, help="sequence length used for tracing (text models; the axis stays dynamic)")
     ex.add_argument("--num-classes", type=int, default=None)
     ex.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    ex.add_argument("--keep-batchnorm", action="store_true", help="keep BatchNormalization nodes (default: folded into Conv)")
     ex.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="layer table of a model (output shapes, params, MACs)")
@@ -122,7 +123,7 @@ def cmd_export(args) -> int:
 
     spec = get_spec(args.name)
     path = export(args.name, args.output, opset=args.opset, batch=args.batch, resolution=args.resolution, width=args.width,
-                  seq_len=args.seq_len, num_classes=args.num_classes, seed=args.seed)
+                  seq_len=args.seq_len, num_classes=args.num_classes, seed=args.seed, keep_batchnorm=args.keep_batchnorm)
     ins = ", ".join(spec.inputs) if len(spec.inputs) <= 3 else f"input_ids + {len(spec.inputs) - 1} past key/values"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset}, batch {args.batch}); inputs: {ins}; "
           f"outputs: {', '.join(spec.outputs[:3])}{' ...' if len(spec.outputs) > 3 else ''}")
@@ -144,6 +145,9 @@ def cmd_info(args) -> int:
     for i, r in enumerate(rows):
         t.add_row(str(i), r["name"], r["type"], _shape(r["output"]) if r["output"] != "" else "", f"{r['params']:,}", f"{r['macs']:,}")
     t.add_section()
+    hidden = macs - sum(r["macs"] for r in rows)
+    if hidden:  # attention matmuls, a tied LM head: functional ops outside any leaf module
+        t.add_row("", "(functional ops)", "matmul", "", "", f"{hidden:,}")
     t.add_row("", "total", "", "", f"{params:,}", f"{macs:,}")
     _console().print(t)
     return 0

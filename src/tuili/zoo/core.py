@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,8 @@ def create(name: str, *, width: float | None = None, resolution: int | None = No
         torch.manual_seed(seed)
         model = spec.builder(width=w, num_classes=n, resolution=r)
         if calibrate and not spec.is_text:
-            x = torch.randn(4, spec.in_channels, r, r)
-            if name == "digits_cnn":
+            x = torch.randn(2, spec.in_channels, r, r)
+            if spec.name == "digits_cnn":
                 x = (x * 4 + 8).clamp(0, 16)
             calibrate_batchnorm(model, x)
     model.eval()
@@ -72,7 +73,7 @@ def example_inputs(name: str, batch: int = 1, *, resolution: int | None = None, 
     out: dict[str, np.ndarray] = {}
     if not spec.is_text:
         (iname, shape), = shapes.items()
-        if name == "digits_cnn":
+        if spec.name == "digits_cnn":
             out[iname] = rng.integers(0, 17, size=shape).astype(np.float32)
         else:
             out[iname] = rng.standard_normal(shape, dtype=np.float32)
@@ -80,7 +81,7 @@ def example_inputs(name: str, batch: int = 1, *, resolution: int | None = None, 
     from tuili.zoo.models.bert import CONFIGS as BERT
     from tuili.zoo.models.gpt import GPT_SMALL
 
-    vocab = BERT[name].vocab if name in BERT else GPT_SMALL.vocab
+    vocab = BERT[spec.name].vocab if spec.name in BERT else GPT_SMALL.vocab
     for iname, shape in shapes.items():
         if iname == "input_ids":
             out[iname] = rng.integers(0, vocab, size=shape, dtype=np.int64)
@@ -138,13 +139,15 @@ _ADDED_RE = re.compile(r"added in version (\d+)")
 
 def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resolution: int | None = None,
            width: float | None = None, seq_len: int | None = None, num_classes: int | None = None, seed: int = 0,
-           model=None, check: bool = True) -> Path:
+           model=None, check: bool = True, keep_batchnorm: bool = False) -> Path:
     """Export zoo model ``name`` to ONNX at ``path`` and return the path.
 
     Inputs/outputs carry the names of :class:`ModelSpec` (``input`` -> ``logits`` for CNNs); the
     batch axis is symbolic (``batch="dynamic"``) or fixed (an int); text models also keep the
     sequence axes symbolic. ``model`` exports given weights (e.g. a trained model) instead of a
     fresh random model. The file is validated with ``onnx.checker`` (full check) unless ``check=False``.
+    By default torch folds each BatchNorm into the preceding Conv, as deployed files usually are;
+    ``keep_batchnorm=True`` keeps BatchNormalization nodes (work for a graph optimizer's folding pass).
     """
     import onnx
     import torch
@@ -179,6 +182,7 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
                 model, args, str(path), dynamo=False, opset_version=o,
                 input_names=list(spec.inputs), output_names=list(spec.outputs),
                 dynamic_axes=_dynamic_axes(spec, batch), do_constant_folding=True,
+                training=torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL,
             )
     except TuiliError:
         raise
@@ -207,6 +211,9 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
     return path
 
 
+_EXPORT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the TorchScript exporter: its deprecation warnings, and the IR dump it prints to
@@ -217,17 +224,18 @@ def _quiet_exporter():
         from torch.onnx._internal.torchscript_exporter import utils as ts_utils
     except ImportError:  # pragma: no cover - other torch layouts
         ts_utils = None
-    saved = getattr(ts_utils, "setup_onnx_logging", None)
-    if saved is not None:
-        ts_utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
+    with _EXPORT_LOCK:  # the patch below is process-wide; exports also share torch's tracer state
+        saved = getattr(ts_utils, "setup_onnx_logging", None)
         if saved is not None:
-            ts_utils.setup_onnx_logging = saved
-        torch._C._jit_set_onnx_log_enabled(False)
+            ts_utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            if saved is not None:
+                ts_utils.setup_onnx_logging = saved
+            torch._C._jit_set_onnx_log_enabled(False)
 
 
 def _probe_min_opset(model, args, spec, batch, failed: int) -> int | None:

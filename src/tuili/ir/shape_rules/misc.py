@@ -1,8 +1,6 @@
 """Control flow (If/Loop/Scan/SequenceMap), sequences, optionals, signal, strings, images."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from onnx import TensorProto
 
@@ -16,12 +14,9 @@ from .registry import (
     SequenceType,
     TensorType,
     broadcast_shapes,
-    dim_add,
-    dim_prod,
     normalize_axis,
     shape_rule,
     unify_shape,
-    value_to_dim,
 )
 
 
@@ -108,8 +103,10 @@ def _loop(ctx):
         if isinstance(b, TensorType) and isinstance(init, TensorType):
             dtype = b.dtype or init.dtype
             outs.append(TensorType(dtype, loop_state_shape(b.shape, init.shape)))
+        elif init is None or b is None or type(b) is not type(init):
+            outs.append(b)  # e.g. an empty optional sequence that the body turns into a sequence
         else:
-            outs.append(unify_type(b, init) if init is not None else b)
+            outs.append(unify_type(b, init))
     trip = None
     m = ctx.value(0) if ctx.has_input(0) else None
     if m is not None and not ctx.has_input(1):
@@ -467,57 +464,11 @@ def _multinomial(ctx):
                        (shape[0] if shape else None, ctx.attr("sample_size", 1)))]
 
 
-# --------------------------------------------------------------------------- other domains in the node tests
-@shape_rule("ArrayFeatureExtractor", domain="ai.onnx.ml")
-def _array_feature_extractor(ctx):
-    x, idx = ctx.shape(0), ctx.shape(1)
-    if x is None or idx is None:
-        return [TensorType(ctx.dtype(0), None)]
-    n = dim_prod(idx)
-    return [TensorType(ctx.dtype(0), (1, n) if len(x) == 1 else tuple(x[:-1]) + (n,))]
-
-
-@shape_rule("Binarizer", domain="ai.onnx.ml")
-def _binarizer(ctx):
-    return [TensorType(ctx.dtype(0), ctx.shape(0))]
-
-
-@shape_rule("LabelEncoder", domain="ai.onnx.ml")
-def _label_encoder(ctx):
-    a = ctx.attrs
-    if "values_tensor" in a:
-        arr = np.asarray(a["values_tensor"])
-        dtype = TensorProto.STRING if arr.dtype == object else onnx_dtype_of(arr)
-    elif "values_strings" in a:
-        dtype = TensorProto.STRING
-    elif "values_int64s" in a:
-        dtype = INT64
-    elif "values_floats" in a:
-        dtype = TensorProto.FLOAT
-    else:
-        dtype = None
-    return [TensorType(dtype, ctx.shape(0))]
-
-
-def onnx_dtype_of(arr):
-    from onnx.helper import np_dtype_to_tensor_dtype
-
-    return np_dtype_to_tensor_dtype(arr.dtype)
-
-
-@shape_rule("TreeEnsemble", domain="ai.onnx.ml")
-def _tree_ensemble(ctx):
-    x = ctx.shape(0)
-    n = x[0] if x is not None else None
-    return [TensorType(ctx.dtype(0), (n, ctx.attr("n_targets")))]
-
-
+# --------------------------------------------------------------------------- training / preview domains
 @shape_rule("Adagrad", "Momentum", domain="ai.onnx.preview.training")
 def _optimizer(ctx):
-    # inputs: R, T, then n tensors X, n gradients, (n accumulators...); outputs: new X, new accumulators
-    n_in = len(ctx.inputs) - 2
-    groups = n_in // ctx.num_outputs * 0 + (3 if ctx.op_type in ("Adagrad", "Momentum") else 4)
-    n = n_in // groups
+    # inputs: R, T, n tensors X, n gradients G, n accumulators; outputs: n new X, n new accumulators
+    n = (len(ctx.inputs) - 2) // 3
     xs = [ctx.input(2 + i) for i in range(n)]
     outs = []
     for k in range(ctx.num_outputs // max(n, 1)):
@@ -543,4 +494,3 @@ def _flex_attention(ctx):
     return [TensorType(ctx.dtype(0), tuple(q[:-1]) + (v[-1],))]
 
 
-del math, dim_add, value_to_dim

@@ -1,8 +1,6 @@
 """Neural-network ops: conv, pools, normalizations, matmul/gemm, recurrent nets, attention, losses."""
 from __future__ import annotations
 
-import math
-
 from onnx import TensorProto
 
 from tuili.errors import ShapeInferenceError
@@ -15,7 +13,7 @@ from .registry import (
     dim_add,
     dim_div,
     dim_mul,
-    dim_prod,
+    dim_sub,
     merge_dim,
     merge_shape,
     normalize_axis,
@@ -331,8 +329,11 @@ def _linear_attention(ctx):
         return [TensorType(ctx.dtype(0), None)] + [None] * (ctx.num_outputs - 1)
     dv = dim_div(v[2], kvh) if kvh else None
     dk = dim_div(k[2], kvh) if k is not None and kvh else None
+    state = (q[0], kvh, dk, dv)
+    if ctx.shape(3) is not None:  # the present state has the past state's shape
+        state = merge_shape(state, ctx.shape(3))
     outs = [TensorType(ctx.dtype(0), (q[0], q[1], dim_mul(qh, dv) if qh and dv is not None else None)),
-            TensorType(ctx.dtype(0), (q[0], kvh, dk, dv))]
+            TensorType(ctx.dtype(0), state)]
     return outs[: ctx.num_outputs]
 
 
@@ -341,8 +342,11 @@ def _causal_conv(ctx):
     x, w = ctx.shape(0), ctx.shape(1)
     outs = [same(ctx, 0)]
     if ctx.num_outputs > 1:
-        km1 = w[2] - 1 if w is not None and isinstance(w[2], int) else None
-        outs.append(TensorType(ctx.dtype(0), None if x is None else (x[0], x[1], km1)))
+        km1 = dim_sub(w[2], 1) if w is not None and w[2] is not None else None
+        state = None if x is None else (x[0], x[1], km1)
+        if ctx.shape(3) is not None:
+            state = merge_shape(state, ctx.shape(3))
+        outs.append(TensorType(ctx.dtype(0), state))
     return outs
 
 
@@ -383,4 +387,3 @@ def _loss(ctx):
     return outs
 
 
-del math, dim_prod

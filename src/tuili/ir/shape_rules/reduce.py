@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import INT64, InferContext, TensorType, normalize_axis, shape_rule
+from .registry import INT64, InferContext, TensorType, dim_add, dim_mul, normalize_axis, shape_rule
 
 REDUCE_OPS = ("ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd "
               "ReduceSum ReduceSumSquare").split()
@@ -41,7 +41,56 @@ def _reduce(ctx: InferContext):
             return [TensorType(ctx.dtype(0), None)]
     else:
         axes = []
-    return [TensorType(ctx.dtype(0), reduced_shape(shape, axes, keep, noop))]
+    out = reduced_shape(shape, axes, keep, noop)
+    _propagate(ctx, axes, noop, out)
+    return [TensorType(ctx.dtype(0), out)]
+
+
+def _propagate(ctx, axes, noop, out_shape) -> None:
+    """ReduceProd/Sum/Max/Min of a small 1-D shape value (numel = ReduceProd(Shape(x)))."""
+    v = ctx.value(0)
+    if v is None or np.ndim(v) != 1 or np.size(v) > 64 or ctx.op_type not in _VALUE_REDUCE:
+        return
+    if not axes and noop:
+        ctx.set_value(0, v)
+        return
+    if out_shape is None or any(not isinstance(d, int) for d in out_shape):
+        return
+    acc = _VALUE_REDUCE[ctx.op_type](np.asarray(v).reshape(-1).tolist())
+    if acc is None:
+        return
+    arr = np.empty((), dtype=object)
+    arr[()] = acc
+    if isinstance(acc, int):
+        arr = np.asarray(acc, dtype=np.asarray(v).dtype if np.asarray(v).dtype != object else np.int64)
+    ctx.set_value(0, arr.reshape(out_shape))
+
+
+def _fold(fn):
+    def run(items):
+        acc = None
+        for x in items:
+            x = int(x) if isinstance(x, (int, np.integer)) else x
+            if x is None:
+                return None
+            acc = x if acc is None else fn(acc, x)
+            if acc is None:
+                return None
+        return acc
+
+    return run
+
+
+def _max(a, b):
+    return max(a, b) if isinstance(a, int) and isinstance(b, int) else (a if a == b else None)
+
+
+def _min(a, b):
+    return min(a, b) if isinstance(a, int) and isinstance(b, int) else (a if a == b else None)
+
+
+_VALUE_REDUCE = {"ReduceProd": _fold(dim_mul), "ReduceSum": _fold(dim_add), "ReduceMax": _fold(_max),
+                 "ReduceMin": _fold(_min)}
 
 
 @shape_rule("ArgMax", "ArgMin")

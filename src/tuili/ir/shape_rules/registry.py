@@ -4,25 +4,22 @@ A rule is ``@shape_rule("Op")`` on ``def rule(ctx: InferContext) -> list[TensorT
 Rules raise :class:`ShapeInferenceError` (message without node context; the driver adds it)
 when the inputs are inconsistent, and return ``None`` entries when they cannot say.
 
-Dims are ``int`` (known), ``str`` (symbolic, e.g. ``"N"`` or a product ``"3*N"``) or ``None``.
-Known values of small tensors travel as numpy arrays; an array holding symbolic or unknown
-entries is an ``object`` array whose entries are ``int``, ``str`` or ``None``.
+Dims are ``int`` (known), ``str`` (symbolic: an input's name such as ``"N"``, or a polynomial
+over such names that rules computed, in canonical form: ``"3*N"``, ``"past+seq"``, ``"N-1"``)
+or ``None`` (unknown). Known values of small tensors (shape arithmetic) travel as numpy arrays;
+an array holding symbolic or unknown entries is an ``object`` array of ``int``/``str``/``None``.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from onnx import TensorProto
 
 from tuili.errors import ShapeInferenceError
-
-Dim = "int | str | None"
-
 
 # --------------------------------------------------------------------------- data types
 @dataclass
@@ -57,6 +54,16 @@ _COUNTER = itertools.count()
 
 @dataclass
 class InferContext:
+    """What a rule sees of one node.
+
+    ``inputs``: one type per input (None = omitted optional input or unknown type);
+    ``values``: known values of inputs (initializers, Constant outputs, propagated shape values);
+    ``attrs``: decoded attributes as given on the node (defaults are the rule's business);
+    ``out_values``: a rule may store known output values here (``set_value``) for value propagation;
+    ``subgraph_infer(attr_name, input_types, lenient=False)``: the driver's hook that infers a
+    subgraph attribute with its formal inputs typed and returns the types of its outputs.
+    """
+
     op_type: str
     domain: str
     opset: int
@@ -311,10 +318,6 @@ def dim_sub(a, b):
     return dim_add(a, dim_mul(b, -1)) if b is not None else None
 
 
-def is_known(d) -> bool:
-    return isinstance(d, int)
-
-
 def merge_dim(a, b):
     """Two descriptions of the same dim: prefer the more precise one; conflicts -> error."""
     if a is None:
@@ -413,23 +416,10 @@ def shape_value(shape) -> np.ndarray | None:
     return arr
 
 
-def concrete_shape(arr) -> tuple:
-    return tuple(int(x) for x in np.shape(arr))
-
-
-def tensor(dtype, shape) -> TensorType:
-    return TensorType(dtype, None if shape is None else tuple(shape))
-
-
 def same(ctx: InferContext, i: int = 0) -> TensorType | None:
     t = ctx.input(i)
     return TensorType(t.dtype, t.shape) if isinstance(t, TensorType) else None
 
 
-def prod_int(xs: Sequence[int]) -> int:
-    return int(math.prod(xs))
-
-
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype
 
 from tuili.errors import ShapeInferenceError
@@ -222,8 +222,10 @@ def _squeeze(ctx):
     axes = _axes(ctx)
     dtype = ctx.dtype(0)
     if axes is None or shape is None:
-        if shape is not None and ctx.shape(1) is not None and isinstance(ctx.shape(1)[0] if ctx.shape(1) else 0, int):
-            n = ctx.shape(1)[0] if ctx.shape(1) else 1
+        # axes given but unknown: the rank still drops by the number of axes
+        ax_shape = ctx.shape(1)
+        n = None if ax_shape is None else 1 if len(ax_shape) == 0 else ax_shape[0]
+        if shape is not None and isinstance(n, int):
             return [TensorType(dtype, (None,) * (len(shape) - n))]
         return [TensorType(dtype, None)]
     r = len(shape)
@@ -587,7 +589,7 @@ def _resize_shape(shape, scales=None, sizes=None, axes=None, policy="stretch"):
         for a, s in zip(axes, scales):
             d = shape[a]
             if isinstance(d, int):
-                out[a] = int(math.floor(d * s + 1e-6)) if True else None
+                out[a] = int(math.floor(d * s + 1e-6))
             elif s == 1:
                 out[a] = d
             elif float(s).is_integer():

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+SPIN = ""  # set from --allow-spinning
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "model_repository", "resnet18", "1", "model.onnx")
 
@@ -35,6 +36,7 @@ max_batch_size: {max_batch}
 input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }} ]
 output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 1000 ] }} ]
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{spin}
 {batching}
 """
 
@@ -61,7 +63,8 @@ def build_repo(workdir: str, model: str, max_batch: int, instances: int) -> str:
             except OSError:
                 shutil.copyfile(model, dst)
         with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
-            f.write(CONFIG.format(name=name, max_batch=max_batch, instances=instances, batching=batching))
+            spin = f'parameters {{ key: "allow_spinning" value: {{ string_value: "{SPIN}" }} }}' if SPIN else ""
+            f.write(CONFIG.format(name=name, max_batch=max_batch, instances=instances, batching=batching, spin=spin))
     return repo
 
 
@@ -193,6 +196,25 @@ def load_unload_growth(model: str, workdir: str, cycles: int) -> tuple[float, fl
     return start, first, last
 
 
+def server_stats(http_port: int, model: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/stats", timeout=30) as r:
+        st = json.load(r)["model_stats"][0]
+    s = st["inference_stats"]
+    return {"n": s["success"]["count"], "req_ns": s["success"]["ns"], "queue_ns": s["queue"]["ns"],
+            "infer_ns": s["compute_infer"]["ns"], "execs": st["execution_count"], "inferences": st["inference_count"]}
+
+
+def stats_delta(a: dict, b: dict) -> dict:
+    n = max(1, b["n"] - a["n"])
+    return {
+        "avg_batch": (b["inferences"] - a["inferences"]) / max(1, b["execs"] - a["execs"]),
+        "server_ms": (b["req_ns"] - a["req_ns"]) / n / 1e6,
+        "queue_ms": (b["queue_ns"] - a["queue_ns"]) / n / 1e6,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
@@ -202,8 +224,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch", type=int, default=0,
                    help="max_batch_size of the served models (default: the best in-process batch size, as a tuned config would use)")
     p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--allow-spinning", choices=["0", "1"], default=None,
+                   help="onnxruntime intra-op thread spinning in the served models (default: onnxruntime's default)")
     p.add_argument("--load-unload", type=int, default=20, help="load/unload cycles for the memory-growth check (0 = skip)")
     args = p.parse_args(argv)
+    global SPIN
+    SPIN = args.allow_spinning or ""
 
     workdir = tempfile.mkdtemp(prefix="tuili-bench-serve-")
     model = resnet18_onnx(workdir)
@@ -219,7 +245,9 @@ def main(argv=None) -> int:
             for batching, name in (("on", "resnet18_batching"), ("off", "resnet18_plain")):
                 for c in args.concurrency:
                     print(f"{protocol} batching {batching} concurrency {c} ...", file=sys.stderr)
+                    before = server_stats(ports["http"], name)
                     r = asyncio.run(load(protocol, url, name, c, args.seconds, args.warmup))
+                    r.update(stats_delta(before, server_stats(ports["http"], name)))
                     rows.append((protocol, batching, c, r))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -239,11 +267,12 @@ def main(argv=None) -> int:
           f"{args.instances} instance(s), max_batch_size {max_batch}\n")
     print("In-process onnxruntime (no server): " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in per_batch.items())
           + f" -> limit {limit:.1f} inferences/s at batch {best_b}\n")
-    print("| protocol | dynamic batching | concurrency | throughput (infer/s) | p50 (ms) | p99 (ms) | vs in-process limit | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| protocol | dynamic batching | concurrency | throughput (infer/s) | p50 (ms) | p99 (ms) | vs in-process limit "
+          "| avg batch | in server (ms) | of which queued (ms) | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for protocol, batching, c, r in rows:
         print(f"| {protocol} | {batching} | {c} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-              f"{r['throughput'] / limit:.2f} | {r['errors']} |")
+              f"{r['throughput'] / limit:.2f} | {r['avg_batch']:.1f} | {r['server_ms']:.1f} | {r['queue_ms']:.1f} | {r['errors']} |")
     goal = [r for protocol, b, c, r in rows if b == "on" and c == max(args.concurrency)]
     if goal:
         best = max(g["throughput"] for g in goal) / limit

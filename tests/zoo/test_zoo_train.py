@@ -46,3 +46,12 @@ def test_digits_data_for_bigger_models_is_upsampled():
     assert -1.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     assert len(ds.x_train) + len(ds.x_test) == 1797
     assert np.bincount(ds.y_test).min() >= 43  # stratified (the smallest class has 174 images)
+
+
+@pytest.mark.slow
+def test_resnet18_learns_upsampled_digits(tmp_path):
+    from tuili.zoo import train
+
+    r = train("resnet18", epochs=6, lr=2e-3, out_dir=tmp_path, progress=False)
+    assert r.resolution == 32
+    assert r.accuracy >= 0.95, r.history

@@ -38,6 +38,11 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = _int_param(config, "intra_op_thread_count", max(1, cores // max(1, self.instance_count)))
         so.inter_op_num_threads = _int_param(config, "inter_op_thread_count", 1)
         so.log_severity_level = 3
+        # Idle intra-op threads spin by default; on a small machine they then steal the cores the
+        # server's own threads (HTTP, batching) need. parameters { key: "allow_spinning" value: { string_value: "0" } }
+        spin = config_parameter(config, "allow_spinning")
+        if spin in ("0", "1"):
+            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         level = config_parameter(config, "optimization_level")
         if level:
             so.graph_optimization_level = {

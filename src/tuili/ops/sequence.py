@@ -1,7 +1,9 @@
 """Sequence and optional kernels.
 
 A sequence is a Python list of arrays; an empty optional is ``None``. Kernels never mutate
-an input list: they build a new list (holding the same, read-only arrays).
+an input list: they build a new list (holding the same, read-only arrays). SequenceAt,
+Optional and OptionalGetElement return the stored array itself, not a copy; SplitToSequence
+returns fresh arrays.
 """
 from __future__ import annotations
 
@@ -110,7 +112,7 @@ def concat_from_sequence(input_sequence, *, axis, new_axis=0):
 
 @register("Optional", since=15)
 def optional(input=None, *, type=None):  # noqa: A002 - ONNX names
-    return input
+    return list(input) if isinstance(input, list) else input
 
 
 @register("OptionalHasElement", since=15)

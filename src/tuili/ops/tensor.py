@@ -283,8 +283,11 @@ def _pad(data, pads, mode, value, axes=None):
     widths = [(max(b, 0), max(e, 0)) for b, e in zip(before, after)]
     if mode == "constant":
         v = 0 if value is None else np.asarray(value).reshape(-1)[0]
-        if x.dtype == object and value is None:
-            v = ""
+        if x.dtype == object:  # strings: fill by hand so the padding stays a plain str
+            out = np.empty([d + b + e for d, (b, e) in zip(x.shape, widths)], dtype=object)
+            out[...] = "" if value is None else str(v)
+            out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
+            return out
         return np.pad(x, widths, mode="constant", constant_values=v)
     return np.pad(x, widths, mode=_PAD_MODES[mode])
 
@@ -325,21 +328,69 @@ def tile(x, repeats):
 # ---------------------------------------------------------------- TopK
 
 
+# Rows shorter than this, or k above a quarter of the row, use one full stable sort.
+TOPK_FULL_SORT_BELOW = 256
+
+
+def _stable_order(v: np.ndarray, largest: bool) -> np.ndarray:
+    """Per-row (last axis) order, ties broken by the lower position: for descending order,
+    sort the reversed row ascending (stable), reverse the result and map positions back."""
+    if not largest:
+        return np.argsort(v, axis=-1, kind="stable")
+    n = v.shape[-1]
+    return (n - 1) - np.flip(np.argsort(np.flip(v, axis=-1), axis=-1, kind="stable"), axis=-1)
+
+
+def _topk_rows(v: np.ndarray, k: int, largest: bool) -> np.ndarray | None:
+    """Indices of the top k per row of 2-D ``v`` via a partition; None when ties or NaNs make
+    the candidate set large (the caller then sorts everything)."""
+    rows, n = v.shape
+    if v.dtype.kind == "f" and np.isnan(v).any():
+        return None
+    kth = np.partition(v, n - k if largest else k - 1, axis=1)[:, n - k if largest else k - 1]
+    cand = v >= kth[:, None] if largest else v <= kth[:, None]
+    counts = cand.sum(axis=1)
+    width = int(counts.max())
+    if width > 4 * k:
+        return None
+    r, c = np.nonzero(cand)  # row-major: positions ascend within each row
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    slot = np.arange(r.size) - starts[r]
+    cols = np.full((rows, width), n, dtype=np.int64)
+    cols[r, slot] = c
+    vals = np.empty((rows, width), dtype=v.dtype)
+    if v.dtype.kind == "f":
+        pad = -np.inf if largest else np.inf
+    elif v.dtype.kind in "iu":
+        info = np.iinfo(v.dtype)
+        pad = info.min if largest else info.max
+    else:
+        return None
+    vals[...] = pad
+    vals[r, slot] = v[r, c]
+    # Padding equals the worst value at most and sits after every real candidate, so the
+    # stable order puts real candidates (lower positions first on ties) in front.
+    order = _stable_order(vals, largest)[:, :k]
+    return np.take_along_axis(cols, order, axis=1)
+
+
 def _topk(x, k, axis, largest):
     axis = _axis(axis, x.ndim, "TopK")
     n = x.shape[axis]
     if not 0 <= k <= n:
         raise KernelError(f"TopK: k={k} is out of range for axis {axis} of size {n}")
-    if largest:
-        # Stable descending order with ties broken by the lower index: sort the reversed
-        # axis ascending (stable), reverse the result and map positions back.
-        rev = np.flip(x, axis=axis)
-        order = np.flip(np.argsort(rev, axis=axis, kind="stable"), axis=axis)
-        order = (n - 1) - order
-    else:
-        order = np.argsort(x, axis=axis, kind="stable")
-    idx = np.ascontiguousarray(np.take(order, np.arange(k), axis=axis)).astype(np.int64, copy=False)
-    return np.take_along_axis(x, idx, axis=axis), idx
+    v = np.moveaxis(x, axis, -1)
+    lead = v.shape[:-1]
+    v2 = v.reshape(-1, n)
+    idx = None
+    if 0 < k and n >= TOPK_FULL_SORT_BELOW and 4 * k < n and v2.shape[0]:
+        idx = _topk_rows(v2, k, largest)
+    if idx is None:
+        idx = _stable_order(v2, largest)[:, :k]
+    idx = idx.astype(np.int64, copy=False)
+    vals = np.take_along_axis(v2, idx, axis=1)
+    back = lambda a: np.ascontiguousarray(np.moveaxis(a.reshape(lead + (k,)), -1, axis))  # noqa: E731
+    return back(vals), back(idx)
 
 
 @register("TopK", since=1)

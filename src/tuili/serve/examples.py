@@ -3,6 +3,7 @@
     python -m tuili.serve.examples build examples/model_repository   # idempotent; fast when built
     python -m tuili.serve.examples client --url 127.0.0.1:8000 --digit 7
     python -m tuili.serve.examples client --image my_digit.png
+    python -m tuili.serve.examples curl --digit 3          # prints a curl command (JSON tensors)
 
 The config.pbtxt files are committed; ``build`` generates the model files (gitignored):
 a digits CNN trained here on scikit-learn's digits (tuili.zoo), ResNet-18 and BERT-small
@@ -107,6 +108,20 @@ def digit_png(index: int | None = None, digit: int | None = None, scale: int = 4
     return buf.getvalue(), int(ds.target[idx])
 
 
+def curl_command(url: str = "127.0.0.1:8000", digit: int = 3) -> str:
+    """A copy-paste curl command asking digits_cnn (JSON tensors, classification extension) about a real digit."""
+    import json
+
+    from sklearn.datasets import load_digits
+
+    ds = load_digits()
+    idx = [i for i in range(len(ds.target) - 1, -1, -1) if ds.target[i] == digit][0]
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                        "data": [int(v) for v in ds.images[idx].ravel()]}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 3}}]}
+    return f"curl -s -X POST http://{url}/v2/models/digits_cnn/infer -d '{json.dumps(body, separators=(',', ':'))}'"
+
+
 def client(url: str, image: str | None = None, digit: int | None = None, model: str = "digits_pipeline") -> int:
     import numpy as np
     import tritonclient.http as th
@@ -142,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--image", help="PNG/JPEG file (default: a held-out scikit-learn digit)")
     c.add_argument("--digit", type=int, help="which scikit-learn digit to send (0-9)")
     c.add_argument("--model", default="digits_pipeline")
+    k = sub.add_parser("curl", help="print a curl command that asks digits_cnn about a scikit-learn digit")
+    k.add_argument("--url", default="127.0.0.1:8000")
+    k.add_argument("--digit", type=int, default=3)
     s = sub.add_parser("sample", help="write a scikit-learn digit as a PNG file")
     s.add_argument("digit", type=int)
     s.add_argument("-o", "--output", default=None)
@@ -156,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "client":
         return client(args.url, args.image, args.digit, args.model)
+    if args.cmd == "curl":
+        print(curl_command(args.url, args.digit))
+        return 0
     png, _ = digit_png(digit=args.digit)
     out = args.output or f"digit_{args.digit}.png"
     with open(out, "wb") as f:

@@ -175,7 +175,7 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting %s (opset %d, batch %s) to %s", name, o, batch, path)
+    log.debug("exporting %s (opset %d, batch %s) to %s", name, o, batch, path)
     try:
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
@@ -188,7 +188,7 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
         raise
     except Exception as e:  # torch.onnx.errors.* and the symbolic registry's errors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        op = next((m for m in (r.search(str(e)) for r in _OP_RES) if m), None)
+        op = next((hit for hit in (rx.search(str(e)) for rx in _OP_RES) if hit), None)
         added = _ADDED_RE.search(str(e))
         if op:
             need = int(added.group(1)) if added else _probe_min_opset(model, args, spec, batch, o)
@@ -197,8 +197,8 @@ def export(name: str, path, *, opset: int = 17, batch: Any = "dynamic", resoluti
         raise ConfigError(f"{name}: ONNX export at opset {o} failed: {msg}") from e
     m = onnx.load(str(path))
     m.producer_name = "tuili.zoo"
-    m.doc_string = f"{name}: {spec.paper}"
-    meta = {"zoo.name": name, "zoo.paper": spec.paper, "zoo.task": spec.task}
+    m.doc_string = f"{spec.name}: {spec.paper}"
+    meta = {"zoo.name": spec.name, "zoo.paper": spec.paper, "zoo.task": spec.task}
     if width is not None:
         meta["zoo.width"] = str(width)
     if r is not None:

@@ -30,12 +30,15 @@ def _window_out(d, k, s, dil, pb, pe, auto_pad, ceil_mode=False, pool=False):
             return d
         if auto_pad in ("SAME_UPPER", "SAME_LOWER") and s == 1:
             return d
+        if s == 1 and not pool and d is not None:  # a valid conv needs d + pads >= window
+            pads = 0 if auto_pad == "VALID" else pb + pe
+            return dim_add(d, pads - dil * (k - 1))
         return None
     ek = dil * (k - 1) + 1
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         return -(-d // s)
-    if auto_pad == "VALID":
-        return -(-(d - ek + 1) // s)
+    if auto_pad == "VALID":  # no padding; ceil_mode still applies (as onnx and onnxruntime do)
+        pb = pe = 0
     num = d + pb + pe - ek
     if ceil_mode:
         out = -(-num // s) + 1
@@ -43,6 +46,8 @@ def _window_out(d, k, s, dil, pb, pe, auto_pad, ceil_mode=False, pool=False):
             out -= 1
         return out
     if num < 0:
+        if pool:  # a window larger than the input: onnx and onnxruntime truncate toward zero
+            return max(int(num / s) + 1, 0)
         raise ShapeInferenceError(f"window {ek} larger than padded input {d + pb + pe}")
     return num // s + 1
 
@@ -134,7 +139,10 @@ def _conv_transpose(ctx):
             if not isinstance(d, int):
                 sp.append(None)
             elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-                sp.append(d * strides[i])
+                # in * stride, unless that needs negative padding (kernel < stride): onnx and
+                # onnxruntime clamp the padding to 0
+                full = strides[i] * (d - 1) + out_pad[i] + (k[i] - 1) * dil[i] + 1
+                sp.append(min(d * strides[i], full))
             else:
                 sp.append(strides[i] * (d - 1) + out_pad[i] + (k[i] - 1) * dil[i] + 1 - pads[i] - pads[i + nsp])
         sp = tuple(sp)

@@ -19,7 +19,6 @@ from .registry import (
     dim_div,
     dim_mul,
     dim_prod,
-    dim_sub,
     merge_dim,
     normalize_axis,
     shape_rule,
@@ -109,8 +108,8 @@ def _range(ctx):
                 if n <= MAX_VALUE_ELEMS:
                     ctx.set_value(0, (s + np.arange(n) * d).astype(np.asarray(vals[0]).dtype))
                 return [TensorType(dtype, (n,))]
-            if d == 1 and (isinstance(l, str) or isinstance(s, str)) and s is not None and l is not None:
-                return [TensorType(dtype, (dim_sub(l, s),))]
+            if d == 1 and s == 0 and isinstance(l, str):  # Range(0, n, 1) has n elements
+                return [TensorType(dtype, (l,))]
         except (TypeError, ValueError, ZeroDivisionError):
             pass
     return [TensorType(dtype, (None,))]
@@ -402,14 +401,27 @@ def _split(ctx):
     return [TensorType(dtype, shape[:axis] + (s,) + shape[axis + 1:]) for s in sizes]
 
 
+def slice_range(d: int, start: int, end: int, step: int) -> range:
+    """The indices ONNX Slice takes along an axis of length d (its clamping differs from
+    Python's for negative steps: start is clamped to [0, d-1] and end to [-1, d-1])."""
+    if step == 0:
+        raise ShapeInferenceError("slice step cannot be 0")
+    start = start + d if start < 0 else start
+    end = end + d if end < 0 else end
+    if step > 0:
+        start, end = min(max(start, 0), d), min(max(end, 0), d)
+    else:
+        start, end = min(max(start, 0), d - 1), min(max(end, -1), d - 1)
+    return range(start, end, step)
+
+
 def _slice_dim(d, start, end, step):
     if isinstance(d, int):
-        if step == 0:
-            raise ShapeInferenceError("slice step cannot be 0")
-        return len(range(*slice(start, end, step).indices(d)))
-    # symbolic/unknown length: x[start:] keeps the symbol (minus start); a bounded end is min(end, d)
-    if d is not None and step == 1 and start >= 0 and end >= INT_MAX // 4:
-        return dim_sub(d, start)
+        return len(slice_range(d, start, end, step))
+    # symbolic/unknown length: only x[0:] keeps the symbol; x[k:] is max(d - k, 0) and a bounded
+    # end is min(end, d), which a polynomial cannot state for every d
+    if step == 1 and start == 0 and end >= INT_MAX // 4:
+        return d
     return None
 
 
@@ -442,14 +454,16 @@ def _slice(ctx):
     if not (len(starts) == len(ends) == len(axes) == len(steps)):
         raise ShapeInferenceError(f"starts/ends/axes/steps lengths differ: {starts} {ends} {axes} {steps}")
     out = list(shape)
-    slicer = [slice(None)] * r
     for s, e, a, st in zip(starts, ends, axes, steps):
         a = normalize_axis(a, r)
         out[a] = _slice_dim(shape[a], s, e, st)
-        slicer[a] = slice(s, e, st)
     v = ctx.value(0)
     if v is not None and np.ndim(v) == r:
-        ctx.set_value(0, np.asarray(v)[tuple(slicer)])
+        v = np.asarray(v)
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            a = normalize_axis(a, r)
+            v = np.take(v, list(slice_range(v.shape[a], s, e, st)), axis=a)
+        ctx.set_value(0, v)
     return [TensorType(dtype, tuple(out))]
 
 
@@ -575,11 +589,15 @@ def _resize_shape(shape, scales=None, sizes=None, axes=None, policy="stretch"):
     if sizes is not None:
         if len(sizes) != len(axes):
             raise ShapeInferenceError(f"sizes {sizes} must have one entry per axis {axes}")
-        if policy in ("not_larger", "not_smaller") and all(isinstance(shape[a], int) for a in axes):
-            ratios = [s / shape[a] for s, a in zip(sizes, axes)]
-            scale = min(ratios) if policy == "not_larger" else max(ratios)
-            for a in axes:
-                out[a] = int(math.floor(shape[a] * scale + 0.5))
+        if policy in ("not_larger", "not_smaller"):
+            if all(isinstance(shape[a], int) for a in axes) and all(isinstance(x, int) for x in sizes):
+                ratios = [x / shape[a] for x, a in zip(sizes, axes)]
+                scale = min(ratios) if policy == "not_larger" else max(ratios)
+                for a in axes:
+                    out[a] = int(math.floor(shape[a] * scale + 0.5))
+            else:  # the common scale depends on the input sizes
+                for a in axes:
+                    out[a] = None
         else:
             for a, s in zip(axes, sizes):
                 out[a] = value_to_dim(s)

@@ -118,3 +118,20 @@ def test_subgraph_reads_outer_scope_values():
     x = np.array([1, 2], np.float32)
     np.testing.assert_array_equal(sess.run(None, {"x": x, "c": np.array(True)})[0], [9, 18])
     np.testing.assert_array_equal(sess.run(None, {"x": x, "c": np.array(False)})[0], [-11, -22])
+
+
+def test_outputs_never_alias_feeds_or_weights():
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    nodes = [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("Identity", ["w"], ["weight"])]
+    shape = numpy_helper.from_array(np.array([-1], np.int64), "shape")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [2, 2])],
+                              [helper.make_tensor_value_info(n, F, None) for n in ("same", "flat", "weight")], [w, shape])
+    sess = tuili.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.zeros((2, 2), np.float32)
+    same, flat, weight = sess.run(None, {"x": x})
+    same[:] = 5
+    flat[:] = 6
+    weight[:] = 7
+    assert (x == 0).all()
+    np.testing.assert_array_equal(sess.run(["weight"], {"x": x})[0], np.ones((2, 2), np.float32))

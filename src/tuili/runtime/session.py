@@ -73,6 +73,7 @@ class InferenceSession:
 
             self.graph.validate()
             self._plan = Planner(self.graph).build()
+            self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
         self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}
         self._output_index = {v.name: i for i, v in enumerate(self._outputs)}
         log.debug("session ready: %s, %d steps", engine, len(self._plan.steps) if self._plan else 0)
@@ -104,7 +105,14 @@ class InferenceSession:
                 results = self._plan.run(ordered)
         else:
             results = self._plan.run(ordered)
-        return [results[self._output_index[n]] for n in names]
+        # Kernels may return views (Reshape, Identity, ...): an output must never alias a feed or a
+        # weight, or the caller's next write would change the other.
+        protected = self._const_roots | {id(_root(v)) for v in ordered if isinstance(v, np.ndarray)}
+        out = []
+        for n in names:
+            r = results[self._output_index[n]]
+            out.append(r.copy() if isinstance(r, np.ndarray) and id(_root(r)) in protected else r)
+        return out
 
     # ----- feed validation: name, dtype, rank and fixed dims, consistent symbolic dims
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +157,12 @@ class InferenceSession:
                             f"input {v.name!r} has {want_dim}={got} on axis {axis} but input {seen[1]!r} "
                             f"has {want_dim}={seen[0]}: inputs sharing a symbolic dimension must agree")
         return arr
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 def _is_optional(v: Value) -> bool:

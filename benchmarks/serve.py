@@ -52,9 +52,10 @@ def resnet18_onnx(workdir: str) -> str:
     return path
 
 
-def build_repo(workdir: str, model: str, max_batch: int, instances: int) -> str:
+def build_repo(workdir: str, model: str, max_batch: int, instances: int, preferred: int = 0) -> str:
     repo = os.path.join(workdir, "repo")
-    for name, batching in (("resnet18_batching", "dynamic_batching { max_queue_delay_microseconds: 0 }"), ("resnet18_plain", "")):
+    pref = f"preferred_batch_size: [ {preferred} ] " if 1 < preferred < max_batch else ""
+    for name, batching in (("resnet18_batching", "dynamic_batching { %smax_queue_delay_microseconds: 0 }" % pref), ("resnet18_plain", "")):
         os.makedirs(os.path.join(repo, name, "1"), exist_ok=True)
         dst = os.path.join(repo, name, "1", "model.onnx")
         if not os.path.exists(dst):
@@ -221,8 +222,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
-    p.add_argument("--max-batch", type=int, default=0,
-                   help="max_batch_size of the served models (default: the best in-process batch size, as a tuned config would use)")
+    p.add_argument("--max-batch", type=int, default=16, help="max_batch_size of the served models")
+    p.add_argument("--preferred", type=int, default=0,
+                   help="preferred_batch_size of the batching model (default: the best in-process batch size, as a tuned config would use)")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--allow-spinning", choices=["0", "1"], default=None,
                    help="onnxruntime intra-op thread spinning in the served models (default: onnxruntime's default)")
@@ -235,8 +237,9 @@ def main(argv=None) -> int:
     model = resnet18_onnx(workdir)
     print(f"measuring the in-process limit (onnxruntime, {os.cpu_count()} cores) ...", file=sys.stderr)
     best_b, limit, per_batch = in_process_limit(model, max(2.0, args.seconds / 2))
-    max_batch = args.max_batch or max(2, best_b)
-    repo = build_repo(workdir, model, max_batch, args.instances)
+    max_batch = args.max_batch
+    preferred = args.preferred or best_b
+    repo = build_repo(workdir, model, max_batch, args.instances, preferred)
     proc, ports = start_server(repo, workdir)
     rows = []
     try:
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {os.cpu_count()} cores, "
-          f"{args.instances} instance(s), max_batch_size {max_batch}\n")
+          f"{args.instances} instance(s), max_batch_size {max_batch}, preferred_batch_size {preferred if 1 < preferred < max_batch else '-'}\n")
     print("In-process onnxruntime (no server): " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in per_batch.items())
           + f" -> limit {limit:.1f} inferences/s at batch {best_b}\n")
     print("| protocol | dynamic batching | concurrency | throughput (infer/s) | p50 (ms) | p99 (ms) | vs in-process limit "

@@ -74,3 +74,15 @@ def test_qlinear_matmul_matches_ort(seed, dt, batched):
     inputs = [a, np.array(0.02, np.float32), np.array(3, dt), b, np.array(0.03, np.float32), np.array(-2 if dt == np.int8 else 120, dt),
               np.array(0.5, np.float32), np.array(10, dt)]
     assert_same("QLinearMatMul", inputs, opset=10, atol=1)
+
+
+@pytest.mark.parametrize("qdt", [np.uint8, np.int8])
+def test_quantize_per_tensor_ties_and_saturation(qdt):
+    # halfway values must round to even; out-of-range values saturate (fused 8-bit fast path)
+    scale = np.float32(0.5)
+    x = (np.arange(-300, 300, dtype=np.float32) + 0.5) * scale
+    zp = np.array(3, qdt)
+    (q,) = assert_same("QuantizeLinear", [x, np.array(scale), zp], opset=13, atol=0)
+    info = np.iinfo(qdt)
+    np.testing.assert_array_equal(q, np.clip(np.rint(x / scale) + 3, info.min, info.max).astype(qdt))
+    assert_same("DequantizeLinear", [q, np.array([scale]), zp.reshape(1)], opset=13)

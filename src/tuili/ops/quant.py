@@ -13,7 +13,32 @@ from onnx import TensorProto
 from onnx.helper import np_dtype_to_tensor_dtype, tensor_dtype_to_np_dtype
 
 from tuili.errors import KernelError, ShapeInferenceError
+from tuili.ops.conv import _HAVE_NUMBA
 from tuili.ops.registry import register
+
+if _HAVE_NUMBA:
+    import numba
+
+    # One fused pass for the per-tensor 8-bit case that QDQ models run on every activation.
+    # No fastmath: x / scale must stay a true division, rint must round half to even.
+    @numba.njit(cache=True, nogil=True)
+    def _quantize8_nb(x, scale, zp, lo, hi, out):  # pragma: no cover - compiled
+        for i in range(x.size):
+            v = np.rint(x[i] / scale) + zp
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[i] = v
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def _dequantize8_nb(x, scale, zp, out):  # pragma: no cover - compiled
+        for i in range(x.size):
+            out[i] = (np.float32(x[i]) - zp) * scale
+        return out
+
+_Q8 = (np.dtype(np.uint8), np.dtype(np.int8))
 
 _INT_RANGES = {
     np.dtype(np.uint8): (0, 255),
@@ -99,6 +124,22 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
         out_dt = _np_dtype(output_dtype, op)
     else:
         out_dt = np.dtype(np.uint8)
+    if (
+        _HAVE_NUMBA
+        and out_dt in _Q8
+        and not precision
+        and x.dtype == np.float32
+        and np.asarray(y_scale).size == 1
+        and np.asarray(y_scale).dtype == np.float32
+        and (y_zero_point is None or np.asarray(y_zero_point).size == 1)
+        and not block_size
+    ):
+        lo, hi = _INT_RANGES[out_dt]
+        zp = np.float32(0 if y_zero_point is None else np.asarray(y_zero_point).reshape(-1)[0])
+        out = np.empty(x.shape, dtype=out_dt)
+        _quantize8_nb(np.ascontiguousarray(x).reshape(-1), np.float32(np.asarray(y_scale).reshape(-1)[0]), zp,
+                      np.float32(lo), np.float32(hi), out.reshape(-1))
+        return out
     scale = _broadcast_param(_as_float(y_scale), x.shape, axis, block_size, op, "y_scale")
     if precision:
         pdt = _np_dtype(precision, op)
@@ -137,6 +178,19 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
 def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
     op = "DequantizeLinear"
     xdt = np.dtype(x.dtype)
+    if (
+        _HAVE_NUMBA
+        and xdt in _Q8
+        and np.asarray(x_scale).size == 1
+        and np.asarray(x_scale).dtype == np.float32
+        and (not output_dtype or _np_dtype(output_dtype, op) == np.float32)
+        and (x_zero_point is None or (np.asarray(x_zero_point).size == 1 and np.dtype(x_zero_point.dtype) == xdt))
+        and not block_size
+    ):
+        zp = np.float32(0 if x_zero_point is None else np.asarray(x_zero_point).reshape(-1)[0])
+        out = np.empty(x.shape, dtype=np.float32)
+        _dequantize8_nb(np.ascontiguousarray(x).reshape(-1), np.float32(np.asarray(x_scale).reshape(-1)[0]), zp, out.reshape(-1))
+        return out
     dx = x.astype(np.float32)
     if x_zero_point is not None and xdt not in _FLOAT8 and xdt not in _SMALL_FLOATS:
         if np.dtype(x_zero_point.dtype) != xdt:

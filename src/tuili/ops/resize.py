@@ -15,7 +15,36 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
+from tuili.ops.conv import _HAVE_NUMBA
 from tuili.ops.registry import register
+
+if _HAVE_NUMBA:
+    import numba
+
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def _taps_nb(x, idx, w, out):  # pragma: no cover - compiled
+        """out[o, j, k] = sum_t w[j, t] * x[o, idx[j, t], k] for x (outer, L, inner)."""
+        n_o, _, n_k = x.shape
+        n_j, n_t = idx.shape
+        if n_k == 1:
+            for o in range(n_o):
+                for j in range(n_j):
+                    acc = 0.0
+                    for t in range(n_t):
+                        acc += w[j, t] * x[o, idx[j, t], 0]
+                    out[o, j, 0] = acc
+        else:
+            for o in range(n_o):
+                for j in range(n_j):
+                    orow = out[o, j]
+                    for k in range(n_k):
+                        orow[k] = 0.0
+                    for t in range(n_t):
+                        wt = w[j, t]
+                        xr = x[o, idx[j, t]]
+                        for k in range(n_k):
+                            orow[k] += wt * xr[k]
+        return out
 
 _CTMS = (
     "half_pixel",
@@ -115,6 +144,14 @@ def _axis_taps(mode, x, in_len, scale, nearest_mode, cubic_a, exclude_outside, a
 def _apply_axis(data, axis, idx, w, cdt):
     if w is None:
         return np.take(data, idx[:, 0], axis=axis)
+    if _HAVE_NUMBA and data.dtype in (np.float32, np.float64):
+        shp = data.shape
+        outer = math.prod(shp[:axis])
+        inner = math.prod(shp[axis + 1:])
+        x3 = np.ascontiguousarray(data).reshape(outer, shp[axis], inner)
+        out = np.empty((outer, idx.shape[0], inner), dtype=data.dtype)
+        _taps_nb(x3, np.ascontiguousarray(idx, dtype=np.intp), np.ascontiguousarray(w, dtype=data.dtype), out)
+        return out.reshape(shp[:axis] + (idx.shape[0],) + shp[axis + 1:])
     shape = [1] * data.ndim
     shape[axis] = idx.shape[0]
     acc = None

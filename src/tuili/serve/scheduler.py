@@ -75,6 +75,7 @@ class Scheduler:
         self.delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self.dynamic else 0
         levels = int(db.priority_levels) if config.HasField("dynamic_batching") else 0
         self.levels = max(1, levels)
+        self.has_priorities = levels > 0
         dl = int(db.default_priority_level) if levels else 0
         self.default_level = (dl - 1) if 1 <= dl <= self.levels else (self.levels - 1 if levels else 0)
         default_policy = QueuePolicy(db.default_queue_policy if config.HasField("dynamic_batching") and db.HasField("default_queue_policy") else None)
@@ -103,7 +104,7 @@ class Scheduler:
     # ------------------------------------------------------------------ event-loop side
     def submit(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
         """Queue one request (``batch`` = its size along dim 0, 1 for non-batching models)."""
-        if priority:
+        if priority and self.has_priorities:
             if not 1 <= priority <= self.levels:
                 raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
             level = priority - 1

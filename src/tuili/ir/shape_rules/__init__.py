@@ -1,7 +1,7 @@
 """Shape and dtype rules, one module per op family; importing this package registers them all."""
 from __future__ import annotations
 
-from . import elementwise, misc, ml, nn, quant, reduce, tensor  # noqa: F401  (registration side effects)
+from . import elementwise, misc, ml, ms, nn, quant, reduce, tensor  # noqa: F401  (registration side effects)
 from .registry import (
     InferContext,
     OptionalType,

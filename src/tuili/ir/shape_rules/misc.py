@@ -57,6 +57,21 @@ def loop_state_shape(body, init):
     return tuple(out)
 
 
+def _scan_state_shape(body, init):
+    """A Scan state keeps one shape through all iterations: what either side knows holds."""
+    if body is None:
+        return init
+    if init is None or len(body) != len(init):
+        return body
+    out = []
+    for b, i in zip(body, init):
+        if b is None or i is None:
+            out.append(i if b is None else b)
+        else:
+            out.append(loop_state_shape((b,), (i,))[0])
+    return tuple(out)
+
+
 def _copy(t):
     if isinstance(t, TensorType):
         return TensorType(t.dtype, t.shape)
@@ -146,7 +161,7 @@ def _scan(ctx):
     outs = []
     for i in range(n_state):
         b = body_out[i] if i < len(body_out) else None
-        outs.append(TensorType(b.dtype, loop_state_shape(b.shape, states[i].shape) if states[i] else b.shape)
+        outs.append(TensorType(b.dtype, _scan_state_shape(b.shape, states[i].shape) if states[i] else b.shape)
                     if isinstance(b, TensorType) else None)
     k = len(body_out) - n_state
     out_axes = ctx.attr("scan_output_axes") or [0] * k

@@ -81,3 +81,10 @@ def test_upsample_and_resize10_nearest():
     assert_same("Resize", [x, scales], opset=10, mode="linear")
     (y,) = run_tuili("Upsample", [x, scales], opset=9, mode="nearest")
     np.testing.assert_array_equal(y, np.repeat(np.repeat(x, 2, axis=2), 3, axis=3))
+
+
+def test_resize_linear_keeps_inf_local():
+    x = np.zeros((1, 1, 3, 4), np.float32)
+    x[0, 0, 1, 2] = np.inf
+    (y,) = run_tuili("Resize", [x, None, np.array([1, 1, 2, 2], np.float32)], opset=13, mode="linear")
+    assert np.isinf(y).any() and np.isfinite(y[0, 0, :, 0]).all()

@@ -202,4 +202,33 @@ def build_test_repository(root: str) -> dict:
         output [ { name: "TEXT_OUT" data_type: TYPE_STRING dims: [ -1 ] },
                  { name: "LENGTH" data_type: TYPE_INT32 dims: [ -1 ] } ]
     """)
-    return {"classifier_w": w, "classifier_b": b}
+    # reshaped: the client sends [batch, 16], the model sees [batch, 4, 4] (config reshape).
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4, 4])
+    g = helper.make_graph([helper.make_node("Transpose", ["X"], ["Y"], perm=[0, 2, 1])], "t", [x], [y])
+    _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), f"{root}/reshaped/1/model.onnx")
+    _write(f"{root}/reshaped/config.pbtxt", """
+        name: "reshaped"
+        backend: "onnxruntime"
+        max_batch_size: 4
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 16 ] reshape: { shape: [ 4, 4 ] } } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 16 ] reshape: { shape: [ 4, 4 ] } } ]
+    """)
+    # torch_linear: an ExportedProgram (torch.export) on the pytorch backend.
+    import torch
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 3).eval()
+    ep = torch.export.export(lin, (torch.randn(2, 8),), dynamic_shapes=({0: torch.export.Dim("batch", max=16)},))
+    os.makedirs(f"{root}/torch_linear/1", exist_ok=True)
+    torch.export.save(ep, f"{root}/torch_linear/1/model.pt2")
+    _write(f"{root}/torch_linear/config.pbtxt", """
+        name: "torch_linear"
+        platform: "pytorch_libtorch"
+        max_batch_size: 16
+        input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 8 ] } ]
+        output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
+        dynamic_batching { }
+    """)
+    return {"classifier_w": w, "classifier_b": b,
+            "torch_w": lin.weight.detach().numpy().copy(), "torch_b": lin.bias.detach().numpy().copy()}

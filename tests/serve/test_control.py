@@ -106,6 +106,13 @@ def test_poll_mode_loads_new_versions_and_unloads_removed_models(test_repo, serv
         assert c.get_model_metadata("add_sub")["versions"] == ["1"]
         _save(add_sub_model(), os.path.join(repo, "add_sub", "2", "model.onnx"))
         wait_until(lambda: c.is_model_ready("add_sub", "2"), what="version 2 to load")
+        # an edited config is picked up (and the old version keeps serving until the swap)
+        cfg_path = os.path.join(repo, "add_sub", "config.pbtxt")
+        with open(cfg_path) as f:
+            text = f.read()
+        with open(cfg_path, "w") as f:
+            f.write(text.replace("max_batch_size: 8", "max_batch_size: 6"))
+        wait_until(lambda: c.get_model_config("add_sub")["max_batch_size"] == 6, what="the edited config")
         shutil.rmtree(os.path.join(repo, "classifier"))
         wait_until(lambda: not c.is_model_ready("classifier"), what="classifier to unload")
         n = len(done)

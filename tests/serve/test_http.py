@@ -158,6 +158,27 @@ def test_infer_tuili_backend(client):
     assert client.get_model_metadata("add_sub_tuili")["platform"] == "tuili_onnx"
 
 
+def test_reshape_in_config(client):
+    x = np.arange(32, dtype=np.float32).reshape(2, 16)
+    i = th.InferInput("X", [2, 16], "FP32")
+    i.set_data_from_numpy(x)
+    r = client.infer("reshaped", [i])
+    y = r.as_numpy("Y")
+    assert y.shape == (2, 16)
+    np.testing.assert_array_equal(y, x.reshape(2, 4, 4).transpose(0, 2, 1).reshape(2, 16))
+    assert client.get_model_metadata("reshaped")["inputs"][0]["shape"] == [-1, 16]
+
+
+def test_torch_exported_program(client, test_repo):
+    w, b = test_repo[1]["torch_w"], test_repo[1]["torch_b"]
+    x = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    i = th.InferInput("INPUT__0", [3, 8], "FP32")
+    i.set_data_from_numpy(x)
+    r = client.infer("torch_linear", [i])
+    np.testing.assert_allclose(r.as_numpy("OUTPUT__0"), x @ w.T + b, rtol=1e-5, atol=1e-6)
+    assert client.get_model_metadata("torch_linear")["platform"] == "pytorch_libtorch"
+
+
 def test_infer_int32_autocompleted(client):
     a = np.array([1, 2, 3, 4], np.int32)
     b = np.array([10, 20, 30, 40], np.int32)

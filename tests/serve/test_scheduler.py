@@ -231,3 +231,27 @@ def test_stop_finishes_queued_requests():
         with pytest.raises(ServerBusyError):
             s.submit({"x": np.ones((1, 1), np.float32)}, 1)
     run(main())
+
+
+def test_leftover_requests_wake_another_instance():
+    """A batch former that leaves requests behind wakes an idle instance for them."""
+    async def main():
+        gate = threading.Event()
+        bs = [Doubler(gate), Doubler(gate)]
+        s, _ = make('name: "m" max_batch_size: 2 dynamic_batching { max_queue_delay_microseconds: 5000000 preferred_batch_size: [ 2 ] }', bs)
+        futs = [s.submit({"x": np.zeros((1, 1), np.float32)}, 1)]
+        for _ in range(500):  # one instance is now forming a batch (waiting for a 2nd request), the other sleeps
+            if s._forming:
+                break
+            await asyncio.sleep(0.01)
+        assert s._forming
+        futs += [s.submit({"x": np.full((1, 1), i, np.float32)}, 1) for i in (1, 2, 3)]
+        # the former takes 2 and must wake the sleeping instance for the other 2
+        ok = await asyncio.to_thread(lambda: bs[0].entered.wait(5) and bs[1].entered.wait(5))
+        gate.set()
+        res = await asyncio.gather(*futs)
+        assert ok, "the second instance was never woken for the leftover requests"
+        assert [float(r["y"][0, 0]) for r in res] == [0, 2, 4, 6]
+        assert sorted(bs[0].calls + bs[1].calls) == [2, 2]
+        await s.stop()
+    run(main())

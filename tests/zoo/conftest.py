@@ -41,3 +41,15 @@ def torch_outputs(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = model(*[torch.from_numpy(v) for v in feeds.values()])
     out = out if isinstance(out, tuple) else (out,)
     return [o.numpy() for o in out]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """torch's OpenMP threads contend badly on the shared 2-core test machine (10x slower steps);
+    one intra-op thread per test, restored afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -228,6 +228,20 @@ def _infer_graph(graph, state: _State, input_types) -> list:
     return [state.type_of(v) for v in graph.outputs]
 
 
+def _normalized(t):
+    """Plain Python ints in shapes; a negative size means the inputs cannot be consistent."""
+    if isinstance(t, TensorType) and t.shape is not None:
+        dims = tuple(int(d) if isinstance(d, (int, np.integer)) else d for d in t.shape)
+        if any(isinstance(d, int) and d < 0 for d in dims):
+            raise ShapeInferenceError(f"the inputs give a negative output size {list(dims)}")
+        return TensorType(t.dtype, dims)
+    if isinstance(t, SequenceType):
+        return SequenceType(_normalized(t.elem))
+    if isinstance(t, OptionalType):
+        return OptionalType(_normalized(t.elem))
+    return t
+
+
 def _describe_inputs(node, types) -> str:
     parts = []
     for v, t in zip(node.inputs, types):
@@ -272,7 +286,7 @@ def _infer_node(node, graph, state: _State) -> None:
 
     ctx.subgraph_infer = subgraph_infer
     try:
-        out_types = rule(ctx)
+        out_types = [_normalized(t) for t in rule(ctx)]
     except ShapeInferenceError as e:
         msg = f"{where}: {e}; inputs: {_describe_inputs(node, in_types)}"
         if state.strict:

@@ -3,10 +3,13 @@
 Strategy (NCHW, any number of spatial dims):
 
 * 1x1 kernels with unit stride and no padding are a plain (batched) matmul.
-* depthwise (group == C_in == C_out) accumulates over the kernel taps: a numba
-  kernel for 2-D float32/float64, vectorized numpy multiply-adds otherwise.
+* depthwise (group == C_in == C_out) never loops over channels in Python: numba
+  kernels for 2-D float32/float64 (3x3 and 5x5 specialised with unrolled taps,
+  stride 2 via contiguous stride-1 rows; a generic tap loop otherwise), vectorized
+  numpy multiply-adds over the taps for other ranks/dtypes.
 * everything else is im2col on a zero-padded copy (a strided window view
-  materialized once) followed by one matmul per group (batched over groups).
+  materialized once into a per-thread reused buffer) followed by one matmul per
+  group (batched over groups).
 
 float32 stays float32; float16/bfloat16 are computed in float32 and cast back.
 """
@@ -35,27 +38,35 @@ except Exception:  # pragma: no cover - environment without numba
 
 # ----------------------------------------------------------------------------- scratch buffers
 _TLS = threading.local()
-_SCRATCH_ENTRIES = 16
+_SCRATCH_MAX_BYTES = 64 << 20  # per thread; larger temporaries are allocated per call
 
 
 def _scratch(key, shape, dtype) -> tuple[np.ndarray, bool]:
     """A per-thread reusable temporary (never returned to callers) -> (buffer, fresh).
 
-    Large fresh allocations cost page faults on every call (~0.1 ms per 2 MB); padded inputs
-    and im2col matrices are temporaries, so each thread keeps a few around, keyed by shape.
+    Fresh large allocations cost page faults on every call (~0.1 ms per 2 MB); padded inputs
+    and im2col matrices are temporaries, so each thread keeps recently used ones (LRU, at most
+    _SCRATCH_MAX_BYTES in total), keyed by shape.
     """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > _SCRATCH_MAX_BYTES // 2:
+        return np.empty(shape, dtype=dtype), True
     cache = getattr(_TLS, "cache", None)
     if cache is None:
         cache = _TLS.cache = OrderedDict()
-    k = (key, tuple(shape), np.dtype(dtype).str)
+        _TLS.nbytes = 0
+    k = (key, tuple(shape), dtype.str)
     buf = cache.get(k)
     if buf is not None:
         cache.move_to_end(k)
         return buf, False
     buf = np.empty(shape, dtype=dtype)
     cache[k] = buf
-    if len(cache) > _SCRATCH_ENTRIES:
-        cache.popitem(last=False)
+    _TLS.nbytes += nbytes
+    while _TLS.nbytes > _SCRATCH_MAX_BYTES and len(cache) > 1:
+        _, old = cache.popitem(last=False)
+        _TLS.nbytes -= old.nbytes
     return buf, True
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-from onnx import TensorProto
-from onnx.helper import np_dtype_to_tensor_dtype, tensor_dtype_to_np_dtype
+from onnx.helper import tensor_dtype_to_np_dtype
 
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops.conv import _HAVE_NUMBA
@@ -247,5 +246,3 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     info = np.iinfo(out_dt)
     return np.clip(acc, info.min, info.max).astype(out_dt)
 
-
-__all__ = ["quantize_linear", "dequantize_linear", "dynamic_quantize_linear", "qlinear_matmul", "np_dtype_to_tensor_dtype", "TensorProto"]

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from tuili.errors import ConfigError, InvalidInputError
-from tuili.ir import Graph, load
+from tuili.ir import Graph, infer_shapes, load
 from tuili.ir.core import Value
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,10 @@ class InferenceSession:
             from tuili.runtime.plan import Planner
 
             self.graph.validate()
+            try:  # fills the shapes get_outputs() reports; the plan itself does not depend on it
+                infer_shapes(self.graph)
+            except Exception as e:  # noqa: BLE001
+                log.warning("shape inference failed, output shapes stay as declared: %s", e)
             self._plan = Planner(self.graph).build()
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
         self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}

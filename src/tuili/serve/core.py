@@ -71,6 +71,7 @@ class ModelEntry:
         self.reason = "unloaded"
         self.lock = asyncio.Lock()
         self.signature = None  # what poll mode compares to notice changes
+        self.failed_signature = None  # files of the last failed load (poll mode retries only after a change)
         self.dependents: set[str] = set()
 
     def set_versions(self, versions: dict[str, ModelVersion]) -> None:
@@ -249,7 +250,7 @@ class InferenceServer:
         self.repository.scan()
         if name not in self.repository.known():
             raise ModelNotFoundError(f"cannot load {name!r}: no such model directory in {', '.join(self.repository.paths)}")
-        await self._load(name, config_json=config, with_dependencies=True)
+        await self._load(name, config_json=config)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         if self.mode != "explicit":
@@ -264,7 +265,10 @@ class InferenceServer:
         await self._unload(name)
 
     # ------------------------------------------------------------------ loading
-    async def _load(self, name: str, config_json: str | None = None, with_dependencies: bool = False) -> None:
+    async def _load(self, name: str, config_json: str | None = None, _chain: tuple[str, ...] = ()) -> None:
+        """Load (or reload) every selected version of ``name``; an ensemble first loads the models it needs."""
+        if name in _chain:
+            raise ConfigError(f"ensembles form a cycle: {' -> '.join(_chain + (name,))}")
         entry = self._models.get(name)
         if entry is None:
             entry = self._models[name] = ModelEntry(name)
@@ -275,27 +279,28 @@ class InferenceServer:
                 plan = await asyncio.to_thread(self.repository.plan, name, config_json)
                 if plan.is_ensemble:
                     for dep in plan.dependencies:
-                        if dep == name:
-                            raise ConfigError(f"ensemble {name!r} lists itself as a step")
+                        if dep == name or dep in _chain:
+                            raise ConfigError(f"ensembles form a cycle: {' -> '.join(_chain + (name, dep))}")
                         if dep not in self._models or not self._models[dep].versions:
-                            if not with_dependencies and self.mode == "explicit":
-                                raise ModelNotFoundError(f"ensemble {name!r} needs model {dep!r}, which is not loaded")
-                            await self._load(dep, with_dependencies=with_dependencies)
+                            await self._load(dep, _chain=_chain + (name,))
                         self._models[dep].dependents.add(name)
                 new_versions = await self._build_versions(plan)
             except TuiliError as e:
+                entry.failed_signature = self.repository.signature(name)
                 entry.state = "READY" if entry.versions else "UNAVAILABLE"
                 entry.reason = "" if entry.versions else str(e)
                 if not entry.versions and prev_state == "READY":
                     entry.reason = str(e)
                 raise
             except Exception as e:  # a bug or an unexpected library error: report, never crash the server
+                entry.failed_signature = self.repository.signature(name)
                 entry.state = "READY" if entry.versions else "UNAVAILABLE"
                 entry.reason = f"{type(e).__name__}: {e}"
                 raise ModelLoadError(f"loading model {name!r} failed: {type(e).__name__}: {e}") from e
             old = entry.versions
             entry.set_versions(new_versions)
             entry.signature = plan.signature
+            entry.failed_signature = None
             entry.state, entry.reason = "READY", ""
             log.info("model %s: versions %s ready (%s)", name, ", ".join(sorted(new_versions, key=int)), plan.platform)
         # Retire the replaced versions after the swap: new requests already go to the new ones.
@@ -373,7 +378,7 @@ class InferenceServer:
             sig = await asyncio.to_thread(self.repository.signature, n)
             e = self._models.get(n)
             if e is None or e.signature != sig:
-                if e is not None and e.signature is None and e.state == "UNAVAILABLE" and getattr(e, "_failed_sig", None) == sig:
+                if e is not None and e.failed_signature == sig:
                     continue  # failed before and nothing changed since
                 changed.append(n)
         for n in sorted(changed, key=lambda n: self.repository.is_ensemble(n)):
@@ -383,9 +388,7 @@ class InferenceServer:
                 log.error("poll: failed to load model %r: %s", n, ex)
                 e = self._models.get(n)
                 if e is not None:
-                    e._failed_sig = await asyncio.to_thread(self.repository.signature, n)
-                    if e.versions:  # keep serving the old versions, but do not retry until something changes
-                        e.signature = e._failed_sig
+                    e.failed_signature = await asyncio.to_thread(self.repository.signature, n)
 
     # ------------------------------------------------------------------ inference
     async def infer(self, req: InferRequest) -> InferResponse:

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+import numpy as np
+
 from tuili.errors import InvalidInputError, KernelError, ModelNotFoundError, ServerBusyError, TuiliError
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,16 @@ class EnsembleRunner:
         for model_out, ens in output_map.items():
             if model_out not in out:
                 raise KernelError(f"ensemble {self.name!r} step {i}: model {model!r} produced no output {model_out!r}")
-            res[ens] = out[model_out]
+            arr = out[model_out]
+            spec = mv.spec.outputs.get(model_out)
+            if spec is not None:
+                if getattr(arr, "dtype", None) != spec.np_dtype:
+                    # e.g. a python step returning float64 for a TYPE_FP32 output: use the declared type
+                    arr = np.asarray(arr).astype(spec.np_dtype)
+                if spec.reshape is not None:  # back from the model's shape to the config's dims
+                    lead = [arr.shape[0]] if mv.spec.max_batch_size > 0 and arr.ndim else []
+                    arr = arr.reshape(lead + list(spec.dims))
+            res[ens] = arr
         return res
 
     async def stop(self) -> None:

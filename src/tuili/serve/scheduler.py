@@ -257,6 +257,8 @@ class Scheduler:
                 if not self._queued and self._stopping:
                     return
                 batch = self._next_batch(rejected)
+                if self._queued:  # more than one batch is waiting: wake another idle instance
+                    self._work.notify()
             if rejected:
                 self.loop.call_soon_threadsafe(_set_results, rejected)
             if batch:

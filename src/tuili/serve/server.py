@@ -84,7 +84,6 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
         if http:
             http[1].close()
         raise
-    await core.start()
     servers: list[_Uvicorn] = []
     grpc_server = None
     tasks: list[asyncio.Task] = []
@@ -100,6 +99,8 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
             await server.startup(sockets=[sock])
             servers.append(server)
             ports[key] = sock.getsockname()[1]
+        # Health endpoints answer (live, not ready) while the models load.
+        await core.start()
         if opts.grpc_port >= 0:
             from tuili.serve.grpc_server import start_grpc_server
 

@@ -126,9 +126,7 @@ def _propagate_binary(ctx, op, out_dtype):
     if any(v.size > MAX_VALUE_ELEMS for v in vals):
         return
     if not all(_is_intlike(v) for v in vals):
-        if all(v.dtype != object for v in vals):
-            return  # float constants: folding is the passes' job
-        return
+        return  # float constants: folding them is the passes' job
     if all(v.dtype != object for v in vals) and op in ("Add", "Sub", "Mul"):
         fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op]
         out = fn(vals[0], vals[1])

@@ -125,8 +125,8 @@ def _loop(ctx):
     trip = None
     m = ctx.value(0) if ctx.has_input(0) else None
     if m is not None and not ctx.has_input(1):
-        x = np.asarray(m).reshape(-1)[0]
-        trip = int(x) if not isinstance(x, str) and x is not None else None
+        x = _py_scalar(m)
+        trip = x if isinstance(x, (int, str)) else None  # a count taken from a shape may be a symbol
     for t in body_out[1 + n_carried:]:
         if isinstance(t, TensorType):
             outs.append(TensorType(t.dtype, None if t.shape is None else (trip,) + tuple(t.shape)))

@@ -88,7 +88,7 @@ def _check_conv_channels(ctx, x, w):
     g = ctx.attr("group", 1)
     if isinstance(x[1], int) and isinstance(w[1], int) and x[1] != w[1] * g:
         raise ShapeInferenceError(f"input channels {x[1]} != weight channels {w[1]} * group {g}")
-    if x is not None and w is not None and len(x) != len(w):
+    if len(x) != len(w):
         raise ShapeInferenceError(f"input rank {len(x)} != weight rank {len(w)}")
 
 

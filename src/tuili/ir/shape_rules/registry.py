@@ -318,6 +318,25 @@ def dim_sub(a, b):
     return dim_add(a, dim_mul(b, -1)) if b is not None else None
 
 
+def evaluate_dim(d, bindings: dict):
+    """The size a dim takes once its symbols have values (e.g. ``{"N": 8}`` for a batch of 8):
+    an int, or None if the dim is unknown or uses an unbound symbol. For memory planners."""
+    if d is None or isinstance(d, (int, np.integer)):
+        return None if d is None else int(d)
+    poly = _parse(d)
+    if poly is None:
+        return None
+    total = 0
+    for atoms, coef in poly.items():
+        term = coef
+        for a in atoms:
+            if a not in bindings:
+                return None
+            term *= int(bindings[a])
+        total += term
+    return total
+
+
 def merge_dim(a, b):
     """Two descriptions of the same dim: prefer the more precise one; conflicts -> error."""
     if a is None:

@@ -1,0 +1,507 @@
+"""Engine benchmark: tuili beside onnxruntime, torch eager and onnx's reference evaluator.
+
+For each zoo model and batch size, every engine runs the same ONNX file (torch runs the zoo's
+torch module with the same weights), and the script prints one markdown table: ratios first, then
+median latencies in ms, then how far tuili's outputs are from onnxruntime's.
+
+    .venv/bin/python benchmarks/engine.py                                # default set, batch 1 and 8
+    .venv/bin/python benchmarks/engine.py --models resnet18,bert_small --batch 1 --repeat 20
+    .venv/bin/python benchmarks/engine.py --profile resnet18,bert_small  # where tuili's time goes
+
+Timing: each engine runs ``--warmup`` untimed calls, then the engines take turns (tuili,
+onnxruntime, torch, tuili, ...; a ``--settle`` pause before each switch) for up to ``--repeat``
+rounds, stopping early once ``--budget`` seconds per engine have been spent in that cell (at least
+``--min-repeat`` rounds always run). The reported number is each engine's median. Taking turns
+means a change of machine load hits every engine alike, so the ratios stay meaningful on a
+shared machine even when the absolute times do not. onnx's ReferenceEvaluator runs only at batch 1,
+in a child process with a ``--ref-timeout`` deadline; a cell that does not finish in time shows
+"skipped (too slow)".
+
+``--profile`` times each step of tuili's plan (the script walks ``Plan.steps`` itself, the same
+way ``Plan.run`` does, with a clock around each kernel call) and sums by op type; onnxruntime's
+own per-node profile (``SessionOptions.enable_profiling``) is summed the same way beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODELS = ["resnet18", "mobilenet_v2", "resnet50", "bert_small", "squeezenet1_1",
+                  "shufflenet_v2_x1_0", "efficientnet_lite0", "gpt_small"]
+ENGINES = ("tuili", "onnxruntime", "torch", "reference")
+
+
+# ------------------------------------------------------------------------------------ timing
+def time_calls(fn, *, warmup: int, repeat: int, min_repeat: int, budget: float) -> tuple[float, int]:
+    """Median seconds of ``fn()`` after ``warmup`` calls; at most ``repeat`` timed calls, at most
+    ``budget`` seconds (but never fewer than ``min_repeat`` timed calls). Returns (median, n)."""
+    return time_interleaved({"x": fn}, warmup=warmup, repeat=repeat, min_repeat=min_repeat, budget=budget,
+                            settle=0.0)["x"]
+
+
+def time_interleaved(fns: dict, *, warmup: int, repeat: int, min_repeat: int, budget: float,
+                     settle: float) -> dict:
+    """Time several engines on the same work in alternating rounds (A, B, C, A, B, C, ...), so a
+    change in machine load hits all of them alike. Each engine gets ``warmup`` untimed calls first;
+    rounds stop at ``repeat``, or once ``budget`` seconds per engine have been spent (after at
+    least ``min_repeat`` rounds). ``settle`` seconds of sleep before each switch of engine let the
+    previous engine's spinning worker threads (OpenBLAS, OpenMP, onnxruntime) go idle.
+    Returns {name: (median seconds, n) or "error (...)"}."""
+    live: dict = {}
+    out: dict = {}
+    for name, fn in fns.items():
+        try:
+            t0 = time.perf_counter()
+            for _ in range(warmup):  # a slow model (> budget/3 s) warms up with one call
+                fn()
+                if time.perf_counter() - t0 > budget / 3:
+                    break
+            live[name] = fn
+        except Exception as e:  # noqa: BLE001 - one failing engine must not end the benchmark
+            out[name] = f"error ({type(e).__name__})"
+        time.sleep(settle)
+    times: dict[str, list[float]] = {k: [] for k in live}
+    spent = 0.0
+    rounds = 0
+    while live and rounds < repeat:
+        for name, fn in live.items():
+            if len(live) > 1:
+                time.sleep(settle)
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            times[name].append(dt)
+            spent += dt
+        rounds += 1
+        if rounds >= min_repeat and spent > budget * len(live):
+            break
+    for name, ts in times.items():
+        out[name] = (statistics.median(ts), len(ts))
+    return out
+
+
+def _reference_child(path: str, feeds: dict, repeat: int, budget: float, limit: float, conn) -> None:
+    """Runs in a child process: build the ReferenceEvaluator and time it; send (median, n) back.
+    The first run is the warm-up; more runs follow only while they fit in ``budget`` seconds."""
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        sess = ReferenceEvaluator(path)
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        first = time.perf_counter() - t0
+        if first > limit:
+            conn.send(("slow", first, 0))
+            return
+        times: list[float] = []
+        start = time.perf_counter()
+        last = first
+        while len(times) < repeat and time.perf_counter() - start + last <= budget:
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            last = time.perf_counter() - t0
+            times.append(last)
+        conn.send(("ok", statistics.median(times) if times else first, len(times)))
+    except Exception as e:  # noqa: BLE001 - reported in the table, the benchmark goes on
+        conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}", 0))
+    finally:
+        conn.close()
+
+
+def time_reference(path: str, feeds: dict, repeat: int, budget: float, limit: float):
+    """(median seconds, n) or a string saying why there is no number. A cell whose first run
+    needs more than ``limit`` seconds is abandoned (the child process is killed)."""
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_reference_child, args=(path, feeds, repeat, budget, limit, send), daemon=True)
+    proc.start()
+    send.close()
+    # limit for the first run + budget for the timed runs + slack for loading the model
+    if recv.poll(limit + budget + 10):
+        try:
+            status, value, n = recv.recv()
+        except EOFError:
+            status, value, n = "error", "child died", 0
+        proc.join(5)
+        if status == "ok":
+            return value, n
+        if status == "slow":
+            return "skipped (too slow)"
+        return f"error ({value})"
+    proc.kill()
+    proc.join()
+    return "skipped (too slow)"
+
+
+# ------------------------------------------------------------------------------ machine facts
+def machine_facts(threads: int | None) -> str:
+    import onnx
+    import onnxruntime
+    import threadpoolctl
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    blas = []
+    for info in threadpoolctl.threadpool_info():
+        if info.get("user_api") == "blas":
+            blas.append(f"{info.get('internal_api')} {info.get('version')} "
+                        f"({info.get('architecture', '?')}, {info.get('num_threads')} threads, "
+                        f"{Path(info.get('filepath', '')).name})")
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                      "OMP_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT") if k in os.environ}
+    try:
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    lines = [
+        f"- machine: {cpu}, {os.cpu_count()} cores ({usable} usable), load average at start {load}",
+        f"- python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"- BLAS (threadpoolctl): {'; '.join(blas) or 'none found'}",
+        f"- threads: {threads if threads else 'library defaults'}; BLAS env: {env or 'none set'}",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- engines
+def _max_abs_diff(a: list, b: list) -> float:
+    worst = 0.0
+    for x, y in zip(a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return float("inf")
+        if x.size:
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))))
+    return worst
+
+
+def bench_model(name: str, batches: list[int], args, workdir: Path, log) -> list[dict]:
+    import onnxruntime as ort
+    import torch
+
+    import tuili
+    import tuili.zoo as zoo
+
+    path = workdir / f"{name}.onnx"
+    t0 = time.perf_counter()
+    zoo.export(name, path)
+    module = zoo.create(name)
+    log(f"{name}: exported in {time.perf_counter() - t0:.1f}s")
+    so = ort.SessionOptions()
+    if args.threads:
+        so.intra_op_num_threads = args.threads
+    ort_sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    t_sess = tuili.InferenceSession(str(path), threads=args.threads)
+    rows = []
+    for batch in batches:
+        feeds = zoo.example_inputs(name, batch=batch)
+        row: dict = {"model": name, "batch": batch}
+        timing = dict(warmup=args.warmup, repeat=args.repeat, min_repeat=args.min_repeat, budget=args.budget)
+
+        ref_out = ort_sess.run(None, feeds)
+        fns = {}
+        try:
+            ours = t_sess.run(None, feeds)
+            row["diff"] = _max_abs_diff(ours, ref_out)
+            fns["tuili"] = lambda: t_sess.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - one failing model must not end the benchmark
+            row["tuili"] = f"error ({type(e).__name__})"
+            log(f"{name} b{batch}: tuili failed: {type(e).__name__}: {e}")
+        fns["onnxruntime"] = lambda: ort_sess.run(None, feeds)
+        if "torch" in args.engines:
+            targs = tuple(torch.from_numpy(v) for v in feeds.values())
+
+            def run_torch():
+                with torch.inference_mode():
+                    return module(*targs)
+            fns["torch"] = run_torch
+        row.update(time_interleaved(fns, settle=args.settle, **timing))
+
+        if "reference" in args.engines and batch in args.ref_batch:
+            row["reference"] = time_reference(str(path), feeds, args.repeat, args.budget, args.ref_timeout)
+        else:
+            row["reference"] = "not run"
+        log(f"{name} b{batch}: " + ", ".join(f"{e}={_fmt_ms(row.get(e))}" for e in ENGINES)
+            + f", diff={row.get('diff', float('nan')):.2e}")
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- output
+def _ms(v) -> float | None:
+    return v[0] * 1e3 if isinstance(v, tuple) else None
+
+
+def _fmt_ms(v) -> str:
+    if isinstance(v, tuple):
+        ms = v[0] * 1e3
+        return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+    return "-" if v is None else str(v)
+
+
+def _ratio(a, b) -> str:
+    x, y = _ms(a), _ms(b)
+    return f"{x / y:.2f}x" if x is not None and y else "-"
+
+
+def table(rows: list[dict], engines: tuple[str, ...]) -> str:
+    cols = ["model", "batch", "tuili/ort", "tuili/torch"] + [f"{e} ms" for e in engines if e != "reference"]
+    if "reference" in engines:
+        cols.append("reference ms")
+    cols += ["max abs diff tuili vs ort"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 1 else "---:" for i in range(len(cols))) + "|"]
+    for r in rows:
+        cells = [r["model"], str(r["batch"]), _ratio(r.get("tuili"), r.get("onnxruntime")),
+                 _ratio(r.get("tuili"), r.get("torch"))]
+        cells += [_fmt_ms(r.get(e)) for e in engines if e != "reference"]
+        if "reference" in engines:
+            cells.append(_fmt_ms(r.get("reference")))
+        cells.append(f"{r['diff']:.1e}" if "diff" in r else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def summary(rows: list[dict]) -> str:
+    lines = []
+    for e in ("onnxruntime", "torch"):
+        ratios = [_ms(r.get("tuili")) / _ms(r.get(e)) for r in rows
+                  if _ms(r.get("tuili")) is not None and _ms(r.get(e))]
+        if ratios:
+            geo = float(np.exp(np.mean(np.log(ratios))))
+            lines.append(f"- geometric mean tuili/{e}: {geo:.2f}x over {len(ratios)} cells "
+                         f"(best {min(ratios):.2f}x, worst {max(ratios):.2f}x)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ profile
+def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
+    """Seconds per op type (summed over steps, median over ``rounds`` runs), by walking the plan."""
+    plan = sess._plan
+    ordered = [feeds.get(v.name) for v in sess.graph.inputs]
+    per_round: list[dict[str, float]] = []
+    for _ in range(rounds + 1):  # the first round is a warm-up
+        env = [None] * plan.n_slots
+        for slot, value in plan.consts:
+            env[slot] = value
+        for slot, value in zip(plan.inputs, ordered):
+            if value is not None:
+                env[slot] = value
+        acc: dict[str, float] = {}
+        clock = time.perf_counter
+        for step in plan.steps:
+            a = [env[i] if i >= 0 else None for i in step.args]
+            t0 = clock()
+            if step.ctx is not None:
+                res = step.fn(step.ctx, *a, **step.attrs)  # no subgraph ops in these models
+            else:
+                res = step.fn(*a, **step.attrs)
+            dt = clock() - t0
+            acc[step.op_type] = acc.get(step.op_type, 0.0) + dt
+            if type(res) is not tuple:
+                res = (res,)
+            for slot, value in zip(step.outs, res):
+                if slot >= 0:
+                    env[slot] = value
+            for i in step.free:
+                env[i] = None
+        per_round.append(acc)
+    per_round = per_round[1:]
+    return {op: statistics.median(r.get(op, 0.0) for r in per_round) for op in per_round[0]}
+
+
+def profile_ort(path: str, feeds: dict, rounds: int, threads: int | None, workdir: Path) -> dict[str, float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(workdir / "ort_profile")
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)  # warm-up
+    for _ in range(rounds):
+        sess.run(None, feeds)
+    prof = sess.end_profiling()
+    with open(prof) as f:
+        events = json.load(f)
+    acc: dict[str, float] = {}
+    n_runs = 0
+    for ev in events:
+        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            n_runs += 1
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            op = ev.get("args", {}).get("op_name", "?")
+            acc[op] = acc.get(op, 0.0) + ev["dur"] * 1e-6
+    n = max(n_runs, 1)  # mean over all runs incl. the warm-up (ort's file does not separate them)
+    return {op: t / n for op, t in acc.items()}
+
+
+def profile_table(name: str, batch: int, tuili_ops: dict, ort_ops: dict, total_tuili: float, total_ort: float,
+                  top: int) -> str:
+    st, so_ = sum(tuili_ops.values()), sum(ort_ops.values())
+    ops = sorted(tuili_ops, key=tuili_ops.get, reverse=True)
+    shown = ops[:top]
+    rest = [o for o in ops[top:]]
+    lines = [f"**{name}, batch {batch}** — tuili run {total_tuili * 1e3:.1f} ms (kernels {st * 1e3:.1f} ms), "
+             f"onnxruntime run {total_ort * 1e3:.1f} ms (kernels {so_ * 1e3:.1f} ms)", "",
+             "| op type | tuili ms | tuili share | ort ms (its op types) | ort share | tuili/ort |",
+             "|---|---:|---:|---:|---:|---:|"]
+
+    def ort_for(op: str) -> float | None:
+        # onnxruntime fuses (Conv+Relu -> FusedConv, Gemm/MatMul+Add -> FusedMatMul, ...): fold its
+        # fused names back to the op type tuili runs, so a row compares like with like.
+        names = {"Conv": ["Conv", "FusedConv"], "MatMul": ["MatMul", "FusedMatMul", "MatMulNBits"],
+                 "Gemm": ["Gemm", "FusedGemm"]}.get(op, [op])
+        vals = [ort_ops[n] for n in names if n in ort_ops]
+        return sum(vals) if vals else None
+
+    for op in shown:
+        t = tuili_ops[op]
+        o = ort_for(op)
+        lines.append(f"| {op} | {t * 1e3:.2f} | {t / st:.0%} | {'-' if o is None else f'{o * 1e3:.2f}'} | "
+                     f"{'-' if o is None else f'{o / so_:.0%}'} | {'-' if not o else f'{t / o:.1f}x'} |")
+    if rest:
+        t = sum(tuili_ops[o] for o in rest)
+        lines.append(f"| other ({len(rest)} types) | {t * 1e3:.2f} | {t / st:.0%} | | | |")
+    covered = {n for op in shown for n in {"Conv": ["Conv", "FusedConv"], "MatMul": ["MatMul", "FusedMatMul"],
+                                            "Gemm": ["Gemm", "FusedGemm"]}.get(op, [op])}
+    ort_only = {k: v for k, v in ort_ops.items() if k not in covered and k not in tuili_ops}
+    if ort_only:
+        lines.append("")
+        lines.append("onnxruntime-only op types (its fusions): " + ", ".join(
+            f"{k} {v * 1e3:.2f} ms" for k, v in sorted(ort_only.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def run_profile(models: list[str], batch: int, args, workdir: Path, log) -> str:
+    import onnxruntime as ort
+
+    import tuili
+    import tuili.zoo as zoo
+
+    parts = []
+    timing = dict(warmup=args.warmup, repeat=args.repeat, min_repeat=args.min_repeat, budget=args.budget)
+    for name in models:
+        path = workdir / f"{name}.onnx"
+        if not path.exists():
+            zoo.export(name, path)
+        feeds = zoo.example_inputs(name, batch=batch)
+        sess = tuili.InferenceSession(str(path), threads=args.threads)
+        so = ort.SessionOptions()
+        if args.threads:
+            so.intra_op_num_threads = args.threads
+        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        total_t = time_calls(lambda: sess.run(None, feeds), **timing)[0]
+        total_o = time_calls(lambda: osess.run(None, feeds), **timing)[0]
+        if args.threads:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(args.threads):
+                t_ops = profile_tuili(sess, feeds, args.profile_rounds)
+        else:
+            t_ops = profile_tuili(sess, feeds, args.profile_rounds)
+        o_ops = profile_ort(str(path), feeds, args.profile_rounds, args.threads, workdir)
+        log(f"profiled {name} b{batch}")
+        parts.append(profile_table(name, batch, t_ops, o_ops, total_t, total_o, args.top))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated zoo names (default: %(default)s; unknown names are skipped)")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=20, help="max timed runs per cell (default: %(default)s)")
+    p.add_argument("--min-repeat", type=int, default=3, help="min timed runs per cell (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per cell (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=3.0,
+                   help="seconds per cell after which timing stops (default: %(default)s)")
+    p.add_argument("--settle", type=float, default=0.05,
+                   help="seconds of sleep before switching engine, so spinning thread pools go idle (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for every engine (default: each library's own default)")
+    p.add_argument("--engines", default=",".join(ENGINES), help="subset of %(default)s (tuili and onnxruntime always run)")
+    p.add_argument("--ref-batch", default="1", help="batch sizes the reference evaluator runs at (default: %(default)s)")
+    p.add_argument("--ref-timeout", type=float, default=20.0,
+                   help="seconds the reference evaluator may take per cell before it is skipped (default: %(default)s)")
+    p.add_argument("--profile", default="", help="comma-separated models to profile per op type (instead of the table)")
+    p.add_argument("--profile-batch", type=int, default=1)
+    p.add_argument("--profile-rounds", type=int, default=10)
+    p.add_argument("--top", type=int, default=8, help="op types shown per profiled model")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = p.parse_args(argv)
+    args.engines = tuple(e for e in ENGINES if e in args.engines.split(",") or e in ("tuili", "onnxruntime"))
+    args.ref_batch = [int(b) for b in args.ref_batch.split(",") if b]
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    import torch
+
+    import tuili.zoo as zoo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    known = set(zoo.names())
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    started = time.perf_counter()
+    print(f"tuili engine benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+    print(f"- command: `{command}`")
+    print(machine_facts(args.threads))
+    print()
+    with tempfile.TemporaryDirectory(prefix="tuili-bench-") as tmp:
+        work = Path(tmp)
+        if args.profile:
+            models = [m for m in args.profile.split(",") if m]
+            print(run_profile([m for m in models if m in known], args.profile_batch, args, work, log))
+        else:
+            models = [m for m in args.models.split(",") if m]
+            missing = [m for m in models if m not in known]
+            if missing:
+                print(f"- not in the zoo, skipped: {', '.join(missing)}")
+            batches = [int(b) for b in args.batch.split(",") if b]
+            print(f"- timing: {args.warmup} warm-up runs, then median of up to {args.repeat} runs "
+                  f"(at least {args.min_repeat}, stop after {args.budget:g} s per engine and cell), engines interleaved run by run with {args.settle:g} s pauses; reference evaluator "
+                  f"at batch {','.join(map(str, args.ref_batch))} only, skipped if a cell needs > {args.ref_timeout:g} s")
+            print("- ratios < 1 mean tuili is faster; all numbers in the same process and run\n")
+            rows: list[dict] = []
+            for m in models:
+                if m not in known:
+                    continue
+                try:
+                    rows += bench_model(m, batches, args, work, log)
+                except Exception as e:  # noqa: BLE001 - report and go on with the next model
+                    log(f"{m}: failed: {type(e).__name__}: {e}")
+                    rows.append({"model": m, "batch": "-", "tuili": f"error ({type(e).__name__})"})
+            print(table(rows, args.engines))
+            print()
+            print(summary(rows))
+    print(f"\n(wall time {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

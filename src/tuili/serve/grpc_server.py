@@ -450,6 +450,7 @@ async def start_grpc_server(core: Any, host: str = "127.0.0.1", port: int = 8001
     server = grpc.aio.server(options=[
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ])
     server.add_generic_rpc_handlers((build_handler(core),))
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

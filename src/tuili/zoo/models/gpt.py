@@ -102,7 +102,10 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, past[2 * i], past[2 * i + 1])
             present += [k, v]
-        logits = self.ln_f(x) @ self.wte.weight.t()  # tied LM head
+        # Tied LM head. A 2-D linear exports as Gemm(transB=1) on the embedding initializer itself;
+        # `x @ wte.weight.t()` would make the exporter fold a transposed 51 MB copy of it.
+        b, s, d = x.shape
+        logits = nn.functional.linear(self.ln_f(x).reshape(b * s, d), self.wte.weight).reshape(b, s, -1)
         return (logits, *present)
 
     @torch.no_grad()

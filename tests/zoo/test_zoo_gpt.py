@@ -48,6 +48,11 @@ def test_kv_cache_interface(gpt):
     assert logits.shape == (2, 3, 50257) and k0.shape == (2, 4, 8, 64)
     np.testing.assert_array_equal(k0[:, :, :5], feeds["past_key_values.0.key"])  # the cache is extended, not rewritten
     assert spec.outputs == tuple(outs)
+    # tied embeddings stay tied in the file: one [vocab, hidden] tensor, read by Gather and Gemm
+    big = [i for i in m.graph.initializer if list(i.dims) == [50257, 256]]
+    assert len(big) == 1
+    users = {n.op_type for n in m.graph.node if big[0].name in n.input}
+    assert users == {"Gather", "Gemm"}
 
 
 def test_torch_cache_equals_full_recompute(gpt):

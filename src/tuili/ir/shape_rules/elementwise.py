@@ -191,6 +191,8 @@ def _binary(ctx: InferContext, out_dtype=None):
 @shape_rule("Add", "Sub", "Mul", "Div", "Pow", "Mod", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
             "PRelu", "Max", "Min", "Mean", "Sum")
 def _arith(ctx):
+    if ctx.op_type == "PRelu" and ctx.opset < 7:  # legacy: the slope applies per channel, y has x's type
+        return [TensorType(ctx.dtype(0), ctx.shape(0))]
     out = _binary(ctx)
     if ctx.op_type in _VALUE_OPS and len(ctx.inputs) == 2:
         _propagate_binary(ctx, ctx.op_type, out.dtype)

@@ -78,6 +78,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.max_positions, cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.hidden, eps=cfg.eps)
+        self.register_buffer("lm_bias", torch.zeros(cfg.vocab), persistent=False)
         for name, p in self.named_parameters():  # GPT-2 init: N(0, 0.02); residual projections scaled by 1/sqrt(2L)
             if p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * cfg.layers) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
@@ -102,10 +103,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, past[2 * i], past[2 * i + 1])
             present += [k, v]
-        # Tied LM head. A 2-D linear exports as Gemm(transB=1) on the embedding initializer itself;
-        # `x @ wte.weight.t()` would make the exporter fold a transposed 51 MB copy of it.
+        # Tied LM head. A 2-D linear with a bias exports as Gemm(transB=1) reading the embedding
+        # initializer itself; `x @ wte.weight.t()` would make the exporter fold a transposed copy of
+        # it (51 MB here). The bias is a zero buffer (no parameter), so the head stays bias-free.
         b, s, d = x.shape
-        logits = nn.functional.linear(self.ln_f(x).reshape(b * s, d), self.wte.weight).reshape(b, s, -1)
+        logits = nn.functional.linear(self.ln_f(x).reshape(b * s, d), self.wte.weight, self.lm_bias).reshape(b, s, -1)
         return (logits, *present)
 
     @torch.no_grad()

@@ -1,0 +1,159 @@
+"""What every pass shares: the Pass interface, graph copying and small rewiring helpers.
+
+A pass is an object with a ``name`` and ``run(graph) -> bool`` (True when it changed the graph).
+Passes rewrite the root graph; values that subgraphs (If/Loop/Scan bodies) read from the root are
+registered as uses and so are never removed, and values a subgraph returns directly are pinned.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from tuili.ir import Graph, from_model_proto
+from tuili.ir.core import Node, Value
+
+log = logging.getLogger(__name__)
+
+TUILI_DOMAIN = "tuili"
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+
+
+class Pass(Protocol):
+    name: str
+
+    def run(self, graph: Graph) -> bool: ...
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A deep copy of a root graph (through its ONNX form: loss-free, shares nothing with ``graph``)."""
+    g = from_model_proto(graph.to_proto())
+    g.source_dir = graph.source_dir
+    g.external_locations = dict(graph.external_locations)
+    return g
+
+
+# ----------------------------------------------------------------------------- constants
+def const_of(v: Value | None) -> np.ndarray | None:
+    """The constant array behind ``v``, or None when ``v`` can change at run time.
+
+    An initializer that is also a graph input is only a default: a feed may replace it."""
+    if v is None or v.tensor is None:
+        return None
+    g = v.graph
+    if any(x is v for x in g.inputs):
+        return None
+    arr = v.const
+    return arr if isinstance(arr, np.ndarray) else None
+
+
+def is_const(v: Value | None) -> bool:
+    return const_of(v) is not None
+
+
+def scalar_const(v: Value | None) -> float | None:
+    c = const_of(v)
+    if c is None or c.size != 1 or c.dtype.kind not in "fiu":
+        return None
+    return float(c.reshape(()))
+
+
+def add_const(graph: Graph, hint: str, array: np.ndarray) -> Value:
+    """A fresh initializer holding ``array``."""
+    return graph.add_initializer(graph.unique_name(hint), np.asarray(array))
+
+
+# ----------------------------------------------------------------------------- uses and outputs
+def pinned_values(graph: Graph) -> set[int]:
+    """ids of root values a subgraph returns directly (not registered as uses): never rewire them."""
+    out: set[int] = set()
+    for sub in graph.subgraphs():
+        for v in sub.outputs:
+            if v.graph is not sub:
+                out.add(id(v))
+    return out
+
+
+def is_output(v: Value, pinned: set[int] = frozenset()) -> bool:
+    return v.is_graph_output or id(v) in pinned
+
+
+def sole_user(v: Value, pinned: set[int] = frozenset()) -> Node | None:
+    """The single consumer node of ``v`` (same graph), or None if it has several, none, or is an output."""
+    if is_output(v, pinned) or len(v.uses) != 1:
+        return None
+    node, _ = v.uses[0]
+    return node if node.graph is v.graph else None
+
+
+def used_outputs(node: Node) -> list[Value]:
+    return [v for v in node.outputs if v.uses or v.is_graph_output]
+
+
+def forward(old: Value, new: Value, pinned: set[int] = frozenset()) -> bool:
+    """Make everything read ``new`` instead of ``old`` (``old`` is about to die).
+
+    Graph outputs keep their names: when ``old`` is a graph output, ``new`` takes its name if
+    ``new`` is an ordinary intermediate of the same graph; otherwise nothing changes and False is
+    returned."""
+    if id(old) in pinned:
+        return False
+    g = old.graph
+    if old.is_graph_output:
+        if (new.graph is not g or new.producer is None or new.is_graph_output or id(new) in pinned
+                or not old.name):
+            return False
+        old_name = old.name
+        old.replace_all_uses_with(new)
+        if g.values.get(old_name) is old:
+            del g.values[old_name]
+        old.name = g.unique_name(old_name + "__dead")
+        g.values[old.name] = old
+        rename(new, old_name)
+        new.dtype = new.dtype or old.dtype
+        new.shape = new.shape if new.shape is not None else old.shape
+        return True
+    old.replace_all_uses_with(new)
+    return True
+
+
+def rename(v: Value, name: str) -> None:
+    g = v.graph
+    if g.values.get(v.name) is v:
+        del g.values[v.name]
+    if v.name in g.initializers and g.initializers[v.name] is v:
+        del g.initializers[v.name]
+        g.initializers[name] = v
+    v.name = name
+    if v.tensor is not None:
+        v.tensor.name = name
+    g.values[name] = v
+
+
+def drop_node(node: Node) -> None:
+    """Remove ``node`` once none of its outputs is used (unused outputs vanish with it)."""
+    g = node.graph
+    node.detach()
+    g.nodes.remove(node)
+    for out in node.outputs:
+        if out.name and g.values.get(out.name) is out:
+            del g.values[out.name]
+
+
+def node_index(graph: Graph, node: Node) -> int:
+    for i, n in enumerate(graph.nodes):
+        if n is node:
+            return i
+    raise ValueError(f"{node.label} is not in graph {graph.name!r}")
+
+
+def attr(node: Node, name: str, default: Any = None) -> Any:
+    return node.attrs.get(name, default)
+
+
+def static_shape(v: Value | None) -> tuple[int, ...] | None:
+    if v is None or v.shape is None or not all(isinstance(d, int) and d >= 0 for d in v.shape):
+        return None
+    return tuple(v.shape)

@@ -295,11 +295,28 @@ def summary(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------ profile
+def op_label(op: str, shapes: list, const_b: bool | None = None) -> str:
+    """A finer name for the ops that dominate: Conv by kernel kind, MatMul by what it multiplies.
+    ``shapes`` are the input shapes (None where unknown); ``const_b``: is MatMul's B a weight?"""
+    if op in ("Conv", "FusedConv") and len(shapes) >= 2 and shapes[0] is not None and shapes[1] is not None:
+        x, w = shapes[0], shapes[1]
+        k = "x".join(str(d) for d in w[2:])
+        group = x[1] // w[1] if w[1] else 1
+        if group > 1 and group == x[1] and w[0] == x[1]:
+            return f"Conv depthwise {k}"
+        return f"Conv {k}" + (f" (group {group})" if group > 1 else "")
+    if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm") and const_b is not None:
+        return f"{'Gemm' if 'Gemm' in op else 'MatMul'} " + ("x weight" if const_b else "x activation")
+    return op
+
+
 def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
     """Seconds per op type (summed over steps, median over ``rounds`` runs), by walking the plan."""
     plan = sess._plan
     ordered = [feeds.get(v.name) for v in sess.graph.inputs]
     per_round: list[dict[str, float]] = []
+    const_slots = {slot for slot, _ in plan.consts}
+    labels: dict[int, str] = {}
     for _ in range(rounds + 1):  # the first round is a warm-up
         env = [None] * plan.n_slots
         for slot, value in plan.consts:
@@ -317,7 +334,13 @@ def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
             else:
                 res = step.fn(*a, **step.attrs)
             dt = clock() - t0
-            acc[step.op_type] = acc.get(step.op_type, 0.0) + dt
+            key = labels.get(id(step))
+            if key is None:
+                key = labels[id(step)] = op_label(
+                    step.op_type, [getattr(v, "shape", None) for v in a],
+                    const_b=(len(step.args) > 1 and step.args[1] in const_slots) if "MatMul" in step.op_type
+                    or step.op_type == "Gemm" else None)
+            acc[key] = acc.get(key, 0.0) + dt
             if type(res) is not tuple:
                 res = (res,)
             for slot, value in zip(step.outs, res):
@@ -351,8 +374,16 @@ def profile_ort(path: str, feeds: dict, rounds: int, threads: int | None, workdi
         if ev.get("cat") == "Session" and ev.get("name") == "model_run":
             n_runs += 1
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            op = ev.get("args", {}).get("op_name", "?")
-            acc[op] = acc.get(op, 0.0) + ev["dur"] * 1e-6
+            a = ev.get("args", {})
+            op = a.get("op_name", "?")
+            shapes = [next(iter(d.values()), None) if isinstance(d, dict) else None
+                      for d in a.get("input_type_shape", [])]
+            const_b = None
+            if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm"):
+                # onnxruntime counts initializer bytes as parameter_size: B is a weight iff > 0
+                const_b = int(a.get("parameter_size", 0) or 0) > 0
+            key = op_label(op, shapes, const_b)
+            acc[key] = acc.get(key, 0.0) + ev["dur"] * 1e-6
     n = max(n_runs, 1)  # mean over all runs incl. the warm-up (ort's file does not separate them)
     return {op: t / n for op, t in acc.items()}
 
@@ -369,12 +400,9 @@ def profile_table(name: str, batch: int, tuili_ops: dict, ort_ops: dict, total_t
              "|---|---:|---:|---:|---:|---:|"]
 
     def ort_for(op: str) -> float | None:
-        # onnxruntime fuses (Conv+Relu -> FusedConv, Gemm/MatMul+Add -> FusedMatMul, ...): fold its
-        # fused names back to the op type tuili runs, so a row compares like with like.
-        names = {"Conv": ["Conv", "FusedConv"], "MatMul": ["MatMul", "FusedMatMul", "MatMulNBits"],
-                 "Gemm": ["Gemm", "FusedGemm"]}.get(op, [op])
-        vals = [ort_ops[n] for n in names if n in ort_ops]
-        return sum(vals) if vals else None
+        # Conv/MatMul rows are already keyed alike on both sides (op_label folds onnxruntime's
+        # FusedConv / FusedMatMul / FusedGemm into them); Relu and other fused-away ops have no row.
+        return ort_ops.get(op)
 
     for op in shown:
         t = tuili_ops[op]
@@ -384,12 +412,11 @@ def profile_table(name: str, batch: int, tuili_ops: dict, ort_ops: dict, total_t
     if rest:
         t = sum(tuili_ops[o] for o in rest)
         lines.append(f"| other ({len(rest)} types) | {t * 1e3:.2f} | {t / st:.0%} | | | |")
-    covered = {n for op in shown for n in {"Conv": ["Conv", "FusedConv"], "MatMul": ["MatMul", "FusedMatMul"],
-                                            "Gemm": ["Gemm", "FusedGemm"]}.get(op, [op])}
+    covered = set(shown)
     ort_only = {k: v for k, v in ort_ops.items() if k not in covered and k not in tuili_ops}
     if ort_only:
         lines.append("")
-        lines.append("onnxruntime-only op types (its fusions): " + ", ".join(
+        lines.append("op types only onnxruntime runs (its fusions) or not shown above: " + ", ".join(
             f"{k} {v * 1e3:.2f} ms" for k, v in sorted(ort_only.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
 

@@ -79,7 +79,6 @@ class FoldBatchNorm:
                 node._add_input(b_val)
             if node.op_type == "Gemm":
                 node.attrs["beta"] = 1.0
-                node.attrs.pop("alpha", None) if False else None
             drop_node(bn)
             changed = True
         return changed
@@ -102,7 +101,7 @@ class FoldBatchNorm:
             wg = w64.reshape((group, cin // group, cg) + w.shape[2:])
             new_w = (wg * s.reshape((group, 1, cg) + (1,) * (w.ndim - 2))).reshape(w.shape)
         else:  # Gemm: Y = alpha * A' B' + beta * C, channels are the columns of Y
-            if w.ndim != 2 or attr(node, "transA", 0) not in (0,) and False:
+            if w.ndim != 2:
                 return None
             trans_b = int(attr(node, "transB", 0))
             n = w.shape[0] if trans_b else w.shape[1]

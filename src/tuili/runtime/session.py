@@ -76,7 +76,11 @@ class InferenceSession:
                 infer_shapes(self.graph)
             except Exception as e:  # noqa: BLE001
                 log.warning("shape inference failed, output shapes stay as declared: %s", e)
-            self._plan = Planner(self.graph).build()
+            from tuili.passes import optimized_copy
+
+            # the optimizer rewrites a copy: the caller's Graph never changes
+            plan_graph, self.optimization_report = optimized_copy(self.graph, opt_level)
+            self._plan = Planner(plan_graph).build()
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
         self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}
         self._output_index = {v.name: i for i, v in enumerate(self._outputs)}

@@ -79,7 +79,7 @@ def _resize(x: np.ndarray, r: int) -> np.ndarray:
     return t.numpy()
 
 
-DEFAULT_EPOCHS = {"digits_cnn": 8}  # others: 10 (ResNet-18 reaches 98% at 32x32 in 6)
+DEFAULT_EPOCHS = {"digits_cnn": 8}  # others: 10 (at 32x32: ResNet-18 98% in 6 epochs, MobileNetV2 95% in 8)
 
 
 def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="zoo_runs", seed: int = 0,
@@ -104,9 +104,11 @@ def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="z
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = create(name, num_classes=10, resolution=ds.resolution, seed=seed, width=width, calibrate=False)
-    lr = lr or (3e-3 if name == "digits_cnn" else 1e-3)
+    lr = lr or 3e-3
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * -(-len(ds.x_train) // batch_size)
+    batch_size = max(2, min(int(batch_size), len(ds.x_train)))
+    steps = epochs * (len(ds.x_train) // batch_size)  # full batches only (reshuffled every epoch):
+    # a 3-sample remainder batch gives BatchNorm statistics noisy enough to derail MobileNetV2
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     loss_fn = nn.CrossEntropyLoss()
     xtr, ytr = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
@@ -127,11 +129,9 @@ def train(name: str, data: str = "digits", epochs: int | None = None, out_dir="z
             model.train()
             perm = torch.randperm(len(xtr), generator=gen)
             tot, correct, n = 0.0, 0, 0
-            for i in range(0, len(perm), batch_size):
+            for i in range(0, len(perm) - batch_size + 1, batch_size):
                 idx = perm[i:i + batch_size]
                 xb, yb = xtr[idx], ytr[idx]
-                if len(idx) < 2:  # BatchNorm needs two samples
-                    continue
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
                 opt.zero_grad()

@@ -1,0 +1,92 @@
+"""Kernels of the fused ops tuili's graph optimizer creates (domain "tuili").
+
+* ``tuili::FusedConv(X, W, B?, Z?)``: ``act(Conv(X, W, B) + Z)`` — a Conv, an optional residual
+  addend ``Z`` (an Add that followed the Conv) and an optional activation, applied in place on the
+  convolution's fresh output: no extra full-size temporaries.
+  Attributes: the Conv attributes, ``activation`` ("" | Relu | LeakyRelu | Clip | HardSigmoid |
+  HardSwish | Sigmoid | Tanh) and ``activation_params`` (floats: alpha; min, max; alpha, beta).
+* ``tuili::FusedMatMul(A, B, bias?)``: ``MatMul(A, B) + bias`` with the bias added in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tuili.errors import KernelError
+from tuili.ops.conv import conv
+from tuili.ops.matmul import matmul
+from tuili.ops.registry import register
+
+DOMAIN = "tuili"
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh")
+
+
+def apply_activation(y: np.ndarray, activation: str, params) -> np.ndarray:
+    """``activation`` applied to ``y`` in place (y must be a fresh, writable float array)."""
+    if not activation:
+        return y
+    dt = y.dtype.type
+    if activation == "Relu":
+        np.maximum(y, dt(0), out=y)
+    elif activation == "LeakyRelu":
+        alpha = params[0] if params else 0.01
+        if 0.0 <= alpha <= 1.0:
+            np.maximum(y, y * dt(alpha), out=y)
+        else:
+            np.copyto(y, y * dt(alpha), where=y < 0)
+    elif activation == "Clip":
+        lo = params[0] if params and len(params) > 0 else -np.inf
+        hi = params[1] if params and len(params) > 1 else np.inf
+        np.clip(y, dt(lo), dt(hi), out=y)
+    elif activation == "HardSigmoid":
+        alpha, beta = (params or [0.2, 0.5])[:2]
+        y *= dt(alpha)
+        y += dt(beta)
+        np.clip(y, dt(0), dt(1), out=y)
+    elif activation == "HardSwish":
+        t = y * dt(1.0 / 6.0)
+        t += dt(0.5)
+        np.clip(t, dt(0), dt(1), out=t)
+        y *= t
+    elif activation == "Sigmoid":
+        with np.errstate(over="ignore"):
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+            y += dt(1)
+            np.reciprocal(y, out=y)
+    elif activation == "Tanh":
+        np.tanh(y, out=y)
+    else:
+        raise KernelError(f"tuili::FusedConv: unknown activation {activation!r}; one of {', '.join(ACTIVATIONS)}")
+    return y
+
+
+def _writable(y: np.ndarray, *keep: np.ndarray | None) -> np.ndarray:
+    if not y.flags.writeable or any(k is not None and np.may_share_memory(y, k) for k in keep):
+        return y.copy()
+    return y
+
+
+@register("FusedConv", domain=DOMAIN, since=1)
+def fused_conv(x, w, b=None, z=None, *, activation="", activation_params=None, auto_pad="NOTSET", dilations=None,
+               group=1, kernel_shape=None, pads=None, strides=None):
+    y = conv(x, w, b, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+             strides=strides)
+    y = _writable(y, x, w, b)
+    if z is not None:
+        if z.shape == y.shape and z.dtype == y.dtype:
+            y += z
+        else:  # Z broadcasts to a larger shape: the Add's output is that shape
+            y = np.add(y, z)
+    return apply_activation(y, activation, activation_params)
+
+
+@register("FusedMatMul", domain=DOMAIN, since=1)
+def fused_matmul(a, b, bias=None, *, activation="", activation_params=None):
+    y = matmul(a, b)
+    y = _writable(y, a, b)
+    if bias is not None:
+        if np.broadcast_shapes(y.shape, bias.shape) == y.shape and bias.dtype == y.dtype:
+            y += bias
+        else:
+            y = np.add(y, bias)
+    return apply_activation(y, activation, activation_params)

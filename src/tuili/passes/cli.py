@@ -1,0 +1,67 @@
+"""`tuili optimize in.onnx -o out.onnx [-O 0..3] [--report] [--portable]`."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("optimize", help="run tuili's graph optimizer on an ONNX model",
+                       description="Optimize an ONNX graph (folding, fusion, elimination) and save the result. "
+                                   "Fused ops live in domain 'tuili' and run on tuili's engine; --portable keeps "
+                                   "standard ONNX ops only.")
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("-o", "--output", required=True, help="where to write the optimized .onnx")
+    p.add_argument("-O", "--level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level (default 2)")
+    p.add_argument("--report", action="store_true", help="print a before/after table of op counts and the passes")
+    p.add_argument("--portable", action="store_true",
+                   help="no tuili-domain ops: the output runs on any ONNX engine (e.g. onnxruntime)")
+    p.set_defaults(func=optimize_command)
+
+
+def optimize_command(args: argparse.Namespace) -> int:
+    from tuili.ir import infer_shapes, load
+    from tuili.passes import optimize
+
+    graph = load(args.model)
+    try:
+        infer_shapes(graph)  # shapes let more passes prove their rewrites legal
+    except Exception as e:  # noqa: BLE001
+        import logging
+
+        logging.getLogger(__name__).warning("shape inference failed, optimizing without shapes: %s", e)
+    report = optimize(graph, args.level, allow_custom_ops=not args.portable)
+    graph.save(args.output)
+    if args.report:
+        print_report(report, args.model, args.output)
+    else:
+        print(f"{args.output}: {report.summary()}")
+    return 0
+
+
+def print_report(report, src: str, dst: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    ops = Table(title=f"op counts: {src} -> {dst} (O{report.level})")
+    ops.add_column("op")
+    ops.add_column("before", justify="right")
+    ops.add_column("after", justify="right")
+    ops.add_column("change", justify="right")
+    for op in sorted(set(report.before) | set(report.after), key=lambda k: (-report.before.get(k, 0), k)):
+        b, a = report.before.get(op, 0), report.after.get(op, 0)
+        ops.add_row(op, str(b), str(a), f"{a - b:+d}" if a != b else "")
+    b, a = sum(report.before.values()), sum(report.after.values())
+    ops.add_row("[bold]total", f"[bold]{b}", f"[bold]{a}", f"[bold]{a - b:+d}")
+    console.print(ops)
+    passes = Table(title=f"passes ({report.rounds} rounds to a fixed point, {report.seconds * 1e3:.1f} ms)")
+    passes.add_column("pass")
+    passes.add_column("runs", justify="right")
+    passes.add_column("changed", justify="right")
+    passes.add_column("what changed")
+    passes.add_column("ms", justify="right")
+    for name, e in report.by_pass().items():
+        delta = ", ".join(f"{k} {v:+d}" for k, v in sorted(e["delta"].items()))
+        passes.add_row(name, str(e["runs"]), str(e["changed"]), delta or ("op counts unchanged" if e["changed"] else "-"),
+                       f"{e['seconds'] * 1e3:.1f}")
+    console.print(passes)

@@ -86,3 +86,16 @@ def test_prefill_logits_match_torch(gpt):
     with torch.no_grad():
         want = model(torch.from_numpy(feeds["input_ids"]))[0].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_generation_identical_in_tuili_engine(gpt):
+    """The same KV-cache generation loop on tuili's own engine gives the same tokens."""
+    import torch
+
+    import tuili
+
+    path, model, _ = gpt
+    prompt = example_inputs("gpt_small", 2, seq_len=5, seed=1)["input_ids"]
+    want = model.generate(torch.from_numpy(prompt), N_NEW, use_cache=False).numpy()
+    got = ort_generate(tuili.InferenceSession(path), get_spec("gpt_small"), prompt, N_NEW)
+    np.testing.assert_array_equal(got, want)

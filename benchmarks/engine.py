@@ -146,7 +146,7 @@ def time_reference(path: str, feeds: dict, repeat: int, budget: float, limit: fl
 
 
 # ------------------------------------------------------------------------------ machine facts
-def machine_facts(threads: int | None) -> str:
+def machine_facts(threads: int | None, opt_level: int) -> str:
     import onnx
     import onnxruntime
     import threadpoolctl
@@ -174,7 +174,19 @@ def machine_facts(threads: int | None) -> str:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         load = "?"
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:  # read-only git queries: which code was measured
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        code = f"git {sha or '?'}" + (" + uncommitted changes under src/" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        code = "git ?"
     lines = [
+        f"- tuili: {code}; InferenceSession opt_level={opt_level}",
         f"- machine: {cpu}, {os.cpu_count()} cores ({usable} usable), load average at start {load}",
         f"- python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)",
@@ -212,7 +224,7 @@ def bench_model(name: str, batches: list[int], args, workdir: Path, log) -> list
     if args.threads:
         so.intra_op_num_threads = args.threads
     ort_sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    t_sess = tuili.InferenceSession(str(path), threads=args.threads)
+    t_sess = tuili.InferenceSession(str(path), threads=args.threads, opt_level=args.opt_level)
     rows = []
     for batch in batches:
         feeds = zoo.example_inputs(name, batch=batch)
@@ -295,9 +307,9 @@ def summary(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------ profile
-def op_label(op: str, shapes: list, const_b: bool | None = None) -> str:
+def op_label(op: str, shapes: list) -> str:
     """A finer name for the ops that dominate: Conv by kernel kind, MatMul by what it multiplies.
-    ``shapes`` are the input shapes (None where unknown); ``const_b``: is MatMul's B a weight?"""
+    ``shapes`` are the input shapes (None where unknown). The same rules run on both engines' ops."""
     if op in ("Conv", "FusedConv") and len(shapes) >= 2 and shapes[0] is not None and shapes[1] is not None:
         x, w = shapes[0], shapes[1]
         k = "x".join(str(d) for d in w[2:])
@@ -305,8 +317,13 @@ def op_label(op: str, shapes: list, const_b: bool | None = None) -> str:
         if group > 1 and group == x[1] and w[0] == x[1]:
             return f"Conv depthwise {k}"
         return f"Conv {k}" + (f" (group {group})" if group > 1 else "")
-    if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm") and const_b is not None:
-        return f"{'Gemm' if 'Gemm' in op else 'MatMul'} " + ("x weight" if const_b else "x activation")
+    if op in ("MatMul", "FusedMatMul") and len(shapes) == 1:
+        return "MatMul, 2-D B (weights)"  # onnxruntime lists no shape for a pre-packed weight B
+    if op in ("MatMul", "FusedMatMul") and len(shapes) >= 2 and shapes[1] is not None:
+        # B of rank 2 is a weight matrix (projections, FFN); a batched B is activations (attention)
+        return "MatMul, 2-D B (weights)" if len(shapes[1]) == 2 else "MatMul, batched B (attention)"
+    if op == "FusedGemm":
+        return "Gemm"
     return op
 
 
@@ -315,7 +332,6 @@ def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
     plan = sess._plan
     ordered = [feeds.get(v.name) for v in sess.graph.inputs]
     per_round: list[dict[str, float]] = []
-    const_slots = {slot for slot, _ in plan.consts}
     labels: dict[int, str] = {}
     for _ in range(rounds + 1):  # the first round is a warm-up
         env = [None] * plan.n_slots
@@ -336,10 +352,7 @@ def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
             dt = clock() - t0
             key = labels.get(id(step))
             if key is None:
-                key = labels[id(step)] = op_label(
-                    step.op_type, [getattr(v, "shape", None) for v in a],
-                    const_b=(len(step.args) > 1 and step.args[1] in const_slots) if "MatMul" in step.op_type
-                    or step.op_type == "Gemm" else None)
+                key = labels[id(step)] = op_label(step.op_type, [getattr(v, "shape", None) for v in a])
             acc[key] = acc.get(key, 0.0) + dt
             if type(res) is not tuple:
                 res = (res,)
@@ -378,11 +391,7 @@ def profile_ort(path: str, feeds: dict, rounds: int, threads: int | None, workdi
             op = a.get("op_name", "?")
             shapes = [next(iter(d.values()), None) if isinstance(d, dict) else None
                       for d in a.get("input_type_shape", [])]
-            const_b = None
-            if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm"):
-                # onnxruntime counts initializer bytes as parameter_size: B is a weight iff > 0
-                const_b = int(a.get("parameter_size", 0) or 0) > 0
-            key = op_label(op, shapes, const_b)
+            key = op_label(op, shapes)
             acc[key] = acc.get(key, 0.0) + ev["dur"] * 1e-6
     n = max(n_runs, 1)  # mean over all runs incl. the warm-up (ort's file does not separate them)
     return {op: t / n for op, t in acc.items()}
@@ -434,7 +443,7 @@ def run_profile(models: list[str], batch: int, args, workdir: Path, log) -> str:
         if not path.exists():
             zoo.export(name, path)
         feeds = zoo.example_inputs(name, batch=batch)
-        sess = tuili.InferenceSession(str(path), threads=args.threads)
+        sess = tuili.InferenceSession(str(path), threads=args.threads, opt_level=args.opt_level)
         so = ort.SessionOptions()
         if args.threads:
             so.intra_op_num_threads = args.threads
@@ -469,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of sleep before switching engine, so spinning thread pools go idle (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every engine (default: each library's own default)")
+    p.add_argument("--opt-level", type=int, default=2, help="tuili graph optimization level 0..3 (default: %(default)s)")
     p.add_argument("--engines", default=",".join(ENGINES), help="subset of %(default)s (tuili and onnxruntime always run)")
     p.add_argument("--ref-batch", default="1", help="batch sizes the reference evaluator runs at (default: %(default)s)")
     p.add_argument("--ref-timeout", type=float, default=20.0,
@@ -497,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"tuili engine benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}")
     print(f"- command: `{command}`")
-    print(machine_facts(args.threads))
+    print(machine_facts(args.threads, args.opt_level))
     print()
     with tempfile.TemporaryDirectory(prefix="tuili-bench-") as tmp:
         work = Path(tmp)

@@ -147,3 +147,23 @@ def test_subgraph_outer_values_survive(level):
     m = model(nodes, [("x", F, [3])], [("y", F, [3])], {"zero": np.array(0.0, np.float32)})
     for x in (np.array([1.0, 2.0, 3.0], np.float32), np.array([-1.0, -2.0, 0.5], np.float32)):
         check_against_ort(m, {"x": x}, level=level)
+
+
+def test_folding_limit_blocks_expansion_but_not_same_size_results():
+    from tuili.ir import from_model_proto
+    from tuili.passes.constant_folding import ConstantFolding
+
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),          # 20 elements from 20: folds
+             helper.make_node("MatMul", ["x", "wt"], ["y"]),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"]),            # 25 elements from 2: refused
+             helper.make_node("ReduceSum", ["big"], ["z"], keepdims=0)]
+    m = model(nodes, [("x", F, [3, 5])], [("y", F, [3, 4]), ("z", F, [])],
+              {"w": np.arange(20, dtype=np.float32).reshape(4, 5), "shape": np.array([5, 5], np.int64)})
+    g = from_model_proto(m)
+    fold = ConstantFolding(max_elements=10)
+    assert fold.run(g)
+    assert sorted(n.op_type for n in g.nodes) == ["ConstantOfShape", "MatMul", "ReduceSum"]
+    np.testing.assert_array_equal(g.nodes[0].inputs[1].const if g.nodes[0].op_type == "MatMul"
+                                  else next(n for n in g.nodes if n.op_type == "MatMul").inputs[1].const,
+                                  np.arange(20, dtype=np.float32).reshape(4, 5).T)
+    assert not fold.run(g)  # fixed point

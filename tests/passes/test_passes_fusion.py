@@ -204,3 +204,60 @@ def test_float16_conv_relu():
     got = tuili.InferenceSession(m, opt_level=2).run(None, {"x": x})[0]
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, want)
+
+
+def test_gemm_constant_operands_precomputed_and_weight_transpose_folded():
+    r = rng(12)
+    inits = {"w": r.standard_normal((6, 5)).astype(np.float32), "c": r.standard_normal((1, 6)).astype(np.float32),
+             "wt": r.standard_normal((4, 5)).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["g"], transB=1, alpha=0.5, beta=3.0),
+             helper.make_node("Gemm", ["x", "w"], ["h"], transB=1),           # shares w: w itself unchanged
+             helper.make_node("Transpose", ["wt"], ["wtt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wtt"], ["k"])]
+    m = model(nodes, [("x", F, [3, 5])], [("g", F, [3, 6]), ("h", F, [3, 6]), ("k", F, [3, 4])], inits)
+    g, report = check_against_ort(m, {"x": r.standard_normal((3, 5)).astype(np.float32)}, rtol=1e-5, atol=1e-5)
+    assert counts(g) == {"Gemm": 2, "MatMul": 1}
+    for node in g.nodes:
+        if node.op_type == "Gemm":
+            assert node.attrs.get("transB", 0) == 0 and node.attrs.get("alpha", 1.0) == 1.0
+            assert node.attrs.get("beta", 1.0) == 1.0 and node.inputs[1].const.flags.c_contiguous
+    assert report.by_pass()["gemm-weights"]["changed"] >= 1
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_subgraphs_are_optimized_too(level):
+    """If branches and a Loop body get the same passes; outer values they read survive."""
+    r = rng(13)
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["xi"]),
+         helper.make_node("Conv", ["xi", "w"], ["c"]),
+         helper.make_node("Relu", ["c"], ["t"])], "then", [],
+        [helper.make_tensor_value_info("t", F, [1, 2, 3, 3])])
+    else_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", F, [], [2.0])),
+         helper.make_node("Mul", ["k", "k"], ["k2"]),
+         helper.make_node("Mul", ["x", "k2"], ["e"])], "else", [],
+        [helper.make_tensor_value_info("e", F, [1, 2, 3, 3])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Neg", ["one"], ["m1"]),
+         helper.make_node("Add", ["acc", "m1"], ["acc_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", F, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", F, [1, 2, 3, 3])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["r"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Loop", ["trips", "true", "r"], ["y"], body=body)]
+    m = model(nodes, [("x", F, [1, 2, 3, 3])], [("y", F, [1, 2, 3, 3])],
+              {"w": r.standard_normal((2, 2, 1, 1)).astype(np.float32), "zero": np.array(0.0, np.float32),
+               "one": np.array(1.0, np.float32), "trips": np.array(3, np.int64), "true": np.array(True)})
+    for sign in (1, -1):
+        x = np.abs(r.standard_normal((1, 2, 3, 3))).astype(np.float32) * sign
+        g, report = check_against_ort(m, {"x": x}, level=level)
+    after = report.after
+    assert after["Identity"] == 1  # the body's cond_in -> cond_out: a body input to a body output stays
+    assert "Constant" not in after and "Neg" not in after
+    assert after["Mul"] == 1 and after.get("tuili::FusedConv", 0) == (level >= 2)

@@ -66,7 +66,8 @@ def string_split(x, *, delimiter=None, maxsplit=None):
     x = _check_str(x, "StringSplit")
     sep = delimiter if delimiter else None  # "" or absent: split on runs of whitespace
     n = -1 if maxsplit is None else int(maxsplit)
-    parts = [s.split(sep, n) for s in x.reshape(-1)]
+    # Whitespace splitting ignores leading and trailing whitespace, even when maxsplit stops early.
+    parts = [(s.strip() if sep is None else s).split(sep, n) for s in x.reshape(-1)]
     width = max((len(p) for p in parts), default=0)
     flat = [p + [""] * (width - len(p)) for p in parts]
     out = np.empty((len(parts), width), dtype=object)

@@ -1,8 +1,9 @@
 """What every pass shares: the Pass interface, graph copying and small rewiring helpers.
 
 A pass is an object with a ``name`` and ``run(graph) -> bool`` (True when it changed the graph).
-Passes rewrite the root graph; values that subgraphs (If/Loop/Scan bodies) read from the root are
-registered as uses and so are never removed, and values a subgraph returns directly are pinned.
+A pass rewrites one graph (the manager runs it on the root, then on every subgraph). Values that
+subgraphs (If/Loop/Scan bodies) read from an enclosing scope are registered as uses there and so are
+never removed, and values a subgraph returns directly from an enclosing scope are pinned.
 """
 from __future__ import annotations
 
@@ -49,15 +50,8 @@ def const_of(v: Value | None) -> np.ndarray | None:
     return arr if isinstance(arr, np.ndarray) else None
 
 
-def is_const(v: Value | None) -> bool:
-    return const_of(v) is not None
 
 
-def scalar_const(v: Value | None) -> float | None:
-    c = const_of(v)
-    if c is None or c.size != 1 or c.dtype.kind not in "fiu":
-        return None
-    return float(c.reshape(()))
 
 
 def add_const(graph: Graph, hint: str, array: np.ndarray) -> Value:
@@ -88,8 +82,6 @@ def sole_user(v: Value, pinned: set[int] = frozenset()) -> Node | None:
     return node if node.graph is v.graph else None
 
 
-def used_outputs(node: Node) -> list[Value]:
-    return [v for v in node.outputs if v.uses or v.is_graph_output]
 
 
 def forward(old: Value, new: Value, pinned: set[int] = frozenset()) -> bool:
@@ -136,17 +128,15 @@ def drop_node(node: Node) -> None:
     """Remove ``node`` once none of its outputs is used (unused outputs vanish with it)."""
     g = node.graph
     node.detach()
+    for sub in node.subgraphs():  # the body's reads of outer values go away with it
+        for inner in sub.all_nodes():
+            inner.detach()
     g.nodes.remove(node)
     for out in node.outputs:
         if out.name and g.values.get(out.name) is out:
             del g.values[out.name]
 
 
-def node_index(graph: Graph, node: Node) -> int:
-    for i, n in enumerate(graph.nodes):
-        if n is node:
-            return i
-    raise ValueError(f"{node.label} is not in graph {graph.name!r}")
 
 
 def attr(node: Node, name: str, default: Any = None) -> Any:

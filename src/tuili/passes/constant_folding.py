@@ -1,8 +1,9 @@
 """Constant folding: a node whose inputs are all constants is evaluated once, with tuili's own
 kernels (through the registry), and its outputs become initializers.
 
-Results larger than ``max_elements`` are not materialized (a folded ConstantOfShape/Expand/Tile
-could turn a few bytes into gigabytes); ops that expand data are size-checked *before* they run.
+A result is materialized only if it is no larger than ``max_elements`` or than its constant inputs
+together (so a Transpose or Cast of a big weight folds, but a ConstantOfShape/Expand/Tile that turns a
+few bytes into gigabytes does not); ops that expand data are size-checked *before* they run.
 Random ops, ops with subgraphs and ops producing non-tensors (sequences, optionals) are left alone.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 MAX_ELEMENTS = 1 << 20  # per folded output
 
 _NEVER = {
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout",
     "If", "Loop", "Scan", "SequenceMap", "Optional", "OptionalGetElement", "OptionalHasElement",
 }
 
@@ -53,6 +54,7 @@ class ConstantFolding:
 
     def __init__(self, max_elements: int = MAX_ELEMENTS):
         self.max_elements = max_elements
+        self._rejected: set[int] = set()  # nodes evaluated and refused: not evaluated again next round
 
     def run(self, graph: Graph) -> bool:
         from tuili.ops.registry import KernelContext, lookup
@@ -74,8 +76,11 @@ class ConstantFolding:
                 consts = [None if v is None else const_of(v) for v in node.inputs]
                 if any(c is None for v, c in zip(node.inputs, consts) if v is not None):
                     continue
+            if id(node) in self._rejected:
+                continue
+            limit = max(self.max_elements, sum(c.size for c in consts if c is not None))
             size = _expanded_size(node, consts)
-            if size is not None and (size < 0 or size > self.max_elements):
+            if size is not None and (size < 0 or size > limit):
                 continue
             kernel = lookup(node.op_type, node.domain, node.opset)
             if kernel is None:
@@ -88,6 +93,7 @@ class ConstantFolding:
                     result = kernel.fn(*consts, **node.attrs)
             except Exception as e:  # noqa: BLE001 - leave the error to run time, where it names the feed
                 log.debug("not folding %s: %s: %s", node.label, type(e).__name__, e)
+                self._rejected.add(id(node))
                 continue
             results = result if type(result) is tuple else (result,)
             outs = node.outputs
@@ -95,7 +101,8 @@ class ConstantFolding:
                 continue
             if not all(isinstance(r, np.ndarray) and r.dtype != object for r, v in zip(results, outs) if v.name):
                 continue
-            if any(r.size > self.max_elements for r, v in zip(results, outs) if v.name and node.op_type != "Constant"):
+            if any(r.size > limit for r, v in zip(results, outs) if v.name and node.op_type != "Constant"):
+                self._rejected.add(id(node))
                 continue
             if any(v.type_proto is not None and not v.is_tensor for v in outs):
                 continue

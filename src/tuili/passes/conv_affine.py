@@ -13,14 +13,13 @@ import logging
 import numpy as np
 
 from tuili.ir import Graph
-from tuili.ir.core import Node
 
 from .base import add_const, const_of, drop_node, forward, pinned_values, sole_user
 
 log = logging.getLogger(__name__)
 
 
-def _per_channel(c: np.ndarray, rank: int, m: int) -> np.ndarray | None:
+def per_channel(c: np.ndarray, rank: int, m: int) -> np.ndarray | None:
     """c as a length-m vector when it broadcasts to (1, m, 1, ...) of ``rank`` dims, else None."""
     if c.ndim > rank:
         return None
@@ -55,7 +54,7 @@ class FoldConvAffine:
             if c is None or c.dtype != w.dtype:
                 continue
             m = w.shape[0]
-            v = _per_channel(c, w.ndim, m)
+            v = per_channel(c, w.ndim, m)
             if v is None:
                 continue
             v = v.astype(np.float64)

@@ -17,7 +17,7 @@ from tuili.ir.core import Node
 
 from .base import TUILI_DOMAIN, attr, const_of, drop_node, pinned_values, sole_user
 
-from .conv_affine import _per_channel
+from .conv_affine import per_channel
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class FuseConv:
                 z = b if a is y else a
                 zc = const_of(z)
                 if zc is not None and node.op_type == "Conv" and node.inputs[1] is not None \
-                        and node.inputs[1].shape is not None and _per_channel(zc, len(node.inputs[1].shape),
+                        and node.inputs[1].shape is not None and per_channel(zc, len(node.inputs[1].shape),
                                                                              node.inputs[1].shape[0]) is not None:
                     continue  # a per-channel constant: fold-conv-mul-add puts it into the bias
                 self._fuse(graph, node, user, z=z)

@@ -8,7 +8,8 @@ Levels (each includes the one below):
   O0  nothing
   O1  eliminate no-ops, constant folding, common subexpressions, dead nodes   (standard ONNX ops only)
   O2  + fold BatchNormalization into Conv/ConvTranspose/Gemm, fold constant Mul/Add into Conv,
-        Conv + Add/activation -> tuili::FusedConv, MatMul + Add -> Gemm / tuili::FusedMatMul
+        Conv + Add/activation -> tuili::FusedConv, MatMul + Add -> Gemm / tuili::FusedMatMul,
+        Gemm's constant B pre-transposed and alpha/beta pre-scaled
   O3  + layout: collapse Transpose/Transpose and Reshape/Reshape chains
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .conv_affine import FoldConvAffine
 from .conv_fusion import FuseConv
 from .cse import CommonSubexpressionElimination
 from .eliminate import EliminateDeadNodes, EliminateNoOps
+from .gemm_weights import PrecomputeGemmWeights
 from .layout import CollapseReshapes, CollapseTransposes
 from .matmul_fusion import FuseMatMulAdd
 
@@ -52,7 +54,7 @@ def passes_for_level(level: int, *, allow_custom_ops: bool = True) -> list[Pass]
         out += [FoldBatchNorm(), FoldConvAffine()]
         if allow_custom_ops:
             out += [FuseConv()]
-        out += [FuseMatMulAdd(allow_custom=allow_custom_ops)]
+        out += [FuseMatMulAdd(allow_custom=allow_custom_ops), PrecomputeGemmWeights()]
     if level >= 1:
         out += [EliminateDeadNodes()]
     return out
@@ -104,14 +106,20 @@ class Report:
 
 
 def op_counts(graph: Graph) -> Counter:
-    return Counter((f"{n.domain}::{n.op_type}" if n.domain else n.op_type) for n in graph.nodes)
+    """op -> number of nodes, subgraphs included ("domain::Op" outside the default domain)."""
+    return Counter((f"{n.domain}::{n.op_type}" if n.domain else n.op_type) for n in graph.all_nodes())
 
 
 class PassManager:
-    """Runs a list of passes in rounds until a round changes nothing (or ``max_rounds``)."""
+    """Runs a list of passes in rounds until a round changes nothing (or ``max_rounds``).
 
-    def __init__(self, passes: list[Pass], *, level: int = -1, debug: bool = False, max_rounds: int = MAX_ROUNDS):
+    Each pass rewrites the root graph, then every subgraph (If/Loop/Scan bodies) as a graph of its
+    own: values a body reads from an enclosing scope are uses there, so they are never removed."""
+
+    def __init__(self, passes: list[Pass], *, level: int = -1, debug: bool = False, max_rounds: int = MAX_ROUNDS,
+                 subgraphs: bool = True):
         self.passes = passes
+        self.subgraphs = subgraphs
         self.level = level
         self.debug = debug
         self.max_rounds = max_rounds
@@ -128,6 +136,9 @@ class PassManager:
                 before = op_counts(graph)
                 t0 = time.perf_counter()
                 changed = bool(p.run(graph))
+                if self.subgraphs:  # bodies of If/Loop/Scan, each a scope of its own
+                    for sub in list(graph.subgraphs()):
+                        changed = bool(p.run(sub)) or changed
                 dt = time.perf_counter() - t0
                 delta: dict[str, int] = {}
                 if changed:

@@ -137,7 +137,7 @@ def pad_spatial(x: np.ndarray, pads, value=0, scratch: bool = False) -> np.ndarr
     end = [max(0, e) for e in end]
     shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], begin, end))
     if scratch:
-        out, fresh = _scratch(("pad", tuple(begin), float(value)), shape, x.dtype)
+        out, fresh = _scratch(("pad", tuple(begin), tuple(end), float(value)), shape, x.dtype)
     else:
         out, fresh = np.empty(shape, dtype=x.dtype), True
     # write the border slabs (once per reused buffer) and the interior: no full zero fill first

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tuili.errors import ConfigError, ModelLoadError
+from tuili.errors import ConfigError, KernelError, ModelLoadError, TuiliError
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +199,44 @@ def str_to_bytes(arr: np.ndarray) -> np.ndarray:
     for i, x in enumerate(arr.reshape(-1)):
         flat[i] = x.encode("utf-8", "surrogateescape") if isinstance(x, str) else x
     return out
+
+
+class OnnxSessionBackend(Backend):
+    """Shared by the engines with onnxruntime's calling convention (onnxruntime, tuili): subclasses
+    create ``self.session`` in ``open_session`` and say how their errors map in ``map_error``."""
+
+    default_filename = "model.onnx"
+
+    def open_session(self, path: str, config):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def map_error(self, e: Exception) -> Exception:
+        return KernelError(f"{self.name} failed running {self._path}: {e}")
+
+    def load(self, model_dir: str, version_dir: str, config) -> None:
+        onnx_files = tuple(sorted(f for f in os.listdir(version_dir) if f.endswith(".onnx")))
+        path = self.model_file(version_dir, config, candidates=onnx_files)
+        self._path = path
+        self.session = self.open_session(path, config)
+        self.inputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_inputs()]
+        self.outputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._string_inputs:
+            feeds = {k: (bytes_to_str(v) if k in self._string_inputs else v) for k, v in feeds.items()}
+        try:
+            results = self.session.run(self._output_names, feeds)
+        except TuiliError:
+            raise
+        except Exception as e:  # noqa: BLE001 - engine-specific exception types
+            raise self.map_error(e) from e
+        out = dict(zip(self._output_names, results))
+        for k in self._string_outputs:
+            out[k] = str_to_bytes(out[k])
+        return out
+
+    def unload(self) -> None:
+        self.session = None

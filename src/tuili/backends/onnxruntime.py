@@ -4,9 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
-from tuili.backends.base import Backend, TensorSpec, bytes_to_str, str_to_bytes, config_parameter, dims_from_onnx, onnx_type_to_v2
+from tuili.backends.base import OnnxSessionBackend, config_parameter
 from tuili.errors import InvalidInputError, KernelError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -24,14 +22,12 @@ def _int_param(config, key: str, default: int) -> int:
         raise ConfigError(f"model config parameter {key!r} must be an integer, got {v!r}") from None
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(OnnxSessionBackend):
     name = "onnxruntime"
-    default_filename = "model.onnx"
 
-    def load(self, model_dir: str, version_dir: str, config) -> None:
+    def open_session(self, path: str, config):
         import onnxruntime as ort
 
-        path = self.model_file(version_dir, config, candidates=tuple(sorted(f for f in os.listdir(version_dir) if f.endswith(".onnx"))))
         so = ort.SessionOptions()
         # Split the cores between the instances so N instances do not oversubscribe the machine.
         cores = os.cpu_count() or 1
@@ -50,30 +46,12 @@ class OnnxRuntimeBackend(Backend):
                 "2": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "99": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
         try:
-            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelLoadError(f"onnxruntime could not load {path}: {e}") from e
-        self.inputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_inputs()]
-        self.outputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_outputs()]
-        self._output_names = [o.name for o in self.outputs]
-        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
-        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
-        self._path = path
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._string_inputs:
-            feeds = {k: (bytes_to_str(v) if k in self._string_inputs else v) for k, v in feeds.items()}
-        try:
-            results = self.session.run(self._output_names, feeds)
-        except Exception as e:  # onnxruntime raises its own exception types
-            msg = str(e)
-            if "INVALID_ARGUMENT" in msg or "Invalid" in msg:
-                raise InvalidInputError(f"onnxruntime rejected the inputs of {self._path}: {msg}") from e
-            raise KernelError(f"onnxruntime failed running {self._path}: {msg}") from e
-        out = dict(zip(self._output_names, results))
-        for k in self._string_outputs:
-            out[k] = str_to_bytes(out[k])
-        return out
-
-    def unload(self) -> None:
-        self.session = None
+    def map_error(self, e: Exception) -> Exception:
+        msg = str(e)
+        if "INVALID_ARGUMENT" in msg or "Invalid" in msg:
+            return InvalidInputError(f"onnxruntime rejected the inputs of {self._path}: {msg}")
+        return KernelError(f"onnxruntime failed running {self._path}: {msg}")

@@ -381,19 +381,19 @@ def profile_ort(path: str, feeds: dict, rounds: int, threads: int | None, workdi
     prof = sess.end_profiling()
     with open(prof) as f:
         events = json.load(f)
+    runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                  if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    warm_end = runs[0][1] if len(runs) > 1 else float("-inf")  # drop the warm-up run's nodes
     acc: dict[str, float] = {}
-    n_runs = 0
     for ev in events:
-        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
-            n_runs += 1
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time") and ev["ts"] > warm_end:
             a = ev.get("args", {})
             op = a.get("op_name", "?")
             shapes = [next(iter(d.values()), None) if isinstance(d, dict) else None
                       for d in a.get("input_type_shape", [])]
             key = op_label(op, shapes)
             acc[key] = acc.get(key, 0.0) + ev["dur"] * 1e-6
-    n = max(n_runs, 1)  # mean over all runs incl. the warm-up (ort's file does not separate them)
+    n = max(len(runs) - 1, 1)  # mean per run over the timed runs
     return {op: t / n for op, t in acc.items()}
 
 

@@ -261,3 +261,35 @@ def test_subgraphs_are_optimized_too(level):
     assert after["Identity"] == 1  # the body's cond_in -> cond_out: a body input to a body output stays
     assert "Constant" not in after and "Neg" not in after
     assert after["Mul"] == 1 and after.get("tuili::FusedConv", 0) == (level >= 2)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("order", ["y_s", "s_y"])
+def test_fuse_conv_swish(residual, order):
+    """SiLU as exported by torch: Mul(y, Sigmoid(y)) after a Conv (and a residual Add)."""
+    r = rng(14)
+    inits = {"w": r.standard_normal((4, 3, 3, 3)).astype(np.float32), "b": r.standard_normal(4).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    y = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", ["c", "z"], ["a"]))
+        y = "a"
+    nodes += [helper.make_node("Sigmoid", [y], ["s"]),
+              helper.make_node("Mul", [y, "s"] if order == "y_s" else ["s", y], ["m"]),
+              helper.make_node("Neg", ["m"], ["out"])]          # a reader right after the pattern
+    m = model(nodes, [("x", F, [2, 3, 5, 5]), ("z", F, [2, 4, 5, 5])], [("out", F, [2, 4, 5, 5])], inits)
+    feeds = {"x": r.standard_normal((2, 3, 5, 5)).astype(np.float32) * 4,
+             "z": r.standard_normal((2, 4, 5, 5)).astype(np.float32)}
+    g, _ = check_against_ort(m, feeds, rtol=1e-4, atol=1e-4)
+    assert counts(g) == {"tuili::FusedConv": 1, "Neg": 1}
+    assert g.nodes[0].attrs["activation"] == "Swish"
+
+
+def test_swish_with_an_extra_reader_is_not_fused():
+    r = rng(15)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["c", "s"], ["y"])]
+    m = model(nodes, [("x", F, [1, 2, 3, 3])], [("y", F, [1, 2, 3, 3]), ("s", F, [1, 2, 3, 3])],
+              {"w": r.standard_normal((2, 2, 1, 1)).astype(np.float32)})
+    g, _ = check_against_ort(m, {"x": r.standard_normal((1, 2, 3, 3)).astype(np.float32)})
+    assert counts(g) == {"Conv": 1, "Sigmoid": 1, "Mul": 1}

@@ -4,7 +4,8 @@
   addend ``Z`` (an Add that followed the Conv) and an optional activation, applied in place on the
   convolution's fresh output: no extra full-size temporaries.
   Attributes: the Conv attributes, ``activation`` ("" | Relu | LeakyRelu | Clip | HardSigmoid |
-  HardSwish | Sigmoid | Tanh) and ``activation_params`` (floats: alpha; min, max; alpha, beta).
+  HardSwish | Sigmoid | Tanh | Swish = x * sigmoid(x)) and ``activation_params`` (floats: alpha;
+  min, max; alpha, beta).
 * ``tuili::FusedMatMul(A, B, bias?)``: ``MatMul(A, B) + bias`` with the bias added in place.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tuili.ops.matmul import matmul
 from tuili.ops.registry import register
 
 DOMAIN = "tuili"
-ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh")
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Swish")
 
 
 def apply_activation(y: np.ndarray, activation: str, params) -> np.ndarray:
@@ -53,6 +54,13 @@ def apply_activation(y: np.ndarray, activation: str, params) -> np.ndarray:
             np.exp(y, out=y)
             y += dt(1)
             np.reciprocal(y, out=y)
+    elif activation == "Swish":
+        with np.errstate(over="ignore"):
+            t = np.negative(y)
+            np.exp(t, out=t)
+            t += dt(1)
+            np.reciprocal(t, out=t)
+        y *= t
     elif activation == "Tanh":
         np.tanh(y, out=y)
     else:

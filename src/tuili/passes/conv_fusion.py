@@ -2,9 +2,10 @@
 
     Conv -> Add(., Z)            => FusedConv(X, W, B, Z)                 (residual connections)
     Conv [-> Add] -> activation  => FusedConv(..., activation=..., activation_params=[...])
+    Conv [-> Add] = y; Mul(y, Sigmoid(y))  => FusedConv(..., activation="Swish")     (SiLU)
 
 for Relu, LeakyRelu, Clip (constant bounds: ReLU6), HardSigmoid, HardSwish, Sigmoid, Tanh. The
-intermediate must have no other reader. The fused node takes the place of the last node of the
+intermediate must have no other reader (for Swish: exactly the Sigmoid and the Mul). The fused node takes the place of the last node of the
 pattern, so everything it reads is computed before it.
 """
 from __future__ import annotations
@@ -50,6 +51,23 @@ def _activation(node: Node) -> tuple[str, list[float]] | None:
     return None
 
 
+def _swish(y, pinned) -> tuple[Node, Node] | None:
+    """(Sigmoid, Mul) when ``y`` is read exactly by Sigmoid(y) and Mul(y, that sigmoid), else None."""
+    if y.is_graph_output or id(y) in pinned or len(y.uses) != 2:
+        return None
+    users = [n for n, _ in y.uses]
+    sig = next((n for n in users if n.op_type == "Sigmoid" and n.domain == ""), None)
+    mul = next((n for n in users if n.op_type == "Mul" and n.domain == "" and n.opset >= 7), None)
+    if sig is None or mul is None or sig.graph is not y.graph or mul.graph is not y.graph:
+        return None
+    s = sig.outputs[0]
+    if s.is_graph_output or id(s) in pinned or len(s.uses) != 1 or s.uses[0][0] is not mul:
+        return None
+    if {id(v) for v in mul.inputs} != {id(y), id(s)}:
+        return None
+    return sig, mul
+
+
 def _is_conv(node: Node) -> bool:
     return (node.op_type == "Conv" and node.domain == "") or (node.op_type == "FusedConv" and node.domain == TUILI_DOMAIN)
 
@@ -65,11 +83,11 @@ class FuseConv:
                 continue
             y = node.outputs[0]
             user = sole_user(y, pinned)
-            if user is None or (y.dtype is not None and y.dtype not in (1, 10, 11)):
+            if y.dtype is not None and y.dtype not in (1, 10, 11):
                 continue
             act = attr(node, "activation", "")
             has_z = len(node.inputs) > 3 and node.inputs[3] is not None
-            if user.op_type == "Add" and user.domain == "" and user.opset >= 7 and not act and not has_z:
+            if user is not None and user.op_type == "Add" and user.domain == "" and user.opset >= 7 and not act and not has_z:
                 a, b = user.inputs
                 if a is b:
                     continue
@@ -82,6 +100,15 @@ class FuseConv:
                 self._fuse(graph, node, user, z=z)
                 changed = True
                 continue
+            if user is None and not act:
+                swish = _swish(y, pinned)
+                if swish is not None:
+                    sig, mul = swish
+                    self._fuse(graph, node, mul, activation=("Swish", []), also=sig)
+                    changed = True
+                continue
+            if user is None:
+                continue
             fa = _activation(user)
             if fa is not None and not act and user.inputs[0] is y:
                 self._fuse(graph, node, user, activation=fa)
@@ -89,7 +116,7 @@ class FuseConv:
         return changed
 
     @staticmethod
-    def _fuse(graph: Graph, conv: Node, last: Node, z=None, activation=None) -> None:
+    def _fuse(graph: Graph, conv: Node, last: Node, z=None, activation=None, also: Node | None = None) -> None:
         inputs = list(conv.inputs) + [None] * (4 - len(conv.inputs))
         if z is not None:
             inputs[3] = z
@@ -100,6 +127,8 @@ class FuseConv:
             attrs["activation"], attrs["activation_params"] = activation[0], [float(p) for p in activation[1]]
             if not attrs["activation_params"]:
                 del attrs["activation_params"]
+        if also is not None:  # a node inside the pattern (Swish's Sigmoid), read only by ``last``
+            drop_node(also)
         out = last.outputs[0]
         pos = graph.nodes.index(last)
         last.detach()

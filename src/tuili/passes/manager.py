@@ -156,7 +156,7 @@ class PassManager:
                 break
         else:
             log.warning("optimizer stopped after %d rounds without reaching a fixed point", self.max_rounds)
-        if any(n.domain == TUILI_DOMAIN for n in graph.nodes):
+        if any(n.domain == TUILI_DOMAIN for n in graph.all_nodes()):
             graph.opset_imports.setdefault(TUILI_DOMAIN, 1)
         report.after = op_counts(graph)
         report.seconds = time.perf_counter() - start
@@ -181,7 +181,8 @@ def optimized_copy(graph: Graph, level: int = 2) -> tuple[Graph, Report | None]:
         return graph, None
     try:
         copy = copy_graph(graph)
-        report = PassManager(passes, level=level).run(copy)
+        # with debug logging on (`tuili -v ...`), the graph is validated after every pass
+        report = PassManager(passes, level=level, debug=log.isEnabledFor(logging.DEBUG)).run(copy)
     except Exception as e:  # noqa: BLE001
         log.warning("graph optimizer failed (%s: %s); running the model unoptimized", type(e).__name__, e)
         return graph, None

@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a symbolic dimension for --random (default 1)")
     p.add_argument("--engine", default="tuili", choices=["tuili", "onnxruntime"])
+    p.add_argument("-O", "--opt-level", type=int, default=2, choices=range(4), help="graph optimization level (tuili engine)")
     p.add_argument("--compare", action="store_true", help="also run onnxruntime and print the agreement")
     p.add_argument("-o", "--output", help="save outputs to this .npz")
     p.add_argument("--repeat", type=int, default=1, help="run N times and print the mean latency")
@@ -76,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
     from tuili.runtime.session import InferenceSession
 
     t0 = time.perf_counter()
-    sess = InferenceSession(args.model, engine=args.engine)
+    sess = InferenceSession(args.model, engine=args.engine, opt_level=args.opt_level)
     load_ms = (time.perf_counter() - t0) * 1e3
     names = [a.name for a in sess.get_inputs()]
     dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}

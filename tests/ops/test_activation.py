@@ -2,39 +2,20 @@
 Softmax / LogSoftmax / Hardmax and Gelu's tanh approximation."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import helper
 
+from tests.ops._ortref import assert_same, run_ort
 from tuili.ops.registry import get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
 
-def _ort(op, inputs, opset, **attrs):
-    names = [f"i{k}" for k in range(len(inputs))]
-    node = helper.make_node(op, names, ["y"], **attrs)
-    g_in = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in zip(names, inputs)
-    ]
-    g = helper.make_graph([node], "t", g_in, [onnx.ValueInfoProto(name="y")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip(names, inputs)))[0]
-
-
-def _check(op, inputs, opset=21, rtol=1e-5, atol=1e-6, **attrs):
-    ref = _ort(op, inputs, opset, **attrs)
-    got = get_kernel(op, "", opset).fn(*inputs, **attrs)
-    assert isinstance(got, np.ndarray)
-    assert got.dtype == ref.dtype and got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+_check = partial(assert_same, rtol=1e-5, atol=1e-6)
 
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
@@ -76,7 +57,7 @@ def test_softmax_default_axis_changes_at_13():
     new = get_kernel("Softmax", "", 13).fn(x)  # axis=-1
     np.testing.assert_allclose(old.reshape(2, 12).sum(axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(new.sum(axis=-1), 1, rtol=1e-6)
-    np.testing.assert_allclose(old, _ort("Softmax", [x], 11), rtol=1e-6)
+    np.testing.assert_allclose(old, run_ort("Softmax", [x], opset=11)[0], rtol=1e-6)
 
 
 def test_sigmoid_tails_are_accurate():

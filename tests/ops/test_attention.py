@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from tests.ops._ortref_shape import make_model, run_ort, run_tuili
+from tests.ops._ortref import make_model, run_ort, run_tuili
 from tuili.errors import KernelError
 
 SETTINGS = settings(max_examples=25, deadline=None)

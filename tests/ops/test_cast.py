@@ -5,13 +5,13 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 
+from tests.ops._ortref import run_model
 from tuili.ops.registry import get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -31,8 +31,7 @@ def _ort_cast(x, to, opset=21, **attrs):
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 10
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    y = np.asarray(sess.run(None, {"x": np.asarray(x)})[0])
+    y = np.asarray(run_model(m, {"x": np.asarray(x)})[0])
     return y.astype(helper.tensor_dtype_to_np_dtype(to)) if exotic else y
 
 

@@ -3,46 +3,25 @@ get wrong with numpy: integer Div truncation, Mod sign rules, Pow dtype, Round h
 BitShift edge cases, legacy (opset < 7) broadcasting, Clip by opset."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import helper
 
+from tests.ops._ortref import assert_same
 from tuili.ops.registry import get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
-
-
-def _ort(op, inputs, opset, **attrs):
-    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    node = helper.make_node(op, names, ["y"], **attrs)
-    g_in = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(a).dtype), np.asarray(a).shape)
-        for n, a in zip(names, inputs)
-        if a is not None
-    ]
-    g = helper.make_graph([node], "t", g_in, [onnx.ValueInfoProto(name="y")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: np.asarray(a) for n, a in zip(names, inputs) if a is not None})[0]
 
 
 def _tuili(op, inputs, opset, **attrs):
     return get_kernel(op, "", opset).fn(*inputs, **attrs)
 
 
-def _check(op, inputs, opset=17, rtol=1e-5, atol=1e-6, **attrs):
-    ref = _ort(op, inputs, opset, **attrs)
-    got = _tuili(op, inputs, opset, **attrs)
-    assert isinstance(got, np.ndarray)
-    assert got.dtype == ref.dtype, (got.dtype, ref.dtype)
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got.astype(np.float64), ref.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True)
+_check = partial(assert_same, opset=17, rtol=1e-5, atol=1e-6)
 
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=4)

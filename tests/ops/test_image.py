@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.ops._ortref_shape import run_tuili
+from tests.ops._ortref import run_tuili
 
 
 def _encode(img: np.ndarray, fmt: str) -> np.ndarray:

@@ -1,40 +1,20 @@
 """MatMul / Gemm / MatMulInteger / Einsum / Det against onnxruntime."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import helper
 
+from tests.ops._ortref import assert_same
 from tuili.ops.registry import get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
 
-def _ort(op, inputs, opset, **attrs):
-    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    node = helper.make_node(op, names, ["y"], **attrs)
-    g_in = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in zip(names, inputs)
-        if a is not None
-    ]
-    g = helper.make_graph([node], "t", g_in, [onnx.ValueInfoProto(name="y")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: a for n, a in zip(names, inputs) if a is not None})[0]
-
-
-def _check(op, inputs, opset=17, rtol=1e-4, atol=1e-4, **attrs):
-    ref = _ort(op, inputs, opset, **attrs)
-    got = get_kernel(op, "", opset).fn(*inputs, **attrs)
-    assert isinstance(got, np.ndarray)
-    assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, got.shape, ref.dtype, ref.shape)
-    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+_check = partial(assert_same, opset=17, rtol=1e-4, atol=1e-4)
 
 
 elems = st.floats(-2, 2, width=32)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.ops._ortref_shape import assert_same, run_ort, run_tuili
+from tests.ops._ortref import assert_same, run_ort, run_tuili
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from tests.ops._ortref_shape import run_tuili
+from tests.ops._ortref import run_tuili
 
 
 def test_seeded_generators_are_reproducible_and_shaped():

@@ -2,14 +2,14 @@
 keepdims, noop_with_empty_axes; ArgMax/ArgMin with select_last_index; CumSum."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from onnx import helper
 
+from tests.ops._ortref import assert_same
 from tuili.ops.registry import get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -18,27 +18,7 @@ REDUCE_OPS = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"]
 
 
-def _ort(op, inputs, opset, **attrs):
-    names = [f"i{k}" if a is not None else "" for k, a in enumerate(inputs)]
-    node = helper.make_node(op, names, ["y"], **attrs)
-    g_in = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in zip(names, inputs)
-        if a is not None
-    ]
-    g = helper.make_graph([node], "t", g_in, [onnx.ValueInfoProto(name="y")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-    m.ir_version = 8
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: a for n, a in zip(names, inputs) if a is not None})[0]
-
-
-def _check(op, inputs, opset, rtol=1e-5, atol=1e-5, **attrs):
-    ref = _ort(op, inputs, opset, **attrs)
-    got = get_kernel(op, "", opset).fn(*inputs, **attrs)
-    assert isinstance(got, np.ndarray)
-    assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, got.shape, ref.dtype, ref.shape)
-    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+_check = partial(assert_same, rtol=1e-5, atol=1e-5)
 
 
 xs = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4),
@@ -56,7 +36,7 @@ def test_reduce_axes_input_vs_ort(x, op, keepdims, data):
     axes = data.draw(axes_for(x))
     noop = data.draw(st.booleans())
     ax = np.array(axes, np.int64) if axes or data.draw(st.booleans()) else None
-    _check(op, [x, ax], 18, keepdims=int(keepdims), noop_with_empty_axes=int(noop))
+    _check(op, [x, ax], opset=18, keepdims=int(keepdims), noop_with_empty_axes=int(noop))
 
 
 @SETTINGS
@@ -67,14 +47,14 @@ def test_reduce_axes_attribute_vs_ort(x, op, keepdims, data):
     if axes:
         attrs["axes"] = axes
     opset = 13 if op != "ReduceSum" else 11
-    _check(op, [x], opset, **attrs)
+    _check(op, [x], opset=opset, **attrs)
 
 
 @SETTINGS
 @given(hnp.arrays(np.int32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), elements=st.integers(-50, 50)),
        st.sampled_from(["ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"]))
 def test_reduce_int32_keeps_dtype(x, op):
-    _check(op, [x, np.array([0], np.int64)], 18)
+    _check(op, [x, np.array([0], np.int64)], opset=18)
 
 
 @SETTINGS
@@ -82,7 +62,7 @@ def test_reduce_int32_keeps_dtype(x, op):
        st.sampled_from(["ArgMax", "ArgMin"]), st.booleans(), st.booleans(), st.data())
 def test_argmax_vs_ort(x, op, keepdims, last, data):
     axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
-    _check(op, [x], 13, axis=axis, keepdims=int(keepdims), select_last_index=int(last))
+    _check(op, [x], opset=13, axis=axis, keepdims=int(keepdims), select_last_index=int(last))
 
 
 @SETTINGS
@@ -90,7 +70,7 @@ def test_argmax_vs_ort(x, op, keepdims, last, data):
        st.booleans(), st.booleans(), st.data())
 def test_cumsum_vs_ort(x, exclusive, reverse, data):
     axis = np.array(data.draw(st.integers(-x.ndim, x.ndim - 1)), np.int64)
-    _check("CumSum", [x, axis], 14, exclusive=int(exclusive), reverse=int(reverse))
+    _check("CumSum", [x, axis], opset=14, exclusive=int(exclusive), reverse=int(reverse))
 
 
 def test_empty_reductions_give_identities():

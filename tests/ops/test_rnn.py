@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tuili.ops.rnn as rnn_mod
-from tests.ops._ortref_shape import run_ort, run_tuili
+from tests.ops._ortref import run_ort, run_tuili
 
 SETTINGS = settings(max_examples=20, deadline=None)
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}

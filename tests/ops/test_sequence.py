@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from tests.ops._ortref_shape import assert_same, run_tuili
+from tests.ops._ortref import assert_same, run_model, run_node, run_tuili
 from tuili.errors import KernelError
-from tuili.ir.attributes import decode_attribute
-from tuili.ops.registry import KernelContext, get_kernel
 
 SETTINGS = settings(max_examples=30, deadline=None)
 OPSET = 18
@@ -32,14 +29,10 @@ def run_both(nodes, feeds, outputs):
     g_out = [onnx.ValueInfoProto(name=o) for o in outputs]
     model = helper.make_model(helper.make_graph(nodes, "s", g_in, g_out), opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(outputs, feeds)
+    want = run_model(model, feeds, outputs)
     env = dict(feeds)
     for n in nodes:
-        k = get_kernel(n.op_type, "", OPSET)
-        attrs = {a.name: decode_attribute(a) for a in n.attribute}
-        args = [env[i] if i else None for i in n.input]
-        res = k.fn(KernelContext(n.op_type, OPSET, "", len(n.output)), *args, **attrs) if k.wants_ctx else k.fn(*args, **attrs)
-        env.update(zip(n.output, res if isinstance(res, tuple) else (res,)))
+        env.update(zip(n.output, run_node(n, [env[i] if i else None for i in n.input], OPSET)))
     return want, [env[o] for o in outputs]
 
 

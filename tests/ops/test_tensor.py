@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.ops._ortref_shape import assert_same, run_tuili
+from tests.ops._ortref import assert_same, run_tuili
 from tuili.errors import KernelError
 
 SETTINGS = settings(max_examples=30, deadline=None)

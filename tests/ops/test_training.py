@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from tests.ops._ortref_shape import make_model, run_tuili
+from tests.ops._ortref import make_model, run_tuili
 
 DOMAIN = "ai.onnx.preview.training"
 

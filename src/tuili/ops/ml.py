@@ -305,14 +305,30 @@ def _first(*vals):
     return None
 
 
-def _legacy_forest(op, x, n_t, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids, nodes_values,
-                   nodes_truenodeids, nodes_falsenodeids, nodes_missing_value_tracks_true,
-                   target_treeids, target_nodeids, target_ids, target_weights):  # fmt: skip
+# The nodes_* attributes the pre-opset-5 TreeEnsembleRegressor and TreeEnsembleClassifier share
+# (all optional; the hit rates are accepted and, as in onnxruntime, unused).
+_LEGACY_NODE_ATTRS = frozenset({
+    "nodes_falsenodeids", "nodes_featureids", "nodes_hitrates", "nodes_hitrates_as_tensor",
+    "nodes_missing_value_tracks_true", "nodes_modes", "nodes_nodeids", "nodes_treeids",
+    "nodes_truenodeids", "nodes_values", "nodes_values_as_tensor",
+})  # fmt: skip
+
+
+def _legacy_forest(op, x, n_t, nodes, target_treeids, target_nodeids, target_ids, target_weights):
     """Walk a pre-opset-5 forest (nodes keyed by (tree id, node id), LEAF nodes carry weights).
 
+    ``nodes`` holds the kernel's nodes_* attributes (names outside _LEGACY_NODE_ATTRS are an error).
     Returns (weights, has) of shape (rows, trees, n_t): each tree's leaf weight per target
     for every row, and whether that leaf names the target at all.
     """
+    unknown = sorted(set(nodes) - _LEGACY_NODE_ATTRS)
+    if unknown:
+        raise KernelError(f"{op}: unknown attribute(s) {', '.join(unknown)}; expected only ONNX's {op} attributes")
+    get = nodes.get
+    nodes_treeids, nodes_nodeids, nodes_modes = get("nodes_treeids"), get("nodes_nodeids"), get("nodes_modes")
+    nodes_truenodeids, nodes_falsenodeids = get("nodes_truenodeids"), get("nodes_falsenodeids")
+    nodes_featureids, nodes_missing_value_tracks_true = get("nodes_featureids"), get("nodes_missing_value_tracks_true")
+    nodes_values = _first(get("nodes_values_as_tensor"), get("nodes_values"))
     if nodes_modes is None or nodes_treeids is None or nodes_nodeids is None:
         raise KernelError(f"{op}: nodes_modes, nodes_treeids and nodes_nodeids are required")
     x = np.asarray(x)
@@ -389,40 +405,24 @@ def tree_ensemble_regressor(
     base_values=None,
     base_values_as_tensor=None,
     n_targets=None,
-    nodes_falsenodeids=None,
-    nodes_featureids=None,
-    nodes_hitrates=None,
-    nodes_hitrates_as_tensor=None,
-    nodes_missing_value_tracks_true=None,
-    nodes_modes=None,
-    nodes_nodeids=None,
-    nodes_treeids=None,
-    nodes_truenodeids=None,
-    nodes_values=None,
-    nodes_values_as_tensor=None,
     post_transform="NONE",
     target_ids=None,
     target_nodeids=None,
     target_treeids=None,
     target_weights=None,
     target_weights_as_tensor=None,
+    **nodes,
 ):
-    """The pre-opset-5 regressor: nodes keyed by (tree id, node id), leaves are LEAF nodes."""
+    """The pre-opset-5 regressor: nodes keyed by (tree id, node id), leaves are LEAF nodes.
+    ``nodes``: the nodes_* attributes (see _LEGACY_NODE_ATTRS)."""
     op = "TreeEnsembleRegressor"
     if n_targets is None:
         raise KernelError(f"{op}: the n_targets attribute is required")
     if aggregate_function not in _AGG_NAMES or post_transform not in _POST_NAMES:
         raise KernelError(f"{op}: unknown aggregate_function {aggregate_function!r} or post_transform {post_transform!r}")
-    x = np.asarray(x)
-    if x.ndim == 1:
-        x = x.reshape(1, -1)
     n_t = int(n_targets)
-    per_tree, has_t = _legacy_forest(
-        op, x, n_t, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids,
-        _first(nodes_values_as_tensor, nodes_values), nodes_truenodeids, nodes_falsenodeids,
-        nodes_missing_value_tracks_true, target_treeids, target_nodeids, target_ids,
-        _first(target_weights_as_tensor, target_weights),
-    )  # fmt: skip
+    per_tree, has_t = _legacy_forest(op, x, n_t, nodes, target_treeids, target_nodeids, target_ids,
+                                     _first(target_weights_as_tensor, target_weights))  # fmt: skip
     n_trees = per_tree.shape[1]
     agg = _AGG_NAMES[aggregate_function]
     if agg in (0, 1):
@@ -658,20 +658,11 @@ def tree_ensemble_classifier(
     class_weights_as_tensor=None,
     classlabels_int64s=None,
     classlabels_strings=None,
-    nodes_falsenodeids=None,
-    nodes_featureids=None,
-    nodes_hitrates=None,
-    nodes_hitrates_as_tensor=None,
-    nodes_missing_value_tracks_true=None,
-    nodes_modes=None,
-    nodes_nodeids=None,
-    nodes_treeids=None,
-    nodes_truenodeids=None,
-    nodes_values=None,
-    nodes_values_as_tensor=None,
     post_transform="NONE",
+    **nodes,
 ):
-    """Pre-opset-5 classifier: outputs (labels [N], scores [N, classes])."""
+    """Pre-opset-5 classifier: outputs (labels [N], scores [N, classes]).
+    ``nodes``: the nodes_* attributes (see _LEGACY_NODE_ATTRS)."""
     op = "TreeEnsembleClassifier"
     if classlabels_strings is not None:
         labels = _str_array(classlabels_strings)
@@ -681,16 +672,9 @@ def tree_ensemble_classifier(
         raise KernelError(f"{op}: one of classlabels_int64s, classlabels_strings is required")
     if post_transform not in _POST_NAMES:
         raise KernelError(f"{op}: unknown post_transform {post_transform!r}")
-    x = np.asarray(x)
-    if x.ndim == 1:
-        x = x.reshape(1, -1)
     n_cls = labels.size
-    per_tree, has_t = _legacy_forest(
-        op, x, n_cls, nodes_treeids, nodes_nodeids, nodes_modes, nodes_featureids,
-        _first(nodes_values_as_tensor, nodes_values), nodes_truenodeids, nodes_falsenodeids,
-        nodes_missing_value_tracks_true, class_treeids, class_nodeids, class_ids,
-        _first(class_weights_as_tensor, class_weights),
-    )  # fmt: skip
+    per_tree, has_t = _legacy_forest(op, x, n_cls, nodes, class_treeids, class_nodeids, class_ids,
+                                     _first(class_weights_as_tensor, class_weights))  # fmt: skip
     scores = per_tree.sum(axis=1)
     base = _first(base_values_as_tensor, base_values)
     weights = _first(class_weights_as_tensor, class_weights)

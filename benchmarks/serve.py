@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                    help="preferred_batch_size of the batching model (default: the best in-process batch size, as a tuned config would use)")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--allow-spinning", choices=["0", "1"], default=None,
-                   help="onnxruntime intra-op thread spinning in the served models (default: onnxruntime's default)")
+                   help="onnxruntime intra-op thread spinning in the served models (default: the backend default, off)")
     p.add_argument("--load-unload", type=int, default=20, help="load/unload cycles for the memory-growth check (0 = skip)")
     args = p.parse_args(argv)
     global SPIN

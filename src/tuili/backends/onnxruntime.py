@@ -5,7 +5,7 @@ import logging
 import os
 
 from tuili.backends.base import OnnxSessionBackend, config_parameter
-from tuili.errors import InvalidInputError, KernelError, ModelLoadError
+from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,6 @@ def _int_param(config, key: str, default: int) -> int:
     try:
         return int(v)
     except ValueError:
-        from tuili.errors import ConfigError
-
         raise ConfigError(f"model config parameter {key!r} must be an integer, got {v!r}") from None
 
 
@@ -34,11 +32,14 @@ class OnnxRuntimeBackend(OnnxSessionBackend):
         so.intra_op_num_threads = _int_param(config, "intra_op_thread_count", max(1, cores // max(1, self.instance_count)))
         so.inter_op_num_threads = _int_param(config, "inter_op_thread_count", 1)
         so.log_severity_level = 3
-        # Idle intra-op threads spin by default; on a small machine they then steal the cores the
-        # server's own threads (HTTP, batching) need. parameters { key: "allow_spinning" value: { string_value: "0" } }
-        spin = config_parameter(config, "allow_spinning")
-        if spin in ("0", "1"):
-            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        # onnxruntime's idle intra-op threads spin by default and then steal the cores the server's
+        # own threads (gRPC, HTTP, batching) need: on 2 cores, gRPC at concurrency 16 without batching
+        # ran at 13 inferences/s spinning and 49/s not (benchmarks/serve.py). Off unless the config
+        # says parameters { key: "allow_spinning" value: { string_value: "1" } }.
+        spin = config_parameter(config, "allow_spinning") or "0"
+        if spin not in ("0", "1"):
+            raise ConfigError(f"model config parameter 'allow_spinning' must be \"0\" or \"1\", got {spin!r}")
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         level = config_parameter(config, "optimization_level")
         if level:
             so.graph_optimization_level = {

@@ -23,17 +23,10 @@ from collections import OrderedDict
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
 from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
-
-try:  # numba is a project dependency; keep the numpy path if it is unusable
-    import numba
-
-    _HAVE_NUMBA = True
-except Exception:  # pragma: no cover - environment without numba
-    numba = None
-    _HAVE_NUMBA = False
 
 
 # ----------------------------------------------------------------------------- scratch buffers
@@ -228,6 +221,11 @@ if _HAVE_NUMBA:
                         orow[j] = acc[base + j]
         return out
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _taps5(w, c, a):  # pragma: no cover - compiled
+        """The five weights of row a of channel c's 5x5 depthwise kernel."""
+        return w[c, a, 0], w[c, a, 1], w[c, a, 2], w[c, a, 3], w[c, a, 4]
+
     @numba.njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
     def _dw5x5_nb(xp, w, out, sh):  # pragma: no cover - compiled
         # 5x5, column stride 1: one fused 5-tap multiply-add per kernel row
@@ -241,11 +239,7 @@ if _HAVE_NUMBA:
                         orow[j] = 0.0
                     for a in range(5):
                         r = plane[i * sh + a]
-                        w0 = w[c, a, 0]
-                        w1 = w[c, a, 1]
-                        w2 = w[c, a, 2]
-                        w3 = w[c, a, 3]
-                        w4 = w[c, a, 4]
+                        w0, w1, w2, w3, w4 = _taps5(w, c, a)
                         for j in range(ow_):
                             orow[j] += w0 * r[j] + w1 * r[j + 1] + w2 * r[j + 2] + w3 * r[j + 3] + w4 * r[j + 4]
         return out
@@ -263,11 +257,7 @@ if _HAVE_NUMBA:
                     for a in range(5):
                         e = xe[n, c, i * sh + a]
                         o = xo[n, c, i * sh + a]
-                        w0 = w[c, a, 0]
-                        w1 = w[c, a, 1]
-                        w2 = w[c, a, 2]
-                        w3 = w[c, a, 3]
-                        w4 = w[c, a, 4]
+                        w0, w1, w2, w3, w4 = _taps5(w, c, a)
                         for j in range(ow_):
                             orow[j] += w0 * e[j] + w1 * o[j] + w2 * e[j + 1] + w3 * o[j + 1] + w4 * e[j + 2]
         return out
@@ -466,14 +456,11 @@ def conv_transpose(
     full = [(in_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 for i in range(nd)]
     if output_shape is not None and len(output_shape) > 0:
         target = list(output_shape)[-nd:]
-        total = [full[i] + out_pad[i] - target[i] for i in range(nd)]
-        if auto_pad == "SAME_UPPER":
-            pb = [t // 2 for t in total]
-        else:
-            pb = [t - t // 2 for t in total]
-        pe = [t - p for t, p in zip(total, pb)]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         target = [in_sp[i] * strides[i] for i in range(nd)]
+    else:
+        target = None
+    if target is not None:  # pad to reach the target size, the odd unit at the end for SAME_UPPER
         total = [full[i] + out_pad[i] - target[i] for i in range(nd)]
         if auto_pad == "SAME_UPPER":
             pb = [t // 2 for t in total]

@@ -172,6 +172,21 @@ def legacy_broadcast(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.n
     return b
 
 
+def _legacy_call(modern, a, b, broadcast, axis):
+    """Run an opset >= 7 kernel on inputs given with the opset < 7 broadcast/axis attributes."""
+    a = _asarray(a)
+    return modern(a, legacy_broadcast(a, _asarray(b), broadcast, axis))
+
+
+def _register_versions(op_name: str, modern, legacy, since_legacy: int, since_modern: int):
+    """Register ``legacy`` from since_legacy (when that is older than since_modern) and ``modern``
+    from since_modern, both named after the op."""
+    modern.__name__ = legacy.__name__ = op_name.lower()
+    if since_legacy < since_modern:
+        register(op_name, since=since_legacy)(legacy)
+    register(op_name, since=since_modern)(modern)
+
+
 def _binary(op_name: str, fn, since_legacy: int, since_modern: int, *, fix_dtype: bool = True):
     def modern(a, b):
         a = _asarray(a)
@@ -184,13 +199,9 @@ def _binary(op_name: str, fn, since_legacy: int, since_modern: int, *, fix_dtype
         return _asarray(y)
 
     def legacy(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
-        a = _asarray(a)
-        return modern(a, legacy_broadcast(a, _asarray(b), broadcast, axis))
+        return _legacy_call(modern, a, b, broadcast, axis)
 
-    modern.__name__ = legacy.__name__ = op_name.lower()
-    if since_legacy < since_modern:
-        register(op_name, since=since_legacy)(legacy)
-    register(op_name, since=since_modern)(modern)
+    _register_versions(op_name, modern, legacy, since_legacy, since_modern)
 
 
 _binary("Add", np.add, 1, 7)
@@ -237,8 +248,7 @@ def _pow_core(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @register("Pow", since=1)
 def pow_legacy(x, y, *, broadcast=0, axis=None):
-    x = _asarray(x)
-    return pow_(x, legacy_broadcast(x, _asarray(y), broadcast, axis))
+    return _legacy_call(pow_, x, y, broadcast, axis)
 
 
 @register("Pow", since=7)
@@ -302,13 +312,9 @@ def _compare(op_name: str, fn, since_legacy: int, since_modern: int):
         return _asarray(fn(a, b)).astype(bool, copy=False)
 
     def legacy(a, b, *, broadcast=0, axis=None):
-        a = _asarray(a)
-        return modern(a, legacy_broadcast(a, _asarray(b), broadcast, axis))
+        return _legacy_call(modern, a, b, broadcast, axis)
 
-    modern.__name__ = legacy.__name__ = op_name.lower()
-    if since_legacy < since_modern:
-        register(op_name, since=since_legacy)(legacy)
-    register(op_name, since=since_modern)(modern)
+    _register_versions(op_name, modern, legacy, since_legacy, since_modern)
 
 
 _compare("Equal", np.equal, 1, 7)

@@ -13,34 +13,35 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
 from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
 
-try:  # numba is a project dependency; the numpy path stays as the fallback
-    import numba
-
-    _HAVE_NUMBA = True
-except Exception:  # pragma: no cover - environment without numba
-    numba = None
-    _HAVE_NUMBA = False
 
 if _HAVE_NUMBA:
     # reassoc lets LLVM vectorize the row reductions; NaN/inf semantics are kept.
     _FM = {"reassoc", "contract"}
 
     @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+    def _row_moments(x, i):  # pragma: no cover - compiled
+        """Mean of row i of x and the sum of its squared deviations from that mean."""
+        d = x.shape[1]
+        s = 0.0
+        for j in range(d):
+            s += x[i, j]
+        m = s / d
+        v = 0.0
+        for j in range(d):
+            t = x[i, j] - m
+            v += t * t
+        return m, v
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
     def _ln_rows(x, scale, bias, eps, y, mean_out, inv_out):  # pragma: no cover - compiled
         n, d = x.shape
         for i in range(n):
-            s = 0.0
-            for j in range(d):
-                s += x[i, j]
-            m = s / d
-            v = 0.0
-            for j in range(d):
-                t = x[i, j] - m
-                v += t * t
+            m, v = _row_moments(x, i)
             inv = 1.0 / np.sqrt(v / d + eps)
             for j in range(d):
                 y[i, j] = (x[i, j] - m) * inv * scale[j] + bias[j]
@@ -53,14 +54,7 @@ if _HAVE_NUMBA:
         n, d = x.shape
         c = scale.shape[0]
         for i in range(n):
-            s = 0.0
-            for j in range(d):
-                s += x[i, j]
-            m = s / d
-            v = 0.0
-            for j in range(d):
-                t = x[i, j] - m
-                v += t * t
+            m, v = _row_moments(x, i)
             a = scale[i % c] / np.sqrt(v / d + eps)
             b = bias[i % c] - m * a
             for j in range(d):
@@ -107,6 +101,15 @@ def _stash_dtype(stash_type: int, x: np.ndarray, op: str):
             return np.dtype(ml_dtypes.bfloat16)
         raise KernelError(f"{op}: unsupported stash_type {stash_type}; use 1 (float), 10 (float16) or 11 (double)")
     return np.dtype(_STASH[stash_type])
+
+
+def _axis_and_stash(ctx, op: str, x: np.ndarray, axis: int, stash_type: int):
+    """For the ops normalizing over axes [axis, rank): the non-negative axis (checked) and the
+    dtype the statistics are computed in."""
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise KernelError(f"{op} node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
+    return ax, _stash_dtype(stash_type, x, op)
 
 
 def _channel_shape(p: np.ndarray, ndim: int) -> np.ndarray:
@@ -193,10 +196,7 @@ def instance_normalization(x, scale, b, *, epsilon=1e-5):
 @register("LayerNormalization", since=17)
 def layer_normalization(ctx, x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1):
     dt = x.dtype
-    ax = axis + x.ndim if axis < 0 else axis
-    if not 0 <= ax < x.ndim:
-        raise KernelError(f"LayerNormalization node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
-    sd = _stash_dtype(stash_type, x, "LayerNormalization")
+    ax, sd = _axis_and_stash(ctx, "LayerNormalization", x, axis, stash_type)
     xc = x.astype(sd, copy=False)
     stat_shape = x.shape[:ax] + (1,) * (x.ndim - ax)
     sc = np.asarray(scale).astype(sd, copy=False)
@@ -268,10 +268,7 @@ def group_normalization_21(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_
 @register("RMSNormalization", since=23)
 def rms_normalization(ctx, x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     dt = x.dtype
-    ax = axis + x.ndim if axis < 0 else axis
-    if not 0 <= ax < x.ndim:
-        raise KernelError(f"RMSNormalization node {ctx.node_name!r}: axis {axis} out of range for input shape {x.shape}")
-    sd = _stash_dtype(stash_type, x, "RMSNormalization")
+    ax, sd = _axis_and_stash(ctx, "RMSNormalization", x, axis, stash_type)
     xc = x.astype(sd, copy=False)
     sc = np.asarray(scale)
     if sd == dt and _rowwise_ok(xc, ax, sc):

@@ -12,12 +12,10 @@ import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from tuili.errors import KernelError, ShapeInferenceError
-from tuili.ops.conv import _HAVE_NUMBA
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
 from tuili.ops.registry import register
 
 if _HAVE_NUMBA:
-    import numba
-
     # One fused pass for the per-tensor 8-bit case that QDQ models run on every activation.
     # No fastmath: x / scale must stay a true division, rint must round half to even.
     @numba.njit(cache=True, nogil=True)

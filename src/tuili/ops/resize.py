@@ -15,12 +15,10 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
-from tuili.ops.conv import _HAVE_NUMBA
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
 from tuili.ops.registry import register
 
 if _HAVE_NUMBA:
-    import numba
-
     @numba.njit(cache=True, nogil=True, fastmath=True)
     def _taps_nb(x, idx, w, out):  # pragma: no cover - compiled
         """out[o, j, k] = sum_t w[j, t] * x[o, idx[j, t], k] for x (outer, L, inner)."""

@@ -12,17 +12,11 @@ import logging
 import numpy as np
 
 from tuili.errors import KernelError
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
 from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
 
-try:  # numba is a project dependency; the numpy loop stays as the fallback
-    import numba
-
-    _HAVE_NUMBA = True
-except Exception:  # pragma: no cover - environment without numba
-    numba = None
-    _HAVE_NUMBA = False
 
 if _HAVE_NUMBA:
     # Fused recurrences for the default activations: the whole time loop runs in compiled code,
@@ -30,6 +24,15 @@ if _HAVE_NUMBA:
 
     # State is kept transposed, (H, B): the per-step product is R (G*H, H) @ h^T (H, B), which
     # OpenBLAS runs 2-3x faster than h (B, H) @ R^T for the small batches of recurrent nets.
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _past_end(valid, y, t, b):  # pragma: no cover - compiled
+        """True, with output row y[t, b] zeroed, when step t is past batch entry b's length."""
+        if valid[t, b]:
+            return False
+        for j in range(y.shape[2]):
+            y[t, b, j] = 0
+        return True
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
     def _lstm_loop(xw, r, h, c, p, has_p, input_forget, clip, valid, y):  # pragma: no cover - compiled
@@ -41,9 +44,7 @@ if _HAVE_NUMBA:
         for t in range(steps):
             rec = np.dot(r, ht)  # (4H, B)
             for b in range(nb):
-                if not valid[t, b]:
-                    for j in range(hs):
-                        y[t, b, j] = 0
+                if _past_end(valid, y, t, b):
                     continue
                 for j in range(hs):
                     cp = ct[j, b]
@@ -101,9 +102,7 @@ if _HAVE_NUMBA:
             else:
                 hrec = np.dot(rhh, rt)
             for b in range(nb):
-                if not valid[t, b]:
-                    for j in range(hs):
-                        y[t, b, j] = 0
+                if _past_end(valid, y, t, b):
                     continue
                 for j in range(hs):
                     if lbr:
@@ -244,6 +243,28 @@ class _Setup:
             return arr[::-1]
         return arr[rev_idx, np.arange(self.batch)[None, :]]
 
+    def fused_ok(self, activations, defaults) -> bool:
+        """Can the compiled recurrence run (numba, float32/64, default activations, T > 0)?"""
+        return (
+            _HAVE_NUMBA
+            and self.dtype in (np.float32, np.float64)
+            and _default_acts(activations, defaults)
+            and self.seq > 0
+        )
+
+    def valid_mask(self, d, rev_idx):
+        """(T, B) contiguous mask of the steps inside each batch entry's sequence, in direction d's order."""
+        valid = self.valid if self.valid is not None else np.ones((self.seq, self.batch), dtype=bool)
+        return np.ascontiguousarray(self.order(valid, d, rev_idx))
+
+    def keep(self, t, new, old):
+        """``new`` for the batch entries whose sequence includes step t, ``old`` for the others."""
+        return new if self.valid is None else np.where(self.valid[t][:, None], new, old)
+
+    def emit(self, y, t, h):
+        """Write step t's output: ``h``, or 0 for batch entries past their sequence length."""
+        y[t] = h if self.valid is None else np.where(self.valid[t][:, None], h, 0)
+
     def outputs(self, ctx, ys, finals):
         """ys: list per direction of (T, B, H); finals: list of per-direction state lists."""
         y = np.stack(ys, axis=1)  # (T, D, B, H)
@@ -283,14 +304,8 @@ def rnn(
             h = s.states[0][d]
             y = np.empty((s.seq, s.batch, s.hidden), dtype=s.dtype)
             for t in range(s.seq):
-                hn = f(_clip(xw[t] + h @ rt, clip))
-                if s.valid is not None:
-                    m = s.valid[t][:, None]
-                    hn = np.where(m, hn, h)
-                    y[t] = np.where(m, hn, 0)
-                else:
-                    y[t] = hn
-                h = hn
+                h = s.keep(t, f(_clip(xw[t] + h @ rt, clip)), h)
+                s.emit(y, t, h)
             ys.append(s.order(y, d, rev_idx))
             finals.append([h])
     return s.outputs(ctx, ys, finals)
@@ -310,13 +325,7 @@ def lstm(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
-    fast = (
-        _HAVE_NUMBA
-        and s.dtype in (np.float32, np.float64)
-        and _default_acts(activations, ["Sigmoid", "Tanh", "Tanh"])
-        and s.seq > 0
-    )
-    valid = s.valid if s.valid is not None else np.ones((s.seq, s.batch), dtype=bool)
+    fast = s.fused_ok(activations, ["Sigmoid", "Tanh", "Tanh"])
     with np.errstate(over="ignore"):
         for d in range(s.num_dir):
             if fast:
@@ -325,7 +334,7 @@ def lstm(
                 c = s.states[1][d].astype(s.dtype, copy=True)
                 pd = p[d].astype(s.dtype) if p is not None else np.zeros(3 * hs, dtype=s.dtype)
                 y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
-                vd = np.ascontiguousarray(s.order(valid, d, rev_idx))
+                vd = s.valid_mask(d, rev_idx)
                 _lstm_loop(xw, np.ascontiguousarray(r[d]), h, c, pd, p is not None, bool(input_forget),
                            s.dtype.type(clip if clip is not None else 0), vd, y)
                 ys.append(s.order(y, d, rev_idx))
@@ -354,15 +363,8 @@ def lstm(
                     f_t = (1 - i_t) if input_forget else iof[:, 2 * hs :]
                     cn = f_t * c
                     cn += i_t * c_t
-                hn = o_t * h_act(cn)
-                if s.valid is not None:
-                    m = s.valid[t][:, None]
-                    hn = np.where(m, hn, h)
-                    cn = np.where(m, cn, c)
-                    y[t] = np.where(m, hn, 0)
-                else:
-                    y[t] = hn
-                h, c = hn, cn
+                h, c = s.keep(t, o_t * h_act(cn), h), s.keep(t, cn, c)
+                s.emit(y, t, h)
             ys.append(s.order(y, d, rev_idx))
             finals.append([h, c])
     return s.outputs(ctx, ys, finals)
@@ -382,13 +384,7 @@ def gru(
     hs = s.hidden
     rev_idx = None if s.full else s.reverse_index()
     ys, finals = [], []
-    fast = (
-        _HAVE_NUMBA
-        and s.dtype in (np.float32, np.float64)
-        and _default_acts(activations, ["Sigmoid", "Tanh"])
-        and s.seq > 0
-    )
-    valid = s.valid if s.valid is not None else np.ones((s.seq, s.batch), dtype=bool)
+    fast = s.fused_ok(activations, ["Sigmoid", "Tanh"])
     with np.errstate(over="ignore"):
         for d in range(s.num_dir):
             if fast:
@@ -400,7 +396,7 @@ def gru(
                 xw = np.ascontiguousarray(s.order(xw, d, rev_idx))
                 h = s.states[0][d].astype(s.dtype, copy=True)
                 y = np.empty((s.seq, s.batch, hs), dtype=s.dtype)
-                vd = np.ascontiguousarray(s.order(valid, d, rev_idx))
+                vd = s.valid_mask(d, rev_idx)
                 _gru_loop(xw, np.ascontiguousarray(r[d]), rb_h, h, bool(linear_before_reset),
                           s.dtype.type(clip if clip is not None else 0), vd, y)
                 ys.append(s.order(y, d, rev_idx))
@@ -431,13 +427,8 @@ def gru(
                     hh = xw[t, :, 2 * hs :] + (rr * h) @ rh_t
                 z = zr[:, :hs]
                 hh = g_act(_clip(hh, clip))
-                hn = hh + z * (h - hh)  # (1 - z) * hh + z * h
-                if s.valid is not None:
-                    m = s.valid[t][:, None]
-                    hn = np.where(m, hn, h)
-                    y[t] = np.where(m, hn, 0)
-                else:
-                    y[t] = hn
+                hn = s.keep(t, hh + z * (h - hh), h)  # (1 - z) * hh + z * h
+                s.emit(y, t, hn)
                 h = hn.astype(s.dtype, copy=False)
             ys.append(s.order(y, d, rev_idx))
             finals.append([h])

@@ -331,36 +331,37 @@ def col2im(x, image_shape, block_shape, *, dilations=None, pads=None, strides=No
 
 
 # ----------------------------------------------------------------------------- Depth/Space
+def _block_input(op, x, blocksize):
+    """DepthToSpace / SpaceToDepth input: checks it is 4-D, returns (N, C, H, W, blocksize)."""
+    if x.ndim != 4:
+        raise ShapeInferenceError(f"{op}: input must be 4-D, got {x.shape}")
+    return (*x.shape, int(blocksize))
+
+
+def _check_mode(op, mode):
+    if mode not in ("DCR", "CRD"):
+        raise KernelError(f"{op}: unknown mode {mode!r}; expected DCR or CRD")
+
+
 @register("DepthToSpace", since=1)
 def depth_to_space(x, *, blocksize, mode="DCR"):
-    if x.ndim != 4:
-        raise ShapeInferenceError(f"DepthToSpace: input must be 4-D, got {x.shape}")
-    b, c, h, w = x.shape
-    bs = int(blocksize)
+    b, c, h, w, bs = _block_input("DepthToSpace", x, blocksize)
     if c % (bs * bs):
         raise ShapeInferenceError(f"DepthToSpace: channels {c} not divisible by blocksize^2 = {bs * bs}")
+    _check_mode("DepthToSpace", mode)
     if mode == "DCR":
         t = x.reshape(b, bs, bs, c // (bs * bs), h, w).transpose(0, 3, 4, 1, 5, 2)
-    elif mode == "CRD":
-        t = x.reshape(b, c // (bs * bs), bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
-        raise KernelError(f"DepthToSpace: unknown mode {mode!r}; expected DCR or CRD")
+        t = x.reshape(b, c // (bs * bs), bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     return t.reshape(b, c // (bs * bs), h * bs, w * bs)
 
 
 @register("SpaceToDepth", since=1)
 def space_to_depth(x, *, blocksize, mode="DCR"):
-    if x.ndim != 4:
-        raise ShapeInferenceError(f"SpaceToDepth: input must be 4-D, got {x.shape}")
-    b, c, h, w = x.shape
-    bs = int(blocksize)
+    b, c, h, w, bs = _block_input("SpaceToDepth", x, blocksize)
     if h % bs or w % bs:
         raise ShapeInferenceError(f"SpaceToDepth: spatial dims {(h, w)} not divisible by blocksize {bs}")
+    _check_mode("SpaceToDepth", mode)
     t = x.reshape(b, c, h // bs, bs, w // bs, bs)
-    if mode == "DCR":
-        t = t.transpose(0, 3, 5, 1, 2, 4)
-    elif mode == "CRD":
-        t = t.transpose(0, 1, 3, 5, 2, 4)
-    else:
-        raise KernelError(f"SpaceToDepth: unknown mode {mode!r}; expected DCR or CRD")
+    t = t.transpose(0, 3, 5, 1, 2, 4) if mode == "DCR" else t.transpose(0, 1, 3, 5, 2, 4)
     return t.reshape(b, c * bs * bs, h // bs, w // bs)

@@ -8,10 +8,11 @@ median latencies in ms, then how far tuili's outputs are from onnxruntime's.
     .venv/bin/python benchmarks/engine.py --models resnet18,bert_small --batch 1 --repeat 20
     .venv/bin/python benchmarks/engine.py --profile resnet18,bert_small  # where tuili's time goes
 
-Timing: each engine runs ``--warmup`` untimed calls, then the engines take turns (tuili,
-onnxruntime, torch, tuili, ...; a ``--settle`` pause before each switch) for up to ``--repeat``
-rounds, stopping early once ``--budget`` seconds per engine have been spent in that cell (at least
-``--min-repeat`` rounds always run). The reported number is each engine's median. Taking turns
+Timing: each engine runs ``--warmup`` untimed calls, then the engines take turns in blocks of 5
+calls (tuili x5, onnxruntime x5, torch x5, tuili x5, ...; a ``--settle`` pause before each switch
+so the previous engine's spinning threads are idle) for up to ``--repeat`` calls, stopping early
+once ``--budget`` seconds per engine have been spent in that cell (at least ``--min-repeat`` calls
+always run). The reported number is each engine's median. Taking turns
 means a change of machine load hits every engine alike, so the ratios stay meaningful on a
 shared machine even when the absolute times do not. onnx's ReferenceEvaluator runs only at batch 1,
 in a child process with a ``--ref-timeout`` deadline; a cell that does not finish in time shows
@@ -52,12 +53,13 @@ def time_calls(fn, *, warmup: int, repeat: int, min_repeat: int, budget: float) 
 
 
 def time_interleaved(fns: dict, *, warmup: int, repeat: int, min_repeat: int, budget: float,
-                     settle: float) -> dict:
-    """Time several engines on the same work in alternating rounds (A, B, C, A, B, C, ...), so a
-    change in machine load hits all of them alike. Each engine gets ``warmup`` untimed calls first;
-    rounds stop at ``repeat``, or once ``budget`` seconds per engine have been spent (after at
-    least ``min_repeat`` rounds). ``settle`` seconds of sleep before each switch of engine let the
-    previous engine's spinning worker threads (OpenBLAS, OpenMP, onnxruntime) go idle.
+                     settle: float, block: int = 5) -> dict:
+    """Time several engines on the same work in alternating blocks of ``block`` calls (A A A, B B B,
+    A A A, ...), so a change in machine load hits all of them alike. Each engine gets ``warmup``
+    untimed calls first; timing stops at ``repeat`` calls per engine, or once ``budget`` seconds per
+    engine have been spent (after at least ``min_repeat`` calls). ``settle`` seconds of sleep before
+    each switch of engine let the previous engine's spinning worker threads go idle: OpenBLAS's
+    spin for ~0.1 s after a call, and a 0.05 s pause made onnxruntime look 3x slower after tuili.
     Returns {name: (median seconds, n) or "error (...)"}."""
     live: dict = {}
     out: dict = {}
@@ -79,12 +81,13 @@ def time_interleaved(fns: dict, *, warmup: int, repeat: int, min_repeat: int, bu
         for name, fn in live.items():
             if len(live) > 1:
                 time.sleep(settle)
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            times[name].append(dt)
-            spent += dt
-        rounds += 1
+            for _ in range(min(block, repeat - rounds)):
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                times[name].append(dt)
+                spent += dt
+        rounds += min(block, repeat - rounds)
         if rounds >= min_repeat and spent > budget * len(live):
             break
     for name, ts in times.items():
@@ -474,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per cell (default: %(default)s)")
     p.add_argument("--budget", type=float, default=3.0,
                    help="seconds per cell after which timing stops (default: %(default)s)")
-    p.add_argument("--settle", type=float, default=0.05,
+    p.add_argument("--settle", type=float, default=0.5,
                    help="seconds of sleep before switching engine, so spinning thread pools go idle (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every engine (default: each library's own default)")
@@ -521,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"- not in the zoo, skipped: {', '.join(missing)}")
             batches = [int(b) for b in args.batch.split(",") if b]
             print(f"- timing: {args.warmup} warm-up runs, then median of up to {args.repeat} runs "
-                  f"(at least {args.min_repeat}, stop after {args.budget:g} s per engine and cell), engines interleaved run by run with {args.settle:g} s pauses; reference evaluator "
+                  f"(at least {args.min_repeat}, stop after {args.budget:g} s per engine and cell), engines interleaved in blocks of 5 runs with {args.settle:g} s pauses; reference evaluator "
                   f"at batch {','.join(map(str, args.ref_batch))} only, skipped if a cell needs > {args.ref_timeout:g} s")
             print("- ratios < 1 mean tuili is faster; all numbers in the same process and run\n")
             rows: list[dict] = []

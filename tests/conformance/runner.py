@@ -2,7 +2,8 @@
 ``collect_testcases``) and its shipped `simple`, `pytorch-converted` and `pytorch-operator` model
 data, run through ``tuili.InferenceSession`` on tuili's native kernels.
 
-    python -m tests.conformance.runner [-v] [--filter SUBSTRING]     # prints the pass counts per directory
+    python -m tests.conformance.runner [-v] [--filter SUBSTRING] [--engine onnxruntime]
+    # prints the pass counts per directory
 """
 from __future__ import annotations
 
@@ -120,15 +121,16 @@ def compare(expected: Any, got: Any, rtol: float, atol: float) -> str | None:
     return None
 
 
-def run_case(case: Case) -> tuple[str, str]:
-    """("pass" | "fail" | "error" | "skip", detail)."""
+def run_case(case: Case, engine: str = "tuili") -> tuple[str, str]:
+    """("pass" | "fail" | "error" | "skip", detail). ``engine="onnxruntime"`` measures the peer
+    on the same cases (and runs the skipped ones too)."""
     import tuili
 
-    if case.name in SKIPS:
+    if case.name in SKIPS and engine == "tuili":
         return "skip", SKIPS[case.name]
     try:
         model, data_sets = case.load()
-        sess = tuili.InferenceSession(model)
+        sess = tuili.InferenceSession(model, engine=engine)
     except Exception as e:  # noqa: BLE001
         return "error", f"load: {type(e).__name__}: {e}"
     names = [i.name for i in model.graph.input]
@@ -152,13 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true", help="list every case that does not pass")
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
+    ap.add_argument("--engine", default="tuili", choices=["tuili", "onnxruntime"],
+                    help="onnxruntime: the same cases on the peer, for comparison")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     counts: dict[str, Counter] = defaultdict(Counter)
     for case in all_cases():
         if args.filter not in case.name:
             continue
-        status, detail = run_case(case)
+        status, detail = run_case(case, args.engine)
         counts[case.directory][status] += 1
         if args.verbose and status != "pass":
             print(f"{status:5s} {case.directory}/{case.name}: {detail}")

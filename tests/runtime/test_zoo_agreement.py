@@ -6,23 +6,13 @@ import pytest
 
 import tuili
 
-FAST = ["resnet18", "resnet50", "mobilenet_v2", "bert_small"]
+from tuili import zoo
+
+MODELS = [spec.name for spec in zoo.list_models()]
 
 
-def _all_models() -> list[str]:
-    from tuili import zoo
-
-    return [spec.name for spec in zoo.list_models()]
-
-
-def _params():
-    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in _all_models()]
-
-
-@pytest.mark.parametrize("name", _params())
+@pytest.mark.parametrize("name", MODELS)
 def test_tuili_agrees_with_onnxruntime(name, zoo_onnx):
-    from tuili import zoo
-
     path = zoo_onnx(name)
     feeds = zoo.example_inputs(name, batch=2)
     ours = tuili.InferenceSession(path).run(None, feeds)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import tuili
-
 from tuili import zoo
 
 MODELS = [spec.name for spec in zoo.list_models()]

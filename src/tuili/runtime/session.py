@@ -62,6 +62,12 @@ class InferenceSession:
         self.engine = engine
         self.graph = model if isinstance(model, Graph) else load(model)
         self.threads = threads
+        self._blas = None
+        if threads and engine == "tuili":
+            from threadpoolctl import ThreadpoolController
+
+            # found once: threadpool_limits() rescans the loaded libraries on every call (~0.7 ms)
+            self._blas = ThreadpoolController().select(user_api="blas")
         self._inputs = [v for v in self.graph.inputs if not v.is_initializer]
         self._input_names = {v.name for v in self.graph.inputs}
         self._outputs = list(self.graph.outputs)
@@ -106,10 +112,8 @@ class InferenceSession:
         if self._plan is None:
             return self._ort.run(names, feeds)
         ordered = [feeds.get(v.name) for v in self.graph.inputs]
-        if self.threads:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(self.threads):
+        if self._blas is not None:
+            with self._blas.limit(limits=self.threads):
                 results = self._plan.run(ordered)
         else:
             results = self._plan.run(ordered)

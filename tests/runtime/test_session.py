@@ -135,3 +135,17 @@ def test_outputs_never_alias_feeds_or_weights():
     weight[:] = 7
     assert (x == 0).all()
     np.testing.assert_array_equal(sess.run(["weight"], {"x": x})[0], np.ones((2, 2), np.float32))
+
+
+def test_threads_limit_applies_only_during_run():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    sess = tuili.InferenceSession(_mlp(), threads=1)
+    x = np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[1], tuili.InferenceSession(_mlp()).run(None, {"x": x})[1],
+                               rtol=1e-6)
+    assert blas_threads() == before

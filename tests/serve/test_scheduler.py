@@ -185,11 +185,12 @@ def test_queue_timeout_rejects():
     async def main():
         gate = threading.Event()
         b = Doubler(gate)
-        s, _ = make(BATCHING % "default_queue_policy { default_timeout_microseconds: 1000 }", [b])
+        # 100 ms: ample for the first request to reach the backend on a loaded CI machine
+        s, _ = make(BATCHING % "default_queue_policy { default_timeout_microseconds: 100000 }", [b])
         first = s.submit({"x": np.ones((1, 1), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
         late = s.submit({"x": np.ones((1, 1), np.float32)}, 1)
-        await asyncio.sleep(0.05)  # longer than the 1 ms timeout
+        await asyncio.sleep(0.5)  # the late request waits far longer than its 100 ms timeout
         gate.set()
         await first
         with pytest.raises(ServerBusyError, match="timed out"):

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run test test-slow conformance bench demo clean
+.PHONY: run test test-slow test-explore conformance bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m slow -q
+
+# `make test` replays hypothesis's examples (derandomized) so a green run repeats; this explores new ones.
+test-explore: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "not slow" -q --hypothesis-profile=explore --hypothesis-seed=$$RANDOM
 
 conformance: $(STAMP)
 	$(PY) -m tests.conformance.runner

@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.ops import _ortref
+from tests.ops._intref import assert_exact
 from tests.ops._ortref import run_ort, run_tuili
 from tuili.errors import ShapeInferenceError
 from tuili.ops.conv import conv
@@ -148,13 +149,13 @@ def test_conv_integer_and_qlinear_conv():
     rng = np.random.default_rng(4)
     x = rng.integers(0, 255, (1, 3, 6, 6)).astype(np.uint8)
     w = rng.integers(-128, 127, (4, 3, 3, 3)).astype(np.int8)
-    assert_same("ConvInteger", [x, w, np.array(7, np.uint8), None], opset=10, pads=[1, 1, 1, 1])
+    assert_exact("ConvInteger", [x, w, np.array(7, np.uint8), None], opset=10, weights=w, pads=[1, 1, 1, 1])
     wu = rng.integers(0, 255, (4, 3, 3, 3)).astype(np.uint8)
-    assert_same("ConvInteger", [x, wu, np.array(3, np.uint8), np.array(128, np.uint8)], opset=10, strides=[2, 2])
+    assert_exact("ConvInteger", [x, wu, np.array(3, np.uint8), np.array(128, np.uint8)], opset=10, weights=wu, strides=[2, 2])
     b = rng.integers(-500, 500, 4).astype(np.int32)
     inputs = [x, np.array(0.02, np.float32), np.array(5, np.uint8), w, np.array([0.01, 0.02, 0.03, 0.015], np.float32),
               np.array([0, 0, 0, 0], np.int8), np.array(0.05, np.float32), np.array(120, np.uint8), b]
-    assert_same("QLinearConv", inputs, opset=10, pads=[1, 1, 1, 1], atol=1)
+    assert_exact("QLinearConv", inputs, opset=10, weights=w, atol=1, pads=[1, 1, 1, 1])
 
 
 def test_deform_conv_zero_offset_equals_conv():

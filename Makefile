@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run test test-slow test-explore conformance bench demo clean
+.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	$(PY) -m tuili.serve.protos.build
 	touch $(STAMP)
 
@@ -28,6 +28,12 @@ run: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m tuili.demo
+
+# pyflakes/bugbear/pyupgrade, types of the engine's core packages, and the layering of DESIGN.md
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy src/tuili/errors.py src/tuili/dtypes.py src/tuili/ir src/tuili/passes src/tuili/runtime src/tuili/model_config
+	$(VENV)/bin/lint-imports --no-cache
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow" -q

@@ -38,6 +38,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow" -q
 
+# the inner loop: engine unit and property tests, no servers, zoo models or conformance cases
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m "not slow and not serve and not zoo and not conformance" -q
+
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m slow -q
 

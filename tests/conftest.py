@@ -29,3 +29,18 @@ def zoo_onnx(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+# Tiers, by what a test needs: `make test-fast` runs none of these (the inner loop, under 30 s).
+_TIER_OF_DIR = {"serve": "serve", "zoo": "zoo", "conformance": "conformance"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).parent
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(tests_dir).parts
+        tier = _TIER_OF_DIR.get(parts[0]) if len(parts) > 1 else None
+        if tier:
+            item.add_marker(tier)
+        if "zoo_onnx" in getattr(item, "fixturenames", ()) or "zoo" in Path(str(item.fspath)).stem:
+            item.add_marker("zoo")

@@ -1,8 +1,9 @@
 """One table from tuili's error classes to the status each protocol answers with.
 
 Both adapters look errors up here, so HTTP and gRPC always agree: the HTTP status and the gRPC
-code of a row are the pair Google's API design guide (and Triton) map onto each other. The V2
-error body is ``{"error": message}`` over HTTP; gRPC sends the same message as the details.
+code of a row mean the same (Google's API design guide, as Triton maps its error codes; a body
+over the size limit, 413, has no closer gRPC code than RESOURCE_EXHAUSTED). The V2 error body is
+``{"error": message}`` over HTTP; gRPC sends the same message as the details.
 An exception that is not a TuiliError is a bug: it answers 500 / INTERNAL and its traceback is
 logged.
 """

@@ -1,4 +1,4 @@
-"""InferenceServer in-process: loading errors, ensemble cycles, model state reporting."""
+"""InferenceServer in-process: loading errors, ensemble cycles, model states and dependents, the Runner interface."""
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 from repo_builder import _save, _write, add_sub_model
-from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError
+from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError
 from tuili.serve.core import InferenceServer
+from tuili.serve.ensemble import EnsembleRunner
+from tuili.serve.lifecycle import Model, ModelState
+from tuili.serve.runner import Runner
+from tuili.serve.scheduler import Scheduler
 from tuili.serve.types import InferInput, InferRequest, RequestedOutput
 
 ENS = """
@@ -70,3 +74,38 @@ def test_explicit_loading_and_errors(repo):
         assert not core.model_ready("add_sub")
         await core.stop()
     asyncio.run(main())
+
+
+def test_unload_dependents_and_the_runner_interface(repo):
+    async def main():
+        core = InferenceServer(repo, "explicit")
+        await core.start()
+        await core.load_model("ens_ok")
+        assert core.models.dependencies.dependents("add_sub") == ["ens_ok"]
+        ens, step = core.get_model("ens_ok"), core.get_model("add_sub")
+        assert isinstance(ens.runner, EnsembleRunner) and isinstance(step.runner, Scheduler)
+        assert all(isinstance(mv.runner, Runner) for mv in (ens, step))
+        results = await asyncio.gather(*(core.infer(_req("ens_ok")) for _ in range(4)))
+        assert all(r.outputs[0].data.shape == (2, 16) for r in results)
+        assert ens.runner.inflight == 0 and step.runner.inflight == 0
+        await core.unload_model("add_sub", unload_dependents=True)
+        assert not core.model_ready("ens_ok") and not core.model_ready("add_sub")
+        assert core.models.dependencies.dependents("add_sub") == []
+        idx = {m["name"]: m for m in core.repository_index()}
+        assert idx["ens_ok"]["state"] == idx["add_sub"]["state"] == ModelState.UNAVAILABLE
+        with pytest.raises(ServerBusyError, match="unloading"):  # a retired runner refuses work
+            await ens.runner.enqueue({}, 1)
+        await core.stop()
+    asyncio.run(main())
+
+
+def test_lifecycle_transitions():
+    m = Model("m")
+    assert m.state == ModelState.UNAVAILABLE
+    m.move(ModelState.LOADING)
+    m.move(ModelState.READY)
+    with pytest.raises(RuntimeError, match="READY -> UNAVAILABLE"):
+        m.move(ModelState.UNAVAILABLE)  # a ready model unloads through UNLOADING
+    m.move(ModelState.UNLOADING)
+    m.move(ModelState.UNAVAILABLE, "unloaded")
+    assert (m.state, m.reason) == (ModelState.UNAVAILABLE, "unloaded")

@@ -65,11 +65,11 @@ def test_zero_delay_batches_everything_already_queued():
         gate = threading.Event()
         b = Doubler(gate)
         s, stats = make(BATCHING % "", [b])
-        first = s.submit({"x": np.ones((1, 3), np.float32)}, 1)
+        first = s.enqueue({"x": np.ones((1, 3), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)  # the instance is busy with `first`
         sizes = [2, 1, 3, 1]
         xs = [np.full((n, 3), i + 1, np.float32) for i, n in enumerate(sizes)]
-        futs = [s.submit({"x": x}, len(x)) for x in xs]
+        futs = [s.enqueue({"x": x}, len(x)) for x in xs]
         gate.set()
         res = await asyncio.gather(first, *futs)
         for x, r in zip(xs, res[1:]):
@@ -86,9 +86,9 @@ def test_max_batch_size_and_preferred_sizes():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make(BATCHING % "preferred_batch_size: [ 4 ]", [b])
-        first = s.submit({"x": np.ones((1, 3), np.float32)}, 1)
+        first = s.enqueue({"x": np.ones((1, 3), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
-        futs = [s.submit({"x": np.full((1, 3), i, np.float32)}, 1) for i in range(10)]
+        futs = [s.enqueue({"x": np.full((1, 3), i, np.float32)}, 1) for i in range(10)]
         gate.set()
         res = await asyncio.gather(first, *futs)
         for i, r in enumerate(res[1:]):
@@ -106,7 +106,7 @@ def test_queue_delay_gathers_requests():
         s, _ = make(BATCHING % "max_queue_delay_microseconds: 300000 preferred_batch_size: [ 4 ]", [b])
         futs = []
         for i in range(4):
-            futs.append(s.submit({"x": np.full((1, 2), i, np.float32)}, 1))
+            futs.append(s.enqueue({"x": np.full((1, 2), i, np.float32)}, 1))
             await asyncio.sleep(0.005)
         res = await asyncio.gather(*futs)
         for i, r in enumerate(res):
@@ -121,7 +121,7 @@ def test_no_dynamic_batching_runs_one_by_one():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make('name: "m" max_batch_size: 8', [b])
-        futs = [s.submit({"x": np.ones((2, 3), np.float32)}, 2) for _ in range(3)]
+        futs = [s.enqueue({"x": np.ones((2, 3), np.float32)}, 2) for _ in range(3)]
         gate.set()
         await asyncio.gather(*futs)
         assert b.calls == [2, 2, 2]
@@ -134,7 +134,7 @@ def test_instances_run_concurrently():
         gate = threading.Event()
         bs = [Doubler(gate), Doubler(gate)]
         s, _ = make('name: "m" max_batch_size: 8', bs)
-        futs = [s.submit({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(2)]
+        futs = [s.enqueue({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(2)]
         await asyncio.to_thread(bs[0].entered.wait, 10)
         await asyncio.to_thread(bs[1].entered.wait, 10)  # both instances inside infer at once
         gate.set()
@@ -149,18 +149,18 @@ def test_priority_levels_order_the_queue():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make('name: "m" max_batch_size: 1 dynamic_batching { priority_levels: 2 default_priority_level: 2 }', [b])
-        first = s.submit({"x": np.zeros((1, 1), np.float32)}, 1)
+        first = s.enqueue({"x": np.zeros((1, 1), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
         order = []
-        low = [s.submit({"x": np.full((1, 1), 10 + i, np.float32)}, 1) for i in range(2)]
-        high = s.submit({"x": np.full((1, 1), 99, np.float32)}, 1, priority=1)
+        low = [s.enqueue({"x": np.full((1, 1), 10 + i, np.float32)}, 1) for i in range(2)]
+        high = s.enqueue({"x": np.full((1, 1), 99, np.float32)}, 1, priority=1)
         for f in [*low, high]:
             f.add_done_callback(lambda f: order.append(float(f.result()["y"][0, 0])))
         gate.set()
         await asyncio.gather(first, *low, high)
         assert order[0] == 198.0  # the high-priority request overtook the two queued before it
         with pytest.raises(InvalidInputError, match="priority"):
-            s.submit({"x": np.zeros((1, 1), np.float32)}, 1, priority=3)
+            s.enqueue({"x": np.zeros((1, 1), np.float32)}, 1, priority=3)
         await s.stop()
     run(main())
 
@@ -170,11 +170,11 @@ def test_max_queue_size_rejects_with_server_busy():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make(BATCHING % "default_queue_policy { max_queue_size: 2 }", [b])
-        first = s.submit({"x": np.ones((1, 1), np.float32)}, 1)
+        first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
-        q = [s.submit({"x": np.ones((1, 1), np.float32)}, 1) for _ in range(2)]
+        q = [s.enqueue({"x": np.ones((1, 1), np.float32)}, 1) for _ in range(2)]
         with pytest.raises(ServerBusyError, match="max_queue_size 2"):
-            s.submit({"x": np.ones((1, 1), np.float32)}, 1)
+            s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
         gate.set()
         await asyncio.gather(first, *q)
         await s.stop()
@@ -187,9 +187,9 @@ def test_queue_timeout_rejects():
         b = Doubler(gate)
         # 100 ms: ample for the first request to reach the backend on a loaded CI machine
         s, _ = make(BATCHING % "default_queue_policy { default_timeout_microseconds: 100000 }", [b])
-        first = s.submit({"x": np.ones((1, 1), np.float32)}, 1)
+        first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
-        late = s.submit({"x": np.ones((1, 1), np.float32)}, 1)
+        late = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
         await asyncio.sleep(0.5)  # the late request waits far longer than its 100 ms timeout
         gate.set()
         await first
@@ -204,11 +204,11 @@ def test_a_failing_request_does_not_fail_its_batch_mates():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make(BATCHING % "", [b])
-        first = s.submit({"x": np.ones((1, 2), np.float32)}, 1)
+        first = s.enqueue({"x": np.ones((1, 2), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
-        good1 = s.submit({"x": np.full((2, 2), 3, np.float32)}, 2)
-        bad = s.submit({"x": np.full((1, 2), np.nan, np.float32)}, 1)
-        good2 = s.submit({"x": np.full((1, 2), 5, np.float32)}, 1)
+        good1 = s.enqueue({"x": np.full((2, 2), 3, np.float32)}, 2)
+        bad = s.enqueue({"x": np.full((1, 2), np.nan, np.float32)}, 1)
+        good2 = s.enqueue({"x": np.full((1, 2), 5, np.float32)}, 1)
         gate.set()
         r = await asyncio.gather(first, good1, bad, good2, return_exceptions=True)
         np.testing.assert_array_equal(r[1]["y"], np.full((2, 2), 6, np.float32))
@@ -223,14 +223,14 @@ def test_stop_finishes_queued_requests():
         gate = threading.Event()
         b = Doubler(gate)
         s, _ = make(BATCHING % "", [b])
-        futs = [s.submit({"x": np.full((1, 1), i, np.float32)}, 1) for i in range(5)]
+        futs = [s.enqueue({"x": np.full((1, 1), i, np.float32)}, 1) for i in range(5)]
         stopper = asyncio.create_task(s.stop())
         await asyncio.sleep(0.01)
         gate.set()
         await stopper
         assert [float(f.result()["y"][0, 0]) for f in futs] == [0, 2, 4, 6, 8]
         with pytest.raises(ServerBusyError):
-            s.submit({"x": np.ones((1, 1), np.float32)}, 1)
+            s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
     run(main())
 
 
@@ -240,13 +240,13 @@ def test_leftover_requests_wake_another_instance():
         gate = threading.Event()
         bs = [Doubler(gate), Doubler(gate)]
         s, _ = make('name: "m" max_batch_size: 2 dynamic_batching { max_queue_delay_microseconds: 5000000 preferred_batch_size: [ 2 ] }', bs)
-        futs = [s.submit({"x": np.zeros((1, 1), np.float32)}, 1)]
+        futs = [s.enqueue({"x": np.zeros((1, 1), np.float32)}, 1)]
         for _ in range(500):  # one instance is now forming a batch (waiting for a 2nd request), the other sleeps
             if s._forming:
                 break
             await asyncio.sleep(0.01)
         assert s._forming
-        futs += [s.submit({"x": np.full((1, 1), i, np.float32)}, 1) for i in (1, 2, 3)]
+        futs += [s.enqueue({"x": np.full((1, 1), i, np.float32)}, 1) for i in (1, 2, 3)]
         # the former takes 2 and must wake the sleeping instance for the other 2
         ok = await asyncio.to_thread(lambda: bs[0].entered.wait(5) and bs[1].entered.wait(5))
         gate.set()

@@ -1,12 +1,14 @@
 """tuili's inference server: KServe V2 / Triton protocol over HTTP and gRPC.
 
-    request -> http_server.py / grpc_server.py (protocol adapters, types.py)
-            -> core.InferenceServer (validation, classification, statistics, model control)
-            -> scheduler.Scheduler per model version (priority queues, dynamic batcher,
-               one thread per instance) or ensemble.EnsembleRunner
+    request -> http_server.py / grpc_server.py (protocol adapters, types.py; errors.py: one
+               status table for both)
+            -> core.InferenceServer (the facade: validation.py, outputs.py, statistics, model control)
+            -> a runner.Runner per model version: scheduler.Scheduler (priority queues, dynamic
+               batcher, one thread per instance) or ensemble.EnsembleRunner
             -> tuili.backends (onnxruntime, tuili, pytorch, python)
 
-repository.py reads Triton-layout model repositories (config.py parses config.pbtxt);
-stats.py keeps Triton's statistics and renders the Prometheus metrics; server.py runs it
-all in one process and one asyncio loop (`tuili serve`, cli.py).
+lifecycle.py keeps model states and loads / unloads / retires versions; repository.py reads
+Triton-layout model repositories (config.py parses config.pbtxt); stats.py keeps Triton's
+statistics and renders the Prometheus metrics; server.py runs it all in one process and one
+asyncio loop (`tuili serve`, cli.py).
 """

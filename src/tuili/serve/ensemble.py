@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from typing import TYPE_CHECKING
 
-import numpy as np
+from tuili.errors import InvalidInputError, KernelError, ModelNotFoundError, ServerBusyError
+from tuili.serve.outputs import conform
+from tuili.serve.runner import Outputs, Runner
 
-from tuili.errors import InvalidInputError, KernelError, ModelNotFoundError, ServerBusyError, TuiliError
+if TYPE_CHECKING:
+    from tuili.serve.lifecycle import ModelLifecycle
 
 log = logging.getLogger(__name__)
 
 
-class EnsembleRunner:
-    def __init__(self, core, name: str, config, stats):
-        self.core = core
+class EnsembleRunner(Runner):
+    """The Runner of an ensemble: its steps are requests to the models it names."""
+
+    def __init__(self, models: ModelLifecycle, name: str, config, stats):
+        super().__init__()
+        self.models = models
         self.name = name
         self.stats = stats
         self.steps = [
@@ -28,14 +34,12 @@ class EnsembleRunner:
             for st in config.ensemble_scheduling.step
         ]
         self.outputs = [o.name for o in config.output]
-        self._inflight = 0
-        self._idle: asyncio.Event | None = None
         self._stopping = False
 
-    async def run(self, feeds: dict, batch: int, priority: int = 0, timeout_us: int = 0) -> dict:
+    async def enqueue(self, feeds: dict, batch: int, priority: int = 0, timeout_us: int = 0) -> Outputs:
         if self._stopping:
             raise ServerBusyError(f"ensemble {self.name!r} is unloading; retry the request")
-        self._inflight += 1
+        self._accepted()
         try:
             pool = dict(feeds)
             pending = list(range(len(self.steps)))
@@ -54,45 +58,28 @@ class EnsembleRunner:
             self.stats.record_ensemble(batch)
             return {n: pool[n] for n in self.outputs if n in pool}
         finally:
-            self._inflight -= 1
-            if self._inflight == 0 and self._idle is not None:
-                self._idle.set()
+            self._answered()
 
     async def _step(self, i: int, pool: dict, priority: int, timeout_us: int) -> dict:
         model, version, input_map, output_map = self.steps[i]
         try:
-            mv = self.core.get_model(model, version)
+            mv = self.models.get(model, version)
         except ModelNotFoundError as e:
             raise ModelNotFoundError(f"ensemble {self.name!r} step {i}: {e}") from None
         feeds = {model_in: pool[ens] for model_in, ens in input_map.items()}
-        t0 = time.monotonic_ns()
-        try:
-            out = await self.core.run_model(mv, feeds, priority, timeout_us)
-        except InvalidInputError as e:
-            mv.stats.record_request(False, time.monotonic_ns() - t0)
-            raise InvalidInputError(f"ensemble {self.name!r} step {i} (model {model!r}): {e}") from None
-        except TuiliError:
-            mv.stats.record_request(False, time.monotonic_ns() - t0)
-            raise
-        mv.stats.record_request(True, time.monotonic_ns() - t0)
+        with mv.stats.request():
+            try:
+                out = await mv.run(feeds, priority, timeout_us)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"ensemble {self.name!r} step {i} (model {model!r}): {e}") from None
         res = {}
         for model_out, ens in output_map.items():
             if model_out not in out:
                 raise KernelError(f"ensemble {self.name!r} step {i}: model {model!r} produced no output {model_out!r}")
             arr = out[model_out]
-            spec = mv.spec.outputs.get(model_out)
-            if spec is not None:
-                if getattr(arr, "dtype", None) != spec.np_dtype:
-                    # e.g. a python step returning float64 for a TYPE_FP32 output: use the declared type
-                    arr = np.asarray(arr).astype(spec.np_dtype)
-                if spec.reshape is not None:  # back from the model's shape to the config's dims
-                    lead = [arr.shape[0]] if mv.spec.max_batch_size > 0 and arr.ndim else []
-                    arr = arr.reshape(lead + list(spec.dims))
-            res[ens] = arr
+            res[ens] = conform(mv.spec, model_out, arr) if model_out in mv.spec.outputs else arr
         return res
 
     async def stop(self) -> None:
         self._stopping = True
-        while self._inflight:
-            self._idle = asyncio.Event()
-            await self._idle.wait()
+        await self.drain()

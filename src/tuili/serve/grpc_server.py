@@ -6,10 +6,9 @@ protocol-independent types of tuili.serve.types, calls the
 model-specific happens here: classification, batching and statistics live in
 the core, shared with the HTTP adapter.
 
-Errors raised by the core are tuili.errors classes; they become gRPC status
-codes (InvalidInputError -> INVALID_ARGUMENT, ModelNotFoundError -> NOT_FOUND,
-ServerBusyError -> UNAVAILABLE, ConfigError -> INVALID_ARGUMENT, anything
-else -> INTERNAL) with the error's message as details.
+Errors raised by the core are tuili.errors classes; they become the gRPC status
+code of serve.errors' table (the one the HTTP adapter uses too) with the error's
+message as details.
 
 Usage (inside a running asyncio loop)::
 
@@ -28,13 +27,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from tuili.errors import (
-    ConfigError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ServerBusyError,
-    TuiliError,
-)
+from tuili import dtypes
+from tuili.errors import ConfigError, InvalidInputError
+from tuili.serve.errors import log_failure, message_of, status_of
 from tuili.serve.protos import grpc_service_pb2 as pb
 from tuili.serve.protos import model_config_pb2 as mc
 from tuili.serve.types import (
@@ -45,8 +40,8 @@ from tuili.serve.types import (
     deserialize_bytes_tensor,
     element_count,
     serialize_bytes_tensor,
-    v2_to_numpy,
 )
+from tuili.serve.validation import input_dtype
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +68,9 @@ _CONTENTS_FIELD = {
 
 _TYPED_FIELDS = tuple(sorted(set(_CONTENTS_FIELD.values())))
 
-_STATUS = (
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ServerBusyError, grpc.StatusCode.UNAVAILABLE),
-    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
-)
-
-
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """gRPC status code for an exception raised while serving a call."""
-    for cls, code in _STATUS:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """gRPC status code for an exception raised while serving a call (serve.errors' table)."""
+    return grpc.StatusCode[status_of(exc).grpc]
 
 
 # --------------------------------------------------------------------------- conversions
@@ -131,7 +115,7 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
         except InvalidInputError as exc:
             raise InvalidInputError(f"input {name!r} (BYTES, shape {shape}): {exc}") from None
         return flat.reshape(shape)
-    dtype = v2_to_numpy(datatype)
+    dtype = input_dtype(name, datatype).to_numpy()
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
@@ -143,9 +127,9 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
 
 def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.ndarray:
     count = element_count(shape)
+    dtype = input_dtype(name, datatype).to_numpy()
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
-        v2_to_numpy(datatype)  # unknown datatype -> InvalidInputError naming it
         raise InvalidInputError(
             f"input {name!r}: datatype {datatype} has no typed contents field; send it in raw_input_contents"
         )
@@ -158,7 +142,6 @@ def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.nd
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    dtype = v2_to_numpy(datatype)
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except (OverflowError, ValueError) as exc:
@@ -216,7 +199,7 @@ def _raw_bytes(datatype: str, data: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return serialize_bytes_tensor(np.asarray(data, dtype=object))
     arr = np.asarray(data)
-    want = v2_to_numpy(datatype).newbyteorder("<")
+    want = dtypes.from_v2(datatype).to_numpy().newbyteorder("<")
     if arr.dtype != want:
         arr = arr.astype(want)
     return np.ascontiguousarray(arr).tobytes()
@@ -282,11 +265,7 @@ class GRPCInferenceService:
         return pb.ServerReadyResponse(ready=bool(self.core.ready()))
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        try:
-            ready = bool(self.core.model_ready(request.name, request.version))
-        except ModelNotFoundError:
-            ready = False
-        return pb.ModelReadyResponse(ready=ready)
+        return pb.ModelReadyResponse(ready=bool(self.core.model_ready(request.name, request.version)))
 
     # -- metadata --------------------------------------------------------------------------------
     async def ServerMetadata(self, request, context) -> pb.ServerMetadataResponse:
@@ -324,9 +303,8 @@ class GRPCInferenceService:
                 resp = response_to_proto(await self.core.infer(request_from_proto(msg)))
                 await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
             except Exception as exc:  # reported in-band; the stream stays open
-                if not isinstance(exc, TuiliError):
-                    log.exception("stream inference on model %r failed", msg.model_name)
-                err = pb.ModelStreamInferResponse(error_message=str(exc))
+                log_failure(exc, f"gRPC ModelStreamInfer on model {msg.model_name!r}")
+                err = pb.ModelStreamInferResponse(error_message=message_of(exc))
                 err.infer_response.model_name = msg.model_name
                 err.infer_response.id = msg.id
                 await queue.put(err)
@@ -409,12 +387,8 @@ def _unary(name: str, fn: Callable) -> Callable:
         try:
             return await fn(request, context)
         except Exception as exc:
-            code = status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("gRPC %s failed", name)
-            else:
-                log.debug("gRPC %s: %s: %s", name, code.name, exc)
-            await context.abort(code, str(exc) or type(exc).__name__)
+            log_failure(exc, f"gRPC {name}")
+            await context.abort(status_for(exc), message_of(exc))
 
     handler.__name__ = name
     return handler

@@ -2,8 +2,10 @@
 
 Endpoints: health (live/ready), server metadata, model metadata / ready / config, infer (JSON
 tensors and the binary tensor data extension, ``Inference-Header-Content-Length``), the
-repository extension (index/load/unload), the statistics extension and, inside infer, the
-classification extension. Errors are ``{"error": "..."}`` with the status of the error class.
+repository extension (index/load/unload), the statistics and logging extensions and, inside
+infer, the classification extension. Every body is read by ``read_body`` (size limit, gzip /
+deflate). Errors become ``{"error": "..."}`` with the status of serve.errors' table, answered by
+starlette exception handlers (and by the one try/except of the infer fast path).
 """
 from __future__ import annotations
 
@@ -17,88 +19,74 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tuili.errors import (ConfigError, InvalidGraphError, InvalidInputError, ModelLoadError, ModelNotFoundError,
-                          ServerBusyError, ShapeInferenceError, TuiliError, UnsupportedOpError)
-from tuili.serve.types import (V2_ITEMSIZE, InferInput, InferRequest, InferResponse, RequestedOutput, deserialize_bytes_tensor,
-                               element_count, serialize_bytes_tensor, v2_to_numpy)
+from tuili.errors import InvalidInputError, TuiliError
+from tuili.serve.errors import RequestTooLargeError, log_failure, message_of, status_of
+from tuili.serve.types import (InferInput, InferRequest, InferResponse, RequestedOutput, deserialize_bytes_tensor, element_count,
+                               serialize_bytes_tensor)
+from tuili.serve.validation import input_dtype
 
 log = logging.getLogger(__name__)
 
-HEADER_LEN = "inference-header-content-length"
+HEADER_LEN = b"inference-header-content-length"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-class BodyTooLarge(TuiliError):
-    pass
-
-
-def status_of(e: BaseException, loading: bool = False) -> int:
-    if isinstance(e, BodyTooLarge):
-        return 413
-    if isinstance(e, ModelNotFoundError):
-        return 404
-    if isinstance(e, ServerBusyError):
-        return 503
-    if isinstance(e, InvalidInputError):
-        return 400
-    if isinstance(e, (ConfigError, ModelLoadError, InvalidGraphError, UnsupportedOpError, ShapeInferenceError)) and loading:
-        return 400
-    if isinstance(e, ConfigError):
-        return 400
-    return 500
-
-
-def error_response(e: BaseException | str, status: int | None = None, loading: bool = False) -> Response:
-    if isinstance(e, BaseException):
-        msg = str(e) or type(e).__name__
-        if status is None:
-            status = status_of(e, loading)
-        if status == 500 and not isinstance(e, TuiliError):
-            log.exception("internal error", exc_info=e)
-            msg = f"internal error: {type(e).__name__}: {msg}"
-    else:
-        msg = e
-    return Response(_dumps({"error": msg}).encode(), status_code=status or 400, media_type="application/json")
 
 
 def json_response(obj, status: int = 200) -> Response:
     return Response(_dumps(obj).encode(), status_code=status, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    cl = request.headers.get("content-length")
-    if cl is not None:
+def error_response(exc: BaseException) -> Response:
+    """The V2 error body of ``exc`` with the HTTP status serve.errors gives its class."""
+    return json_response({"error": message_of(exc)}, status_of(exc).http)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+async def read_body(scope, receive, limit: int) -> bytes:
+    """The request body, decompressed (Content-Encoding gzip / deflate); RequestTooLargeError over ``limit`` bytes."""
+    too_large = f"over the limit of {limit} bytes; send less data per request or raise --max-body-bytes"
+    declared = _header(scope, b"content-length")
+    if declared is not None:
         try:
-            n = int(cl)
+            n = int(declared)
         except ValueError:
-            raise InvalidInputError(f"Content-Length header {cl!r} is not an integer") from None
+            raise InvalidInputError(f"Content-Length header {declared!r} is not an integer") from None
         if n > limit:
-            raise BodyTooLarge(f"request body of {n} bytes is over the limit of {limit} bytes; send less data per request or raise --max-body-bytes")
+            raise RequestTooLargeError(f"request body of {n} bytes is {too_large}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes; send less data per request or raise --max-body-bytes")
-        chunks.append(chunk)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise InvalidInputError("client disconnected while sending the request")
+        chunk = msg.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(f"request body is {too_large}")
+            chunks.append(chunk)
+        if not msg.get("more_body"):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    enc = request.headers.get("content-encoding")
-    if enc and body:
+    encoding = _header(scope, b"content-encoding")
+    if encoding and encoding != "identity" and body:
+        if encoding not in ("gzip", "deflate"):
+            raise InvalidInputError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity")
         try:
-            if enc == "gzip":
-                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-            elif enc == "deflate":
-                body = zlib.decompress(body)
-            elif enc != "identity":
-                raise InvalidInputError(f"unsupported Content-Encoding {enc!r}; use gzip, deflate or identity")
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
         except zlib.error as e:
-            raise InvalidInputError(f"request body is not valid {enc} data: {e}") from None
+            raise InvalidInputError(f"request body is not valid {encoding} data: {e}") from None
         if len(body) > limit:
-            raise BodyTooLarge(f"decompressed request body of {len(body)} bytes is over the limit of {limit} bytes")
+            raise RequestTooLargeError(f"decompressed request body of {len(body)} bytes is {too_large}")
     return body
 
 
-def _load_json(data, what: str):
+def _load_json(data, what: str) -> dict:
     if not data:
         return {}
     try:
@@ -108,6 +96,13 @@ def _load_json(data, what: str):
     if not isinstance(obj, dict):
         raise InvalidInputError(f"the {what} must be a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _parameters(doc: dict, what: str) -> dict:
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInputError(f"\"parameters\" of the {what} must be a JSON object")
+    return params
 
 
 # --------------------------------------------------------------------------- request decoding
@@ -132,9 +127,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
     rid = doc.get("id", "")
     if not isinstance(rid, str):
         rid = str(rid)
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInputError("request \"parameters\" must be a JSON object")
+    params = _parameters(doc, "request")
     inputs = []
     offset = 0
     for i, d in enumerate(inputs_doc):
@@ -149,10 +142,8 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
             raise InvalidInputError(f"input {name!r} needs a string \"datatype\" such as \"FP32\"")
         if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
             raise InvalidInputError(f"input {name!r} needs \"shape\": a list of non-negative integers, got {shape!r}")
-        dtype = v2_to_numpy(datatype)
-        ip = d.get("parameters") or {}
-        if not isinstance(ip, dict):
-            raise InvalidInputError(f"parameters of input {name!r} must be a JSON object")
+        dt = input_dtype(name, datatype)
+        ip = _parameters(d, f"input {name!r}")
         count = element_count(shape)
         if "binary_data_size" in ip:
             size = ip["binary_data_size"]
@@ -167,16 +158,16 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
             if datatype == "BYTES":
                 arr = deserialize_bytes_tensor(chunk, count).reshape(shape)
             else:
-                want = count * V2_ITEMSIZE[datatype]
+                want = count * (dt.bits // 8)
                 if size != want:
                     raise InvalidInputError(
                         f"input {name!r}: binary data has {size} bytes but shape {shape} of {datatype} needs {want}"
                     )
-                arr = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+                arr = np.frombuffer(chunk, dtype=dt.numpy).reshape(shape)
         else:
             if "data" not in d:
                 raise InvalidInputError(f"input {name!r} has neither \"data\" nor a binary_data_size parameter")
-            arr = _json_tensor(name, d["data"], datatype, dtype, shape, count)
+            arr = _json_tensor(name, d["data"], datatype, dt.numpy, shape, count)
         inputs.append(InferInput(name, datatype, shape, arr, ip))
     if offset != len(binary):
         raise InvalidInputError(
@@ -191,10 +182,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
         for i, o in enumerate(out_doc):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidInputError(f"outputs[{i}] needs a string \"name\"")
-            op = o.get("parameters") or {}
-            if not isinstance(op, dict):
-                raise InvalidInputError(f"parameters of output {o['name']!r} must be a JSON object")
-            outputs.append(RequestedOutput(o["name"], op))
+            outputs.append(RequestedOutput(o["name"], _parameters(o, f"output {o['name']!r}")))
     binary_default = bool(params.get("binary_data_output", False))
     return InferRequest(model, version, rid, inputs, outputs, params), binary_default
 
@@ -284,8 +272,23 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
 
 
 # --------------------------------------------------------------------------- the app
+async def infer_response(core, scope, receive, limit: int, model: str, version: str) -> Response:
+    """One inference over HTTP: body -> InferRequest -> core.infer -> V2 response."""
+    body = await read_body(scope, receive, limit)
+    req, binary_default = parse_infer_request(model, version, body, _header(scope, HEADER_LEN))
+    resp = await core.infer(req)
+    return encode_infer_response(resp, req, binary_default)
+
+
 def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
     """The ASGI app of the HTTP endpoint, calling ``core`` (an InferenceServer)."""
+
+    def _mv(request: Request) -> tuple[str, str]:
+        p = request.path_params
+        return p["model"], p.get("version", "")
+
+    async def _body_json(request: Request, what: str) -> dict:
+        return _load_json(await read_body(request.scope, request.receive, max_body_bytes), what)
 
     async def live(request: Request):
         return Response(status_code=200 if core.live() else 503)
@@ -296,15 +299,8 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
     async def server_metadata(request: Request):
         return json_response(core.metadata())
 
-    def _mv(request: Request) -> tuple[str, str]:
-        p = request.path_params
-        return p["model"], p.get("version", "")
-
     async def model_metadata(request: Request):
-        try:
-            return json_response(core.model_metadata(*_mv(request)))
-        except Exception as e:
-            return error_response(e)
+        return json_response(core.model_metadata(*_mv(request)))
 
     async def model_ready(request: Request):
         name, version = _mv(request)
@@ -315,83 +311,57 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
             msg = f"model {name!r} is not ready"
         except TuiliError as e:
             msg = str(e)
-        return error_response(msg, 400)
+        return json_response({"error": msg}, 400)
 
     async def model_config(request: Request):
-        try:
-            from tuili.serve.config import config_to_json
+        from tuili.serve.config import config_to_json
 
-            return json_response(config_to_json(core.model_config(*_mv(request))))
-        except Exception as e:
-            return error_response(e)
+        return json_response(config_to_json(core.model_config(*_mv(request))))
 
     async def model_stats(request: Request):
-        try:
-            return json_response(core.model_statistics(*_mv(request)))
-        except Exception as e:
-            return error_response(e)
+        return json_response(core.model_statistics(*_mv(request)))
 
     async def all_stats(request: Request):
         return json_response(core.model_statistics())
 
-    async def infer(request: Request):
-        name, version = _mv(request)
-        try:
-            body = await read_body(request, max_body_bytes)
-            req, binary_default = parse_infer_request(name, version, body, request.headers.get(HEADER_LEN))
-            resp = await core.infer(req)
-            return encode_infer_response(resp, req, binary_default)
-        except Exception as e:
-            return error_response(e)
+    async def infer(request: Request):  # reached for non-POST methods only (405): FastInfer serves POST
+        return await infer_response(core, request.scope, request.receive, max_body_bytes, *_mv(request))
 
     async def repo_index(request: Request):
-        try:
-            doc = _load_json(await read_body(request, max_body_bytes), "repository index request")
-            return json_response(core.repository_index(bool(doc.get("ready", False))))
-        except Exception as e:
-            return error_response(e)
+        doc = await _body_json(request, "repository index request")
+        return json_response(core.repository_index(bool(doc.get("ready", False))))
 
     async def repo_load(request: Request):
-        name = request.path_params["model"]
-        try:
-            doc = _load_json(await read_body(request, max_body_bytes), "load request")
-            params = doc.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise InvalidInputError("load request \"parameters\" must be a JSON object")
-            config = params.get("config")
-            if config is not None and not isinstance(config, str):
-                config = json.dumps(config)
-            if any(k.startswith("file:") for k in params):
-                raise InvalidInputError("loading models from file content (\"file:\" parameters) is not supported; put the files in the repository")
-            await core.load_model(name, config)
-            return Response(status_code=200)
-        except Exception as e:
-            return error_response(e, loading=True)
+        params = _parameters(await _body_json(request, "load request"), "load request")
+        if any(k.startswith("file:") for k in params):
+            raise InvalidInputError("loading models from file content (\"file:\" parameters) is not supported; put the files in the repository")
+        config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            config = json.dumps(config)
+        await core.load_model(request.path_params["model"], config)
+        return Response(status_code=200)
 
     async def repo_unload(request: Request):
-        name = request.path_params["model"]
-        try:
-            doc = _load_json(await read_body(request, max_body_bytes), "unload request")
-            params = doc.get("parameters") or {}
-            await core.unload_model(name, bool(params.get("unload_dependents", False)) if isinstance(params, dict) else False)
-            return Response(status_code=200)
-        except Exception as e:
-            return error_response(e, loading=True)
+        params = _parameters(await _body_json(request, "unload request"), "unload request")
+        await core.unload_model(request.path_params["model"], bool(params.get("unload_dependents", False)))
+        return Response(status_code=200)
 
     async def logging_settings(request: Request):
-        try:
-            update = None
-            if request.method == "POST":
-                update = _load_json(await read_body(request, max_body_bytes), "log settings")
-            return json_response(core.log_settings(update))
-        except Exception as e:
-            return error_response(e)
+        update = await _body_json(request, "log settings") if request.method == "POST" else None
+        return json_response(core.log_settings(update))
+
+    async def on_error(request: Request, exc: TuiliError):
+        log_failure(exc, f"{request.method} {request.url.path}")
+        return error_response(exc)
+
+    async def on_bug(request: Request, exc: Exception):  # starlette re-raises it afterwards: uvicorn logs the traceback
+        return error_response(exc)
 
     async def not_found(request: Request, exc):
-        return error_response(f"no such endpoint: {request.method} {request.url.path}", 404)
+        return json_response({"error": f"no such endpoint: {request.method} {request.url.path}"}, 404)
 
     async def bad_method(request: Request, exc):
-        return error_response(f"method {request.method} is not allowed on {request.url.path}", 405)
+        return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
 
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
@@ -413,14 +383,15 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
             Route(base + "/stats", model_stats, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
         ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
+    handlers = {TuiliError: on_error, Exception: on_bug, 404: not_found, 405: bad_method}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     return FastInfer(app, core, max_body_bytes)
 
 
 class FastInfer:
     """ASGI wrapper that serves ``POST /v2/models/{model}[/versions/{v}]/infer`` directly (no
-    routing table walk, no Request/Response objects: the per-request overhead decides serving
-    rankings on small machines) and hands everything else to the starlette app."""
+    routing table walk, no Request objects: the per-request overhead decides serving rankings
+    on small machines) and hands everything else to the starlette app."""
 
     def __init__(self, app: Starlette, core, max_body_bytes: int):
         self.app = app
@@ -439,63 +410,10 @@ class FastInfer:
         await self.app(scope, receive, send)
 
     async def _infer(self, scope, receive, send, model: str, version: str):
-        header_len = None
-        content_length = None
-        encoding = None
-        for k, v in scope["headers"]:
-            if k == b"inference-header-content-length":
-                header_len = v.decode("latin-1")
-            elif k == b"content-length":
-                content_length = v
-            elif k == b"content-encoding":
-                encoding = v.decode("latin-1")
         try:
-            body = await self._body(receive, content_length, encoding)
-            req, binary_default = parse_infer_request(model, version, body, header_len)
-            resp = await self.core.infer(req)
-            r = encode_infer_response(resp, req, binary_default)
-        except Exception as e:
+            r = await infer_response(self.core, scope, receive, self.limit, model, version)
+        except Exception as e:  # outside starlette: the one place its exception handlers do not reach
+            log_failure(e, f"POST {scope['path']}")
             r = error_response(e)
         await send({"type": "http.response.start", "status": r.status_code, "headers": r.raw_headers})
         await send({"type": "http.response.body", "body": r.body})
-
-    async def _body(self, receive, content_length, encoding) -> bytes:
-        limit = self.limit
-        if content_length is not None:
-            try:
-                n = int(content_length)
-            except ValueError:
-                raise InvalidInputError(f"Content-Length header {content_length!r} is not an integer") from None
-            if n > limit:
-                raise BodyTooLarge(f"request body of {n} bytes is over the limit of {limit} bytes; "
-                                   f"send less data per request or raise --max-body-bytes")
-        msg = await receive()
-        body = msg.get("body", b"")
-        if msg.get("more_body"):
-            chunks, size = [body], len(body)
-            while msg.get("more_body"):
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    raise InvalidInputError("client disconnected while sending the request")
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"request body is over the limit of {limit} bytes; "
-                                       f"send less data per request or raise --max-body-bytes")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        elif len(body) > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes; send less data per request or raise --max-body-bytes")
-        if encoding and encoding != "identity" and body:
-            try:
-                if encoding == "gzip":
-                    body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
-                else:
-                    raise InvalidInputError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity")
-            except zlib.error as e:
-                raise InvalidInputError(f"request body is not valid {encoding} data: {e}") from None
-            if len(body) > limit:
-                raise BodyTooLarge(f"decompressed request body of {len(body)} bytes is over the limit of {limit} bytes")
-        return body

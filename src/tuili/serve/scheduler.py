@@ -1,6 +1,6 @@
 """Per-model-version scheduler: priority queues, the dynamic batcher and the instance threads.
 
-Requests are submitted from the event loop (``submit`` returns an asyncio future); each model
+Requests are enqueued from the event loop (``enqueue`` returns an asyncio future); each model
 instance is one worker thread that owns one backend instance, forms a batch straight from the
 queues under one lock, runs it and hands all results of the batch back to the loop in a single
 ``call_soon_threadsafe``. So a request crosses threads exactly twice.
@@ -21,6 +21,7 @@ from collections import deque
 import numpy as np
 
 from tuili.errors import InvalidInputError, KernelError, ServerBusyError, TuiliError
+from tuili.serve.runner import Runner
 
 log = logging.getLogger(__name__)
 _now = time.monotonic_ns
@@ -62,8 +63,11 @@ def _set_results(items: list[Pending]) -> None:
             it.fut.set_result(it.result)
 
 
-class Scheduler:
+class Scheduler(Runner):
+    """The Runner of one model version with backend instances."""
+
     def __init__(self, model: str, version: str, config, instances: list, stats, loop: asyncio.AbstractEventLoop):
+        super().__init__()
         self.model, self.version = model, version
         self.instances = instances
         self.stats = stats
@@ -91,8 +95,6 @@ class Scheduler:
         self._forming = False
         self._queued = 0
         self._stopping = False
-        self._inflight = 0  # loop thread only
-        self._drained: asyncio.Event | None = None
         self.wants_request_list = bool(instances and instances[0].wants_request_list)
         self.threads = [
             threading.Thread(target=self._worker, args=(b,), name=f"tuili-{model}-v{version}-{i}", daemon=True)
@@ -102,8 +104,8 @@ class Scheduler:
             t.start()
 
     # ------------------------------------------------------------------ event-loop side
-    def submit(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
-        """Queue one request (``batch`` = its size along dim 0, 1 for non-batching models)."""
+    def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
+        """Queue one request; refusals raise at once, the future holds the outputs or the error of running it."""
         if priority and self.has_priorities:
             if not 1 <= priority <= self.levels:
                 raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
@@ -132,25 +134,14 @@ class Scheduler:
                 self._form.notify()
             else:
                 self._work.notify()
-        self._inflight += 1
+        self._accepted()
         self.stats.pending += 1
-        fut.add_done_callback(self._done)
+        fut.add_done_callback(self._answered)
         return fut
 
-    def _done(self, _fut) -> None:
-        self._inflight -= 1
+    def _answered(self, fut) -> None:
         self.stats.pending -= 1
-        if self._inflight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drain(self) -> None:
-        """Wait until every queued and running request has finished."""
-        if self._inflight == 0:
-            return
-        self._drained = asyncio.Event()
-        while self._inflight:
-            self._drained.clear()
-            await self._drained.wait()
+        super()._answered()
 
     async def stop(self) -> None:
         """Finish what is queued, stop the workers and unload the instances."""

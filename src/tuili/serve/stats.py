@@ -1,7 +1,7 @@
 """Per-model statistics (Triton's statistics extension) and Prometheus metrics (Triton's names).
 
 One ``ModelStats`` per loaded model version. The scheduler's worker threads record queue and
-compute times; the core records request success/failure and end-to-end duration.
+compute times; the server records request success/failure and end-to-end duration.
 """
 from __future__ import annotations
 
@@ -145,6 +145,10 @@ class ModelStats:
         if ok:
             self._p_latency.observe(duration_ns / 1e9)
 
+    def request(self) -> "_RequestTimer":
+        """``with stats.request():`` records one request, failed if the block raises, and its duration."""
+        return _RequestTimer(self)
+
     def record_ensemble(self, batch_size: int) -> None:
         """Ensembles have no executions of their own; count the inferences they run."""
         with self._lock:
@@ -171,3 +175,17 @@ class ModelStats:
                 ],
                 "memory_usage": [],
             }
+
+
+class _RequestTimer:
+    __slots__ = ("stats", "t0")
+
+    def __init__(self, stats: ModelStats):
+        self.stats = stats
+
+    def __enter__(self) -> None:
+        self.t0 = time.monotonic_ns()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.stats.record_request(exc_type is None, time.monotonic_ns() - self.t0)
+        return False

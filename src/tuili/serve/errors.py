@@ -1,0 +1,71 @@
+"""One table from tuili's error classes to the status each protocol answers with.
+
+Both adapters look errors up here, so HTTP and gRPC always agree: the HTTP status and the gRPC
+code of a row mean the same (Google's API design guide, as Triton maps its error codes; a body
+over the size limit, 413, has no closer gRPC code than RESOURCE_EXHAUSTED). The V2 error body is
+``{"error": message}`` over HTTP; gRPC sends the same message as the details.
+An exception that is not a TuiliError is a bug: it answers 500 / INTERNAL and its traceback is
+logged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tuili.errors import (ConfigError, InvalidGraphError, InvalidInputError, KernelError, ModelLoadError, ModelNotFoundError,
+                          ServerBusyError, ShapeInferenceError, TuiliError, UnsupportedOpError)
+
+log = logging.getLogger(__name__)
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A request body is over the server's size limit (``--max-body-bytes``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStatus:
+    http: int
+    grpc: str  # a grpc.StatusCode name (grpc itself is only imported by the gRPC adapter)
+
+
+BAD_REQUEST = ErrorStatus(400, "INVALID_ARGUMENT")
+INTERNAL = ErrorStatus(500, "INTERNAL")
+
+#: The most specific class in an exception's MRO decides; a subclass not listed gets its base's row.
+STATUS: dict[type[BaseException], ErrorStatus] = {
+    TuiliError: INTERNAL,
+    InvalidInputError: BAD_REQUEST,
+    RequestTooLargeError: ErrorStatus(413, "RESOURCE_EXHAUSTED"),
+    ConfigError: BAD_REQUEST,
+    # A model that cannot be loaded is the load request's argument gone wrong (Triton: INVALID_ARG);
+    # at inference time these come from the request's shapes, also the client's to fix.
+    ModelLoadError: BAD_REQUEST,
+    InvalidGraphError: BAD_REQUEST,
+    ShapeInferenceError: BAD_REQUEST,
+    UnsupportedOpError: ErrorStatus(501, "UNIMPLEMENTED"),  # Triton's UNSUPPORTED
+    ModelNotFoundError: ErrorStatus(404, "NOT_FOUND"),
+    ServerBusyError: ErrorStatus(503, "UNAVAILABLE"),
+    KernelError: INTERNAL,
+}
+
+
+def status_of(exc: BaseException) -> ErrorStatus:
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return INTERNAL
+
+
+def message_of(exc: BaseException) -> str:
+    """The client-facing message: the error's own, or for a bug its type too."""
+    msg = str(exc) or type(exc).__name__
+    return msg if isinstance(exc, TuiliError) else f"internal error: {type(exc).__name__}: {msg}"
+
+
+def log_failure(exc: BaseException, where: str) -> None:
+    """A bug gets its traceback logged; a TuiliError is the client's answer, logged at debug level."""
+    if isinstance(exc, TuiliError):
+        log.debug("%s: %s: %s", where, type(exc).__name__, exc)
+    else:
+        log.error("%s failed with an internal error", where, exc_info=exc)

@@ -1,0 +1,278 @@
+"""Model lifecycle: which versions of which models are servable, and getting them there and back.
+
+    Model          one model name: its servable versions and its state (the ModelState machine)
+    Dependencies   which ensembles use which models, kept apart from the states
+    ModelLifecycle load (ensembles load what they use first), unload, retire replaced versions,
+                   follow the repository (poll mode)
+
+A reload builds the new versions while the old ones serve, swaps them in, then retires the
+replaced ones: requests in flight finish on the version they started on.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
+from tuili.serve.ensemble import EnsembleRunner
+from tuili.serve.repository import LoadPlan, ModelRepository
+from tuili.serve.runner import Outputs, Runner
+from tuili.serve.scheduler import Scheduler
+from tuili.serve.spec import ModelSpec
+from tuili.serve.stats import Metrics, ModelStats
+from tuili.serve.validation import model_feeds
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.StrEnum):
+    """Triton's model states, as the repository index reports them."""
+
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+
+
+# A failed reload of a model that still has versions goes back to READY.
+_NEXT = {
+    ModelState.UNAVAILABLE: {ModelState.LOADING, ModelState.UNLOADING},
+    ModelState.LOADING: {ModelState.READY, ModelState.UNAVAILABLE},
+    ModelState.READY: {ModelState.LOADING, ModelState.UNLOADING},
+    ModelState.UNLOADING: {ModelState.UNAVAILABLE},
+}
+
+
+@dataclass(eq=False, slots=True)
+class ModelVersion:
+    """One loaded, servable version of a model."""
+
+    name: str
+    version: str
+    config: object  # ModelConfig
+    spec: ModelSpec
+    stats: ModelStats
+    runner: Runner
+    platform: str
+    backend: str
+    model_dir: str
+
+    async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Outputs:
+        """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps)."""
+        checked, batch = model_feeds(self.name, self.spec, feeds)
+        return await self.runner.enqueue(checked, batch, priority, timeout_us)
+
+
+class Model:
+    """A model name: its servable versions (the newest answers version ``""``) and its state."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.versions: dict[str, ModelVersion] = {}
+        self.default: ModelVersion | None = None
+        self.state = ModelState.UNAVAILABLE
+        self.reason = "unloaded"
+        self.lock = asyncio.Lock()  # one load or unload at a time
+        self.signature = None  # the files of the loaded versions (poll mode compares it)
+        self.failed_signature = None  # the files of the last failed load (poll mode retries only after a change)
+
+    def move(self, state: ModelState, reason: str = "") -> None:
+        if state not in _NEXT[self.state]:
+            raise RuntimeError(f"model {self.name!r}: {self.state} -> {state} is not a lifecycle transition")
+        self.state, self.reason = state, reason
+
+    def set_versions(self, versions: dict[str, ModelVersion]) -> None:
+        self.versions = versions
+        self.default = versions[max(versions, key=int)] if versions else None
+
+    def sorted_versions(self) -> list[ModelVersion]:
+        return [self.versions[v] for v in sorted(self.versions, key=int)]
+
+
+class Dependencies:
+    """Which models each ensemble runs (Triton's dependency graph, apart from the models' states)."""
+
+    def __init__(self) -> None:
+        self._uses: dict[str, frozenset[str]] = {}
+
+    def set(self, ensemble: str, models: list[str]) -> None:
+        self._uses[ensemble] = frozenset(models)
+
+    def forget(self, ensemble: str) -> None:
+        self._uses.pop(ensemble, None)
+
+    def dependents(self, model: str) -> list[str]:
+        """The ensembles that use ``model``, sorted."""
+        return sorted(e for e, used in self._uses.items() if model in used)
+
+
+class ModelLifecycle:
+    def __init__(self, repository: ModelRepository, metrics: Metrics):
+        self.repository = repository
+        self.metrics = metrics
+        self.models: dict[str, Model] = {}
+        self.dependencies = Dependencies()
+
+    # ------------------------------------------------------------------ lookups
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The servable version (``""`` = newest); ModelNotFoundError otherwise."""
+        model = self.models.get(name)
+        if model is None or model.default is None:
+            if model is not None:
+                raise ModelNotFoundError(f"model {name!r} is not ready (state {model.state}: {model.reason}); load it first")
+            if name in self.repository.known():
+                raise ModelNotFoundError(f"model {name!r} is not ready (state UNAVAILABLE: unloaded); load it first")
+            raise ModelNotFoundError(f"unknown model {name!r}; GET /v2/repository/index lists the models")
+        if not version:
+            return model.default
+        mv = model.versions.get(str(version))
+        if mv is None:
+            raise ModelNotFoundError(
+                f"model {name!r} has no ready version {version!r}; ready versions: {', '.join(sorted(model.versions, key=int))}")
+        return mv
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: one row per servable version, one per model that has none."""
+        out = []
+        for name in sorted(set(self.repository.scan()) | set(self.models)):
+            model = self.models.get(name)
+            if model is not None and model.versions:
+                out += [{"name": name, "version": v, "state": ModelState.READY.value, "reason": ""}
+                        for v in sorted(model.versions, key=int)]
+            elif not ready_only:
+                state, reason = (model.state, model.reason) if model is not None else (ModelState.UNAVAILABLE, "unloaded")
+                out.append({"name": name, "version": "", "state": state.value, "reason": reason})
+        return out
+
+    def is_ensemble(self, name: str) -> bool:
+        model = self.models.get(name)
+        return bool(model and model.default and model.default.platform == "ensemble")
+
+    # ------------------------------------------------------------------ loading
+    async def load_all(self, names: list[str]) -> None:
+        """Load each model, ensembles last (their models are there first); a failure is logged, not raised."""
+        for name in sorted(names, key=self.repository.is_ensemble):
+            try:
+                await self.load(name)
+            except TuiliError as e:
+                log.error("failed to load model %r: %s", name, e)
+
+    async def load(self, name: str, config_json: str | None = None, _chain: tuple[str, ...] = ()) -> None:
+        """Load (or reload) every selected version of ``name``; an ensemble first loads the models it uses."""
+        if name in _chain:
+            raise ConfigError(f"ensembles form a cycle: {' -> '.join(_chain + (name,))}")
+        model = self.models.get(name)
+        if model is None:
+            model = self.models[name] = Model(name)
+        async with model.lock:
+            model.move(ModelState.LOADING)
+            try:
+                plan = await asyncio.to_thread(self.repository.plan, name, config_json)
+                if plan.is_ensemble:
+                    await self._load_dependencies(plan, _chain + (name,))
+                new_versions = await self._build_versions(plan)
+            except Exception as e:
+                model.failed_signature = self.repository.signature(name)
+                reason = str(e) if isinstance(e, TuiliError) else f"{type(e).__name__}: {e}"
+                model.move(ModelState.READY if model.versions else ModelState.UNAVAILABLE, "" if model.versions else reason)
+                if isinstance(e, TuiliError):
+                    raise
+                # a bug or an unexpected library error: reported, never crashes the server
+                raise ModelLoadError(f"loading model {name!r} failed: {reason}") from e
+            old = model.versions
+            model.set_versions(new_versions)
+            model.signature, model.failed_signature = plan.signature, None
+            model.move(ModelState.READY)
+            log.info("model %s: versions %s ready (%s)", name, ", ".join(sorted(new_versions, key=int)), plan.platform)
+        # Retire the replaced versions after the swap: new requests already go to the new ones.
+        for v, mv in old.items():
+            if new_versions.get(v) is not mv:
+                await self._retire(mv)
+
+    async def _load_dependencies(self, plan: LoadPlan, chain: tuple[str, ...]) -> None:
+        self.dependencies.set(plan.name, plan.dependencies)
+        for dep in plan.dependencies:
+            if dep in chain:
+                raise ConfigError(f"ensembles form a cycle: {' -> '.join(chain + (dep,))}")
+            if dep not in self.models or not self.models[dep].versions:
+                await self.load(dep, _chain=chain)
+
+    async def _build_versions(self, plan: LoadPlan) -> dict[str, ModelVersion]:
+        loop = asyncio.get_running_loop()
+        versions: dict[str, ModelVersion] = {}
+        try:
+            for v, vdir in plan.versions:
+                if plan.is_ensemble:
+                    config = plan.config
+                    stats = ModelStats(plan.name, v, self.metrics)
+                    runner: Runner = EnsembleRunner(self, plan.name, config, stats)
+                else:
+                    config, instances = await asyncio.to_thread(self.repository.load_instances, plan, vdir)
+                    stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
+                    runner = Scheduler(plan.name, v, config, instances, stats, loop)
+                versions[v] = ModelVersion(plan.name, v, config, ModelSpec(config, plan.model_dir), stats, runner,
+                                           plan.platform, plan.backend, plan.model_dir)
+        except BaseException:
+            for mv in versions.values():
+                await self._retire(mv)
+            raise
+        return versions
+
+    async def _retire(self, mv: ModelVersion) -> None:
+        try:
+            await mv.runner.stop()
+        finally:
+            self.metrics.remove(mv.stats)
+
+    # ------------------------------------------------------------------ unloading
+    async def unload(self, name: str, reason: str = "unloaded") -> None:
+        """Stop serving every version of ``name`` (requests in flight finish first)."""
+        model = self.models.get(name)
+        if model is None:
+            self.models[name] = Model(name)
+            return
+        async with model.lock:
+            old = model.versions
+            model.set_versions({})
+            model.move(ModelState.UNLOADING)
+            for mv in old.values():
+                await self._retire(mv)
+            model.move(ModelState.UNAVAILABLE, reason)
+            model.signature = None
+        self.dependencies.forget(name)
+        if old:
+            log.info("model %s unloaded", name)
+
+    async def unload_all(self, reason: str) -> None:
+        """Unload everything, ensembles first (they run their models)."""
+        for name in sorted(self.models, key=lambda n: not self.is_ensemble(n)):
+            await self.unload(name, reason)
+
+    # ------------------------------------------------------------------ poll mode
+    async def follow_repository(self) -> None:
+        """Rescan: load new models and changed ones (new/removed versions, edited config), unload removed ones."""
+        names = set(self.repository.scan())
+        for name in sorted(set(self.models) - names):
+            if self.models[name].versions:
+                log.info("poll: model %s was removed from the repository; unloading it", name)
+                await self.unload(name, reason="removed from the repository")
+        changed = []
+        for name in sorted(names):
+            sig = await asyncio.to_thread(self.repository.signature, name)
+            model = self.models.get(name)
+            if model is None or model.signature != sig:
+                if model is not None and model.failed_signature == sig:
+                    continue  # failed before and nothing changed since
+                changed.append(name)
+        for name in sorted(changed, key=self.repository.is_ensemble):
+            try:
+                await self.load(name)
+            except TuiliError as e:
+                log.error("poll: failed to load model %r: %s", name, e)
+                model = self.models.get(name)
+                if model is not None:
+                    model.failed_signature = await asyncio.to_thread(self.repository.signature, name)

@@ -388,7 +388,7 @@ def test_wrong_shape(client, http):
 def test_wrong_dtype(client, http):
     bad = {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [0] * 16}
     _bad(http, "/v2/models/add_sub/infer", 400, "datatype", json={"inputs": [bad, _fp32("INPUT1", [1, 16])]})
-    _bad(http, "/v2/models/add_sub/infer", 400, "unknown datatype",
+    _bad(http, "/v2/models/add_sub/infer", 400, "unknown V2 datatype 'FP33'",
          json={"inputs": [{**bad, "datatype": "FP33"}, _fp32("INPUT1", [1, 16])]})
     _bad(http, "/v2/models/add_sub/infer", 400, "FP32",
          json={"inputs": [{**_fp32("INPUT0", [1, 16]), "data": ["a"] * 16}, _fp32("INPUT1", [1, 16])]})

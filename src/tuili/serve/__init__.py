@@ -6,7 +6,7 @@
                one thread per instance) or ensemble.EnsembleRunner
             -> tuili.backends (onnxruntime, tuili, pytorch, python)
 
-repository.py reads Triton-layout model repositories (config.py parses config.pbtxt);
+repository.py reads Triton-layout model repositories (tuili.model_config parses config.pbtxt);
 stats.py keeps Triton's statistics and renders the Prometheus metrics; server.py runs it
 all in one process and one asyncio loop (`tuili serve`, cli.py).
 """

@@ -17,11 +17,12 @@ import time
 
 import numpy as np
 
+from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError, ModelNotFoundError, ServerBusyError, TuiliError
+from tuili.model_config import ModelSpec
 from tuili.serve.repository import ModelRepository
-from tuili.serve.spec import ModelSpec
 from tuili.serve.stats import Metrics, ModelStats
-from tuili.serve.types import InferOutput, InferRequest, InferResponse, numpy_to_v2
+from tuili.serve.types import InferOutput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 _now = time.monotonic_ns
@@ -508,7 +509,7 @@ class InferenceServer:
             k = params.get("classification", params.get("class_count", 0)) if params else 0
             if k:
                 arr = _classify(arr, int(k), s.labels, batched=mb > 0)
-            result.append(InferOutput(name, numpy_to_v2(arr.dtype) if arr.dtype != object else "BYTES", list(arr.shape), arr, {}))
+            result.append(InferOutput(name, dtypes.from_numpy(arr.dtype).to_v2() if arr.dtype != object else "BYTES", list(arr.shape), arr, {}))
         return result
 
 

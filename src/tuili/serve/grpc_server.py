@@ -1,6 +1,6 @@
 """gRPC adapter: the KServe V2 / Triton ``inference.GRPCInferenceService``.
 
-It turns protobuf messages (tuili/serve/protos/grpc_service.proto) into the
+It turns protobuf messages (Triton's grpc_service.proto, as tritonclient ships it) into the
 protocol-independent types of tuili.serve.types, calls the
 ``InferenceServer`` (tuili.serve.core) and turns the answers back. Nothing
 model-specific happens here: classification, batching and statistics live in
@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from tuili import dtypes
 from tuili.errors import (
     ConfigError,
     InvalidInputError,
@@ -35,8 +36,8 @@ from tuili.errors import (
     ServerBusyError,
     TuiliError,
 )
-from tuili.serve.protos import grpc_service_pb2 as pb
-from tuili.serve.protos import model_config_pb2 as mc
+from tuili.model_config.protos import model_config_pb2 as mc
+from tuili.model_config.protos import service_pb2 as pb
 from tuili.serve.types import (
     InferInput,
     InferRequest,
@@ -45,7 +46,6 @@ from tuili.serve.types import (
     deserialize_bytes_tensor,
     element_count,
     serialize_bytes_tensor,
-    v2_to_numpy,
 )
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
         except InvalidInputError as exc:
             raise InvalidInputError(f"input {name!r} (BYTES, shape {shape}): {exc}") from None
         return flat.reshape(shape)
-    dtype = v2_to_numpy(datatype)
+    dtype = dtypes.from_v2(datatype).numpy
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInputError(
@@ -145,7 +145,7 @@ def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.nd
     count = element_count(shape)
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
-        v2_to_numpy(datatype)  # unknown datatype -> InvalidInputError naming it
+        dtypes.from_v2(datatype)  # unknown datatype -> InvalidInputError naming it
         raise InvalidInputError(
             f"input {name!r}: datatype {datatype} has no typed contents field; send it in raw_input_contents"
         )
@@ -158,7 +158,7 @@ def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.nd
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    dtype = v2_to_numpy(datatype)
+    dtype = dtypes.from_v2(datatype).numpy
     try:
         return np.array(values, dtype=dtype).reshape(shape)
     except (OverflowError, ValueError) as exc:
@@ -216,7 +216,7 @@ def _raw_bytes(datatype: str, data: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return serialize_bytes_tensor(np.asarray(data, dtype=object))
     arr = np.asarray(data)
-    want = v2_to_numpy(datatype).newbyteorder("<")
+    want = dtypes.from_v2(datatype).numpy.newbyteorder("<")
     if arr.dtype != want:
         arr = arr.astype(want)
     return np.ascontiguousarray(arr).tobytes()

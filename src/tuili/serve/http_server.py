@@ -17,10 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tuili import dtypes
 from tuili.errors import (ConfigError, InvalidGraphError, InvalidInputError, ModelLoadError, ModelNotFoundError,
                           ServerBusyError, ShapeInferenceError, TuiliError, UnsupportedOpError)
-from tuili.serve.types import (V2_ITEMSIZE, InferInput, InferRequest, InferResponse, RequestedOutput, deserialize_bytes_tensor,
-                               element_count, serialize_bytes_tensor, v2_to_numpy)
+from tuili.serve.types import (InferInput, InferRequest, InferResponse, RequestedOutput, deserialize_bytes_tensor,
+                               element_count, serialize_bytes_tensor)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
             raise InvalidInputError(f"input {name!r} needs a string \"datatype\" such as \"FP32\"")
         if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
             raise InvalidInputError(f"input {name!r} needs \"shape\": a list of non-negative integers, got {shape!r}")
-        dtype = v2_to_numpy(datatype)
+        dtype = dtypes.from_v2(datatype).numpy
         ip = d.get("parameters") or {}
         if not isinstance(ip, dict):
             raise InvalidInputError(f"parameters of input {name!r} must be a JSON object")
@@ -167,7 +168,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
             if datatype == "BYTES":
                 arr = deserialize_bytes_tensor(chunk, count).reshape(shape)
             else:
-                want = count * V2_ITEMSIZE[datatype]
+                want = count * dtype.itemsize
                 if size != want:
                     raise InvalidInputError(
                         f"input {name!r}: binary data has {size} bytes but shape {shape} of {datatype} needs {want}"
@@ -319,7 +320,7 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
 
     async def model_config(request: Request):
         try:
-            from tuili.serve.config import config_to_json
+            from tuili.model_config import config_to_json
 
             return json_response(config_to_json(core.model_config(*_mv(request))))
         except Exception as e:

@@ -54,6 +54,18 @@ def test_tuili_backend(onnx_dir):
     _check_add_sub(b)
 
 
+def test_onnx_output_the_server_cannot_carry_is_a_load_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    seq = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+    g = helper.make_graph([helper.make_node("SequenceConstruct", ["x"], ["seq"])], "g", [x], [seq])
+    _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "1" / "model.onnx"))
+    b = create_backend("onnxruntime")
+    with pytest.raises(ModelLoadError, match=r"model.onnx: tensor 'seq' cannot be served: .*seq\(tensor\(float\)\)"):
+        b.load(str(tmp_path), str(tmp_path / "1"), _cfg('name: "m"'))
+
+
 class _Net(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -96,7 +96,7 @@ class PythonBackend(Backend):
         try:
             responses = self.model.execute(reqs)
         except Exception as e:
-            err = _error_from(self.model_name, e if not isinstance(e, pb_utils.TritonError) else e)
+            err = _error_from(self.model_name, e)
             return [err] * len(requests)
         if responses is None or len(responses) != len(requests):
             err = KernelError(f"model {self.model_name!r}: execute() returned {0 if responses is None else len(responses)} "

@@ -70,10 +70,10 @@ def validate_model_config(config: ModelConfig, *, model_dir: str | Path | None =
                 if -1 not in rs and -1 not in t.dims and _prod(rs) != _prod(t.dims):
                     ck.fail(f"{path}.reshape", f"{kind} {t.name!r}: reshape {rs} has {_prod(rs)} elements but "
                                                f"dims {list(t.dims)} has {_prod(t.dims)}")
-            if kind == "output" and t.label_filename and model_dir is not None:
-                if not (Path(model_dir) / t.label_filename).is_file():
-                    ck.fail(f"{path}.label_filename", f"label file {t.label_filename!r} of output {t.name!r} "
-                                                      f"is not in {model_dir}")
+            if kind == "output" and t.label_filename and model_dir is not None \
+                    and not (Path(model_dir) / t.label_filename).is_file():
+                ck.fail(f"{path}.label_filename", f"label file {t.label_filename!r} of output {t.name!r} "
+                                                  f"is not in {model_dir}")
     if require_io:
         if len(config.input) == 0:
             ck.fail("input", "the config declares no input and none could be auto-completed")
@@ -150,7 +150,7 @@ def _validate_ensemble(config: ModelConfig, ck: _Checker) -> None:
             ck.fail(f"{path}.model_name", f"ensemble step {i} calls the ensemble {config.name!r} itself")
         if len(st.input_map) == 0:
             ck.fail(f"{path}.input_map", f"ensemble step {i} ({st.model_name}) maps no input")
-        for model_out, tensor in st.output_map.items():
+        for tensor in st.output_map.values():
             if tensor in inputs:
                 ck.fail(f"{path}.output_map", f"step {i} ({st.model_name}) writes ensemble tensor {tensor!r}, "
                                               f"which is an ensemble input")

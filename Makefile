@@ -11,17 +11,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,lint]'
-	$(PY) -m tuili.serve.protos.build
 	touch $(STAMP)
 
 REPO := examples/model_repository
 
 run: $(STAMP)
-	$(PY) -m tuili.serve.examples build $(REPO)
+	$(PY) -m examples.build $(REPO)
 	@echo
 	@echo "Serving $(REPO): HTTP 127.0.0.1:8000, gRPC 127.0.0.1:8001, metrics http://127.0.0.1:8002/metrics"
 	@echo "In another shell, ask it for an answer:"
-	@echo "    $(PY) -m tuili.serve.examples client --digit 7"
+	@echo "    $(PY) -m examples.client --digit 7"
 	@echo "    curl -s 127.0.0.1:8000/v2/models/digits_cnn | python3 -m json.tool"
 	@echo
 	exec $(PY) -m tuili.cli serve --model-repository $(REPO)

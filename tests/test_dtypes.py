@@ -33,7 +33,7 @@ def test_row_agrees_with_onnx_numpy_and_torch(row):
 
 
 def test_config_enum_matches_triton_numbering():
-    from tuili.serve.protos import model_config_pb2 as mc
+    from tuili.model_config.protos import model_config_pb2 as mc
 
     for row in dtypes.ALL:
         if row.config:

@@ -13,7 +13,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def _lint_imports(src: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(src))
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+    return subprocess.run([str(LINT_IMPORTS), str(ROOT / "pyproject.toml"), "--no-cache"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -10,7 +10,7 @@ import torch
 from repo_builder import UPPER_PY, _write, add_sub_model, _save
 from tuili.backends.base import create_backend, resolve_backend_name
 from tuili.errors import ConfigError, ModelLoadError
-from tuili.serve.config import autocomplete, parse_model_config
+from tuili.model_config import autocomplete, parse_model_config
 from tuili.serve.repository import ModelRepository, select_versions
 
 
@@ -54,6 +54,18 @@ def test_tuili_backend(onnx_dir):
     _check_add_sub(b)
 
 
+def test_onnx_output_the_server_cannot_carry_is_a_load_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    seq = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+    g = helper.make_graph([helper.make_node("SequenceConstruct", ["x"], ["seq"])], "g", [x], [seq])
+    _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "1" / "model.onnx"))
+    b = create_backend("onnxruntime")
+    with pytest.raises(ModelLoadError, match=r"model.onnx: tensor 'seq' cannot be served: .*seq\(tensor\(float\)\)"):
+        b.load(str(tmp_path), str(tmp_path / "1"), _cfg('name: "m"'))
+
+
 class _Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -90,6 +102,44 @@ def test_torch_backend(tmp_path, kind):
         want = net(x, y)
     np.testing.assert_allclose(out["out"], want[0].numpy(), rtol=1e-5)
     np.testing.assert_allclose(out["total"], want[1].numpy(), rtol=1e-5)
+
+
+class _Cast(torch.nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype)
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype, words", [
+    (torch.float8_e4m3fn, ["float8e4m3fn", "has no KServe V2 datatype"]),  # in the table, but V2 cannot carry it
+    (torch.complex32, ["unknown torch dtype", "torch.complex32"]),  # not in the table at all
+])
+def test_torch_model_with_a_dtype_the_server_cannot_carry_is_a_load_error(tmp_path, dtype, words):
+    """The model's own metadata types the tensors when the config does not; a type with no V2 name is
+    an error naming the file, the tensor and the type (it used to be served as FP32)."""
+    ep = torch.export.export(_Cast(dtype), (torch.randn(2, 4),))
+    (tmp_path / "1").mkdir()
+    torch.export.save(ep, str(tmp_path / "1" / "model.pt2"))
+    b = create_backend("pytorch")
+    with pytest.raises(ModelLoadError) as ei:
+        b.load(str(tmp_path), str(tmp_path / "1"), _cfg('name: "t"'))
+    msg = str(ei.value)
+    assert "model.pt2" in msg and "'output__0'" in msg
+    for w in words:
+        assert w in msg
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_without_typed_config_is_a_config_error(tmp_path):
+    (tmp_path / "1").mkdir()
+    torch.jit.save(torch.jit.script(_Net().eval()), str(tmp_path / "1" / "model.pt"))
+    b = create_backend("pytorch")
+    with pytest.raises(ConfigError, match=r"does not say the type of x, y.*config.pbtxt"):
+        b.load(str(tmp_path), str(tmp_path / "1"), _cfg('name: "t"'))
 
 
 def test_python_backend(tmp_path):

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from examples.client import digit_png
 from tuili.backends.base import create_backend
-from tuili.serve.config import load_model_config
-from tuili.serve.examples import _EXAMPLE_MODELS, digit_png
+from tuili.model_config import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples", "model_repository")
@@ -23,11 +23,9 @@ def test_example_configs_parse(name):
     assert cfg.name == name
 
 
-def _python_model(tmp_path, name: str, src: str):
+def _python_model(tmp_path, name: str):
     d = tmp_path / name
-    shutil.copytree(os.path.join(EXAMPLES, name), d, ignore=shutil.ignore_patterns("[0-9]*"))
-    (d / "1").mkdir()
-    shutil.copyfile(os.path.join(_EXAMPLE_MODELS, src), d / "1" / "model.py")
+    shutil.copytree(os.path.join(EXAMPLES, name), d, ignore=shutil.ignore_patterns("__pycache__"))
     b = create_backend("python")
     b.load(str(d), str(d / "1"), load_model_config(str(d)))
     return b
@@ -36,7 +34,7 @@ def _python_model(tmp_path, name: str, src: str):
 def test_digits_preprocess_and_topk(tmp_path):
     from sklearn.datasets import load_digits
 
-    pre = _python_model(tmp_path, "digits_preprocess", "digits_preprocess.py")
+    pre = _python_model(tmp_path, "digits_preprocess")
     png, label = digit_png(digit=4)
     out = pre.infer_many([{"IMAGE": np.array([[png]], dtype=object)}, {"IMAGE": np.array([[b"not an image"]], dtype=object)}])
     pixels = out[0]["PIXELS"]
@@ -46,7 +44,7 @@ def test_digits_preprocess_and_topk(tmp_path):
     np.testing.assert_allclose(pixels[0, 0], ds.images[idx], atol=16 / 255 + 1e-5)  # 8-bit PNG round trip
     assert "cannot decode the image" in str(out[1])
 
-    topk = _python_model(tmp_path, "digits_topk", "digits_topk.py")
+    topk = _python_model(tmp_path, "digits_topk")
     logits = np.array([[0, 1, 5, 2, 0, 0, 0, 0, 0, 3]], np.float32)
     res = topk.infer({"LOGITS": logits})
     assert list(res["LABELS"][0]) == [b"2", b"9", b"3"]
@@ -59,10 +57,10 @@ def test_digits_preprocess_and_topk(tmp_path):
 def test_example_repository_builds_and_serves(tmp_path, server_factory):
     import tritonclient.http as th
 
-    from tuili.serve.examples import build
+    from examples.build import build
 
     repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLES, repo, ignore=shutil.ignore_patterns("[0-9]*"))
+    shutil.copytree(EXAMPLES, repo, ignore=shutil.ignore_patterns("*.onnx", "*.tmp", "__pycache__"))
     shutil.rmtree(repo / "resnet18")
     shutil.rmtree(repo / "bert_small")
     build(str(repo))

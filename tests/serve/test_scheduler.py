@@ -10,7 +10,7 @@ import pytest
 
 from tuili.backends.base import Backend
 from tuili.errors import InvalidInputError, KernelError, ServerBusyError
-from tuili.serve.config import parse_model_config
+from tuili.model_config import parse_model_config
 from tuili.serve.scheduler import Scheduler
 from tuili.serve.stats import Metrics, ModelStats
 

@@ -10,25 +10,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from tuili.dtypes import UnknownDTypeError
 from tuili.errors import ConfigError, KernelError, ModelLoadError, TuiliError
+from tuili.model_config import TensorSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class TensorSpec:
-    """Name, V2 datatype ("FP32", "BYTES", ...) and full shape (-1 = dynamic) of a model input/output.
-
-    The shape is the model's own shape, i.e. it includes the batch dimension if the model has one."""
-
-    name: str
-    datatype: str
-    shape: list[int] = field(default_factory=list)
-    optional: bool = False
 
 
 class Backend:
@@ -162,25 +152,14 @@ def create_backend(name: str) -> Backend:
     return getattr(module, cls_name)()
 
 
-def onnx_type_to_v2(type_str: str) -> str:
-    """onnxruntime's 'tensor(float)' style type names -> V2 datatype."""
-    t = type_str
-    if t.startswith("tensor(") and t.endswith(")"):
-        t = t[7:-1]
-    table = {
-        "float": "FP32", "double": "FP64", "float16": "FP16", "bfloat16": "BF16",
-        "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-        "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-        "bool": "BOOL", "string": "BYTES",
-    }
-    if t not in table:
-        raise ModelLoadError(f"onnx tensor type {type_str!r} is not supported by the server")
-    return table[t]
-
-
-def dims_from_onnx(shape) -> list[int]:
-    """onnxruntime NodeArg.shape (ints, strings, None) -> ints with -1 for dynamic dims."""
-    return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in (shape or [])]
+def model_tensor(path: str, name: str, dtype: Any, shape) -> TensorSpec:
+    """TensorSpec of a tensor the model file at ``path`` declares (any dtype spelling, dynamic
+    dimensions as None, a symbol or -1); a type the V2 protocol cannot carry is a ModelLoadError
+    naming the file, the tensor and the type."""
+    try:
+        return TensorSpec(name, dtype, list(shape or []))
+    except UnknownDTypeError as e:
+        raise ModelLoadError(f"{path}: tensor {name!r} cannot be served: {e}") from None
 
 
 def bytes_to_str(arr: np.ndarray) -> np.ndarray:
@@ -218,8 +197,8 @@ class OnnxSessionBackend(Backend):
         path = self.model_file(version_dir, config, candidates=onnx_files)
         self._path = path
         self.session = self.open_session(path, config)
-        self.inputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_inputs()]
-        self.outputs = [TensorSpec(a.name, onnx_type_to_v2(a.type), dims_from_onnx(a.shape)) for a in self.session.get_outputs()]
+        self.inputs = [model_tensor(path, a.name, a.type, a.shape) for a in self.session.get_inputs()]
+        self.outputs = [model_tensor(path, a.name, a.type, a.shape) for a in self.session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
         self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}

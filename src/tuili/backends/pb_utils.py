@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuili.serve.types import config_to_numpy
+from tuili import dtypes
 
 
 class TritonError(Exception):
@@ -131,8 +131,7 @@ def get_output_config_by_name(model_config: dict, name: str) -> dict | None:
 
 
 def triton_string_to_numpy(triton_type: str):
-    dt = config_to_numpy(triton_type)
-    return np.object_ if dt == np.dtype(object) else dt.type
+    return dtypes.from_config(triton_type).to_numpy().type
 
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1

@@ -18,6 +18,7 @@ import numpy as np
 from tuili.backends import pb_utils
 from tuili.backends.base import Backend
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError, ModelNotFoundError, ServerBusyError
+from tuili.model_config import ModelSpec, config_to_json
 
 log = logging.getLogger(__name__)
 _load_lock = threading.Lock()
@@ -38,17 +39,6 @@ def _error_from(model: str, err) -> Exception:
     if isinstance(err, BaseException):
         return KernelError(f"model {model!r}: python model raised {type(err).__name__}: {err}")
     return KernelError(f"model {model!r}: {err}")
-
-
-def _config_json(config) -> dict:
-    try:
-        from tuili.serve.config import config_to_json
-
-        return config_to_json(config)
-    except ImportError:  # pragma: no cover - S2's module not there yet
-        from google.protobuf import json_format
-
-        return json_format.MessageToDict(config, preserving_proto_field_name=True)
 
 
 class PythonBackend(Backend):
@@ -77,7 +67,7 @@ class PythonBackend(Backend):
         self.model_name = config.name or os.path.basename(model_dir)
         self.model = cls()
         args = {
-            "model_config": json.dumps(_config_json(config)),
+            "model_config": json.dumps(config_to_json(config)),
             "model_instance_kind": "CPU",
             "model_instance_name": f"{self.model_name}_{self.instance_index}",
             "model_instance_device_id": "0",
@@ -90,9 +80,8 @@ class PythonBackend(Backend):
                 self.model.initialize(args)
             except Exception as e:
                 raise ModelLoadError(f"{path}: TritonPythonModel.initialize failed: {type(e).__name__}: {e}") from e
-        from tuili.serve.spec import tensor_specs
-
-        self.inputs, self.outputs = tensor_specs(config)
+        spec = ModelSpec(config)
+        self.inputs, self.outputs = list(spec.inputs.values()), list(spec.outputs.values())
         self._output_names = [o.name for o in self.outputs]
         self._path = path
 
@@ -107,7 +96,7 @@ class PythonBackend(Backend):
         try:
             responses = self.model.execute(reqs)
         except Exception as e:
-            err = _error_from(self.model_name, e if not isinstance(e, pb_utils.TritonError) else e)
+            err = _error_from(self.model_name, e)
             return [err] * len(requests)
         if responses is None or len(responses) != len(requests):
             err = KernelError(f"model {self.model_name!r}: execute() returned {0 if responses is None else len(responses)} "

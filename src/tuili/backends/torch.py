@@ -11,21 +11,27 @@ import os
 
 import numpy as np
 
-from tuili.backends.base import Backend, TensorSpec, config_parameter
+from tuili.backends.base import Backend, config_parameter, model_tensor
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
+from tuili.model_config import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def _torch_dtype_to_v2(dt) -> str:
-    import torch
+def _exported_tensors(ep):
+    """(inputs, outputs) of an ExportedProgram as (name, torch dtype or None, shape) from the graph's
+    metadata; the dtype is None where the graph carries none (the config must then declare it)."""
+    def meta(name, val):
+        if val is None:
+            return name, None, []
+        return name, val.dtype, [int(d) if isinstance(d, int) else -1 for d in val.shape]
 
-    table = {
-        torch.float32: "FP32", torch.float64: "FP64", torch.float16: "FP16", torch.bfloat16: "BF16",
-        torch.int8: "INT8", torch.int16: "INT16", torch.int32: "INT32", torch.int64: "INT64",
-        torch.uint8: "UINT8", torch.bool: "BOOL",
-    }
-    return table.get(dt, "FP32")
+    placeholders = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
+    inputs = [meta(name, placeholders.get(name)) for name in ep.graph_signature.user_inputs]
+    outs = next(n for n in ep.graph.nodes if n.op == "output").args[0]
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    outputs = [meta(f"output__{i}", getattr(o, "meta", {}).get("val")) for i, o in enumerate(outs)]
+    return inputs, outputs
 
 
 class TorchBackend(Backend):
@@ -40,53 +46,47 @@ class TorchBackend(Backend):
         threads = config_parameter(config, "threads")
         if threads:
             torch.set_num_threads(int(threads))
-        self.exported = False
+        self.exported = path.endswith(".pt2")
         try:
-            if path.endswith(".pt2"):
+            if self.exported:
                 ep = torch.export.load(path)
                 self.module = ep.module()
-                self.exported = True
-                specs = ep.graph_signature.user_inputs
-                metas = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder"}
-                self.inputs = []
-                for name in specs:
-                    v = metas.get(name)
-                    shape = [int(d) if isinstance(d, int) else -1 for d in v.shape] if v is not None else []
-                    self.inputs.append(TensorSpec(name, _torch_dtype_to_v2(v.dtype) if v is not None else "FP32", shape))
-                out_node = next(n for n in ep.graph.nodes if n.op == "output")
-                outs = out_node.args[0]
-                self.outputs = []
-                for i, o in enumerate(outs if isinstance(outs, (list, tuple)) else [outs]):
-                    v = getattr(o, "meta", {}).get("val")
-                    shape = [int(d) if isinstance(d, int) else -1 for d in v.shape] if v is not None else []
-                    self.outputs.append(TensorSpec(f"output__{i}", _torch_dtype_to_v2(v.dtype) if v is not None else "FP32", shape))
+                model_inputs, model_outputs = _exported_tensors(ep)
             else:
                 self.module = torch.jit.load(path, map_location="cpu")
                 self.module.eval()
-                args = [a.name for a in self.module.forward.schema.arguments][1:]  # drop self
-                self.inputs = [TensorSpec(a, "FP32", []) for a in args]
-                self.outputs = []
+                # TorchScript carries argument names but no types or shapes: the config declares them.
+                model_inputs = [(a.name, None, []) for a in self.module.forward.schema.arguments[1:]]  # drop self
+                model_outputs = []
         except Exception as e:
             raise ModelLoadError(f"torch could not load {path}: {e}") from e
-        # The config, when present, names and types the tensors (TorchScript carries no types).
+        # The config, when it lists the tensors, names and types them; otherwise the model's metadata does.
         if config is not None and len(config.input):
-            from tuili.serve.spec import tensor_specs
-
-            cin, cout = tensor_specs(config)
-            if len(cin) != len(self.inputs) and self.inputs:
+            spec = ModelSpec(config)
+            if len(spec.inputs) != len(model_inputs) and model_inputs:
                 raise ConfigError(
-                    f"model config of {model_dir} lists {len(cin)} inputs but {path} takes {len(self.inputs)} "
-                    f"({', '.join(s.name for s in self.inputs)})"
+                    f"model config of {model_dir} lists {len(spec.inputs)} inputs but {path} takes {len(model_inputs)} "
+                    f"({', '.join(name for name, _, _ in model_inputs)})"
                 )
-            self.inputs = cin
-            if len(cout):
-                self.outputs = cout
+            self.inputs = list(spec.inputs.values())
+            self.outputs = list(spec.outputs.values()) or self._from_model(model_outputs, path)
+        else:
+            self.inputs = self._from_model(model_inputs, path)
+            self.outputs = self._from_model(model_outputs, path)
         if not self.outputs:
             raise ConfigError(f"{path}: a TorchScript model needs its outputs listed in config.pbtxt (name, data_type, dims)")
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self._path = path
         self._torch = torch
+
+    @staticmethod
+    def _from_model(tensors, path: str):
+        untyped = [name for name, dtype, _ in tensors if dtype is None]
+        if untyped:
+            raise ConfigError(f"{path} does not say the type of {', '.join(untyped)}; list the model's inputs and "
+                              f"outputs (name, data_type, dims) in config.pbtxt")
+        return [model_tensor(path, name, dtype, shape) for name, dtype, shape in tensors]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch

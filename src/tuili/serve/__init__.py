@@ -8,7 +8,7 @@
             -> tuili.backends (onnxruntime, tuili, pytorch, python)
 
 lifecycle.py keeps model states and loads / unloads / retires versions; repository.py reads
-Triton-layout model repositories (config.py parses config.pbtxt); stats.py keeps Triton's
+Triton-layout model repositories (tuili.model_config parses config.pbtxt); stats.py keeps Triton's
 statistics and renders the Prometheus metrics; server.py runs it all in one process and one
 asyncio loop (`tuili serve`, cli.py).
 """

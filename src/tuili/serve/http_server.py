@@ -314,7 +314,7 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
         return json_response({"error": msg}, 400)
 
     async def model_config(request: Request):
-        from tuili.serve.config import config_to_json
+        from tuili.model_config import config_to_json
 
         return json_response(config_to_json(core.model_config(*_mv(request))))
 

@@ -22,7 +22,7 @@ from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import Scheduler
-from tuili.serve.spec import ModelSpec
+from tuili.model_config import ModelSpec
 from tuili.serve.stats import Metrics, ModelStats
 from tuili.serve.validation import model_feeds
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tuili.errors import InvalidInputError, KernelError
-from tuili.serve.spec import ModelSpec
+from tuili.model_config import ModelSpec
 from tuili.serve.types import InferOutput, RequestedOutput
 
 

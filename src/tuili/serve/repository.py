@@ -137,7 +137,7 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ loading
     def plan(self, name: str, config_json: str | None = None) -> LoadPlan:
-        from tuili.serve import config as cfg
+        from tuili import model_config as cfg
 
         d = self.model_dir(name)
         sig = self.signature(name)
@@ -171,7 +171,7 @@ class ModelRepository:
 
     def load_instances(self, plan: LoadPlan, version_dir: str):
         """Load the instance group of one version: returns (completed config, [backend instances])."""
-        from tuili.serve import config as cfg
+        from tuili import model_config as cfg
 
         config = plan.config
         count = sum(max(1, int(g.count)) for g in config.instance_group) or 1

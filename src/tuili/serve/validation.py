@@ -9,7 +9,7 @@ import numpy as np
 
 from tuili import dtypes
 from tuili.errors import InvalidInputError
-from tuili.serve.spec import ModelSpec
+from tuili.model_config import ModelSpec
 from tuili.serve.types import InferRequest
 
 

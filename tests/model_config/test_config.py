@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import numpy as np
 import pytest
 from google.protobuf import json_format
 
+from tuili import model_config as C
 from tuili.errors import ConfigError
-from tuili.serve import config as C
-from tuili.serve.protos import model_config_pb2 as mc
+from tuili.model_config import TensorSpec
+from tuili.model_config.protos import model_config_pb2 as mc
 
 RESNET = """\
 # a typical Triton config, as found in the wild
@@ -143,29 +143,15 @@ def test_missing_config_gives_named_skeleton_and_missing_name_is_filled(tmp_path
     assert C.load_model_config(d2).name == "noname"
 
 
-def test_schema_matches_tritonclient_field_for_field():
-    """Every message/field/enum of our schema has Triton's name, number and type, so
-    configs parse the same and ModelConfig replies decode in tritonclient."""
-    tc = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+def test_the_schema_is_tritons_own():
+    """The ModelConfig class is the one tritonclient generates from Triton's model_config.proto, and
+    the gRPC ModelConfig reply carries that same message: there is no second copy of the schema."""
+    from tritonclient.grpc import model_config_pb2, service_pb2
 
-    def compare(mine, theirs, path):
-        for f in mine.fields:
-            t = theirs.fields_by_name.get(f.name)
-            assert t is not None, f"{path}.{f.name} is not in Triton's schema"
-            assert (f.number, f.type, f.is_repeated) == (t.number, t.type, t.is_repeated), f"{path}.{f.name}"
-            if f.enum_type is not None:
-                assert {v.name: v.number for v in f.enum_type.values} == {
-                    v.name: v.number for v in t.enum_type.values}, f"{path}.{f.name}"
-            if f.message_type is not None:
-                compare(f.message_type, t.message_type, f"{path}.{f.name}")
-
-    for name, desc in mc.DESCRIPTOR.message_types_by_name.items():
-        compare(desc, tc.DESCRIPTOR.message_types_by_name[name], name)
-    # and a config survives a round trip through tritonclient's classes
+    assert C.ModelConfig is model_config_pb2.ModelConfig
+    assert service_pb2.ModelConfigResponse.DESCRIPTOR.fields_by_name["config"].message_type is C.ModelConfig.DESCRIPTOR
     cfg = C.parse_model_config(RESNET, validate=False)
-    theirs = tc.ModelConfig.FromString(cfg.SerializeToString())
-    assert theirs.dynamic_batching.default_queue_policy.max_queue_size == 10
-    assert mc.ModelConfig.FromString(theirs.SerializeToString()) == cfg
+    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 10
 
 
 # --------------------------------------------------------------------------- located errors
@@ -199,7 +185,7 @@ def test_syntax_errors_name_file_line_and_field(tmp_path, text, field, line, wor
         assert e.field == field and f"'{field}'" in msg
     for w in words:
         assert w in msg
-    assert "tuili.inference" not in msg  # internal package names are not shown
+    assert "inference." not in msg  # protobuf package names are not shown
 
 
 @pytest.mark.parametrize(
@@ -304,7 +290,7 @@ def test_json_config_errors_are_config_errors():
 
 # --------------------------------------------------------------------------- auto-complete
 def spec(name, datatype, shape):
-    return {"name": name, "datatype": datatype, "shape": shape}
+    return TensorSpec(name, datatype, shape)
 
 
 def test_autocomplete_fills_everything_for_a_batchable_model():
@@ -368,65 +354,7 @@ def test_autocomplete_reports_mismatches_with_the_model(tmp_path):
     assert ei.value.field == "input"
 
 
-def test_autocomplete_accepts_backend_tensor_spec_objects():
-    from tuili.backends.base import TensorSpec
-    cfg = C.autocomplete(mc.ModelConfig(name="m"), [TensorSpec("x", "UINT8", [-1, 28, 28])],
-                         [TensorSpec("y", "FP32", [-1, 10])])
-    assert cfg.input[0].data_type == mc.TYPE_UINT8 and list(cfg.input[0].dims) == [28, 28]
-
-
-def test_datatype_maps():
-    assert C.config_to_v2("TYPE_FP32") == "FP32" and C.config_to_v2(mc.TYPE_STRING) == "BYTES"
-    assert C.v2_to_config("INT64") == "TYPE_INT64"
-    assert C.config_to_numpy("TYPE_FP16") == np.float16 and C.numpy_to_config(np.uint8) == "TYPE_UINT8"
-    # the helper tables agree with the enum of our schema
-    for name in mc.DataType.keys():
-        if name != "TYPE_INVALID":
-            assert C.v2_to_config(C.config_to_v2(name)) == name
-            assert C.config_to_v2(mc.DataType.Value(name)) == C.config_to_v2(name)
-
-
 def test_pbtxt_round_trip(tmp_path):
     cfg = C.parse_model_config(ENSEMBLE)
     assert C.parse_model_config(C.config_to_pbtxt(cfg)) == cfg
     assert json_format.MessageToDict(cfg)["ensembleScheduling"]["step"][0]["modelName"] == "preprocess"
-
-
-def test_protos_compile_at_build_time(tmp_path):
-    """`python -m tuili.serve.protos.build` (compile_protos) writes the generated modules;
-    importing the package compiles them when they are missing or stale."""
-    from tuili.serve.protos import _protoc, build
-
-    written = build.compile_protos(tmp_path)
-    names = sorted(p.name for p in written)
-    assert names == ["grpc_service_pb2.py", "grpc_service_pb2.pyi", "model_config_pb2.py", "model_config_pb2.pyi"]
-    text = (tmp_path / "grpc_service_pb2.py").read_text()
-    assert "tuili/serve/protos/grpc_service.proto" in text
-    assert "from tuili.serve.protos import model_config_pb2" in text
-    assert not _protoc.is_stale(tmp_path)
-    (tmp_path / "model_config_pb2.py").unlink()
-    assert _protoc.is_stale(tmp_path)
-
-
-def test_fresh_install_compiles_protos_on_first_import(tmp_path):
-    """A copy of the package without generated modules (what a plain install from a
-    checkout looks like) compiles them on first import."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import tuili
-
-    src = Path(tuili.__file__).parent
-    dst = tmp_path / "tuili"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*_pb2.py", "*_pb2.pyi"))
-    assert not list((dst / "serve" / "protos").glob("*_pb2.py"))
-    code = ("import tuili.serve.protos as p; from tuili.serve.protos import grpc_service_pb2 as g; "
-            "print(p.__file__); print(g.ModelConfigResponse.DESCRIPTOR.fields_by_name['config'].message_type.name)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split()
-    assert lines[0].startswith(str(dst)) and lines[1] == "ModelConfig"
-    assert (dst / "serve" / "protos" / "grpc_service_pb2.py").exists()

@@ -44,7 +44,6 @@ instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 def resnet18_onnx(workdir: str) -> str:
     if os.path.exists(EXAMPLE):
         return EXAMPLE
-    sys.path.insert(0, os.path.join(ROOT, "src"))
     from tuili import zoo
 
     path = os.path.join(workdir, "resnet18.onnx")

@@ -14,9 +14,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
-from repo_builder import build_test_repository  # noqa: E402
+from tests.serve.repo_builder import build_test_repository
 
 
 class ServerProcess:

@@ -14,7 +14,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from conftest import copy_repo
-from repo_builder import add_sub_model, _save
+from tests.serve.repo_builder import add_sub_model, _save
 
 
 def wait_until(pred, timeout=60.0, what="condition"):

@@ -6,7 +6,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from repo_builder import _save, _write, add_sub_model
+from tests.serve.repo_builder import _save, _write, add_sub_model
 from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError
 from tuili.serve.core import InferenceServer
 from tuili.serve.ensemble import EnsembleRunner

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 import tuili.errors
-from repo_builder import _save, _write, add_sub_model
+from tests.serve.repo_builder import _save, _write, add_sub_model
 from tuili.dtypes import UnknownDTypeError
 from tuili.serve import errors as E
 from tuili.serve import grpc_server, http_server

@@ -269,7 +269,8 @@ class Graph:
 
         ``new`` nodes (built with ``graph=self``, not yet in ``nodes``) take the place of the last of
         ``old`` in graph order, in the order given: they may read whatever the old nodes read. An old
-        output that a new node produces (the same Value) keeps its readers and its name; ``values``
+        output taken over by a new node (the same Value as its output) or made a constant (its
+        producer set to None) keeps its readers and its name; ``values``
         maps other old outputs to replacements, which their readers and graph-output slots move to;
         every other old output must be unread outside ``old``. The old nodes' reads, their bodies'
         included, are dropped. Raises InvalidGraphError, before the node list changes, when that
@@ -287,11 +288,10 @@ class Graph:
         for n in old:
             for sub in n.subgraphs():
                 inside.update(id(m) for m in sub.all_nodes())
-        kept = {id(v) for n in new for v in n.outputs}
+        kept = {id(v) for n in old for v in n.outputs if v.producer is not n}
         for n in new:
             for v in n.inputs:
-                if (v is not None and id(v) not in kept and v not in values and v.producer is not None
-                        and id(v.producer) in old_ids):
+                if v is not None and v not in values and v.producer is not None and id(v.producer) in old_ids:
                     raise InvalidGraphError(f"graph {self.name!r}: replacement {n.label} reads {v.name!r}, an output "
                                             f"of {v.producer.label}, which is being removed")
         returned = {id(v) for sub in self.subgraphs() for v in sub.outputs if v.graph is self}

@@ -274,11 +274,16 @@ class Graph:
         maps other old outputs to replacements, which their readers and graph-output slots move to;
         every other old output must be unread outside ``old``. The old nodes' reads, their bodies'
         included, are dropped. Raises InvalidGraphError, before the node list changes, when that
-        cannot hold."""
+        cannot hold. (A value a subgraph returns directly from this scope is not a read: callers
+        keep such values, as the passes do with ``pinned_values``.)"""
         values = dict(values or {})
+        old = list({id(n): n for n in old}.values())
         old_ids = {id(n) for n in old}
-        positions = [i for i, n in enumerate(self.nodes) if id(n) in old_ids]
-        if not old or len(positions) != len(old_ids):
+        try:
+            positions = sorted(self.nodes.index(n) for n in old)  # nodes compare by identity
+        except ValueError:
+            positions = []
+        if not positions:
             missing = [n.label for n in old if not any(m is n for m in self.nodes)]
             raise InvalidGraphError(f"graph {self.name!r}: cannot replace {', '.join(missing) or 'no nodes'}: "
                                     "only nodes of this graph can be replaced")
@@ -294,15 +299,13 @@ class Graph:
                 if v is not None and v not in values and v.producer is not None and id(v.producer) in old_ids:
                     raise InvalidGraphError(f"graph {self.name!r}: replacement {n.label} reads {v.name!r}, an output "
                                             f"of {v.producer.label}, which is being removed")
-        returned = {id(v) for sub in self.subgraphs() for v in sub.outputs if v.graph is self}
         for n in old:
             for out in n.outputs:
                 if id(out) in kept or out in values:
                     continue
                 readers = [m.label for m, _ in out.uses if id(m) not in inside]
-                if readers or out.is_graph_output or id(out) in returned:
-                    why = f"read by {readers[0]}" if readers else "a graph output" if out.is_graph_output \
-                        else "returned by a subgraph"
+                if readers or out.is_graph_output:
+                    why = f"read by {readers[0]}" if readers else "a graph output"
                     raise InvalidGraphError(f"graph {self.name!r}: cannot remove {n.label}: its output {out.name!r} "
                                             f"is {why}; map it to a replacement value")
         for before, after in values.items():
@@ -315,8 +318,9 @@ class Graph:
             for out in n.outputs:
                 if id(out) not in kept and out.name and self.values.get(out.name) is out:
                     del self.values[out.name]
+        for i in reversed(positions):
+            del self.nodes[i]
         at = positions[-1] - len(positions) + 1
-        self.nodes = [n for n in self.nodes if id(n) not in old_ids]
         self.nodes[at:at] = list(new)
 
     # ----- traversal

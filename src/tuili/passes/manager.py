@@ -126,7 +126,7 @@ class PassManager:
 
     Each pass rewrites the root graph, then every subgraph (If/Loop/Scan bodies) as a graph of its
     own: values a body reads from an enclosing scope are uses there, so they are never removed.
-    Shapes are inferred first when a pass needs them. A manager in ``passes`` runs its own rounds
+    Shapes are inferred first when a pass needs them and the graph has none. A manager in ``passes`` runs its own rounds
     (on the bodies too) as one step of this one; its passes' records join this manager's report.
     With ``debug``, the graph is validated after every pass that changed it."""
 
@@ -155,7 +155,7 @@ class PassManager:
         if graph.parent is not None:
             raise InvalidGraphError(f"graph {graph.name!r} is a subgraph: optimize its root graph")
         start = time.perf_counter()
-        if self.needs_shapes:
+        if self.needs_shapes and not _has_types(graph):
             _infer_shapes(graph)
         report = Report(self.name, op_counts(graph))
         report.rounds = self._rounds(graph, report, "", self.debug)
@@ -200,6 +200,11 @@ class PassManager:
                 return rnd
         log.warning("%s stopped after %d rounds without reaching a fixed point", self.name, self.max_rounds)
         return self.max_rounds
+
+
+def _has_types(graph: Graph) -> bool:
+    """Every node output has a dtype: shapes were inferred already (by the session, say)."""
+    return all(v.dtype is not None for n in graph.nodes for v in n.outputs if v.name)
 
 
 def _infer_shapes(graph: Graph) -> None:

@@ -129,6 +129,8 @@ def _match_value(pat: Pat, v: Value | None, m: Match) -> Match | None:
 
 def match(pat: Pat, node: Node, pinned: set[int] = frozenset()) -> Match | None:
     """The Match of ``pat`` rooted at ``node``, or None."""
+    if (node.domain, node.op_type) not in pat.keys:
+        return None  # the common case, before building a Match
     return _match_node(pat, node, Match(node.graph, pinned))
 
 
@@ -158,7 +160,8 @@ class RewritePass(Pass):
                     new = None if m is None else rule.rewrite(m)
                     if new is None:
                         continue
-                    log.debug("%s: %s -> %s", self.name, [n.label for n in m.nodes], [n.label for n in new])
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("%s: %s -> %s", self.name, [n.label for n in m.nodes], [n.label for n in new])
                     graph.replace_nodes(m.nodes, new)
                     gone.update(id(n) for n in m.nodes)
                     break

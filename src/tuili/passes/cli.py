@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-O", "--level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level (default 2)")
     p.add_argument("--report", action="store_true", help="print a before/after table of op counts and the passes")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--target", choices=["tuili", "onnx"], default="tuili",
+    target.add_argument("--target", choices=["tuili", "onnx"],
                         help="engine the output is for: tuili (default; fused tuili-domain ops) or onnx "
                              "(standard ops only: runs on any ONNX engine, e.g. onnxruntime)")
     target.add_argument("--portable", dest="target", action="store_const", const="onnx", help="same as --target onnx")
@@ -26,7 +26,7 @@ def optimize_command(args: argparse.Namespace) -> int:
     from tuili.passes import optimize
 
     graph = load(args.model)
-    report = optimize(graph, args.level, allow_custom_ops=args.target == "tuili")  # infers shapes when passes need them
+    report = optimize(graph, args.level, allow_custom_ops=args.target != "onnx")  # infers shapes when passes need them
     graph.save(args.output)
     if args.report:
         print_report(report, args.model, args.output)

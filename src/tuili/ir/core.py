@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

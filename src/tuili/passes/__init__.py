@@ -10,8 +10,17 @@
 ``tuili.InferenceSession(model, opt_level=N)`` optimizes a copy of the model this way before planning.
 """
 from tuili.passes.base import TUILI_DOMAIN, Pass, copy_graph
-from tuili.passes.manager import (MAX_LEVEL, PASSES, PassManager, Report, op_counts, optimize, optimized_copy,
-                                  passes_for_level, pipeline)
+from tuili.passes.manager import (
+    MAX_LEVEL,
+    PASSES,
+    PassManager,
+    Report,
+    op_counts,
+    optimize,
+    optimized_copy,
+    passes_for_level,
+    pipeline,
+)
 from tuili.passes.pattern import Pat, RewritePass, Rule
 
 __all__ = ["MAX_LEVEL", "PASSES", "TUILI_DOMAIN", "Pass", "PassManager", "Pat", "Report", "RewritePass", "Rule",

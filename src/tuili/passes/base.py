@@ -85,17 +85,6 @@ def pinned_values(graph: Graph) -> set[int]:
     return out
 
 
-def is_output(v: Value, pinned: set[int] = frozenset()) -> bool:
-    return v.is_graph_output or id(v) in pinned
-
-
-def sole_user(v: Value, pinned: set[int] = frozenset()) -> Node | None:
-    """The single consumer node of ``v`` (same graph), or None if it has several, none, or is an output."""
-    if is_output(v, pinned) or len(v.uses) != 1:
-        return None
-    node, _ = v.uses[0]
-    return node if node.graph is v.graph else None
-
 def forward(old: Value, new: Value, pinned: set[int] = frozenset()) -> bool:
     """Make everything read ``new`` instead of ``old`` (``old`` is about to die).
 

@@ -16,8 +16,9 @@ fires.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from tuili.ir import Graph
 from tuili.ir.core import Node, Value

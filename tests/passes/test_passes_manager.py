@@ -148,6 +148,70 @@ def test_cli_optimize(tmp_path, capsys):
     assert main(["optimize", str(src), "-o", str(out2), "-O", "1", "--portable"]) == 0
     assert "O1:" in capsys.readouterr().out
     np.testing.assert_allclose(ort_run(onnx.load(out2), feeds)[0], want, rtol=1e-4, atol=1e-4)
+    out3 = tmp_path / "block.onnx-target.onnx"
+    assert main(["optimize", str(src), "-o", str(out3), "--target", "onnx"]) == 0
+    assert "O2:" in capsys.readouterr().out
+    assert "tuili" not in {o.domain for o in onnx.load(out3).opset_import}
+    np.testing.assert_allclose(ort_run(onnx.load(out3), feeds)[0], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit):
+        main(["optimize", str(src), "-o", str(out3), "--target", "tuili", "--portable"])
     # a bad level is refused by argparse
     with pytest.raises(SystemExit):
         main(["optimize", str(src), "-o", str(out2), "-O", "5"])
+
+
+# ----------------------------------------------------------------------------- metadata and nesting
+def test_levels_come_from_pass_metadata():
+    from tuili.passes import PASSES
+
+    for level in range(4):
+        names = [p.name for p in passes_for_level(level)]
+        assert names == [cls.name for cls in PASSES if cls.level <= level]
+    o2 = passes_for_level(2)
+    assert {p.name for p in o2 if p.emits_custom_ops} == {"fuse-conv", "fuse-matmul-add"}
+    portable = passes_for_level(3, allow_custom_ops=False)
+    assert portable and not any(p.emits_custom_ops for p in portable)
+    assert "fuse-gemm" in [p.name for p in portable]  # standard ops: kept for --target onnx
+
+
+def test_manager_infers_shapes_when_a_pass_needs_them():
+    m = model([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+              [("x", F, [2, 3])], [("y", F, [2, 4])],
+              {"w": rng(0).standard_normal((3, 4)).astype(np.float32), "b": np.ones(4, np.float32)})
+    g = from_model_proto(m)  # no shapes inferred: fuse-gemm needs A's rank
+    assert g.values["m"].shape is None
+    optimize(g, 2, allow_custom_ops=False)
+    assert counts(g) == {"Gemm": 1}
+
+
+class _Counts:
+    """Counts its runs; changes nothing."""
+
+    name = "count"
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, graph):
+        self.runs += 1
+        return False
+
+
+def test_managers_nest_and_the_report_keeps_inner_passes():
+    from tuili.passes import pipeline
+
+    probe = _Counts()
+    outer = PassManager([pipeline(2), probe, pipeline(1)], name="o2-probe-o1", max_rounds=1)
+    assert outer.level == 2 and outer.emits_custom_ops and outer.needs_shapes
+    g = from_model_proto(_resnet_block())
+    report = outer.run(g)
+    assert report and report.rounds == 1 and probe.runs == 1
+    assert counts(g) == {"tuili::FusedConv": 2}
+    by = report.by_pass()
+    assert by["O2/fold-batchnorm"]["delta"] == {"BatchNormalization": -1}
+    assert by["O2/fuse-conv"]["delta"] == {"Conv": -2, "Relu": -2, "Add": -1, "tuili::FusedConv": 2}
+    assert by["count"]["runs"] == 1 and not by["count"]["changed"]
+    assert not by["O1/eliminate-noops"]["changed"]  # O2 left nothing for O1
+    assert report.summary().startswith("o2-probe-o1: 7 -> 2 nodes")
+    # a manager is a pass: its report is truthy only when it changed the graph
+    assert not pipeline(2).run(g) and bool(pipeline(2).run(from_model_proto(_resnet_block())))

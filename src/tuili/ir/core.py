@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -261,15 +262,67 @@ class Graph:
         return node
 
     def remove_node(self, node: Node) -> None:
-        """Remove a node whose outputs are no longer used."""
-        for out in node.outputs:
-            if out.uses or out.is_graph_output:
-                raise InvalidGraphError(f"cannot remove {node.label}: output {out.name!r} is still used")
-        node.detach()
-        self.nodes.remove(node)
-        for out in node.outputs:
-            if self.values.get(out.name) is out:
-                del self.values[out.name]
+        """Remove a node whose outputs are no longer read."""
+        self.replace_nodes([node], [])
+
+    def replace_nodes(self, old: Sequence[Node], new: Sequence[Node], values: Mapping[Value, Value] | None = None) -> None:
+        """Splice ``new`` in for ``old`` in one step.
+
+        ``new`` nodes (built with ``graph=self``, not yet in ``nodes``) take the place of the last of
+        ``old`` in graph order, in the order given: they may read whatever the old nodes read. An old
+        output taken over by a new node (the same Value as its output) or made a constant (its
+        producer set to None) keeps its readers and its name; ``values``
+        maps other old outputs to replacements, which their readers and graph-output slots move to;
+        every other old output must be unread outside ``old``. The old nodes' reads, their bodies'
+        included, are dropped. Raises InvalidGraphError, before the node list changes, when that
+        cannot hold. (A value a subgraph returns directly from this scope is not a read: callers
+        keep such values, as the passes do with ``pinned_values``.)"""
+        values = dict(values or {})
+        old = list({id(n): n for n in old}.values())
+        old_ids = {id(n) for n in old}
+        try:
+            positions = sorted(self.nodes.index(n) for n in old)  # nodes compare by identity
+        except ValueError:
+            positions = []
+        if not positions:
+            missing = [n.label for n in old if not any(m is n for m in self.nodes)]
+            raise InvalidGraphError(f"graph {self.name!r}: cannot replace {', '.join(missing) or 'no nodes'}: "
+                                    "only nodes of this graph can be replaced")
+        if any(n.graph is not self for n in new):
+            raise InvalidGraphError(f"graph {self.name!r}: replacement nodes must be built with graph=<this graph>")
+        inside = set(old_ids)  # readers that go away with the old nodes, their bodies included
+        for n in old:
+            for sub in n.subgraphs():
+                inside.update(id(m) for m in sub.all_nodes())
+        kept = {id(v) for n in old for v in n.outputs if v.producer is not n}
+        for n in new:
+            for v in n.inputs:
+                if v is not None and v not in values and v.producer is not None and id(v.producer) in old_ids:
+                    raise InvalidGraphError(f"graph {self.name!r}: replacement {n.label} reads {v.name!r}, an output "
+                                            f"of {v.producer.label}, which is being removed")
+        for n in old:
+            for out in n.outputs:
+                if id(out) in kept or out in values:
+                    continue
+                readers = [m.label for m, _ in out.uses if id(m) not in inside]
+                if readers or out.is_graph_output:
+                    why = f"read by {readers[0]}" if readers else "a graph output"
+                    raise InvalidGraphError(f"graph {self.name!r}: cannot remove {n.label}: its output {out.name!r} "
+                                            f"is {why}; map it to a replacement value")
+        for before, after in values.items():
+            before.replace_all_uses_with(after)
+        for n in old:
+            n.detach()
+            for sub in n.subgraphs():  # a body's reads of outer values go away with it
+                for inner in sub.all_nodes():
+                    inner.detach()
+            for out in n.outputs:
+                if id(out) not in kept and out.name and self.values.get(out.name) is out:
+                    del self.values[out.name]
+        for i in reversed(positions):
+            del self.nodes[i]
+        at = positions[-1] - len(positions) + 1
+        self.nodes[at:at] = list(new)
 
     # ----- traversal
     def subgraphs(self) -> Iterator[Graph]:

@@ -1,17 +1,17 @@
-"""What every pass shares: the Pass interface, graph copying and small rewiring helpers.
+"""What every pass shares: the Pass interface and its metadata, graph copying, small helpers.
 
-A pass is an object with a ``name`` and ``run(graph) -> bool`` (True when it changed the graph).
-A pass rewrites one graph (the manager runs it on the root, then on every subgraph). Values that
-subgraphs (If/Loop/Scan bodies) read from an enclosing scope are registered as uses there and so are
-never removed, and values a subgraph returns directly from an enclosing scope are pinned.
+A pass is an object with a ``name`` and ``run(graph) -> bool`` (True when it changed the graph);
+its class declares what the manager needs to build pipelines (see :class:`Pass`). A pass rewrites
+one graph (the manager runs it on the root, then on every subgraph). Values that subgraphs
+(If/Loop/Scan bodies) read from an enclosing scope are registered as uses there and so are never
+removed, and values a subgraph returns directly from an enclosing scope are pinned.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import onnx
 
 from tuili.ir import Graph, from_model_proto
 from tuili.ir.core import Node, Value
@@ -19,13 +19,29 @@ from tuili.ir.core import Node, Value
 log = logging.getLogger(__name__)
 
 TUILI_DOMAIN = "tuili"
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
-class Pass(Protocol):
-    name: str
+class Pass:
+    """Base of tuili's passes. Metadata (class attributes):
 
-    def run(self, graph: Graph) -> bool: ...
+    ``level``: the lowest optimization level (1..3) whose pipeline runs the pass.
+    ``emits_custom_ops``: it may create tuili-domain nodes, so it is left out when the result must
+    run on any ONNX engine (``--target onnx``).
+    ``needs_shapes``: it reads inferred shapes or dtypes, so the manager infers them first.
+
+    Any object with ``name`` and ``run`` is a pass too; missing metadata reads as these defaults.
+    """
+
+    name: str = ""
+    level: int = 1
+    emits_custom_ops: bool = False
+    needs_shapes: bool = False
+
+    def run(self, graph: Graph) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<pass {self.name}>"
 
 
 def copy_graph(graph: Graph) -> Graph:
@@ -49,9 +65,8 @@ def const_of(v: Value | None) -> np.ndarray | None:
     arr = v.const
     return arr if isinstance(arr, np.ndarray) else None
 
-
-
-
+def is_const(v: Value | None) -> bool:
+    return const_of(v) is not None
 
 
 def add_const(graph: Graph, hint: str, array: np.ndarray) -> Value:
@@ -68,20 +83,6 @@ def pinned_values(graph: Graph) -> set[int]:
             if v.graph is not sub:
                 out.add(id(v))
     return out
-
-
-def is_output(v: Value, pinned: set[int] = frozenset()) -> bool:
-    return v.is_graph_output or id(v) in pinned
-
-
-def sole_user(v: Value, pinned: set[int] = frozenset()) -> Node | None:
-    """The single consumer node of ``v`` (same graph), or None if it has several, none, or is an output."""
-    if is_output(v, pinned) or len(v.uses) != 1:
-        return None
-    node, _ = v.uses[0]
-    return node if node.graph is v.graph else None
-
-
 
 
 def forward(old: Value, new: Value, pinned: set[int] = frozenset()) -> bool:
@@ -122,21 +123,6 @@ def rename(v: Value, name: str) -> None:
     if v.tensor is not None:
         v.tensor.name = name
     g.values[name] = v
-
-
-def drop_node(node: Node) -> None:
-    """Remove ``node`` once none of its outputs is used (unused outputs vanish with it)."""
-    g = node.graph
-    node.detach()
-    for sub in node.subgraphs():  # the body's reads of outer values go away with it
-        for inner in sub.all_nodes():
-            inner.detach()
-    g.nodes.remove(node)
-    for out in node.outputs:
-        if out.name and g.values.get(out.name) is out:
-            del g.values[out.name]
-
-
 
 
 def attr(node: Node, name: str, default: Any = None) -> Any:

@@ -12,19 +12,21 @@ import logging
 
 import numpy as np
 
-from tuili.ir import Graph
+from tuili.dtypes import IEEE_FLOATS
 from tuili.ir.core import Node
 
-from .base import FLOAT_TYPES, add_const, attr, const_of, drop_node, forward, pinned_values, sole_user
+from .base import add_const, attr, const_of
+from .pattern import Match, Pat, RewritePass, Rule, rebuilt
 
 log = logging.getLogger(__name__)
 
 
-def _bn_params(bn: Node):
+def _bn_params(m: Match):
     """(s, t) with bn(y) = y * s + t per channel, or None when the BN is not foldable."""
-    if bn.domain != "" or len(bn.inputs) < 5 or any(v is None for v in bn.inputs[:5]):
+    bn = m.root
+    if len(bn.inputs) < 5 or any(v is None for v in bn.inputs[:5]):
         return None
-    if any(v.uses or v.is_graph_output for v in bn.outputs[1:]):
+    if not all(m.read_only_here(v, 0) for v in bn.outputs[1:]):
         return None  # training outputs (running mean/var) are read
     if attr(bn, "training_mode", 0) or (bn.opset < 7 and not attr(bn, "is_test", 0)):
         return None
@@ -40,82 +42,73 @@ def _bn_params(bn: Node):
     return s, bias - mean * s
 
 
-class FoldBatchNorm:
-    name = "fold-batchnorm"
+def _float_weights(node: Node) -> bool:
+    y = node.outputs[0]
+    w = const_of(node.inputs[1]) if len(node.inputs) > 1 else None
+    return w is not None and w.dtype.kind == "f" and (y.dtype is None or y.dtype in IEEE_FLOATS)
 
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.domain != "" or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
-                continue
-            y = node.outputs[0]
-            bn = sole_user(y, pinned)
-            if bn is None or bn.op_type != "BatchNormalization" or bn.inputs[0] is not y:
-                continue
-            w = const_of(node.inputs[1]) if len(node.inputs) > 1 else None
-            if w is None or w.dtype.kind != "f" or (y.dtype is not None and y.dtype not in FLOAT_TYPES):
-                continue
-            params = _bn_params(bn)
-            if params is None:
-                continue
-            b_in = node.inputs[2] if len(node.inputs) > 2 else None
-            b = None if b_in is None else const_of(b_in)
-            if b_in is not None and b is None:
-                continue
-            folded = self._fold(node, w, b, *params)
-            if folded is None:
-                continue
-            new_w, new_b = folded
-            out = bn.outputs[0]
-            if not forward(out, y, pinned):
-                continue
-            node.set_input(1, add_const(graph, (node.inputs[1].name or "w") + "_bn", new_w.astype(w.dtype)))
-            bdt = b.dtype if b is not None else w.dtype
-            b_val = add_const(graph, (node.name or "b") + "_bn_bias", new_b.astype(bdt))
-            if len(node.inputs) > 2:
-                node.set_input(2, b_val)
-            else:
-                node._add_input(b_val)
-            if node.op_type == "Gemm":
-                node.attrs["beta"] = 1.0
-            drop_node(bn)
-            changed = True
-        return changed
 
-    @staticmethod
-    def _fold(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray, t: np.ndarray):
-        w64 = w.astype(np.float64)
-        c = s.shape[0]
-        if node.op_type == "Conv":
-            if w.ndim < 3 or w.shape[0] != c:
-                return None
-            new_w = w64 * s.reshape((c,) + (1,) * (w.ndim - 1))
-        elif node.op_type == "ConvTranspose":
-            group = int(attr(node, "group", 1))
-            if w.ndim < 3 or w.shape[1] * group != c:
-                return None
-            cin, cg = w.shape[0], w.shape[1]
-            if cin % group:
-                return None
-            wg = w64.reshape((group, cin // group, cg) + w.shape[2:])
-            new_w = (wg * s.reshape((group, 1, cg) + (1,) * (w.ndim - 2))).reshape(w.shape)
-        else:  # Gemm: Y = alpha * A' B' + beta * C, channels are the columns of Y
-            if w.ndim != 2:
-                return None
-            trans_b = int(attr(node, "transB", 0))
-            n = w.shape[0] if trans_b else w.shape[1]
-            if n != c:
-                return None
-            new_w = w64 * (s.reshape(c, 1) if trans_b else s.reshape(1, c))
-            beta = float(attr(node, "beta", 1.0))
-            if b is not None:
-                bb = b.astype(np.float64) * beta
-                if bb.ndim > 2 or (bb.ndim >= 1 and bb.shape[-1] not in (1, c)):
-                    return None
-                return new_w, bb * s + t
-            return new_w, t
-        if b is not None and b.shape != (c,):
+def _fold(node: Node, w: np.ndarray, b: np.ndarray | None, s: np.ndarray, t: np.ndarray):
+    """(new weights, new bias) of ``node`` followed by y * s + t, or None when the shapes do not fit."""
+    w64 = w.astype(np.float64)
+    c = s.shape[0]
+    if node.op_type == "Conv":
+        if w.ndim < 3 or w.shape[0] != c:
             return None
-        base = np.zeros(c) if b is None else b.astype(np.float64)
-        return new_w, base * s + t
+        new_w = w64 * s.reshape((c,) + (1,) * (w.ndim - 1))
+    elif node.op_type == "ConvTranspose":
+        group = int(attr(node, "group", 1))
+        if w.ndim < 3 or w.shape[1] * group != c:
+            return None
+        cin, cg = w.shape[0], w.shape[1]
+        if cin % group:
+            return None
+        wg = w64.reshape((group, cin // group, cg) + w.shape[2:])
+        new_w = (wg * s.reshape((group, 1, cg) + (1,) * (w.ndim - 2))).reshape(w.shape)
+    else:  # Gemm: Y = alpha * A' B' + beta * C, channels are the columns of Y
+        if w.ndim != 2:
+            return None
+        trans_b = int(attr(node, "transB", 0))
+        n = w.shape[0] if trans_b else w.shape[1]
+        if n != c:
+            return None
+        new_w = w64 * (s.reshape(c, 1) if trans_b else s.reshape(1, c))
+        beta = float(attr(node, "beta", 1.0))
+        if b is not None:
+            bb = b.astype(np.float64) * beta
+            if bb.ndim > 2 or (bb.ndim >= 1 and bb.shape[-1] not in (1, c)):
+                return None
+            return new_w, bb * s + t
+        return new_w, t
+    if b is not None and b.shape != (c,):
+        return None
+    base = np.zeros(c) if b is None else b.astype(np.float64)
+    return new_w, base * s + t
+
+
+def _fold_into(m: Match) -> list[Node] | None:
+    node = m["node"]
+    w = const_of(node.inputs[1])
+    params = _bn_params(m)
+    if params is None:
+        return None
+    b_in = node.inputs[2] if len(node.inputs) > 2 else None
+    b = None if b_in is None else const_of(b_in)
+    if b_in is not None and b is None:
+        return None
+    folded = _fold(node, w, b, *params)
+    if folded is None:
+        return None
+    new_w, new_b = folded
+    g = m.graph
+    w_val = add_const(g, (node.inputs[1].name or "w") + "_bn", new_w.astype(w.dtype))
+    b_val = add_const(g, (node.name or "b") + "_bn_bias", new_b.astype(b.dtype if b is not None else w.dtype))
+    extra = {"beta": 1.0} if node.op_type == "Gemm" else {}
+    return [rebuilt(node, inputs=[node.inputs[0], w_val, b_val], outputs=[m.root.outputs[0]], **extra)]
+
+
+class FoldBatchNorm(RewritePass):
+    name = "fold-batchnorm"
+    level = 2
+    rules = (Rule(Pat("BatchNormalization", inputs=(
+        Pat(("Conv", "ConvTranspose", "Gemm"), name="node", uses=1, where=_float_weights),)), _fold_into),)

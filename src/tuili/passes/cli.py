@@ -1,4 +1,4 @@
-"""`tuili optimize in.onnx -o out.onnx [-O 0..3] [--report] [--portable]`."""
+"""`tuili optimize in.onnx -o out.onnx [-O 0..3] [--report] [--target tuili|onnx]`."""
 from __future__ import annotations
 
 import argparse
@@ -7,29 +7,26 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("optimize", help="run tuili's graph optimizer on an ONNX model",
                        description="Optimize an ONNX graph (folding, fusion, elimination) and save the result. "
-                                   "Fused ops live in domain 'tuili' and run on tuili's engine; --portable keeps "
-                                   "standard ONNX ops only.")
+                                   "Fused ops live in domain 'tuili' and run on tuili's engine; --target onnx "
+                                   "keeps standard ONNX ops only.")
     p.add_argument("model", help="path to an .onnx file")
     p.add_argument("-o", "--output", required=True, help="where to write the optimized .onnx")
     p.add_argument("-O", "--level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level (default 2)")
     p.add_argument("--report", action="store_true", help="print a before/after table of op counts and the passes")
-    p.add_argument("--portable", action="store_true",
-                   help="no tuili-domain ops: the output runs on any ONNX engine (e.g. onnxruntime)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target", choices=["tuili", "onnx"],
+                        help="engine the output is for: tuili (default; fused tuili-domain ops) or onnx "
+                             "(standard ops only: runs on any ONNX engine, e.g. onnxruntime)")
+    target.add_argument("--portable", dest="target", action="store_const", const="onnx", help="same as --target onnx")
     p.set_defaults(func=optimize_command)
 
 
 def optimize_command(args: argparse.Namespace) -> int:
-    from tuili.ir import infer_shapes, load
+    from tuili.ir import load
     from tuili.passes import optimize
 
     graph = load(args.model)
-    try:
-        infer_shapes(graph)  # shapes let more passes prove their rewrites legal
-    except Exception as e:  # noqa: BLE001
-        import logging
-
-        logging.getLogger(__name__).warning("shape inference failed, optimizing without shapes: %s", e)
-    report = optimize(graph, args.level, allow_custom_ops=not args.portable)
+    report = optimize(graph, args.level, allow_custom_ops=args.target != "onnx")  # infers shapes when passes need them
     graph.save(args.output)
     if args.report:
         print_report(report, args.model, args.output)
@@ -43,7 +40,7 @@ def print_report(report, src: str, dst: str) -> None:
     from rich.table import Table
 
     console = Console()
-    ops = Table(title=f"op counts: {src} -> {dst} (O{report.level})")
+    ops = Table(title=f"op counts: {src} -> {dst} ({report.name})")
     ops.add_column("op")
     ops.add_column("before", justify="right")
     ops.add_column("after", justify="right")

@@ -16,7 +16,7 @@ import numpy as np
 from tuili.ir import Graph
 from tuili.ir.core import Node
 
-from .base import const_of, pinned_values
+from .base import Pass, const_of, pinned_values
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ def _expanded_size(node: Node, consts: list) -> int | None:
     return 0
 
 
-class ConstantFolding:
+class ConstantFolding(Pass):
     name = "constant-folding"
+    level = 1
 
     def __init__(self, max_elements: int = MAX_ELEMENTS):
         self.max_elements = max_elements
@@ -112,24 +113,17 @@ class ConstantFolding:
 
     @staticmethod
     def _replace(graph: Graph, node: Node, results) -> None:
-        node.detach()
-        graph.nodes.remove(node)
+        """The outputs become initializers (same Values, so readers and names stay); the node goes."""
         for v, r in zip(node.outputs, results):
-            v.producer = None
-            if not v.name:
-                continue
-            if not (v.uses or v.is_graph_output):
-                graph.values.pop(v.name, None)
+            if not (v.name and (v.uses or v.is_graph_output)):
                 continue
             # never share memory with another constant (kernels may return views of their inputs)
             arr = np.array(r, copy=True) if r.base is not None or not r.flags.writeable else r
             dtype = v.dtype
+            v.producer = None
             v.const = arr
             if dtype is not None and v.dtype != dtype:
                 log.warning("folding %s: kernel produced %s for %r, declared type %s", node.label, arr.dtype,
                             v.name, dtype)
             graph.initializers[v.name] = v
-        for v in node.outputs[len(results):]:
-            v.producer = None
-            if v.name:
-                graph.values.pop(v.name, None)
+        graph.remove_node(node)

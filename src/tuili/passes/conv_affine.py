@@ -12,9 +12,10 @@ import logging
 
 import numpy as np
 
-from tuili.ir import Graph
+from tuili.ir.core import Node
 
-from .base import add_const, const_of, drop_node, forward, pinned_values, sole_user
+from .base import add_const, const_of, is_const
+from .pattern import Match, Pat, RewritePass, Rule, rebuilt
 
 log = logging.getLogger(__name__)
 
@@ -29,50 +30,40 @@ def per_channel(c: np.ndarray, rank: int, m: int) -> np.ndarray | None:
     return np.broadcast_to(c.reshape(-1), (m,)) if c.size == 1 else c.reshape(m)
 
 
-class FoldConvAffine:
-    name = "fold-conv-mul-add"
+def _const_weights(conv: Node) -> bool:
+    """Float constant weights, and a constant bias if there is one."""
+    w = const_of(conv.inputs[1])
+    b_in = conv.inputs[2] if len(conv.inputs) > 2 else None
+    return w is not None and w.dtype.kind == "f" and (b_in is None or is_const(b_in))
 
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.op_type != "Conv" or node.domain != "":
-                continue
-            w = const_of(node.inputs[1])
-            b_in = node.inputs[2] if len(node.inputs) > 2 else None
-            b = const_of(b_in)
-            if w is None or w.dtype.kind != "f" or (b_in is not None and b is None):
-                continue
-            y = node.outputs[0]
-            user = sole_user(y, pinned)
-            if user is None or user.domain != "" or user.op_type not in ("Mul", "Add") or user.opset < 7:
-                continue
-            a0, a1 = user.inputs
-            if a0 is a1:
-                continue
-            c = const_of(a1 if a0 is y else a0)
-            if c is None or c.dtype != w.dtype:
-                continue
-            m = w.shape[0]
-            v = per_channel(c, w.ndim, m)
-            if v is None:
-                continue
-            v = v.astype(np.float64)
-            base = np.zeros(m) if b is None else b.astype(np.float64)
-            if user.op_type == "Mul":
-                new_w = w.astype(np.float64) * v.reshape((m,) + (1,) * (w.ndim - 1))
-                new_b = base * v
-            else:
-                new_w, new_b = None, base + v
-            if not forward(user.outputs[0], y, pinned):
-                continue
-            if new_w is not None:
-                node.set_input(1, add_const(graph, (node.inputs[1].name or "w") + "_scaled", new_w.astype(w.dtype)))
-            b_val = add_const(graph, (node.name or "conv") + "_bias", new_b.astype(w.dtype))
-            if len(node.inputs) > 2:
-                node.set_input(2, b_val)
-            else:
-                node._add_input(b_val)
-            drop_node(user)
-            changed = True
-        return changed
+
+def _fold_into(m: Match) -> list[Node] | None:
+    conv, op = m["conv"], m.root.op_type
+    w = const_of(conv.inputs[1])
+    b = const_of(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    c = const_of(m["c"])
+    if c.dtype != w.dtype:
+        return None
+    ch = w.shape[0]
+    v = per_channel(c, w.ndim, ch)
+    if v is None:
+        return None
+    v = v.astype(np.float64)
+    base = np.zeros(ch) if b is None else b.astype(np.float64)
+    w_in = conv.inputs[1]
+    if op == "Mul":
+        new_w = w.astype(np.float64) * v.reshape((ch,) + (1,) * (w.ndim - 1))
+        w_in = add_const(m.graph, (w_in.name or "w") + "_scaled", new_w.astype(w.dtype))
+        new_b = base * v
+    else:
+        new_b = base + v
+    b_val = add_const(m.graph, (conv.name or "conv") + "_bias", new_b.astype(w.dtype))
+    return [rebuilt(conv, inputs=[conv.inputs[0], w_in, b_val], outputs=[m.root.outputs[0]])]
+
+
+class FoldConvAffine(RewritePass):
+    name = "fold-conv-mul-add"
+    level = 2
+    rules = (Rule(Pat(("Mul", "Add"), inputs=(Pat("Conv", name="conv", uses=1, where=_const_weights),
+                                               Pat(name="c", where=is_const)),
+                      commutative=True, where=lambda n: n.opset >= 7), _fold_into),)

@@ -1,31 +1,32 @@
 """Fuse a Conv with what follows it into one ``tuili::FusedConv`` (kernel: tuili.ops.fused):
 
-    Conv -> Add(., Z)            => FusedConv(X, W, B, Z)                 (residual connections)
-    Conv [-> Add] -> activation  => FusedConv(..., activation=..., activation_params=[...])
-    Conv [-> Add] = y; Mul(y, Sigmoid(y))  => FusedConv(..., activation="Swish")     (SiLU)
+    Add(Conv(...), Z)                       => FusedConv(X, W, B, Z)          (residual connections)
+    Act(Conv(...) [+ Z])                    => FusedConv(..., activation=Act, activation_params=[...])
+    y = Conv(...) [+ Z]; Mul(y, Sigmoid(y)) => FusedConv(..., activation="Swish")       (SiLU)
 
 for Relu, LeakyRelu, Clip (constant bounds: ReLU6), HardSigmoid, HardSwish, Sigmoid, Tanh. The
-intermediate must have no other reader (for Swish: exactly the Sigmoid and the Mul). The fused node takes the place of the last node of the
-pattern, so everything it reads is computed before it.
+intermediate must have no other reader (for Swish: exactly the Sigmoid and the Mul), and the
+output a float type the fused kernel computes in. A FusedConv with no activation yet is a Conv to
+these rules, so a chain fuses step by step.
 """
 from __future__ import annotations
 
 import logging
 import math
 
-from tuili.ir import Graph
+from tuili.dtypes import IEEE_FLOATS
 from tuili.ir.core import Node
 
-from .base import TUILI_DOMAIN, attr, const_of, drop_node, pinned_values, sole_user
-
+from .base import TUILI_DOMAIN, attr, const_of
 from .conv_affine import per_channel
+from .pattern import Match, Pat, RewritePass, Rule, rebuilt
 
 log = logging.getLogger(__name__)
 
 
 def _activation(node: Node) -> tuple[str, list[float]] | None:
     """(activation name, params) when ``node`` is a supported elementwise activation of its input 0."""
-    if node.domain != "" or len(node.outputs) != 1:
+    if len(node.outputs) != 1:
         return None
     op = node.op_type
     if op in ("Relu", "Sigmoid", "Tanh", "HardSwish"):
@@ -51,90 +52,73 @@ def _activation(node: Node) -> tuple[str, list[float]] | None:
     return None
 
 
-def _swish(y, pinned) -> tuple[Node, Node] | None:
-    """(Sigmoid, Mul) when ``y`` is read exactly by Sigmoid(y) and Mul(y, that sigmoid), else None."""
-    if y.is_graph_output or id(y) in pinned or len(y.uses) != 2:
-        return None
-    users = [n for n, _ in y.uses]
-    sig = next((n for n in users if n.op_type == "Sigmoid" and n.domain == ""), None)
-    mul = next((n for n in users if n.op_type == "Mul" and n.domain == "" and n.opset >= 7), None)
-    if sig is None or mul is None or sig.graph is not y.graph or mul.graph is not y.graph:
-        return None
-    s = sig.outputs[0]
-    if s.is_graph_output or id(s) in pinned or len(s.uses) != 1 or s.uses[0][0] is not mul:
-        return None
-    if {id(v) for v in mul.inputs} != {id(y), id(s)}:
-        return None
-    return sig, mul
+def _fusable(node: Node) -> bool:
+    """One float output and no activation yet (a Z input may be there already)."""
+    y = node.outputs[0]
+    return len(node.outputs) == 1 and (y.dtype is None or y.dtype in IEEE_FLOATS) and not attr(node, "activation", "")
 
 
-def _is_conv(node: Node) -> bool:
-    return (node.op_type == "Conv" and node.domain == "") or (node.op_type == "FusedConv" and node.domain == TUILI_DOMAIN)
+def _no_z(node: Node) -> bool:
+    return _fusable(node) and not (len(node.inputs) > 3 and node.inputs[3] is not None)
 
 
-class FuseConv:
+def _opset7(node: Node) -> bool:
+    return node.opset >= 7
+
+
+_CONV = ("Conv", f"{TUILI_DOMAIN}::FusedConv")
+ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "HardSwish", "LeakyRelu", "HardSigmoid", "Clip")
+
+
+def _fused(m: Match, *, z=None, activation: tuple[str, list[float]] | None = None) -> list[Node]:
+    """The FusedConv that replaces the match: the conv's inputs (+ Z) and attributes, the root's output."""
+    conv = m["conv"]
+    inputs = list(conv.inputs) + [None] * (4 - len(conv.inputs))
+    if z is not None:
+        inputs[3] = z
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    extra = {}
+    if activation is not None:
+        extra["activation"] = activation[0]
+        extra["activation_params"] = [float(p) for p in activation[1]] or None
+    m.graph.root.opset_imports.setdefault(TUILI_DOMAIN, 1)
+    return [rebuilt(conv, op_type="FusedConv", domain=TUILI_DOMAIN, inputs=inputs, outputs=[m.root.outputs[0]],
+                    **extra)]
+
+
+def _residual(m: Match) -> list[Node] | None:
+    conv, z = m["conv"], m["z"]
+    w = conv.inputs[1]
+    zc = const_of(z)
+    if (zc is not None and conv.op_type == "Conv" and w is not None and w.shape is not None
+            and per_channel(zc, len(w.shape), w.shape[0]) is not None):
+        return None  # a per-channel constant: fold-conv-mul-add puts it into the bias
+    return _fused(m, z=z)
+
+
+def _activated(m: Match) -> list[Node] | None:
+    act = _activation(m.root)
+    return None if act is None else _fused(m, activation=act)
+
+
+def _swish(m: Match) -> list[Node] | None:
+    # y is read by exactly the Sigmoid and the Mul
+    return _fused(m, activation=("Swish", [])) if m.read_only_here(m["conv"].outputs[0], 2) else None
+
+
+RULES = (
+    Rule(Pat("Add", inputs=(Pat(_CONV, name="conv", uses=1, where=_no_z), Pat(name="z")), commutative=True,
+             where=_opset7), _residual),
+    Rule(Pat(ACTIVATIONS, inputs=(Pat(_CONV, name="conv", uses=1, where=_fusable),)), _activated),
+    Rule(Pat("Mul", inputs=(Pat(_CONV, name="conv", where=_fusable),
+                            Pat("Sigmoid", inputs=(Pat(_CONV, name="conv"),), uses=1)),
+             commutative=True, where=_opset7), _swish),
+)
+
+
+class FuseConv(RewritePass):
     name = "fuse-conv"
-
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or not _is_conv(node) or len(node.outputs) != 1:
-                continue
-            y = node.outputs[0]
-            user = sole_user(y, pinned)
-            if y.dtype is not None and y.dtype not in (1, 10, 11):
-                continue
-            act = attr(node, "activation", "")
-            has_z = len(node.inputs) > 3 and node.inputs[3] is not None
-            if user is not None and user.op_type == "Add" and user.domain == "" and user.opset >= 7 and not act and not has_z:
-                a, b = user.inputs
-                if a is b:
-                    continue
-                z = b if a is y else a
-                zc = const_of(z)
-                if zc is not None and node.op_type == "Conv" and node.inputs[1] is not None \
-                        and node.inputs[1].shape is not None and per_channel(zc, len(node.inputs[1].shape),
-                                                                             node.inputs[1].shape[0]) is not None:
-                    continue  # a per-channel constant: fold-conv-mul-add puts it into the bias
-                self._fuse(graph, node, user, z=z)
-                changed = True
-                continue
-            if user is None and not act:
-                swish = _swish(y, pinned)
-                if swish is not None:
-                    sig, mul = swish
-                    self._fuse(graph, node, mul, activation=("Swish", []), also=sig)
-                    changed = True
-                continue
-            if user is None:
-                continue
-            fa = _activation(user)
-            if fa is not None and not act and user.inputs[0] is y:
-                self._fuse(graph, node, user, activation=fa)
-                changed = True
-        return changed
-
-    @staticmethod
-    def _fuse(graph: Graph, conv: Node, last: Node, z=None, activation=None, also: Node | None = None) -> None:
-        inputs = list(conv.inputs) + [None] * (4 - len(conv.inputs))
-        if z is not None:
-            inputs[3] = z
-        while inputs and inputs[-1] is None:
-            inputs.pop()
-        attrs = dict(conv.attrs)
-        if activation is not None:
-            attrs["activation"], attrs["activation_params"] = activation[0], [float(p) for p in activation[1]]
-            if not attrs["activation_params"]:
-                del attrs["activation_params"]
-        if also is not None:  # a node inside the pattern (Swish's Sigmoid), read only by ``last``
-            drop_node(also)
-        out = last.outputs[0]
-        pos = graph.nodes.index(last)
-        last.detach()
-        graph.nodes.pop(pos)
-        fused = Node("FusedConv", inputs, [out], domain=TUILI_DOMAIN, name=conv.name or graph.unique_name("FusedConv"),
-                      attrs=attrs, graph=graph)
-        graph.nodes.insert(pos, fused)
-        drop_node(conv)
-        graph.root.opset_imports.setdefault(TUILI_DOMAIN, 1)
+    level = 2
+    emits_custom_ops = True
+    rules = RULES

@@ -11,7 +11,7 @@ import numpy as np
 from tuili.ir import Graph
 from tuili.ir.core import Node
 
-from .base import const_of, drop_node, forward, pinned_values
+from .base import Pass, const_of, forward, pinned_values
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ def _freeze(x: Any) -> Any:
     return x
 
 
-class CommonSubexpressionElimination:
+class CommonSubexpressionElimination(Pass):
     name = "cse"
+    level = 1
 
     def run(self, graph: Graph) -> bool:
         pinned = pinned_values(graph)
@@ -65,7 +66,7 @@ class CommonSubexpressionElimination:
                     ok = False
                     break
             if ok:
-                drop_node(node)
+                graph.remove_node(node)
                 changed = True
         return changed
 

@@ -9,7 +9,7 @@ import numpy as np
 from tuili.ir import Graph
 from tuili.ir.core import Node, Value
 
-from .base import attr, const_of, drop_node, forward, pinned_values, static_shape
+from .base import Pass, attr, const_of, forward, pinned_values, static_shape
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,13 @@ def _noop_input(node: Node) -> Value | None:
     return None
 
 
-class EliminateNoOps:
+class EliminateNoOps(Pass):
     """Identity, Dropout in inference mode, Cast to the same type, Reshape to the same static shape,
     Transpose with the identity permutation: readers are rewired to the input."""
 
     name = "eliminate-noops"
+    level = 1
+    needs_shapes = True  # Cast to the same type, Reshape to the same shape
 
     def run(self, graph: Graph) -> bool:
         changed = False
@@ -65,16 +67,17 @@ class EliminateNoOps:
                 continue
             if not forward(y, x, pinned):
                 continue
-            drop_node(node)
+            graph.remove_node(node)
             changed = True
         return changed
 
 
-class EliminateDeadNodes:
+class EliminateDeadNodes(Pass):
     """Nodes none of whose outputs is read (by a node, a subgraph or the graph outputs), and
     initializers nobody reads."""
 
     name = "eliminate-dead"
+    level = 1
 
     def run(self, graph: Graph) -> bool:
         changed = False
@@ -82,7 +85,7 @@ class EliminateDeadNodes:
         for node in reversed(list(graph.nodes)):
             if any(v.uses or v.is_graph_output or id(v) in pinned for v in node.outputs):
                 continue
-            drop_node(node)
+            graph.remove_node(node)
             changed = True
         inputs = {id(v) for v in graph.inputs}
         for name, v in list(graph.initializers.items()):

@@ -15,13 +15,14 @@ import numpy as np
 
 from tuili.ir import Graph
 
-from .base import add_const, attr, const_of
+from .base import Pass, add_const, attr, const_of
 
 log = logging.getLogger(__name__)
 
 
-class PrecomputeGemmWeights:
+class PrecomputeGemmWeights(Pass):
     name = "gemm-weights"
+    level = 2
 
     def run(self, graph: Graph) -> bool:
         changed = False

@@ -1,6 +1,6 @@
 """Layout passes (O3): collapse chains of data-movement ops whose composition is provable.
 
-* Transpose(Transpose(x, p1), p2)  => Transpose(x, p1[p2])   (dropped when that is the identity)
+* Transpose(Transpose(x, p1), p2)  => Transpose(x, p1[p2])   (eliminate-noops drops an identity)
 * Reshape(Reshape(x, s1), s2)      => Reshape(x, s2)          when s2 is a constant with no 0 entry
   (a 0 copies a dimension of the *input*, which differs between the two forms) and allowzero is 0.
 
@@ -12,51 +12,34 @@ import logging
 
 import numpy as np
 
-from tuili.ir import Graph
-
-from .base import attr, const_of, drop_node, pinned_values, sole_user
+from .base import attr, const_of
+from .pattern import Match, Pat, RewritePass, Rule, rebuilt
 
 log = logging.getLogger(__name__)
 
 
-class CollapseTransposes:
+def _transposes(m: Match):
+    p1, p2 = attr(m["first"], "perm"), attr(m.root, "perm")
+    if p1 is None or p2 is None or len(p1) != len(p2):
+        return None  # a default perm reverses the (maybe unknown) rank: keep it
+    return [rebuilt(m.root, inputs=[m["first"].inputs[0]], perm=[int(p1[i]) for i in p2])]
+
+
+def _reshapes(m: Match):
+    s2 = const_of(m.root.inputs[1])
+    if s2 is None or np.any(s2 == 0) or attr(m.root, "allowzero", 0) or attr(m["first"], "allowzero", 0):
+        return None
+    return [rebuilt(m.root, inputs=[m["first"].inputs[0], m.root.inputs[1]])]
+
+
+class CollapseTransposes(RewritePass):
     name = "collapse-transposes"
-
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.op_type != "Transpose" or node.domain != "":
-                continue
-            nxt = sole_user(node.outputs[0], pinned)
-            if nxt is None or nxt.op_type != "Transpose" or nxt.domain != "":
-                continue
-            p1, p2 = attr(node, "perm"), attr(nxt, "perm")
-            if p1 is None or p2 is None or len(p1) != len(p2):
-                continue  # a default perm reverses the (maybe unknown) rank: keep it
-            nxt.attrs["perm"] = [int(p1[i]) for i in p2]
-            nxt.set_input(0, node.inputs[0])
-            drop_node(node)
-            changed = True
-        return changed
+    level = 3
+    rules = (Rule(Pat("Transpose", inputs=(Pat("Transpose", name="first", uses=1),)), _transposes),)
 
 
-class CollapseReshapes:
+class CollapseReshapes(RewritePass):
     name = "collapse-reshapes"
-
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.op_type != "Reshape" or node.domain != "" or node.opset < 5:
-                continue
-            nxt = sole_user(node.outputs[0], pinned)
-            if nxt is None or nxt.op_type != "Reshape" or nxt.domain != "" or nxt.inputs[0] is not node.outputs[0]:
-                continue
-            s2 = const_of(nxt.inputs[1])
-            if s2 is None or np.any(s2 == 0) or attr(nxt, "allowzero", 0) or attr(node, "allowzero", 0):
-                continue
-            nxt.set_input(0, node.inputs[0])
-            drop_node(node)
-            changed = True
-        return changed
+    level = 3
+    rules = (Rule(Pat("Reshape", inputs=(Pat("Reshape", name="first", uses=1),), where=lambda n: n.opset >= 5),
+                  _reshapes),)

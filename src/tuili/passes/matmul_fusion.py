@@ -1,68 +1,58 @@
-"""MatMul followed by an Add of a bias:
+"""MatMul followed by an Add of a bias, as one node that keeps the Add's output:
 
-* ``Gemm(A, B, C)`` where that is legal: A and B of rank 2 (A's rank known from shapes), C a
-  constant that broadcasts to (M, N) from (N,) or (1, N);
-* otherwise ``tuili::FusedMatMul(A, B, bias)`` (any ranks; the bias is added in place), when
-  custom ops are allowed.
-
-The fused node replaces the Add, whose output it keeps.
+* ``fuse-gemm``: ``Gemm(A, B, C)`` where that is legal: A and B of rank 2 (A's rank known from
+  shapes), C a constant that broadcasts to (M, N) from (N,) or (1, N);
+* ``fuse-matmul-add``: otherwise ``tuili::FusedMatMul(A, B, bias)`` (any ranks; the bias is added
+  in place). It runs after fuse-gemm, so it only takes what Gemm cannot.
 """
 from __future__ import annotations
 
 import logging
 
-from tuili.ir import Graph
+from tuili.dtypes import IEEE_FLOATS
 from tuili.ir.core import Node
 
-from .base import TUILI_DOMAIN, const_of, drop_node, pinned_values, sole_user
+from .base import TUILI_DOMAIN, const_of, is_const
+from .pattern import Match, Pat, RewritePass, Rule, rebuilt
 
 log = logging.getLogger(__name__)
 
 
-class FuseMatMulAdd:
+def _float_out(node: Node) -> bool:
+    y = node.outputs[0]
+    return y.dtype is None or y.dtype in IEEE_FLOATS
+
+
+def _bias_add(bias: Pat) -> Pat:
+    return Pat("Add", inputs=(Pat("MatMul", name="matmul", uses=1, where=_float_out), bias), commutative=True,
+               where=lambda add: add.opset >= 7)
+
+
+def _gemm(m: Match) -> list[Node] | None:
+    a, b_in = m["matmul"].inputs
+    b, c = const_of(b_in), const_of(m["bias"])
+    if a.shape is None or len(a.shape) != 2 or b is None or b.ndim != 2 or c is None or c.dtype != b.dtype:
+        return None
+    if c.shape not in ((b.shape[1],), (1, b.shape[1])):
+        return None
+    return [rebuilt(m["matmul"], op_type="Gemm", inputs=[a, b_in, m["bias"]], outputs=[m.root.outputs[0]])]
+
+
+def _fused_matmul(m: Match) -> list[Node]:
+    m.graph.root.opset_imports.setdefault(TUILI_DOMAIN, 1)
+    return [rebuilt(m["matmul"], op_type="FusedMatMul", domain=TUILI_DOMAIN,
+                    inputs=[*m["matmul"].inputs, m["bias"]], outputs=[m.root.outputs[0]])]
+
+
+class FuseGemm(RewritePass):
+    name = "fuse-gemm"
+    level = 2
+    needs_shapes = True  # A's rank
+    rules = (Rule(_bias_add(Pat(name="bias", where=is_const)), _gemm),)
+
+
+class FuseMatMulAdd(RewritePass):
     name = "fuse-matmul-add"
-
-    def __init__(self, allow_custom: bool = True):
-        self.allow_custom = allow_custom
-
-    def run(self, graph: Graph) -> bool:
-        changed = False
-        pinned = pinned_values(graph)
-        for node in list(graph.nodes):
-            if node.graph is not graph or node.op_type != "MatMul" or node.domain != "":
-                continue
-            y = node.outputs[0]
-            add = sole_user(y, pinned)
-            if add is None or add.op_type != "Add" or add.domain != "" or add.opset < 7:
-                continue
-            a_in, b_in = add.inputs
-            if a_in is b_in:
-                continue
-            bias = b_in if a_in is y else a_in
-            if y.dtype is not None and y.dtype not in (1, 10, 11):
-                continue
-            A, B = node.inputs
-            c = const_of(bias)
-            b = const_of(B)
-            rank_a = None if A.shape is None else len(A.shape)
-            n = b.shape[1] if b is not None and b.ndim == 2 else None
-            if (rank_a == 2 and n is not None and c is not None and c.dtype == b.dtype
-                    and c.shape in ((n,), (1, n))):
-                self._replace(graph, node, add, "Gemm", "", [A, B, bias])
-                changed = True
-            elif self.allow_custom:
-                self._replace(graph, node, add, "FusedMatMul", TUILI_DOMAIN, [A, B, bias])
-                changed = True
-        return changed
-
-    @staticmethod
-    def _replace(graph: Graph, matmul: Node, add: Node, op: str, domain: str, inputs) -> None:
-        out = add.outputs[0]
-        pos = graph.nodes.index(add)
-        add.detach()
-        graph.nodes.pop(pos)
-        fused = Node(op, inputs, [out], domain=domain, name=matmul.name or graph.unique_name(op), graph=graph)
-        graph.nodes.insert(pos, fused)
-        drop_node(matmul)
-        if domain:
-            graph.root.opset_imports.setdefault(domain, 1)
+    level = 2
+    emits_custom_ops = True
+    rules = (Rule(_bias_add(Pat(name="bias")), _fused_matmul),)

@@ -54,7 +54,7 @@ def resnet18_onnx(workdir: str) -> str:
 def build_repo(workdir: str, model: str, max_batch: int, instances: int, preferred: int = 0) -> str:
     repo = os.path.join(workdir, "repo")
     pref = f"preferred_batch_size: [ {preferred} ] " if 1 < preferred < max_batch else ""
-    for name, batching in (("resnet18_batching", "dynamic_batching { %smax_queue_delay_microseconds: 0 }" % pref), ("resnet18_plain", "")):
+    for name, batching in (("resnet18_batching", f"dynamic_batching {{ {pref}max_queue_delay_microseconds: 0 }}"), ("resnet18_plain", "")):
         os.makedirs(os.path.join(repo, name, "1"), exist_ok=True)
         dst = os.path.join(repo, name, "1", "model.onnx")
         if not os.path.exists(dst):

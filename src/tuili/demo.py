@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             a, b = ours.run(None, feeds), ref.run(None, feeds)
             abs_err = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
             rel_err = max(float(np.max(np.abs(x - y) / (np.abs(y) + 1e-6))) for x, y in zip(a, b))
-            t_ours = _median_ms(lambda: ours.run(None, feeds))
-            t_ref = _median_ms(lambda: ref.run(None, feeds))
+            t_ours = _median_ms(partial(ours.run, None, feeds))
+            t_ref = _median_ms(partial(ref.run, None, feeds))
             table.add_row(name, f"{abs_err:.2e}", f"{rel_err:.2e}", f"{t_ours:.1f}", f"{t_ref:.1f}",
                           f"{t_ours / t_ref:.2f}x")
     console.print(table)

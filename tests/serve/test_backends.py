@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve.repo_builder import UPPER_PY, _write, add_sub_model, _save
+from tests.serve.repo_builder import UPPER_PY, _save, _write, add_sub_model
 from tuili.backends.base import create_backend, resolve_backend_name
 from tuili.errors import ConfigError, ModelLoadError
 from tuili.model_config import autocomplete, parse_model_config

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as th
+from conftest import copy_repo
 from tritonclient.utils import InferenceServerException
 
-from conftest import copy_repo
-from tests.serve.repo_builder import add_sub_model, _save
+from tests.serve.repo_builder import _save, add_sub_model
 
 
 def wait_until(pred, timeout=60.0, what="condition"):

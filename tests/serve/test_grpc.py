@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tuili.errors import InvalidInputError
-from tuili.serve import grpc_server as G
 from tuili.model_config.protos import service_pb2 as pb
+from tuili.serve import grpc_server as G
 from tuili.serve.types import InferOutput, InferResponse, serialize_bytes_tensor
 
 tc_grpc = pytest.importorskip("tritonclient.grpc")

@@ -1,7 +1,8 @@
 """Decode ONNX attributes into the plain Python values kernels receive."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import onnx
 from onnx import AttributeProto, numpy_helper

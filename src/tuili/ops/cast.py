@@ -88,7 +88,7 @@ def _is_float_like(dt: np.dtype) -> bool:
     return dt.kind == "f" or (is_exotic(dt) and dt not in _SMALL_INTS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _f8_max(dt: np.dtype) -> float:
     return float(ml_dtypes.finfo(dt).max)
 
@@ -137,7 +137,7 @@ def _format_one(v) -> str:
             return "NaN"
         if v in (np.inf, -np.inf):
             return "INF" if v > 0 else "-INF"
-        return "%.8g" % float(v)  # onnxruntime prints every float type with 8 significant digits
+        return f"{float(v):.8g}"  # onnxruntime prints every float type with 8 significant digits
     if isinstance(v, (np.bool_, bool)):
         return "1" if v else "0"
     return str(v)

@@ -127,7 +127,7 @@ def reciprocal(x, **_legacy):
         return _asarray(np.reciprocal(x.astype(np.float32))).astype(x.dtype)
     if x.dtype.kind in "iu":
         with np.errstate(divide="ignore"):
-            return _asarray((1.0 / x.astype(np.float64))).astype(x.dtype)
+            return _asarray(1.0 / x.astype(np.float64)).astype(x.dtype)
     return _asarray(np.reciprocal(x))
 
 

@@ -161,8 +161,8 @@ def _separable_reduce(xp, kernel, strides, dilations, out_sp, ufunc):
     for i in range(nd):
         ax = 2 + i
         k, s, d, o = kernel[i], strides[i], dilations[i], out_sp[i]
-        def sl(t, ax=ax, s=s, d=d, o=o):
-            idx = [slice(None)] * cur.ndim
+        def sl(t, ax=ax, s=s, d=d, o=o, ndim=cur.ndim):
+            idx = [slice(None)] * ndim
             idx[ax] = slice(t * d, t * d + (o - 1) * s + 1, s)
             return tuple(idx)
         acc = np.array(cur[sl(0)], copy=True)
@@ -177,7 +177,6 @@ def _sum_pool(xp_acc, kernel, strides, dilations, out_sp, power=None):
     if power is None:
         return _separable_reduce(xp_acc, kernel, strides, dilations, out_sp, np.add)
     acc = None
-    tmp = None
     for _, sl in _taps(kernel, strides, dilations, out_sp):
         v = xp_acc[sl]
         if power is not None:

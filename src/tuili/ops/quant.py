@@ -12,7 +12,8 @@ import numpy as np
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from tuili.errors import KernelError, ShapeInferenceError
-from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
+from tuili.ops._numba import numba
 from tuili.ops.registry import register
 
 if _HAVE_NUMBA:

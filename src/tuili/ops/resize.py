@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
-from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
+from tuili.ops._numba import numba
 from tuili.ops.registry import register
 
 if _HAVE_NUMBA:

@@ -12,7 +12,8 @@ import logging
 import numpy as np
 
 from tuili.errors import KernelError
-from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
+from tuili.ops._numba import numba
 from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)

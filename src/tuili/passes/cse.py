@@ -74,7 +74,7 @@ class CommonSubexpressionElimination(Pass):
     def _merge_constants(graph: Graph, pinned: set[int]) -> bool:
         changed = False
         seen: dict[Any, Any] = {}
-        for name, v in list(graph.initializers.items()):
+        for v in list(graph.initializers.values()):
             arr = const_of(v)
             if arr is None or arr.nbytes > MAX_CONST_BYTES or arr.dtype == object or v.is_graph_output or id(v) in pinned:
                 continue

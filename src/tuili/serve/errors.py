@@ -12,8 +12,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tuili.errors import (ConfigError, InvalidGraphError, InvalidInputError, KernelError, ModelLoadError, ModelNotFoundError,
-                          ServerBusyError, ShapeInferenceError, TuiliError, UnsupportedOpError)
+from tuili.errors import (
+    ConfigError,
+    InvalidGraphError,
+    InvalidInputError,
+    KernelError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ServerBusyError,
+    ShapeInferenceError,
+    TuiliError,
+    UnsupportedOpError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from google.protobuf import json_format
 
 from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError
-from tuili.serve.errors import log_failure, message_of, status_of
-from tuili.model_config.protos import service_pb2 as pb
 from tuili.model_config.protos import model_config_pb2 as mc
+from tuili.model_config.protos import service_pb2 as pb
+from tuili.serve.errors import log_failure, message_of, status_of
 from tuili.serve.types import (
     InferInput,
     InferRequest,

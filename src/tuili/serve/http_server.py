@@ -21,8 +21,15 @@ from starlette.routing import Route
 
 from tuili.errors import InvalidInputError, TuiliError
 from tuili.serve.errors import RequestTooLargeError, log_failure, message_of, status_of
-from tuili.serve.types import (InferInput, InferRequest, InferResponse, RequestedOutput, deserialize_bytes_tensor, element_count,
-                               serialize_bytes_tensor)
+from tuili.serve.types import (
+    InferInput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    deserialize_bytes_tensor,
+    element_count,
+    serialize_bytes_tensor,
+)
 from tuili.serve.validation import input_dtype
 
 log = logging.getLogger(__name__)

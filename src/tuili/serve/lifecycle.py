@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
+from tuili.model_config import ModelSpec
 from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import Scheduler
-from tuili.model_config import ModelSpec
 from tuili.serve.stats import Metrics, ModelStats
 from tuili.serve.validation import model_feeds
 

@@ -46,7 +46,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._stats: dict[tuple[str, str], "ModelStats"] = {}
+        self._stats: dict[tuple[str, str], ModelStats] = {}
         self.latency = Histogram("tuili_inference_request_latency_seconds", "End-to-end server latency of successful requests", _LABELS,
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_latency = Histogram("tuili_inference_queue_latency_seconds", "Time requests wait in the scheduler queue", _LABELS,
@@ -54,10 +54,10 @@ class Metrics:
         self.batch_size = Histogram("tuili_inference_batch_size", "Batch size of model executions", _LABELS,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, float("inf")), registry=r)
 
-    def add(self, stats: "ModelStats") -> None:
+    def add(self, stats: ModelStats) -> None:
         self._stats[(stats.model, stats.version)] = stats
 
-    def remove(self, stats: "ModelStats") -> None:
+    def remove(self, stats: ModelStats) -> None:
         """Forget a retired version's stats (unless a reload already replaced them)."""
         model, version = stats.model, stats.version
         if self._stats.get((model, version)) is not stats:
@@ -145,7 +145,7 @@ class ModelStats:
         if ok:
             self._p_latency.observe(duration_ns / 1e9)
 
-    def request(self) -> "_RequestTimer":
+    def request(self) -> _RequestTimer:
         """``with stats.request():`` records one request, failed if the block raises, and its duration."""
         return _RequestTimer(self)
 

@@ -6,8 +6,7 @@ from onnx import TensorProto
 
 from tuili.errors import ShapeInferenceError
 
-from .registry import (BOOL, InferContext, TensorType, broadcast_shapes, dim_add, dim_div, dim_mul, dim_sub, same,
-                       shape_rule)
+from .registry import BOOL, InferContext, TensorType, broadcast_shapes, dim_add, dim_div, dim_mul, dim_sub, same, shape_rule
 
 UNARY_SAME = (
     "Abs Acos Acosh Asin Asinh Atan Atanh Ceil Cos Cosh Erf Exp Floor Log Neg Reciprocal Relu Round "

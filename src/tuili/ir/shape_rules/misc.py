@@ -486,7 +486,7 @@ def _optimizer(ctx):
     n = (len(ctx.inputs) - 2) // 3
     xs = [ctx.input(2 + i) for i in range(n)]
     outs = []
-    for k in range(ctx.num_outputs // max(n, 1)):
+    for _ in range(ctx.num_outputs // max(n, 1)):
         outs.extend(TensorType(t.dtype, t.shape) if isinstance(t, TensorType) else None for t in xs)
     return outs[: ctx.num_outputs]
 

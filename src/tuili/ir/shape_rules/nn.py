@@ -5,8 +5,22 @@ from onnx import TensorProto
 
 from tuili.errors import ShapeInferenceError
 
-from .registry import (INT64, InferContext, TensorType, broadcast_shapes, dim_add, dim_div, dim_mul, dim_sub,
-                       merge_dim, merge_shape, normalize_axis, same, shape_rule, value_to_dim)
+from .registry import (
+    INT64,
+    InferContext,
+    TensorType,
+    broadcast_shapes,
+    dim_add,
+    dim_div,
+    dim_mul,
+    dim_sub,
+    merge_dim,
+    merge_shape,
+    normalize_axis,
+    same,
+    shape_rule,
+    value_to_dim,
+)
 
 
 def _window_out(d, k, s, dil, pb, pe, auto_pad, ceil_mode=False, pool=False):

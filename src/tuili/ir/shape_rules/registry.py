@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 
 from tuili.errors import ShapeInferenceError
+
 
 # --------------------------------------------------------------------------- data types
 @dataclass
@@ -41,12 +43,12 @@ class TensorType:
 class SequenceType:
     """A sequence of tensors; ``elem`` describes every element (shape merged over elements)."""
 
-    elem: "TensorType | None" = None
+    elem: TensorType | None = None
 
 
 @dataclass
 class OptionalType:
-    elem: "TensorType | SequenceType | None" = None
+    elem: TensorType | SequenceType | None = None
 
 
 _COUNTER = itertools.count()
@@ -183,7 +185,7 @@ _TERM = re.compile(r"[+-]?[^+-]+")
 Poly = dict  # {tuple(sorted atoms): int coefficient}
 
 
-def _parse(d) -> "Poly | None":
+def _parse(d) -> Poly | None:
     if d is None:
         return None
     if isinstance(d, (int, np.integer)):

@@ -10,8 +10,21 @@ from onnx.helper import np_dtype_to_tensor_dtype
 from tuili.errors import ShapeInferenceError
 
 from .elementwise import MAX_VALUE_ELEMS, _tidy
-from .registry import (INT64, InferContext, TensorType, broadcast_shapes, dim_add, dim_div, dim_mul, dim_prod,
-                       merge_dim, normalize_axis, shape_rule, shape_value, value_to_dim)
+from .registry import (
+    INT64,
+    InferContext,
+    TensorType,
+    broadcast_shapes,
+    dim_add,
+    dim_div,
+    dim_mul,
+    dim_prod,
+    merge_dim,
+    normalize_axis,
+    shape_rule,
+    shape_value,
+    value_to_dim,
+)
 
 INT_MAX = 2**62
 

@@ -50,7 +50,7 @@ class KernelContext:
     # run_subgraph(graph, inputs: list in the body's input order, or dict by name) -> list of outputs;
     # the body sees the outer-scope values it reads
     run_subgraph: Callable[..., list] | None = None
-    # Values of the enclosing scope, for subgraphs that read outer names.
+    # anything else a caller hands its kernels (the runtime passes subgraphs through run_subgraph)
     extra: dict = field(default_factory=dict)
 
 

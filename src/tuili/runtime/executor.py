@@ -65,15 +65,15 @@ def run(plan: Plan, feeds: Sequence[Any], captured: Sequence[Any] = (), hook: St
     except Exception as e:  # noqa: BLE001 - a kernel bug or bad data: name the node
         if step is None:
             raise
-        shapes = ", ".join(describe(env[i]) if i >= 0 else "-" for i in step.args)
+        shapes = ", ".join(_describe(env[i]) if i >= 0 else "-" for i in step.args)
         raise KernelError(f"{step.label} failed on inputs ({shapes}): {type(e).__name__}: {e}") from e
     finally:
         bind_scratch(outer_scratch)
     return [env[i] for i in plan.outputs]
 
 
-def describe(v: Any) -> str:
-    """A value's type and shape as errors and profiles show it: ``float32[1, 3]``."""
+def _describe(v: Any) -> str:
+    """A value's type and shape as errors show it: ``float32[1, 3]``."""
     if isinstance(v, np.ndarray):
         return f"{v.dtype}{list(v.shape)}"
     if isinstance(v, list):

@@ -18,9 +18,9 @@ shared machine even when the absolute times do not. onnx's ReferenceEvaluator ru
 in a child process with a ``--ref-timeout`` deadline; a cell that does not finish in time shows
 "skipped (too slow)".
 
-``--profile`` times each step of tuili's plan (the script walks ``Plan.steps`` itself, the same
-way ``Plan.run`` does, with a clock around each kernel call) and sums by op type; onnxruntime's
-own per-node profile (``SessionOptions.enable_profiling``) is summed the same way beside it.
+``--profile`` times each step of tuili's plan (``tuili.runtime.profile``, through the executor's
+step hook) and sums by op type; onnxruntime's own per-node profile
+(``SessionOptions.enable_profiling``) is summed the same way beside it.
 """
 from __future__ import annotations
 
@@ -331,42 +331,12 @@ def op_label(op: str, shapes: list) -> str:
 
 
 def profile_tuili(sess, feeds: dict, rounds: int) -> dict[str, float]:
-    """Seconds per op type (summed over steps, median over ``rounds`` runs), by walking the plan."""
-    plan = sess._plan
-    ordered = [feeds.get(v.name) for v in sess.graph.inputs]
-    per_round: list[dict[str, float]] = []
-    labels: dict[int, str] = {}
-    for _ in range(rounds + 1):  # the first round is a warm-up
-        env = [None] * plan.n_slots
-        for slot, value in plan.consts:
-            env[slot] = value
-        for slot, value in zip(plan.inputs, ordered):
-            if value is not None:
-                env[slot] = value
-        acc: dict[str, float] = {}
-        clock = time.perf_counter
-        for step in plan.steps:
-            a = [env[i] if i >= 0 else None for i in step.args]
-            t0 = clock()
-            if step.ctx is not None:
-                res = step.fn(step.ctx, *a, **step.attrs)  # no subgraph ops in these models
-            else:
-                res = step.fn(*a, **step.attrs)
-            dt = clock() - t0
-            key = labels.get(id(step))
-            if key is None:
-                key = labels[id(step)] = op_label(step.op_type, [getattr(v, "shape", None) for v in a])
-            acc[key] = acc.get(key, 0.0) + dt
-            if type(res) is not tuple:
-                res = (res,)
-            for slot, value in zip(step.outs, res):
-                if slot >= 0:
-                    env[slot] = value
-            for i in step.free:
-                env[i] = None
-        per_round.append(acc)
-    per_round = per_round[1:]
-    return {op: statistics.median(r.get(op, 0.0) for r in per_round) for op in per_round[0]}
+    """Seconds per op label (summed over steps, median over ``rounds`` runs after one warm-up),
+    from tuili.runtime.profile."""
+    from tuili.runtime.profile import profile
+
+    prof = profile(sess, feeds, runs=rounds)
+    return prof.by(lambda s: op_label(s.op_type, list(s.input_shapes)))
 
 
 def profile_ort(path: str, feeds: dict, rounds: int, threads: int | None, workdir: Path) -> dict[str, float]:
@@ -453,13 +423,7 @@ def run_profile(models: list[str], batch: int, args, workdir: Path, log) -> str:
         osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         total_t = time_calls(lambda: sess.run(None, feeds), **timing)[0]
         total_o = time_calls(lambda: osess.run(None, feeds), **timing)[0]
-        if args.threads:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(args.threads):
-                t_ops = profile_tuili(sess, feeds, args.profile_rounds)
-        else:
-            t_ops = profile_tuili(sess, feeds, args.profile_rounds)
+        t_ops = profile_tuili(sess, feeds, args.profile_rounds)  # the session limits BLAS to --threads
         o_ops = profile_ort(str(path), feeds, args.profile_rounds, args.threads, workdir)
         log(f"profiled {name} b{batch}")
         parts.append(profile_table(name, batch, t_ops, o_ops, total_t, total_o, args.top))

@@ -180,7 +180,7 @@ def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
         n.metadata_props = {p.key: p.value for p in node.metadata_props}
         n.overload = getattr(node, "overload", "")
         for a in node.attribute:
-            val = decode_attribute(a, lambda sub, parent=g: _subgraph(sub, parent))
+            val = decode_attribute(a, lambda sub, parent=g: subgraph_from_proto(sub, parent))
             n.attrs[a.name] = val
             n._attr_protos[a.name] = (val, a)
         g.nodes.append(n)
@@ -200,7 +200,8 @@ def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
     g.topological_sort()
 
 
-def _subgraph(gp: onnx.GraphProto, parent: Graph) -> Graph:
+def subgraph_from_proto(gp: onnx.GraphProto, parent: Graph) -> Graph:
+    """A GraphProto (a GRAPH attribute) as a Graph nested in ``parent``'s scope."""
     sub = Graph(gp.name, parent=parent)
     _fill_graph(sub, gp)
     return sub
@@ -253,7 +254,8 @@ def _attribute(name: str, val: Any, orig: tuple[Any, onnx.AttributeProto] | None
     return helper.make_attribute(name, val)
 
 
-def _node_proto(n: Node) -> onnx.NodeProto:
+def node_to_proto(n: Node) -> onnx.NodeProto:
+    """The NodeProto of ``n`` (attributes as read where unchanged; subgraphs written out)."""
     p = _set(onnx.NodeProto(), op_type=n.op_type, domain=n.domain, name=n.name, doc_string=n.doc_string)
     p.input.extend(v.name if v is not None else "" for v in n.inputs)
     p.output.extend(v.name for v in n.outputs)
@@ -280,7 +282,7 @@ def _tensor_proto(v: Value) -> onnx.TensorProto:
 
 def _graph_proto(g: Graph) -> onnx.GraphProto:
     gp = _set(onnx.GraphProto(), name=g.name, doc_string=g.doc_string)
-    gp.node.extend(_node_proto(n) for n in g.nodes)
+    gp.node.extend(node_to_proto(n) for n in g.nodes)
     gp.input.extend(_value_info(v) for v in g.inputs)
     gp.output.extend(_value_info(v) for v in g.outputs)
     sparse = {sp.values.name: sp for sp in g.extra_protos.get("sparse_initializer", [])}

@@ -8,7 +8,7 @@ Strategy (NCHW, any number of spatial dims):
   stride 2 via contiguous stride-1 rows; a generic tap loop otherwise), vectorized
   numpy multiply-adds over the taps for other ranks/dtypes.
 * everything else is im2col on a zero-padded copy (a strided window view
-  materialized once into a per-thread reused buffer) followed by one matmul per
+  materialized once into a scratch buffer, reused across runs) followed by one matmul per
   group (batched over groups).
 
 float32 stays float32; float16/bfloat16 are computed in float32 and cast back.
@@ -17,50 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
-from tuili.ops.registry import register
+from tuili.ops.registry import register, scratch
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- scratch buffers
-_TLS = threading.local()
-_SCRATCH_MAX_BYTES = 64 << 20  # per thread; larger temporaries are allocated per call
-
-
-def _scratch(key, shape, dtype) -> tuple[np.ndarray, bool]:
-    """A per-thread reusable temporary (never returned to callers) -> (buffer, fresh).
-
-    Fresh large allocations cost page faults on every call (~0.1 ms per 2 MB); padded inputs
-    and im2col matrices are temporaries, so each thread keeps recently used ones (LRU, at most
-    _SCRATCH_MAX_BYTES in total), keyed by shape.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > _SCRATCH_MAX_BYTES // 2:
-        return np.empty(shape, dtype=dtype), True
-    cache = getattr(_TLS, "cache", None)
-    if cache is None:
-        cache = _TLS.cache = OrderedDict()
-        _TLS.nbytes = 0
-    k = (key, tuple(shape), dtype.str)
-    buf = cache.get(k)
-    if buf is not None:
-        cache.move_to_end(k)
-        return buf, False
-    buf = np.empty(shape, dtype=dtype)
-    cache[k] = buf
-    _TLS.nbytes += nbytes
-    while _TLS.nbytes > _SCRATCH_MAX_BYTES and len(cache) > 1:
-        _, old = cache.popitem(last=False)
-        _TLS.nbytes -= old.nbytes
-    return buf, True
 
 
 # ----------------------------------------------------------------------------- shape helpers
@@ -115,10 +79,10 @@ def conv_out_shape(op, in_shape, kernel, strides, dilations, pads) -> list[int]:
     return out
 
 
-def pad_spatial(x: np.ndarray, pads, value=0, scratch: bool = False) -> np.ndarray:
+def pad_spatial(x: np.ndarray, pads, value=0, temporary: bool = False) -> np.ndarray:
     """Copy of x (N, C, *S) padded on the spatial dims with ``value`` (negative pads crop).
 
-    ``scratch=True`` returns a per-thread reused buffer: only for temporaries.
+    ``temporary=True`` writes into a scratch buffer (``registry.scratch()``): only for temporaries.
     """
     nd = x.ndim - 2
     if not any(pads):
@@ -129,8 +93,8 @@ def pad_spatial(x: np.ndarray, pads, value=0, scratch: bool = False) -> np.ndarr
     begin = [max(0, b) for b in begin]
     end = [max(0, e) for e in end]
     shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], begin, end))
-    if scratch:
-        out, fresh = _scratch(("pad", tuple(begin), tuple(end), float(value)), shape, x.dtype)
+    if temporary:
+        out, fresh = scratch().buffer(("pad", tuple(begin), tuple(end), float(value)), shape, x.dtype)
     else:
         out, fresh = np.empty(shape, dtype=x.dtype), True
     # write the border slabs (once per reused buffer) and the interior: no full zero fill first
@@ -315,7 +279,7 @@ def _depthwise(x: np.ndarray, w: np.ndarray, strides, dilations, pads, out_sp) -
         out = np.empty((n, c) + tuple(out_sp), dtype=x.dtype)
         wk = np.ascontiguousarray(w.reshape((c,) + tuple(kernel)), dtype=x.dtype)
         dil1 = dilations[0] == 1 and dilations[1] == 1
-        xp = np.ascontiguousarray(pad_spatial(x, pads, scratch=True))
+        xp = np.ascontiguousarray(pad_spatial(x, pads, temporary=True))
         if tuple(kernel) == (3, 3) and dil1:
             _dw3x3_nb(xp, wk, out, strides[0], strides[1])
         elif tuple(kernel) == (5, 5) and dil1 and strides[1] == 1:
@@ -380,10 +344,10 @@ def conv_core(x: np.ndarray, w: np.ndarray, strides, dilations, pads, group: int
             y = np.matmul(w.reshape(group, mg, cg), xs.reshape(n, group, cg, o_size))
         return y.reshape((n, m) + tuple(out_sp))
 
-    xp = pad_spatial(x, pads, scratch=True)
+    xp = pad_spatial(x, pads, temporary=True)
     view = _window_view(xp, kernel, strides, dilations, out_sp)  # (N, C, *K, *O)
     k_size = math.prod(kernel)
-    colbuf, _ = _scratch("im2col", view.shape, view.dtype)
+    colbuf, _ = scratch().buffer("im2col", view.shape, view.dtype)
     np.copyto(colbuf, view)  # im2col copy into a reused buffer
     cols = colbuf.reshape(n, group, cg * k_size, o_size)
     if group == 1:

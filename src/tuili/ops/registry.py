@@ -14,6 +14,9 @@ A kernel is a plain function over numpy arrays::
   list[Graph]. Keyword defaults are the ONNX defaults.
 * A kernel that declares ``ctx`` as its first parameter gets a ``KernelContext``
   (opset, node name, number of outputs, subgraph runner for If/Loop/Scan).
+* Temporaries a kernel never returns (padded copies, im2col matrices) come from ``scratch()``:
+  the runtime binds a reusing allocator while it runs a plan; called directly, a kernel gets
+  fresh arrays.
 * ``since`` is the first opset the implementation is valid for; it holds until
   the next registration of the same op. Register a new range only where the
   op's semantics changed.
@@ -23,8 +26,11 @@ from __future__ import annotations
 import bisect
 import difflib
 import inspect
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
+
+import numpy as np
 
 from tuili.errors import UnsupportedOpError
 
@@ -44,8 +50,37 @@ class KernelContext:
     # run_subgraph(graph, inputs: list in the body's input order, or dict by name) -> list of outputs;
     # the body sees the outer-scope values it reads
     run_subgraph: Callable[..., list] | None = None
-    # Values of the enclosing scope, for subgraphs that read outer names.
+    # anything else a caller hands its kernels (the runtime passes subgraphs through run_subgraph)
     extra: dict = field(default_factory=dict)
+
+
+class Scratch:
+    """Where kernels get temporaries they never return to the caller.
+
+    ``buffer(key, shape, dtype) -> (array, fresh)``: an uninitialized array, valid until the kernel
+    returns. ``fresh`` is False when the array is one this thread got before under the same key,
+    shape and dtype, still holding what the kernel wrote then (a padded copy's zero border need not
+    be written again). This base allocates every time; runtime.memory implements the reusing one.
+    """
+
+    def buffer(self, key: Hashable, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, bool]:
+        return np.empty(shape, dtype=dtype), True
+
+
+_FRESH = Scratch()
+_bound = threading.local()
+
+
+def scratch() -> Scratch:
+    """The scratch allocator bound to this thread (by the runtime while it runs a plan)."""
+    return getattr(_bound, "scratch", _FRESH)
+
+
+def bind_scratch(allocator: Scratch) -> Scratch:
+    """Bind ``allocator`` to this thread; returns the one bound before, to restore afterwards."""
+    previous = getattr(_bound, "scratch", _FRESH)
+    _bound.scratch = allocator
+    return previous
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
 
+from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError
-from tuili.ir import Graph, infer_shapes, load
-from tuili.ir.core import Value
+from tuili.ir import Graph, Value, infer_shapes, load
+
+if TYPE_CHECKING:
+    from tuili.runtime.executor import StepHook
+    from tuili.runtime.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +36,18 @@ class NodeArg:
 
     @property
     def dtype(self) -> np.dtype | None:
-        elem = _ELEM_OF_TYPE.get(self.type)
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else None
-
-
-_TYPE_NAME = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
-_TYPE_NAME.update({onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double"})
-_ELEM_OF_TYPE = {f"tensor({n})": e for e, n in _TYPE_NAME.items()}
+        """The numpy dtype of a tensor; None for other types and for tensors of unknown type."""
+        try:
+            return dtypes.from_name(self.type).to_numpy()
+        except dtypes.UnknownDTypeError:
+            return None
 
 
 def _type_string(v: Value) -> str:
     if v.type_proto is not None and not v.type_proto.HasField("tensor_type") and v.type_proto.ListFields():
         which = v.type_proto.WhichOneof("value")
         return f"{which.replace('_type', '')}(...)"
-    return f"tensor({_TYPE_NAME.get(v.dtype or 0, 'undefined')})"
+    return dtypes.from_onnx(v.dtype).ort_name if v.dtype else "tensor(undefined)"
 
 
 def _node_arg(v: Value) -> NodeArg:
@@ -75,8 +77,11 @@ class InferenceSession:
             self._ort = _ort_session(self.graph, threads)
             self._plan = None
         else:
-            from tuili.runtime.plan import Planner
+            # the planner pulls in every kernel: only the tuili engine imports it
+            from tuili.runtime import executor
+            from tuili.runtime.planner import Planner
 
+            self._run_plan = executor.run
             self.graph.validate()
             try:  # fills the shapes get_outputs() reports; the plan itself does not depend on it
                 infer_shapes(self.graph)
@@ -108,15 +113,10 @@ class InferenceSession:
         if unknown:
             raise InvalidInputError(f"requested output(s) {unknown} do not exist; the model's outputs are "
                                     f"{[v.name for v in self._outputs]}")
-        feeds = self._check_feeds(feeds)
         if self._plan is None:
-            return self._ort.run(names, feeds)
-        ordered = [feeds.get(v.name) for v in self.graph.inputs]
-        if self._blas is not None:
-            with self._blas.limit(limits=self.threads):
-                results = self._plan.run(ordered)
-        else:
-            results = self._plan.run(ordered)
+            return self._ort.run(names, self._check_feeds(feeds))
+        ordered = self._ordered_feeds(feeds)
+        results = self._execute(ordered)
         # Kernels may return views (Reshape, Identity, ...): an output must never alias a feed or a
         # weight, or the caller's next write would change the other.
         protected = self._const_roots | {id(_root(v)) for v in ordered if isinstance(v, np.ndarray)}
@@ -125,6 +125,24 @@ class InferenceSession:
             r = results[self._output_index[n]]
             out.append(r.copy() if isinstance(r, np.ndarray) and id(_root(r)) in protected else r)
         return out
+
+    # ----- the tuili engine
+    @property
+    def plan(self) -> Plan | None:
+        """The executable plan (tuili engine; None on onnxruntime)."""
+        return self._plan
+
+    def _ordered_feeds(self, feeds: dict[str, Any]) -> list[Any]:
+        """Checked feeds in graph-input order (None: not fed), as the plan takes them."""
+        checked = self._check_feeds(feeds)
+        return [checked.get(v.name) for v in self.graph.inputs]
+
+    def _execute(self, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
+        """Run the plan on feeds in graph-input order, BLAS limited to ``threads``."""
+        if self._blas is not None:
+            with self._blas.limit(limits=self.threads):
+                return self._run_plan(self._plan, ordered, hook=hook)
+        return self._run_plan(self._plan, ordered, hook=hook)
 
     # ----- feed validation: name, dtype, rank and fixed dims, consistent symbolic dims
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +168,7 @@ class InferenceSession:
             return value
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
         if v.dtype:
-            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.dtype))
+            want = dtypes.from_onnx(v.dtype).to_numpy()
             if arr.dtype != want and not (want == object and arr.dtype.kind in "OUS"):
                 raise InvalidInputError(f"input {v.name!r} has dtype {arr.dtype}, expected {want} "
                                         f"({_describe_expected(v)}): convert it with .astype(np.{want})")

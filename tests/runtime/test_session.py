@@ -9,7 +9,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import tuili
-from tuili.errors import InvalidInputError, UnsupportedOpError
+from tuili.errors import ConfigError, InvalidInputError, UnsupportedOpError
 
 F = onnx.TensorProto.FLOAT
 
@@ -149,3 +149,23 @@ def test_threads_limit_applies_only_during_run():
     np.testing.assert_allclose(sess.run(None, {"x": x})[1], tuili.InferenceSession(_mlp()).run(None, {"x": x})[1],
                                rtol=1e-6)
     assert blas_threads() == before
+
+
+def test_onnxruntime_arguments_are_honoured_or_refused():
+    import onnxruntime as ort
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = tuili.InferenceSession(model, providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.array([-1, 2], np.float32)})[0].tolist() == [0, 2]
+    for kwargs, word in [({"sess_options": ort.SessionOptions()}, "sess_options"),
+                         ({"providers": ["CUDAExecutionProvider"]}, "CUDAExecutionProvider"),
+                         ({"providers": [("CPUExecutionProvider", {"arena": "1"})]}, "provider_options")]:
+        with pytest.raises(ConfigError, match=word):
+            tuili.InferenceSession(model, **kwargs)
+    with pytest.raises(TypeError, match="unknown_option"):
+        tuili.InferenceSession(model, unknown_option=1)
+    with pytest.raises(ConfigError, match="run_options"):
+        sess.run(None, {"x": np.zeros(2, np.float32)}, ort.RunOptions())

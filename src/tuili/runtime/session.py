@@ -54,13 +54,28 @@ def _node_arg(v: Value) -> NodeArg:
     return NodeArg(v.name, None if v.shape is None else list(v.shape), _type_string(v))
 
 
+def _check_ort_arguments(sess_options: Any, providers: Sequence[Any] | None, provider_options: Any) -> None:
+    """onnxruntime's constructor arguments, accepted where tuili does what they ask and refused otherwise."""
+    if sess_options is not None:
+        raise ConfigError("sess_options (onnxruntime.SessionOptions) is not supported by tuili's InferenceSession; "
+                          "use opt_level= for graph_optimization_level and threads= for intra_op_num_threads")
+    names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers or []]
+    other = [n for n in names if n != "CPUExecutionProvider"]
+    if other:
+        raise ConfigError(f"providers {other} are not supported: tuili runs on the CPU (CPUExecutionProvider)")
+    if provider_options or any(isinstance(p, (tuple, list)) and p[1] for p in providers or []):
+        raise ConfigError("provider_options are not supported by tuili's InferenceSession; pass none")
+
+
 class InferenceSession:
     """Load once, plan once, run many times. Thread-safe: ``run`` keeps no state between calls."""
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
-                 opt_level: int = 2, threads: int | None = None, **_ignored: Any):
+                 opt_level: int = 2, threads: int | None = None, *, sess_options: Any = None,
+                 providers: Sequence[Any] | None = None, provider_options: Sequence[Any] | None = None):
         if engine not in ENGINES:
             raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+        _check_ort_arguments(sess_options, providers, provider_options)
         self.engine = engine
         self.graph = model if isinstance(model, Graph) else load(model)
         self.threads = threads
@@ -108,6 +123,8 @@ class InferenceSession:
         return dict(self.graph.metadata_props)
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
+        if run_options is not None:
+            raise ConfigError("run_options is not supported by tuili's InferenceSession; call run() without it")
         names = list(output_names) if output_names else [v.name for v in self._outputs]
         unknown = [n for n in names if n not in self._output_index]
         if unknown:

@@ -161,10 +161,9 @@ def from_config(data_type: str | int) -> DType:
         if not 0 < data_type < len(_CONFIG_ENUM):
             raise _unknown("model-config data type value", data_type, range(1, len(_CONFIG_ENUM)))
         data_type = _CONFIG_ENUM[data_type]
-    try:
+    if isinstance(data_type, str) and data_type in _BY_CONFIG:
         return _BY_CONFIG[data_type]
-    except (KeyError, TypeError):
-        raise _unknown("model-config data type", data_type, _BY_CONFIG) from None
+    raise _unknown("model-config data type", data_type, _BY_CONFIG)
 
 
 def from_numpy(dtype: Any) -> DType:

@@ -15,6 +15,8 @@ from onnx import helper, numpy_helper
 import tuili
 from tuili.errors import InvalidGraphError, ModelLoadError
 from tuili.ir import from_model_proto
+from tuili.ir.core import Graph, Tensor
+from tuili.ir.serde import to_model_proto
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 
@@ -169,3 +171,17 @@ def test_replace_all_uses_with_rewires_consumers_and_outputs():
     graph.remove_node(relu)
     graph.validate()
     assert graph.outputs[0].name == "A" and not graph.values["X"].uses[0][0] is relu
+
+
+def test_saving_an_initializer_whose_data_was_cleared_names_it():
+    graph = Graph()
+    x, w = graph.add_input("x", 1, (2,)), graph.add_initializer("w", np.ones(2, np.float32))
+    graph.outputs = [graph.add_node("Add", [x, w]).outputs[0]]
+    w.const = None  # was an AttributeError on None while writing the initializers
+    with pytest.raises(InvalidGraphError, match="initializer 'w' holds no data"):
+        to_model_proto(graph)
+
+
+def test_a_tensor_without_data_is_named():
+    with pytest.raises(InvalidGraphError, match="tensor 't' has neither an array nor a TensorProto"):
+        Tensor("t").numpy()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tuili import dtypes, model_config
+from tuili.errors import ConfigError
 from tuili.model_config import ModelSpec, TensorSpec, parse_model_config
 
 
@@ -61,6 +62,12 @@ def test_model_spec_has_both_the_protocol_and_the_model_shapes(tmp_path):
     unbatched = ModelSpec(parse_model_config(CONFIG.replace("max_batch_size: 8", "max_batch_size: 0")))
     assert unbatched.full_shape(unbatched.inputs["image"]) == [64] and unbatched.inputs["image"].shape == [8, 8]
     assert unbatched.outputs["probs"].labels is None  # no model directory given
+
+
+def test_full_shape_refuses_a_spec_that_has_no_config_dims():
+    spec = ModelSpec(parse_model_config(CONFIG))
+    with pytest.raises(ConfigError, match="tensor 'x' has no config dims"):
+        spec.full_shape(TensorSpec("x", "FP32", [-1, 3]))
 
 
 SRC = pathlib.Path(model_config.__file__).resolve().parents[1]

@@ -3,10 +3,12 @@ and the rewrite driver (first rule wins, sweeps until no rule fires, declines le
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper
 
 import tuili
 from tests.passes._util import F, counts, model, ort_run
+from tuili.errors import ConfigError
 from tuili.ir import from_model_proto
 from tuili.passes.pattern import Pat, RewritePass, Rule, match, rebuilt
 
@@ -27,6 +29,12 @@ def test_match_binds_nodes_and_values_through_commutative_inputs():
     assert m.root is _nodes(g)["Add"] and m.nodes == [m.root, m["neg"]]
     assert match(Pat("Add", inputs=pat.inputs), _nodes(g)["Add"]) is None  # order matters without commutative
     assert match(Pat("Add", where=lambda n: n.opset < 7), _nodes(g)["Add"]) is None
+
+
+def test_a_value_pattern_cannot_be_a_rule_root():
+    g = _graph([helper.make_node("Neg", ["x"], ["y"])])
+    with pytest.raises(ConfigError, match="cannot be a rule's root"):  # was a TypeError: `in None`
+        match(Pat(name="v"), _nodes(g)["Neg"])
 
 
 def test_uses_counts_every_reader_and_graph_outputs():

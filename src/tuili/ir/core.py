@@ -35,16 +35,18 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         if self._array is None:
+            if self.proto is None:
+                raise InvalidGraphError(f"tensor {self.name!r} has neither an array nor a TensorProto")
             self._array = numpy_helper.to_array(self.proto)
         return self._array
 
     @property
     def dtype(self) -> int:
-        return self.proto.data_type if self.proto is not None else onnx.helper.np_dtype_to_tensor_dtype(self._array.dtype)
+        return self.proto.data_type if self.proto is not None else onnx.helper.np_dtype_to_tensor_dtype(self.numpy().dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.proto.dims) if self.proto is not None else tuple(self._array.shape)
+        return tuple(self.proto.dims) if self.proto is not None else tuple(self.numpy().shape)
 
 
 class Value:
@@ -183,7 +185,7 @@ class Graph:
         self.extra_protos: dict[str, list] = {}  # sparse_initializer, quantization_annotation, metadata_props
         # model-level fields (root only)
         self.opset_imports: dict[str, int] = {"": 21}
-        self.ir_version = onnx.IR_VERSION
+        self.ir_version: int = onnx.IR_VERSION
         self.producer_name = ""
         self.producer_version = ""
         self.model_domain = ""

@@ -10,8 +10,9 @@ standalone Graph with the node's attributes substituted for the body's attribute
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, cast
 
 import onnx
 
@@ -19,6 +20,24 @@ from tuili.errors import InvalidGraphError
 from tuili.ir.attributes import decode_attribute
 from tuili.ir.core import Graph, Node, Value
 from tuili.ir.serde import node_to_proto, subgraph_from_proto
+
+
+class _SchemaFunctions(Protocol):
+    """The function members of ``onnx.defs.OpSchema``: present at run time, missing from onnx's type stubs."""
+
+    has_function: bool
+    has_context_dependent_function: bool
+    function_opset_versions: list[int]
+    context_dependent_function_opset_versions: list[int]
+
+    def get_function_with_opset_version(self, version: int) -> bytes: ...
+
+    def get_context_dependent_function_with_opset_version(self, version: int, node: bytes,
+                                                          input_types: list[bytes]) -> bytes: ...
+
+
+def _functions(schema: onnx.defs.OpSchema) -> _SchemaFunctions:
+    return cast(_SchemaFunctions, schema)
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,9 @@ class OpFunction:
         schema functions)."""
         if self.proto is not None:
             return self.proto
-        s, opset = self.schema, self.node.opset
+        if self.schema is None:
+            raise InvalidGraphError(f"{self.node.label}: an OpFunction needs a FunctionProto or an op schema")
+        s, opset = _functions(self.schema), self.node.opset
         version = self._fixed_version()
         if version is not None:
             return _as_function(s.get_function_with_opset_version(version))
@@ -78,8 +99,10 @@ class OpFunction:
         return g
 
     def _fixed_version(self) -> int | None:
-        s = self.schema
-        if s is None or not s.has_function:
+        if self.schema is None:
+            return None
+        s = _functions(self.schema)
+        if not s.has_function:
             return None
         versions = [v for v in s.function_opset_versions if v <= self.node.opset]
         return max(versions) if versions else None
@@ -106,7 +129,8 @@ def op_function(node: Node) -> OpFunction | None:
         schema = onnx.defs.get_schema(node.op_type, node.opset, node.domain)
     except onnx.defs.SchemaError:
         return None
-    if schema.has_function or schema.has_context_dependent_function:
+    functions = _functions(schema)
+    if functions.has_function or functions.has_context_dependent_function:
         return OpFunction(node, schema=schema)
     return None
 

@@ -127,6 +127,7 @@ def _dim(d: onnx.TensorShapeProto.Dimension):
 
 def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
     g.name, g.doc_string = gp.name, gp.doc_string
+    v: Value | None
     for vi in gp.input:
         v = g.new_value(vi.name)
         _set_type(v, vi.type)
@@ -164,7 +165,7 @@ def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
         outputs_of.append(outs)
     # pass 2: nodes, inputs resolved through the scope chain, subgraphs built recursively
     for node, outs in zip(gp.node, outputs_of):
-        inputs = []
+        inputs: list[Value | None] = []
         for name in node.input:
             if not name:
                 inputs.append(None)
@@ -180,7 +181,7 @@ def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
         n.metadata_props = {p.key: p.value for p in node.metadata_props}
         n.overload = getattr(node, "overload", "")
         for a in node.attribute:
-            val = decode_attribute(a, lambda sub, parent=g: subgraph_from_proto(sub, parent))
+            val = decode_attribute(a, lambda sub: subgraph_from_proto(sub, g))
             n.attrs[a.name] = val
             n._attr_protos[a.name] = (val, a)
         g.nodes.append(n)
@@ -215,7 +216,7 @@ def _type_proto(v: Value) -> onnx.TypeProto | None:
         return v.type_proto
     shape = None if v.shape is None else [d if d is not None else "" for d in v.shape]
     tp = helper.make_tensor_type_proto(v.dtype or 0, shape)
-    if shape is not None:  # an unknown dim is an empty Dimension, not dim_param ""
+    if v.shape is not None:  # an unknown dim is an empty Dimension, not dim_param ""
         for d, s in zip(tp.tensor_type.shape.dim, v.shape):
             if s is None:
                 d.Clear()
@@ -270,6 +271,9 @@ def node_to_proto(n: Node) -> onnx.NodeProto:
 
 def _tensor_proto(v: Value) -> onnx.TensorProto:
     t = v.tensor
+    if t is None:
+        raise InvalidGraphError(f"initializer {v.name!r} holds no data (its const was cleared): give it a value "
+                                "or remove it from graph.initializers")
     if t.proto is not None:
         if t.proto.name == v.name:
             return t.proto

@@ -69,10 +69,10 @@ def autocomplete(config: ModelConfig, inputs: Iterable[TensorSpec], outputs: Ite
                     fail(f"{kind}[{i}].name", f"{kind} {t.name!r} is not a {kind} of the model, whose "
                                               f"{kind}s are {sorted(by_name)}")
         have = {t.name for t in declared}
-        for s in specs_k:
-            if s.name not in have:
+        for spec in specs_k:
+            if spec.name not in have:
                 t = declared.add()
-                t.name = s.name
+                t.name = spec.name
         for i, t in enumerate(declared):
             s = by_name.get(t.name)
             if s is None:

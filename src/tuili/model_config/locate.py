@@ -47,6 +47,8 @@ def _tokenize(text: str) -> list[_Tok]:
     line, line_start = 1, 0
     for m in _TOKEN_RE.finditer(text):
         kind = m.lastgroup
+        if kind is None:  # unreachable: every alternative of _TOKEN_RE is a named group
+            continue
         if kind not in ("ws", "comment"):
             toks.append(_Tok(m.group(), kind, line, m.start() - line_start + 1))
         nl = m.group().count("\n")

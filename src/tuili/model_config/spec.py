@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tuili import dtypes
+from tuili.errors import ConfigError
 
 
 def _dim(d: Any) -> int:
@@ -53,7 +54,7 @@ class TensorSpec:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return self.dtype.numpy
+        return self.dtype.to_numpy()
 
 
 def _read_labels(model_dir: str | None, filename: str) -> list[str] | None:
@@ -94,4 +95,7 @@ class ModelSpec:
         return [-1] if self.max_batch_size > 0 else []
 
     def full_shape(self, s: TensorSpec) -> list[int]:
+        if s.dims is None:
+            raise ConfigError(f"tensor {s.name!r} has no config dims: full_shape takes the specs of this "
+                              f"ModelSpec ({self.name!r}), not a model's own TensorSpec")
         return self._batch() + list(s.dims)

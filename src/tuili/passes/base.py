@@ -9,6 +9,7 @@ removed, and values a subgraph returns directly from an enclosing scope are pinn
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ def pinned_values(graph: Graph) -> set[int]:
     return out
 
 
-def forward(old: Value, new: Value, pinned: set[int] = frozenset()) -> bool:
+def forward(old: Value, new: Value, pinned: Collection[int] = frozenset()) -> bool:
     """Make everything read ``new`` instead of ``old`` (``old`` is about to die).
 
     Graph outputs keep their names: when ``old`` is a graph output, ``new`` takes its name if
@@ -130,6 +131,7 @@ def attr(node: Node, name: str, default: Any = None) -> Any:
 
 
 def static_shape(v: Value | None) -> tuple[int, ...] | None:
-    if v is None or v.shape is None or not all(isinstance(d, int) and d >= 0 for d in v.shape):
+    if v is None or v.shape is None:
         return None
-    return tuple(v.shape)
+    dims = tuple(d for d in v.shape if isinstance(d, int) and d >= 0)
+    return dims if len(dims) == len(v.shape) else None

@@ -32,8 +32,8 @@ def _bn_params(m: Match):
         return None
     if bn.opset < 9 and attr(bn, "spatial", 1) != 1:
         return None
-    consts = [const_of(v) for v in bn.inputs[1:5]]
-    if any(c is None for c in consts) or any(c.ndim != 1 for c in consts):
+    consts = [c for v in bn.inputs[1:5] if (c := const_of(v)) is not None]
+    if len(consts) < 4 or any(c.ndim != 1 for c in consts):
         return None
     scale, bias, mean, var = (c.astype(np.float64) for c in consts)
     if len({c.shape[0] for c in (scale, bias, mean, var)}) != 1:
@@ -90,7 +90,7 @@ def _fold_into(m: Match) -> list[Node] | None:
     node = m["node"]
     w = const_of(node.inputs[1])
     params = _bn_params(m)
-    if params is None:
+    if w is None or params is None:  # (the pattern's where= checked w is constant)
         return None
     b_in = node.inputs[2] if len(node.inputs) > 2 else None
     b = None if b_in is None else const_of(b_in)
@@ -103,8 +103,10 @@ def _fold_into(m: Match) -> list[Node] | None:
     g = m.graph
     w_val = add_const(g, (node.inputs[1].name or "w") + "_bn", new_w.astype(w.dtype))
     b_val = add_const(g, (node.name or "b") + "_bn_bias", new_b.astype(b.dtype if b is not None else w.dtype))
-    extra = {"beta": 1.0} if node.op_type == "Gemm" else {}
-    return [rebuilt(node, inputs=[node.inputs[0], w_val, b_val], outputs=[m.root.outputs[0]], **extra)]
+    new = rebuilt(node, inputs=[node.inputs[0], w_val, b_val], outputs=[m.root.outputs[0]])
+    if node.op_type == "Gemm":
+        new.attrs["beta"] = 1.0  # folded into the bias
+    return [new]
 
 
 class FoldBatchNorm(RewritePass):

@@ -42,7 +42,7 @@ def _fold_into(m: Match) -> list[Node] | None:
     w = const_of(conv.inputs[1])
     b = const_of(conv.inputs[2]) if len(conv.inputs) > 2 else None
     c = const_of(m["c"])
-    if c.dtype != w.dtype:
+    if w is None or c is None or c.dtype != w.dtype:  # (the pattern's where= checked both are constant)
         return None
     ch = w.shape[0]
     v = per_channel(c, w.ndim, ch)

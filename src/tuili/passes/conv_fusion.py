@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from tuili.dtypes import IEEE_FLOATS
 from tuili.ir.core import Node
@@ -78,7 +79,7 @@ def _fused(m: Match, *, z=None, activation: tuple[str, list[float]] | None = Non
         inputs[3] = z
     while inputs and inputs[-1] is None:
         inputs.pop()
-    extra = {}
+    extra: dict[str, Any] = {}  # attributes, as Node.attrs holds them
     if activation is not None:
         extra["activation"] = activation[0]
         extra["activation_params"] = [float(p) for p in activation[1]] or None

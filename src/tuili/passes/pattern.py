@@ -16,10 +16,11 @@ fires.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuili.errors import ConfigError
 from tuili.ir import Graph
 from tuili.ir.core import Node, Value
 
@@ -33,7 +34,7 @@ def _op_keys(op: str | tuple[str, ...] | None) -> frozenset[tuple[str, str]] | N
     if op is None:
         return None
     ops = (op,) if isinstance(op, str) else op
-    return frozenset(tuple(o.split("::")) if "::" in o else ("", o) for o in ops)
+    return frozenset((domain, op_type) for domain, _, op_type in (o.rpartition("::") for o in ops))
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Pat:
     uses: int | None = None
     commutative: bool = False
     where: Callable[[Any], bool] | None = None
-    keys: frozenset | None = field(init=False, repr=False, compare=False)
+    keys: frozenset[tuple[str, str]] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "keys", _op_keys(self.op))
@@ -65,7 +66,7 @@ class Match:
     """What a pattern bound: ``m["name"]``, the matched ``nodes`` (root first), the ``graph``."""
 
     graph: Graph
-    pinned: set[int]
+    pinned: Collection[int]
     bound: dict[str, Any] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
 
@@ -89,7 +90,7 @@ class Match:
 
 
 def _match_node(pat: Pat, node: Node, m: Match) -> Match | None:
-    if (node.domain, node.op_type) not in pat.keys:
+    if pat.keys is None or (node.domain, node.op_type) not in pat.keys:  # a value pattern matches no node
         return None
     if pat.name in m.bound:
         return m if m.bound[pat.name] is node else None
@@ -100,8 +101,9 @@ def _match_node(pat: Pat, node: Node, m: Match) -> Match | None:
     if len(node.inputs) < len(pat.inputs):
         return None
     orders = [(0, 1), (1, 0)] if pat.commutative else [range(len(pat.inputs))]
+    found: Match | None
     for order in orders:
-        found: Match | None = m._with(pat.name, node, node=True)
+        found = m._with(pat.name, node, node=True)
         for p, i in zip(pat.inputs, order):
             found = _match_value(p, node.inputs[i], found)
             if found is None:
@@ -128,8 +130,11 @@ def _match_value(pat: Pat, v: Value | None, m: Match) -> Match | None:
     return m._with(pat.name, v, node=False)
 
 
-def match(pat: Pat, node: Node, pinned: set[int] = frozenset()) -> Match | None:
+def match(pat: Pat, node: Node, pinned: Collection[int] = frozenset()) -> Match | None:
     """The Match of ``pat`` rooted at ``node``, or None."""
+    if pat.keys is None:
+        raise ConfigError(f"pattern {pat!r} cannot be a rule's root: a pattern without op types matches a value, "
+                          "not a node; give it op=...")
     if (node.domain, node.op_type) not in pat.keys:
         return None  # the common case, before building a Match
     return _match_node(pat, node, Match(node.graph, pinned))
@@ -158,7 +163,9 @@ class RewritePass(Pass):
                     continue
                 for rule in self.rules:
                     m = match(rule.pattern, node, pinned)
-                    new = None if m is None else rule.rewrite(m)
+                    if m is None:
+                        continue
+                    new = rule.rewrite(m)
                     if new is None:
                         continue
                     if log.isEnabledFor(logging.DEBUG):

@@ -9,8 +9,9 @@ FunctionCall, which plans the body per input types the first time it runs.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -104,10 +105,10 @@ class Planner:
         kernel = lookup(node.op_type, node.domain, node.opset)
         if kernel is None:
             function = op_function(node)
-            if function is None:
-                get_kernel(node.op_type, node.domain, node.opset, node.name)  # raises "unsupported op"
-            return Step(FunctionCall(function, self.scratch), args, outs, {}, label, node.op_type,
-                        node_name=node.name)
+            if function is not None:
+                return Step(FunctionCall(function, self.scratch), args, outs, {}, label, node.op_type,
+                            node_name=node.name)
+            kernel = get_kernel(node.op_type, node.domain, node.opset, node.name)  # raises "unsupported op"
         ctx = None
         captures: list[int] = []
         bodies = None

@@ -10,8 +10,9 @@ each timed run). A step that runs a subgraph or function body is timed as a whol
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tuili.errors import ConfigError
 from tuili.runtime import executor
@@ -81,14 +82,14 @@ def profile(target: InferenceSession | Plan, feeds: dict[str, Any] | Sequence[An
         def execute(hook):
             return executor.run(plan, ordered, hook=hook)
     else:
-        plan = target.plan
-        if plan is None:
+        if target.plan is None:
             raise ConfigError(f"profile needs a session on the tuili engine; this one runs on {target.engine}: "
                               f"profile onnxruntime with its SessionOptions.enable_profiling")
+        plan = target.plan
         ordered = target._ordered_feeds(dict(feeds))
 
         def execute(hook):
-            return target._execute(ordered, hook)
+            return target._execute(plan, ordered, hook)
 
     records = [StepProfile(i, s.op_type, s.node_name) for i, s in enumerate(plan.steps)]
     index = {id(s): i for i, s in enumerate(plan.steps)}

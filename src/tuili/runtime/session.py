@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -133,7 +134,7 @@ class InferenceSession:
         if self._plan is None:
             return self._ort.run(names, self._check_feeds(feeds))
         ordered = self._ordered_feeds(feeds)
-        results = self._execute(ordered)
+        results = self._execute(self._plan, ordered)
         # Kernels may return views (Reshape, Identity, ...): an output must never alias a feed or a
         # weight, or the caller's next write would change the other.
         protected = self._const_roots | {id(_root(v)) for v in ordered if isinstance(v, np.ndarray)}
@@ -154,12 +155,12 @@ class InferenceSession:
         checked = self._check_feeds(feeds)
         return [checked.get(v.name) for v in self.graph.inputs]
 
-    def _execute(self, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
-        """Run the plan on feeds in graph-input order, BLAS limited to ``threads``."""
+    def _execute(self, plan: Plan, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
+        """Run this session's ``plan`` on feeds in graph-input order, BLAS limited to ``threads``."""
         if self._blas is not None:
             with self._blas.limit(limits=self.threads):
-                return self._run_plan(self._plan, ordered, hook=hook)
-        return self._run_plan(self._plan, ordered, hook=hook)
+                return self._run_plan(plan, ordered, hook=hook)
+        return self._run_plan(plan, ordered, hook=hook)
 
     # ----- feed validation: name, dtype, rank and fixed dims, consistent symbolic dims
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:

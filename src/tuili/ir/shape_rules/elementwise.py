@@ -168,7 +168,7 @@ def _binary(ctx: InferContext, out_dtype=None):
         shape = broadcast_shapes(*shapes)
     dtype = out_dtype if out_dtype is not None else ctx.dtype(0)
     if out_dtype is None:
-        dts = {ctx.dtype(i) for i in range(len(ctx.inputs))} - {None}
+        dts = {dt for i in range(len(ctx.inputs)) if (dt := ctx.dtype(i)) is not None}
         if len(dts) > 1 and ctx.op_type not in ("Pow", "BitShift", "PRelu"):
             names = ", ".join(TensorProto.DataType.Name(d) for d in sorted(dts))
             raise ShapeInferenceError(f"inputs have different element types ({names})")

@@ -29,7 +29,7 @@ def _reduce(ctx: InferContext):
     keep = ctx.attr("keepdims", 1)
     noop = ctx.attr("noop_with_empty_axes", 0)
     if "axes" in ctx.attrs:
-        axes = list(ctx.attrs["axes"])
+        axes: list[int] | None = list(ctx.attrs["axes"])
     elif ctx.has_input(1):
         axes = ctx.int_list_concrete(1)
         if axes is None:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as th
-from conftest import copy_repo
+from tests.serve.conftest import copy_repo
 from tritonclient.utils import InferenceServerException
 
 from tests.serve.repo_builder import _save, add_sub_model

@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -155,16 +156,8 @@ def machine_facts(threads: int | None, opt_level: int) -> str:
     import threadpoolctl
     import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from tuili.runtime import cpu
+
     blas = []
     for info in threadpoolctl.threadpool_info():
         if info.get("user_api") == "blas":
@@ -190,7 +183,7 @@ def machine_facts(threads: int | None, opt_level: int) -> str:
         code = "git ?"
     lines = [
         f"- tuili: {code}; InferenceSession opt_level={opt_level}",
-        f"- machine: {cpu}, {os.cpu_count()} cores ({usable} usable), load average at start {load}",
+        f"- machine: {cpu.info().describe()}; load average at start {load}",
         f"- python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)",
         f"- BLAS (threadpoolctl): {'; '.join(blas) or 'none found'}",
@@ -239,15 +232,15 @@ def bench_model(name: str, batches: list[int], args, workdir: Path, log) -> list
         try:
             ours = t_sess.run(None, feeds)
             row["diff"] = _max_abs_diff(ours, ref_out)
-            fns["tuili"] = lambda: t_sess.run(None, feeds)
+            fns["tuili"] = partial(t_sess.run, None, feeds)
         except Exception as e:  # noqa: BLE001 - one failing model must not end the benchmark
             row["tuili"] = f"error ({type(e).__name__})"
             log(f"{name} b{batch}: tuili failed: {type(e).__name__}: {e}")
-        fns["onnxruntime"] = lambda: ort_sess.run(None, feeds)
+        fns["onnxruntime"] = partial(ort_sess.run, None, feeds)
         if "torch" in args.engines:
             targs = tuple(torch.from_numpy(v) for v in feeds.values())
 
-            def run_torch():
+            def run_torch(targs=targs):
                 with torch.inference_mode():
                     return module(*targs)
             fns["torch"] = run_torch
@@ -421,8 +414,8 @@ def run_profile(models: list[str], batch: int, args, workdir: Path, log) -> str:
         if args.threads:
             so.intra_op_num_threads = args.threads
         osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        total_t = time_calls(lambda: sess.run(None, feeds), **timing)[0]
-        total_o = time_calls(lambda: osess.run(None, feeds), **timing)[0]
+        total_t = time_calls(partial(sess.run, None, feeds), **timing)[0]
+        total_o = time_calls(partial(osess.run, None, feeds), **timing)[0]
         t_ops = profile_tuili(sess, feeds, args.profile_rounds)  # the session limits BLAS to --threads
         o_ops = profile_ort(str(path), feeds, args.profile_rounds, args.threads, workdir)
         log(f"profiled {name} b{batch}")

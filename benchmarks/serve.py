@@ -265,7 +265,9 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {os.cpu_count()} cores, "
+    from tuili.runtime import cpu
+
+    print(f"\n### tuili serve: ResNet-18, onnxruntime backend, {cpu.info().describe()}, "
           f"{args.instances} instance(s), max_batch_size {max_batch}, preferred_batch_size {preferred if 1 < preferred < max_batch else '-'}\n")
     print("In-process onnxruntime (no server): " + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in per_batch.items())
           + f" -> limit {limit:.1f} inferences/s at batch {best_b}\n")

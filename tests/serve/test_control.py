@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as th
-from tests.serve.conftest import copy_repo
 from tritonclient.utils import InferenceServerException
 
+from tests.serve.conftest import copy_repo
 from tests.serve.repo_builder import _save, add_sub_model
 
 

@@ -21,7 +21,8 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
-from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA, numba
+from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
+from tuili.ops._numba import numba
 from tuili.ops.registry import register, scratch
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,6 @@ def conv_core(x: np.ndarray, w: np.ndarray, strides, dilations, pads, group: int
     n, c = x.shape[:2]
     m = w.shape[0]
     kernel = list(w.shape[2:])
-    nd = len(kernel)
     if c != w.shape[1] * group or m % group:
         raise ShapeInferenceError(
             f"{op}: input channels {c} / weight shape {w.shape} / group {group} are inconsistent "

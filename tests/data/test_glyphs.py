@@ -65,6 +65,16 @@ def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
     assert np.array_equal(np.sort(other.y_test), np.sort(small.y_test))  # same design, other jitter
 
 
+def test_jitter_scales_the_variation(small, tmp_path):
+    clean = glyph_set(0, jitter=0.0, cache_dir=tmp_path, **SMALL)
+    # the test split is ordered face, character, sample: [0] and [1] are two samples of one glyph
+    assert clean.y_test[0] == clean.y_test[1] and np.array_equal(clean.x_test[0], clean.x_test[1])
+    assert not np.array_equal(small.x_test[0], small.x_test[1])
+    assert clean.x_train.min() == 0.0 and clean.x_train.max() == 1.0  # black background, white ink, no noise
+    assert (clean.x_train[:, 0, 0, 0] == 0).all()
+    assert clean.path != small.path
+
+
 def test_cache_hit_does_not_regenerate(small, monkeypatch):
     def refuse(*_):
         raise AssertionError("regenerated although the cache file exists")
@@ -92,5 +102,7 @@ def test_bad_arguments_are_named(tmp_path):
         glyph_set(0, per_glyph=0, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="val_fraction"):
         glyph_set(0, val_fraction=1.0, cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="jitter"):
+        glyph_set(0, jitter=2.0, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="Comic"):
         glyph_set(0, test_faces=("ComicSans",), cache_dir=tmp_path)

@@ -51,6 +51,7 @@ SPLITS = ("train", "val", "test")
 _HI = 2 * SIZE  # render at 2x, box-filter down
 _EM = 40  # font size in pixels at 2x: caps ~28 px, descenders ~8 px
 _BASELINE = 44  # at 2x; leaves room above capitals and below descenders
+_INVERT = 0.3  # share of light-on-dark images flipped to dark-on-light
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +111,18 @@ def load_glyphs(split: str = "train", seed: int = 0, **kw) -> tuple[np.ndarray, 
 
 
 def glyph_set(seed: int = 0, *, per_glyph: int = PER_GLYPH, val_fraction: float = VAL_FRACTION,
-           test_faces: tuple[str, ...] = TEST_FACES, cache_dir=None) -> GlyphSet:
-    """The glyphs data set for ``seed``: loaded from the cache, or generated and cached."""
+           jitter: float = 1.0, test_faces: tuple[str, ...] = TEST_FACES, cache_dir=None) -> GlyphSet:
+    """The glyphs data set for ``seed``: loaded from the cache, or generated and cached.
+
+    ``per_glyph`` samples are drawn per face and character; ``jitter`` scales every jitter range
+    (1.0: the data set as documented, 0.0: clean renderings; smaller sets and milder jitter make
+    quick experiments and tests)."""
     if int(per_glyph) != per_glyph or per_glyph < 1:
         raise ConfigError(f"glyphs: per_glyph must be a positive integer, got {per_glyph!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"glyphs: val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not 0.0 <= jitter <= 1.0:
+        raise ConfigError(f"glyphs: jitter must be in [0, 1] (a share of the documented ranges), got {jitter!r}")
     faces = find_faces()
     found = {f.name for f in faces}
     unknown = [n for n in test_faces if n not in found]
@@ -127,7 +134,7 @@ def glyph_set(seed: int = 0, *, per_glyph: int = PER_GLYPH, val_fraction: float 
     if not train or not test:
         raise ConfigError(f"glyphs: need at least one training and one test face; found {len(faces)} faces in {font_dir()}")
     params = {"version": VERSION, "seed": int(seed), "size": SIZE, "per_glyph": int(per_glyph),
-              "val_fraction": float(val_fraction), "train_faces": [f.name for f in train],
+              "val_fraction": float(val_fraction), "jitter": float(jitter), "train_faces": [f.name for f in train],
               "test_faces": [f.name for f in test]}
     path = cache.cache_dir(cache_dir) / "glyphs" / f"glyphs-v{VERSION}-{cache.key(params)}.npz"
     if not path.exists():
@@ -144,9 +151,9 @@ def glyph_set(seed: int = 0, *, per_glyph: int = PER_GLYPH, val_fraction: float 
 
 
 def _generate(train: list[Face], test: list[Face], params: dict) -> dict[str, np.ndarray]:
-    seed, n = params["seed"], params["per_glyph"]
-    xtr, ytr = _render_faces(train, seed, n)
-    xte, yte = _render_faces(test, seed, n)
+    seed, n, j = params["seed"], params["per_glyph"], params["jitter"]
+    xtr, ytr = _render_faces(train, seed, n, j)
+    xte, yte = _render_faces(test, seed, n, j)
     val = _val_indices(ytr, params["val_fraction"], np.random.default_rng([seed, 1]))
     keep = np.setdiff1d(np.arange(len(ytr)), val)
     return {"x_train": xtr[keep], "y_train": ytr[keep], "x_val": xtr[val], "y_val": ytr[val], "x_test": xte, "y_test": yte}
@@ -161,14 +168,14 @@ def _val_indices(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np
     return np.sort(np.concatenate(picks))
 
 
-def _render_faces(faces: list[Face], seed: int, per_glyph: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_faces(faces: list[Face], seed: int, per_glyph: int, j: float) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for face in faces:
         # One stream per face, keyed by its name: adding a font leaves the other faces' samples alone.
         rng = np.random.default_rng([seed, zlib.crc32(face.name.encode())])
         masks = _masks(face)
         labels = np.repeat(np.arange(len(CLASSES)), per_glyph)
-        xs.append(_jitter(masks[labels], rng))
+        xs.append(_jitter(masks[labels], rng, j))
         ys.append(labels)
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
@@ -187,17 +194,17 @@ def _masks(face: Face) -> np.ndarray:
     return out
 
 
-def _jitter(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (N, 32, 32) jittered renderings of ``masks`` (N, 64, 64)."""
+def _jitter(masks: np.ndarray, rng: np.random.Generator, j: float) -> np.ndarray:
+    """uint8 (N, 32, 32) jittered renderings of ``masks`` (N, 64, 64); ``j`` scales every range."""
     from scipy import ndimage
 
     n = len(masks)
-    stroke = rng.integers(-1, 3, n)  # -1 thins, 0 keeps, 1/2 thicken (pixels at 2x)
-    angle = np.deg2rad(rng.uniform(-12, 12, n))
-    shear = rng.uniform(-0.25, 0.25, n)
-    scale = rng.uniform(0.8, 1.15, n)[:, None] * rng.uniform(0.9, 1.1, (n, 2))  # (sy, sx)
-    shift = rng.uniform(-3, 3, (n, 2)) * 2  # output pixels, at 2x
-    blur = rng.uniform(0.0, 1.0, n)
+    stroke = np.round(rng.integers(-1, 3, n) * j).astype(int)  # -1 thins, 0 keeps, 1/2 thicken (pixels at 2x)
+    angle = np.deg2rad(rng.uniform(-12, 12, n) * j)
+    shear = rng.uniform(-0.25, 0.25, n) * j
+    scale = (1 + rng.uniform(-0.2, 0.15, n) * j)[:, None] * (1 + rng.uniform(-0.1, 0.1, (n, 2)) * j)  # (sy, sx)
+    shift = rng.uniform(-3, 3, (n, 2)) * j * 2  # output pixels, at 2x
+    blur = rng.uniform(0.0, 1.0, n) * j
     out = np.empty((n, SIZE, SIZE), np.float32)
     centre = np.array([(_HI - 1) / 2, (_HI - 1) / 2])
     for i in range(n):
@@ -214,19 +221,19 @@ def _jitter(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         hi = ndimage.affine_transform(m.astype(np.float32), inv, offset, output_shape=(_HI, _HI), order=1)
         lo = hi.reshape(SIZE, 2, SIZE, 2).mean(axis=(1, 3)) / 255.0
         out[i] = ndimage.gaussian_filter(lo, blur[i]) if blur[i] > 0.3 else lo
-    return (_paint(out, rng) * 255.0 + 0.5).astype(np.uint8)
+    return (_paint(out, rng, j) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _paint(cover: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _paint(cover: np.ndarray, rng: np.random.Generator, j: float) -> np.ndarray:
     """Coverage in [0, 1] -> grey image: background level + linear gradient, ink contrast, polarity, noise."""
     n = len(cover)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1) - 0.5
     theta = rng.uniform(0, 2 * np.pi, n)[:, None, None]
     ramp = np.cos(theta) * xx + np.sin(theta) * yy  # in [-0.71, 0.71]
-    bg = rng.uniform(0.0, 0.45, n)[:, None, None] + rng.uniform(0.0, 0.3, n)[:, None, None] * ramp
-    ink = rng.uniform(0.35, 1.0, n)[:, None, None]
+    bg = (rng.uniform(0.0, 0.45, n)[:, None, None] + rng.uniform(0.0, 0.3, n)[:, None, None] * ramp) * j
+    ink = 1.0 - rng.uniform(0.0, 0.65, n)[:, None, None] * j
     img = bg + ink * cover
-    invert = rng.random(n) < 0.3
+    invert = rng.random(n) < _INVERT * j
     img[invert] = 1.0 - img[invert]
-    img = img + rng.normal(0.0, 1.0, img.shape) * rng.uniform(0.0, 0.08, n)[:, None, None]
+    img = img + rng.normal(0.0, 1.0, img.shape) * rng.uniform(0.0, 0.08, n)[:, None, None] * j
     return np.clip(img, 0.0, 1.0)

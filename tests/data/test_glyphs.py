@@ -98,6 +98,8 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ConfigError, match="split 'dev'"):
         load_glyphs("dev", cache_dir=tmp_path)
+    with pytest.raises(ConfigError, match="seed"):
+        glyph_set(-1, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="per_glyph"):
         glyph_set(0, per_glyph=0, cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="val_fraction"):

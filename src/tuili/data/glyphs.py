@@ -77,9 +77,14 @@ class GlyphSet:
     classes: str = CLASSES
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        if name not in SPLITS:
-            raise ConfigError(f"unknown glyphs split {name!r}; use one of {', '.join(SPLITS)}")
+        """``(x, y)`` of split ``name`` ("train", "val" or "test")."""
+        _check_split(name)
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+def _check_split(name: str) -> None:
+    if name not in SPLITS:
+        raise ConfigError(f"unknown glyphs split {name!r}; use one of {', '.join(SPLITS)}")
 
 
 def font_dir() -> Path:
@@ -104,19 +109,20 @@ def find_faces() -> list[Face]:
 
 def load_glyphs(split: str = "train", seed: int = 0, **kw) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` of one split: float32 (N, 1, 32, 32) in [0, 1], int64 labels 0..61.
-    Keyword arguments are those of :func:`glyphs`."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown glyphs split {split!r}; use one of {', '.join(SPLITS)}")
+    Keyword arguments are those of :func:`glyph_set`."""
+    _check_split(split)  # before generating anything
     return glyph_set(seed, **kw).split(split)
 
 
 def glyph_set(seed: int = 0, *, per_glyph: int = PER_GLYPH, val_fraction: float = VAL_FRACTION,
-           jitter: float = 1.0, test_faces: tuple[str, ...] = TEST_FACES, cache_dir=None) -> GlyphSet:
+              jitter: float = 1.0, test_faces: tuple[str, ...] = TEST_FACES, cache_dir=None) -> GlyphSet:
     """The glyphs data set for ``seed``: loaded from the cache, or generated and cached.
 
     ``per_glyph`` samples are drawn per face and character; ``jitter`` scales every jitter range
     (1.0: the data set as documented, 0.0: clean renderings; smaller sets and milder jitter make
     quick experiments and tests)."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"glyphs: seed must be a non-negative integer, got {seed!r}")
     if int(per_glyph) != per_glyph or per_glyph < 1:
         raise ConfigError(f"glyphs: per_glyph must be a positive integer, got {per_glyph!r}")
     if not 0.0 < val_fraction < 1.0:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from tuili.zoo.training import DATASETS
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("zoo", help="model zoo: list, export, inspect and train small CNNs / Transformers",
@@ -37,7 +39,7 @@ def add_parser(subparsers) -> None:
 
     tr = sub.add_parser("train", help="train a CNN on real data (digits, glyphs); prints test accuracy, saves checkpoint + ONNX")
     tr.add_argument("name")
-    tr.add_argument("--data", default=None, choices=["digits", "glyphs"],
+    tr.add_argument("--data", default=None, choices=list(DATASETS),
                     help="training data (default: the model's own, e.g. glyphs for glyphs_cnn; else digits)")
     tr.add_argument("--epochs", type=int, default=None)
     tr.add_argument("-o", "--output-dir", default="zoo_runs")

@@ -61,9 +61,6 @@ class TrainData:
     name: str = "digits"
 
 
-DigitsData = TrainData  # the name this class had when digits was the only data set
-
-
 def digits_data(name: str = "digits_cnn", resolution: int | None = None) -> TrainData:
     """scikit-learn digits (fixed 75/25 split) prepared as model ``name`` expects them."""
     from tuili.data import load_digits

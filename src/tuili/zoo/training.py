@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+
 import numpy as np
 
 from tuili.errors import ConfigError
@@ -71,7 +72,7 @@ def digits_data(name: str = "digits_cnn", resolution: int | None = None) -> Trai
 
 def glyphs_data(name: str = "glyphs_cnn", resolution: int | None = None, **glyph_kw) -> TrainData:
     """The glyphs set (train / val / test, split by face) prepared as model ``name`` expects it.
-    ``glyph_kw`` go to :func:`tuili.data.glyphs` (default: ``seed=GLYPHS_SEED`` and its defaults)."""
+    ``glyph_kw`` go to :func:`tuili.data.glyph_set` (default: ``seed=GLYPHS_SEED`` and its defaults)."""
     from tuili.data import glyph_set
     from tuili.data.glyphs import CLASSES, SIZE
 

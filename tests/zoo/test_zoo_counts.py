@@ -97,7 +97,7 @@ def test_every_model_has_a_spec_with_measured_figures():
     for required in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "shufflenet_v2_x0_5",
                      "shufflenet_v2_x1_0", "squeezenet1_0", "squeezenet1_1", "ghostnet_1_0", "efficientnet_b0",
                      "efficientnet_lite0", "mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "resnet18", "resnet50",
-                     "bert_small", "tinybert_4", "gpt_small", "digits_cnn"):
+                     "bert_small", "tinybert_4", "gpt_small", "digits_cnn", "glyphs_cnn", "resnet8_glyphs"):
         assert required in names
     s = get_spec("resnet18")
     assert s.params == count("resnet18")[0]

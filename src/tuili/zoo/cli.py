@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from tuili.zoo.training import DATASETS
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("zoo", help="model zoo: list, export, inspect and train small CNNs / Transformers",
@@ -35,9 +37,10 @@ def add_parser(subparsers) -> None:
     info.add_argument("--seq-len", type=int, default=None)
     info.set_defaults(func=cmd_info)
 
-    tr = sub.add_parser("train", help="train a CNN on scikit-learn's digits; saves checkpoint + ONNX")
+    tr = sub.add_parser("train", help="train a CNN on real data (digits, glyphs); prints test accuracy, saves checkpoint + ONNX")
     tr.add_argument("name")
-    tr.add_argument("--data", default="digits", choices=["digits"])
+    tr.add_argument("--data", default=None, choices=list(DATASETS),
+                    help="training data (default: the model's own, e.g. glyphs for glyphs_cnn; else digits)")
     tr.add_argument("--epochs", type=int, default=None)
     tr.add_argument("-o", "--output-dir", default="zoo_runs")
     tr.add_argument("--seed", type=int, default=0)
@@ -158,7 +161,9 @@ def cmd_train(args) -> int:
 
     r = train(args.name, data=args.data, epochs=args.epochs, out_dir=args.output_dir, seed=args.seed, progress=True,
               resolution=args.resolution, width=args.width)
-    print(f"{args.name}: test accuracy {r.accuracy * 100:.2f}% after {r.epochs} epochs ({r.seconds:.1f}s) at {r.resolution}x{r.resolution}")
+    val = f", validation {r.val_accuracy * 100:.2f}%" if r.val_accuracy is not None else ""
+    print(f"{args.name}: test accuracy {r.accuracy * 100:.2f}%{val} on {r.data} after {r.epochs} epochs ({r.seconds:.1f}s) "
+          f"at {r.resolution}x{r.resolution}")
     print(f"checkpoint: {r.checkpoint}\nonnx:       {r.onnx_path}")
     return 0
 

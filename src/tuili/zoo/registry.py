@@ -45,6 +45,7 @@ class ModelSpec:
     paper_params: float | None = None
     paper_macs: float | None = None
     convention: str = ""
+    dataset: str | None = None  # the data `tuili zoo train NAME` uses by default, in this model's input format
     builder: Callable[..., Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property

@@ -10,4 +10,5 @@ from tuili.zoo.models import (  # noqa: F401  (import order = catalogue order)
     bert,
     gpt,
     digits,
+    glyphs,
 )

@@ -33,6 +33,6 @@ class DigitsCNN(nn.Module):
 register(ModelSpec(
     name="digits_cnn", task="image-classification", paper="tuili: a 4-conv CNN for scikit-learn digits (no paper)",
     inputs={"input": ("batch", 1, "height", "width")}, outputs=("logits",), default_resolution=8, min_resolution=4,
-    in_channels=1, num_classes=10, width_range=(0.25, 4.0), paper_params=None, paper_macs=None,
+    in_channels=1, num_classes=10, dataset="digits", width_range=(0.25, 4.0), paper_params=None, paper_macs=None,
     convention="input is raw pixel values 0..16 (scaled by 1/16 in the graph)",
     builder=lambda width, num_classes, **_: DigitsCNN(num_classes, width)))

@@ -73,6 +73,28 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
+class CifarResNet(nn.Module):
+    """The CIFAR-10 ResNets of Sec. 4.2: a 3x3 stem and three stages of ``n`` basic blocks with
+    16, 32, 64 channels (x ``width``), stride 2 at stages 2 and 3; 6n+2 weighted layers."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, n: int = 1, width: float = 1.0):
+        super().__init__()
+        widths = [max(4, int(c * width)) for c in (16, 32, 64)]
+        self.stem = ConvBNAct(in_channels, widths[0], 3)
+        blocks, c = [], widths[0]
+        for i, planes in enumerate(widths):
+            for j in range(n):
+                blocks.append(BasicBlock(c, planes, 2 if (j == 0 and i > 0) else 1))
+                c = planes
+        self.stages = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        init_cnn(self)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
 _CNN = dict(task="image-classification", inputs={"input": ("batch", 3, "height", "width")}, outputs=("logits",),
             default_resolution=224, min_resolution=32, num_classes=1000, paper="He et al. 2016, Deep Residual Learning (arXiv:1512.03385)")
 

@@ -65,7 +65,6 @@ def _console():
 
 
 def cmd_list(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from tuili.zoo import list_models
@@ -134,7 +133,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from tuili.zoo import count, get_spec, layer_table

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tuili.errors import ConfigError
 
@@ -186,7 +187,7 @@ def check_seq_len(spec: ModelSpec, seq_len: int | None) -> int | None:
     return s
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _measured(name: str) -> tuple[int, int]:
     from tuili.zoo.counting import count
 

@@ -1,14 +1,14 @@
 """Model definitions. Importing this package registers every zoo model."""
 from tuili.zoo.models import (  # noqa: F401  (import order = catalogue order)
-    mobilenet,
-    shufflenet,
-    squeezenet,
-    ghostnet,
+    bert,
+    digits,
     efficientnet,
+    ghostnet,
+    glyphs,
+    gpt,
+    mobilenet,
     mobilevit,
     resnet,
-    bert,
-    gpt,
-    digits,
-    glyphs,
+    shufflenet,
+    squeezenet,
 )

@@ -47,7 +47,7 @@ class EfficientNet(nn.Module):
         stem = 32 if lite else make_divisible(32 * width, 8)
         layers: list[nn.Module] = [ConvBNAct(3, stem, 3, 2, act=act)]
         c = stem
-        for i, (e, k, s, out, n) in enumerate(B0_STAGES):
+        for e, k, s, out, n in B0_STAGES:
             out = make_divisible(out * width, 8)
             for j in range(n):
                 layers.append(MBConv(c, out, e, k, s if j == 0 else 1, se=not lite, act=act))

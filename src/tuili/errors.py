@@ -45,3 +45,11 @@ class ModelNotFoundError(TuiliError):
 
 class ServerBusyError(TuiliError):
     """A queue is full or a request timed out in the queue."""
+
+
+class DeadlineExceededError(TuiliError):
+    """A request's deadline (its ``timeout`` parameter or the queue policy's) passed before it ran."""
+
+
+class WorkerDiedError(TuiliError):
+    """The process running a model instance died or was killed (hang timeout) with the request in it."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tuili.errors import (
     ConfigError,
+    DeadlineExceededError,
     InvalidGraphError,
     InvalidInputError,
     KernelError,
@@ -23,6 +24,7 @@ from tuili.errors import (
     ShapeInferenceError,
     TuiliError,
     UnsupportedOpError,
+    WorkerDiedError,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ STATUS: dict[type[BaseException], ErrorStatus] = {
     UnsupportedOpError: ErrorStatus(501, "UNIMPLEMENTED"),  # Triton's UNSUPPORTED
     ModelNotFoundError: ErrorStatus(404, "NOT_FOUND"),
     ServerBusyError: ErrorStatus(503, "UNAVAILABLE"),
+    DeadlineExceededError: ErrorStatus(504, "DEADLINE_EXCEEDED"),
+    WorkerDiedError: ErrorStatus(503, "UNAVAILABLE"),  # the instance restarts: a retry can succeed
     KernelError: INTERNAL,
 }
 

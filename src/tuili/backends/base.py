@@ -17,6 +17,7 @@ import numpy as np
 from tuili.dtypes import UnknownDTypeError
 from tuili.errors import ConfigError, KernelError, ModelLoadError, TuiliError
 from tuili.model_config import TensorSpec
+from tuili.model_config.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class Backend:
     name = "base"
     default_filename = "model"
     wants_request_list = False
+    #: keys of the config's ``parameters`` this backend reads; any other key is refused at load
+    #: (tuili.model_config.support). None: every key is the model's own (a python model.py reads
+    #: its parameters from args["model_config"]).
+    parameter_keys: frozenset[str] | None = frozenset()
 
     def __init__(self) -> None:
         self.inputs: list[TensorSpec] = []
@@ -40,6 +45,8 @@ class Backend:
         self.model_name = ""
         self.instance_index = 0
         self.instance_count = 1
+        #: the server's --allow-paths-outside-repository: files may resolve outside the model directory
+        self.allow_paths_outside = False
 
     # -- lifecycle --------------------------------------------------------------------------------
     def load(self, model_dir: str, version_dir: str, config) -> None:
@@ -65,7 +72,9 @@ class Backend:
 
     # -- helpers ----------------------------------------------------------------------------------
     def model_file(self, version_dir: str, config, candidates: tuple[str, ...] = ()) -> str:
-        """Path of the model file: config.default_model_filename, else the backend default, else any candidate."""
+        """Path of the model file: config.default_model_filename, else the backend default, else any
+        candidate; symlinks resolved, and refused if it leaves the model directory (the parent of
+        ``version_dir``) unless ``allow_paths_outside``."""
         names = []
         fname = getattr(config, "default_model_filename", "") if config is not None else ""
         if fname:
@@ -75,7 +84,11 @@ class Backend:
         for n in names:
             p = os.path.join(version_dir, n)
             if os.path.exists(p):
-                return p
+                return resolve_inside(os.path.dirname(version_dir), n, relative_to=version_dir,
+                                      field="default_model_filename" if n == fname else None, allow_outside=self.allow_paths_outside)
+        if fname:  # say where a missing default_model_filename would have been, refusing an escape
+            resolve_inside(os.path.dirname(version_dir), fname, relative_to=version_dir, field="default_model_filename",
+                           allow_outside=self.allow_paths_outside)
         raise ModelLoadError(
             f"{self.name} backend: no model file in {version_dir} (looked for {', '.join(dict.fromkeys(names))}); "
             f"put the model there or set default_model_filename in config.pbtxt"
@@ -93,6 +106,18 @@ def config_parameter(config, key: str, default: str | None = None) -> str | None
     if key in params:
         return params[key].string_value
     return default
+
+
+def int_parameter(config, key: str, default: int | None = None) -> int | None:
+    """Integer value of a config parameter (``default`` when absent or empty); anything else is a
+    ConfigError naming the parameter."""
+    v = config_parameter(config, key)
+    if v in (None, ""):
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ConfigError(f"model config parameter {key!r} must be an integer, got {v!r}") from None
 
 
 # backend name -> module path, class name
@@ -143,13 +168,16 @@ def resolve_backend_name(backend: str, platform: str, version_dir: str | None = 
     )
 
 
-def create_backend(name: str) -> Backend:
+def backend_class(name: str) -> type[Backend]:
     try:
         mod_name, cls_name = _BACKENDS[name]
     except KeyError:
         raise ConfigError(f"unknown backend {name!r}; available: {', '.join(backend_names())}") from None
-    module = importlib.import_module(mod_name)
-    return getattr(module, cls_name)()
+    return getattr(importlib.import_module(mod_name), cls_name)
+
+
+def create_backend(name: str) -> Backend:
+    return backend_class(name)()
 
 
 def model_tensor(path: str, name: str, dtype: Any, shape) -> TensorSpec:
@@ -180,6 +208,46 @@ def str_to_bytes(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _graph_tensors(graph):
+    """Every TensorProto of an ONNX graph (subgraphs included): the ones external data can back."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)
+
+
+def check_external_data(path: str, model_dir: str) -> None:
+    """Refuse an ONNX model whose external data (tensors stored in other files) lives outside
+    ``model_dir``: each location is resolved, symlinks followed, from the model file's directory,
+    as onnxruntime and tuili.load read it."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - the engine then reports an unreadable model in its own words
+        log.debug("external-data check skipped: %s does not parse: %s", path, e)
+        return
+    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            resolve_inside(model_dir, location, relative_to=os.path.dirname(path),
+                           field=f"external data of tensor {tensor.name!r} in {os.path.basename(path)}")
+
+
 class OnnxSessionBackend(Backend):
     """Shared by the engines with onnxruntime's calling convention (onnxruntime, tuili): subclasses
     create ``self.session`` in ``open_session`` and say how their errors map in ``map_error``."""
@@ -195,6 +263,8 @@ class OnnxSessionBackend(Backend):
     def load(self, model_dir: str, version_dir: str, config) -> None:
         onnx_files = tuple(sorted(f for f in os.listdir(version_dir) if f.endswith(".onnx")))
         path = self.model_file(version_dir, config, candidates=onnx_files)
+        if not self.allow_paths_outside:
+            check_external_data(path, model_dir)
         self._path = path
         self.session = self.open_session(path, config)
         self.inputs = [model_tensor(path, a.name, a.type, a.shape) for a in self.session.get_inputs()]

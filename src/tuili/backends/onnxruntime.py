@@ -4,24 +4,19 @@ from __future__ import annotations
 import logging
 import os
 
-from tuili.backends.base import OnnxSessionBackend, config_parameter
+from tuili.backends.base import OnnxSessionBackend, config_parameter, int_parameter
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 
-def _int_param(config, key: str, default: int) -> int:
-    v = config_parameter(config, key)
-    if v in (None, ""):
-        return default
-    try:
-        return int(v)
-    except ValueError:
-        raise ConfigError(f"model config parameter {key!r} must be an integer, got {v!r}") from None
+# config parameter "optimization_level" -> onnxruntime's GraphOptimizationLevel name
+_LEVELS = {"0": "ORT_DISABLE_ALL", "1": "ORT_ENABLE_BASIC", "2": "ORT_ENABLE_EXTENDED", "99": "ORT_ENABLE_ALL"}
 
 
 class OnnxRuntimeBackend(OnnxSessionBackend):
     name = "onnxruntime"
+    parameter_keys = frozenset({"intra_op_thread_count", "inter_op_thread_count", "allow_spinning", "optimization_level"})
 
     def open_session(self, path: str, config):
         import onnxruntime as ort
@@ -29,8 +24,8 @@ class OnnxRuntimeBackend(OnnxSessionBackend):
         so = ort.SessionOptions()
         # Split the cores between the instances so N instances do not oversubscribe the machine.
         cores = os.cpu_count() or 1
-        so.intra_op_num_threads = _int_param(config, "intra_op_thread_count", max(1, cores // max(1, self.instance_count)))
-        so.inter_op_num_threads = _int_param(config, "inter_op_thread_count", 1)
+        so.intra_op_num_threads = int_parameter(config, "intra_op_thread_count", max(1, cores // max(1, self.instance_count)))
+        so.inter_op_num_threads = int_parameter(config, "inter_op_thread_count", 1)
         so.log_severity_level = 3
         # onnxruntime's idle intra-op threads spin by default and then steal the cores the server's
         # own threads (gRPC, HTTP, batching) need: on 2 cores, gRPC at concurrency 16 without batching
@@ -42,10 +37,10 @@ class OnnxRuntimeBackend(OnnxSessionBackend):
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         level = config_parameter(config, "optimization_level")
         if level:
-            so.graph_optimization_level = {
-                "0": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "1": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                "2": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "99": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            if level not in _LEVELS:
+                raise ConfigError(f"model config parameter 'optimization_level' must be one of "
+                                  f"{', '.join(_LEVELS)} (onnxruntime's levels), got {level!r}")
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         try:
             return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -45,6 +45,7 @@ class PythonBackend(Backend):
     name = "python"
     default_filename = "model.py"
     wants_request_list = True
+    parameter_keys = None  # the model's own: model.py reads them from args["model_config"]
 
     def load(self, model_dir: str, version_dir: str, config) -> None:
         global _counter

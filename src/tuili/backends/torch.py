@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from tuili.backends.base import Backend, config_parameter, model_tensor
+from tuili.backends.base import Backend, int_parameter, model_tensor
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
 from tuili.model_config import ModelSpec
 
@@ -37,15 +37,16 @@ def _exported_tensors(ep):
 class TorchBackend(Backend):
     name = "pytorch"
     default_filename = "model.pt"
+    parameter_keys = frozenset({"threads"})
 
     def load(self, model_dir: str, version_dir: str, config) -> None:
         import torch
 
         files = sorted(f for f in os.listdir(version_dir) if f.endswith((".pt", ".pt2", ".pth")))
         path = self.model_file(version_dir, config, candidates=("model.pt2", *files))
-        threads = config_parameter(config, "threads")
+        threads = int_parameter(config, "threads")
         if threads:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         self.exported = path.endswith(".pt2")
         try:
             if self.exported:

@@ -31,7 +31,8 @@ def _dtype_name(value: int) -> str:
 def autocomplete(config: ModelConfig, inputs: Iterable[TensorSpec], outputs: Iterable[TensorSpec],
                  supports_batching: bool = True, *,
                  default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 model_dir: str | Path | None = None, source: str | None = None) -> ModelConfig:
+                 model_dir: str | Path | None = None, source: str | None = None,
+                 allow_paths_outside: bool = False) -> ModelConfig:
     """Return a copy of ``config`` completed from the backend's tensor metadata.
 
     Like Triton's auto-complete: missing inputs/outputs are added with their
@@ -42,7 +43,7 @@ def autocomplete(config: ModelConfig, inputs: Iterable[TensorSpec], outputs: Ite
     and dynamic batching is enabled unless another scheduler is set. dims never
     include the batch dimension when max_batch_size > 0. A missing instance
     group becomes one CPU instance. The result is validated with
-    ``require_io=True``."""
+    ``require_io=True`` (and ``allow_paths_outside``, see :mod:`tuili.model_config.paths`)."""
     cfg = ModelConfig()
     cfg.CopyFrom(config)
     ins, outs = list(inputs), list(outputs)
@@ -103,7 +104,8 @@ def autocomplete(config: ModelConfig, inputs: Iterable[TensorSpec], outputs: Ite
         for g in cfg.instance_group:
             if g.count == 0:
                 g.count = 1
-    validate_model_config(cfg, model_dir=model_dir, source=src, require_io=True)
+    validate_model_config(cfg, model_dir=model_dir, source=src, require_io=True,
+                          allow_paths_outside=allow_paths_outside)
     return cfg
 
 

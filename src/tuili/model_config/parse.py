@@ -55,7 +55,7 @@ def _find_enum(name: str):
 
 
 def parse_model_config(text: str, source: str = "<config.pbtxt>", *, validate: bool = True,
-                       model_dir: str | Path | None = None) -> ModelConfig:
+                       model_dir: str | Path | None = None, allow_paths_outside: bool = False) -> ModelConfig:
     """Parse config.pbtxt text; errors are ModelConfigError naming ``source``,
     line, column and field. ``validate`` runs :func:`validate_model_config`."""
     config = ModelConfig()
@@ -71,12 +71,14 @@ def parse_model_config(text: str, source: str = "<config.pbtxt>", *, validate: b
         raise ModelConfigError(f"{reason} ({_hint(reason)})", file=source, line=line, column=col,
                                field=field) from None
     if validate:
-        validate_model_config(config, model_dir=model_dir, source=source, text=text)
+        validate_model_config(config, model_dir=model_dir, source=source, text=text,
+                              allow_paths_outside=allow_paths_outside)
     return config
 
 
 def parse_model_config_json(text: str | Mapping, source: str = "<config JSON>", *,
-                            validate: bool = True, model_dir: str | Path | None = None) -> ModelConfig:
+                            validate: bool = True, model_dir: str | Path | None = None,
+                            allow_paths_outside: bool = False) -> ModelConfig:
     """Parse a config given as JSON (Triton's form, e.g. the ``config`` parameter of a
     repository load request)."""
     config = ModelConfig()
@@ -91,11 +93,11 @@ def parse_model_config_json(text: str | Mapping, source: str = "<config JSON>", 
         field = (m.group(1) or m.group(2)) if m else None
         raise ModelConfigError(f"invalid JSON model config: {msg}", file=source, field=field) from None
     if validate:
-        validate_model_config(config, model_dir=model_dir, source=source)
+        validate_model_config(config, model_dir=model_dir, source=source, allow_paths_outside=allow_paths_outside)
     return config
 
 
-def load_model_config(model_dir: str | Path, *, validate: bool = True) -> ModelConfig:
+def load_model_config(model_dir: str | Path, *, validate: bool = True, allow_paths_outside: bool = False) -> ModelConfig:
     """Read ``<model_dir>/config.pbtxt``.
 
     A missing file gives a minimal config (just ``name``) for :func:`autocomplete`
@@ -119,5 +121,6 @@ def load_model_config(model_dir: str | Path, *, validate: bool = True) -> ModelC
     if not config.name:
         config.name = model_dir.name
     if validate:
-        validate_model_config(config, model_dir=model_dir, source=str(path), text=text)
+        validate_model_config(config, model_dir=model_dir, source=str(path), text=text,
+                              allow_paths_outside=allow_paths_outside)
     return config

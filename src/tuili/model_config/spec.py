@@ -15,6 +15,7 @@ import numpy as np
 
 from tuili import dtypes
 from tuili.errors import ConfigError
+from tuili.model_config.paths import resolve_inside
 
 
 def _dim(d: Any) -> int:
@@ -57,10 +58,10 @@ class TensorSpec:
         return self.dtype.to_numpy()
 
 
-def _read_labels(model_dir: str | None, filename: str) -> list[str] | None:
+def _read_labels(model_dir: str | None, filename: str, field: str, allow_outside: bool) -> list[str] | None:
     if not (filename and model_dir):
         return None
-    path = os.path.join(model_dir, filename)
+    path = resolve_inside(model_dir, filename, field=field, allow_outside=allow_outside)
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
@@ -69,16 +70,19 @@ def _read_labels(model_dir: str | None, filename: str) -> list[str] | None:
 
 class ModelSpec:
     """Inputs/outputs of a configured model, by name, in config order. ``full_shape`` is the
-    protocol-facing shape (config dims, batch dimension -1 added if max_batch_size > 0)."""
+    protocol-facing shape (config dims, batch dimension -1 added if max_batch_size > 0). Output
+    labels are read from ``model_dir``; a label file outside it is refused unless
+    ``allow_paths_outside`` (:mod:`tuili.model_config.paths`)."""
 
-    def __init__(self, config, model_dir: str | None = None):
+    def __init__(self, config, model_dir: str | None = None, *, allow_paths_outside: bool = False):
         self.name = config.name
         self.max_batch_size = int(config.max_batch_size)
-        self.inputs = {t.name: self._tensor(t, True, model_dir) for t in config.input}
-        self.outputs = {t.name: self._tensor(t, False, model_dir) for t in config.output}
+        self._model_dir, self._allow_outside = model_dir, allow_paths_outside
+        self.inputs = {t.name: self._tensor(t, True, i) for i, t in enumerate(config.input)}
+        self.outputs = {t.name: self._tensor(t, False, i) for i, t in enumerate(config.output)}
         self.required_inputs = [n for n, s in self.inputs.items() if not s.optional]
 
-    def _tensor(self, t, is_input: bool, model_dir: str | None) -> TensorSpec:
+    def _tensor(self, t, is_input: bool, index: int) -> TensorSpec:
         dims = [int(d) for d in t.dims]
         reshape = [int(d) for d in t.reshape.shape] if t.HasField("reshape") else None
         return TensorSpec(
@@ -88,7 +92,8 @@ class ModelSpec:
             optional=bool(t.optional) if is_input else False,
             dims=dims,
             reshape=reshape,
-            labels=None if is_input else _read_labels(model_dir, t.label_filename),
+            labels=None if is_input else _read_labels(self._model_dir, t.label_filename,
+                                                      f"output[{index}].label_filename", self._allow_outside),
         )
 
     def _batch(self) -> list[int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from tuili.model_config.locate import Locator, ModelConfigError
+from tuili.model_config.paths import resolve_inside
 from tuili.model_config.protos import ModelConfig
 from tuili.model_config.protos import model_config_pb2 as mc
 
@@ -17,7 +19,7 @@ class _Checker:
         self.source = source
         self.loc = Locator(text, ModelConfig.DESCRIPTOR) if text else None
 
-    def fail(self, field: str, message: str):
+    def fail(self, field: str, message: str) -> NoReturn:
         line = col = None
         if self.loc is not None:
             line, col = self.loc.where(field)
@@ -26,12 +28,14 @@ class _Checker:
 
 def validate_model_config(config: ModelConfig, *, model_dir: str | Path | None = None,
                           source: str | None = None, text: str | None = None,
-                          require_io: bool = False) -> None:
+                          require_io: bool = False, allow_paths_outside: bool = False) -> None:
     """Check a parsed config; raise ModelConfigError naming the field.
 
     ``text`` (the config.pbtxt source) lets errors carry line numbers.
     ``require_io`` demands at least one input and one output (use after
-    auto-complete, when the config should be complete)."""
+    auto-complete, when the config should be complete). With ``model_dir`` the files the config
+    names (label files) must exist inside it, unless ``allow_paths_outside``
+    (:mod:`tuili.model_config.paths`)."""
     ck = _Checker(source, text)
     if model_dir is not None and config.name and config.name != Path(model_dir).name:
         ck.fail("name", f"model name {config.name!r} does not match its directory "
@@ -70,10 +74,9 @@ def validate_model_config(config: ModelConfig, *, model_dir: str | Path | None =
                 if -1 not in rs and -1 not in t.dims and _prod(rs) != _prod(t.dims):
                     ck.fail(f"{path}.reshape", f"{kind} {t.name!r}: reshape {rs} has {_prod(rs)} elements but "
                                                f"dims {list(t.dims)} has {_prod(t.dims)}")
-            if kind == "output" and t.label_filename and model_dir is not None \
-                    and not (Path(model_dir) / t.label_filename).is_file():
-                ck.fail(f"{path}.label_filename", f"label file {t.label_filename!r} of output {t.name!r} "
-                                                  f"is not in {model_dir}")
+            if kind == "output" and t.label_filename and model_dir is not None:
+                _check_label_file(ck, f"{path}.label_filename", t.name, t.label_filename, model_dir,
+                                  allow_paths_outside)
     if require_io:
         if len(config.input) == 0:
             ck.fail("input", "the config declares no input and none could be auto-completed")
@@ -126,6 +129,16 @@ def validate_model_config(config: ModelConfig, *, model_dir: str | Path | None =
 
     if is_ensemble and config.HasField("ensemble_scheduling"):
         _validate_ensemble(config, ck)
+
+
+def _check_label_file(ck: _Checker, field: str, output: str, filename: str, model_dir: str | Path,
+                      allow_outside: bool) -> None:
+    try:
+        path = resolve_inside(model_dir, filename, field=field, allow_outside=allow_outside)
+    except ModelConfigError as e:
+        ck.fail(field, f"label file of output {output!r}: {e.reason}")
+    if not Path(path).is_file():
+        ck.fail(field, f"label file {filename!r} of output {output!r} is not in {model_dir}")
 
 
 def _prod(dims: Iterable[int]) -> int:

@@ -179,13 +179,19 @@ class InferenceServer:
             raise ConfigError(
                 f"cannot {what} {name!r}: model control mode is {self.mode!r}; start the server with --model-control-mode explicit")
 
-    async def load_model(self, name: str, config: str | None = None) -> None:
-        """Load (or reload) ``name``; ``config``: a JSON model config overriding config.pbtxt. Explicit mode only."""
+    async def load_model(self, name: str, config: str | None = None, files: dict[str, bytes] | None = None) -> None:
+        """Load (or reload) ``name``; ``config``: a JSON model config overriding config.pbtxt; ``files``: the
+        model's files sent with the request (path in the model directory -> content), which then need
+        ``config`` and are written into a private temporary directory. Explicit mode only."""
         self._check_explicit("load", name)
         self.repository.scan()
-        if name not in self.repository.known():
+        if files and config is None:
+            raise InvalidInputError(f"cannot load {name!r} from the files of the request without its config: "
+                                    f"send the \"config\" parameter too")
+        if not files and name not in self.repository.known():
             raise ModelNotFoundError(f"cannot load {name!r}: no such model directory in {', '.join(self.repository.paths)}")
-        await self.models.load(name, config_json=config)
+        with self.repository.loading_from(name, files):
+            await self.models.load(name, config_json=config)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Unload ``name`` (and the ensembles that use it if asked). Explicit mode only."""
@@ -195,7 +201,9 @@ class InferenceServer:
         if unload_dependents:
             for ensemble in self.models.dependencies.dependents(name):
                 await self.models.unload(ensemble)
+                self.repository.release(ensemble)
         await self.models.unload(name)
+        self.repository.release(name)
 
     # ------------------------------------------------------------------ inference
     async def infer(self, req: InferRequest) -> InferResponse:

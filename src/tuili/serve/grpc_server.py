@@ -341,17 +341,17 @@ class GRPCInferenceService:
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context):
         if not request.model_name:
             raise InvalidInputError("RepositoryModelLoad: model_name is empty")
-        config = None
+        config, files = None, {}
         for key, p in request.parameters.items():
             value = _param_value(p)
             if key == "config":
                 config = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             elif key.startswith("file:"):
-                raise InvalidInputError(
-                    f"RepositoryModelLoad parameter {key!r}: loading model files sent in the request is not "
-                    f"supported; put the files in the model repository"
-                )
-        await self.core.load_model(request.model_name, config=config)
+                if not isinstance(value, bytes):
+                    raise InvalidInputError(f"RepositoryModelLoad parameter {key!r} must be the file's content "
+                                            f"(bytes_param)")
+                files[key[len("file:"):]] = value
+        await self.core.load_model(request.model_name, config=config, files=files)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context):

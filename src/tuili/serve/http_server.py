@@ -9,6 +9,8 @@ starlette exception handlers (and by the one try/except of the infer fast path).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import zlib
@@ -110,6 +112,14 @@ def _parameters(doc: dict, what: str) -> dict:
     if not isinstance(params, dict):
         raise InvalidInputError(f"\"parameters\" of the {what} must be a JSON object")
     return params
+
+
+def _base64_param(key: str, value) -> bytes:
+    """The content of a ``file:<path>`` load parameter (base64, as tritonclient sends it)."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (TypeError, ValueError, binascii.Error):
+        raise InvalidInputError(f"load parameter {key!r} must be the file's content in base64") from None
 
 
 # --------------------------------------------------------------------------- request decoding
@@ -340,12 +350,11 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
 
     async def repo_load(request: Request):
         params = _parameters(await _body_json(request, "load request"), "load request")
-        if any(k.startswith("file:") for k in params):
-            raise InvalidInputError("loading models from file content (\"file:\" parameters) is not supported; put the files in the repository")
+        files = {k[len("file:"):]: _base64_param(k, v) for k, v in params.items() if k.startswith("file:")}
         config = params.get("config")
         if config is not None and not isinstance(config, str):
             config = json.dumps(config)
-        await core.load_model(request.path_params["model"], config)
+        await core.load_model(request.path_params["model"], config, files)
         return Response(status_code=200)
 
     async def repo_unload(request: Request):

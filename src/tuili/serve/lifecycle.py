@@ -141,7 +141,7 @@ class ModelLifecycle:
         for name in sorted(set(self.repository.scan()) | set(self.models)):
             model = self.models.get(name)
             if model is not None and model.versions:
-                out += [{"name": name, "version": v, "state": ModelState.READY.value, "reason": ""}
+                out += [{"name": name, "version": v, "state": ModelState.READY.value, "reason": model.reason}
                         for v in sorted(model.versions, key=int)]
             elif not ready_only:
                 state, reason = (model.state, model.reason) if model is not None else (ModelState.UNAVAILABLE, "unloaded")
@@ -186,7 +186,7 @@ class ModelLifecycle:
             old = model.versions
             model.set_versions(new_versions)
             model.signature, model.failed_signature = plan.signature, None
-            model.move(ModelState.READY)
+            model.move(ModelState.READY, "; ".join(plan.warnings))
             log.info("model %s: versions %s ready (%s)", name, ", ".join(sorted(new_versions, key=int)), plan.platform)
         # Retire the replaced versions after the swap: new requests already go to the new ones.
         for v, mv in old.items():
@@ -214,7 +214,7 @@ class ModelLifecycle:
                     config, instances = await asyncio.to_thread(self.repository.load_instances, plan, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
                     runner = Scheduler(plan.name, v, config, instances, stats, loop)
-                versions[v] = ModelVersion(plan.name, v, config, ModelSpec(config, plan.model_dir), stats, runner,
+                versions[v] = ModelVersion(plan.name, v, config, ModelSpec(config, plan.model_dir, allow_paths_outside=plan.allow_paths_outside), stats, runner,
                                            plan.platform, plan.backend, plan.model_dir)
         except BaseException:
             for mv in versions.values():

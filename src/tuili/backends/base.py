@@ -75,20 +75,19 @@ class Backend:
         """Path of the model file: config.default_model_filename, else the backend default, else any
         candidate; symlinks resolved, and refused if it leaves the model directory (the parent of
         ``version_dir``) unless ``allow_paths_outside``."""
+        root = os.path.dirname(version_dir)
         names = []
         fname = getattr(config, "default_model_filename", "") if config is not None else ""
-        if fname:
+        if fname:  # refused when it leaves the model directory, whether or not the file is there
+            resolve_inside(root, fname, relative_to=version_dir, field="default_model_filename",
+                           allow_outside=self.allow_paths_outside)
             names.append(fname)
         names.append(self.default_filename)
         names.extend(candidates)
         for n in names:
             p = os.path.join(version_dir, n)
             if os.path.exists(p):
-                return resolve_inside(os.path.dirname(version_dir), n, relative_to=version_dir,
-                                      field="default_model_filename" if n == fname else None, allow_outside=self.allow_paths_outside)
-        if fname:  # say where a missing default_model_filename would have been, refusing an escape
-            resolve_inside(os.path.dirname(version_dir), fname, relative_to=version_dir, field="default_model_filename",
-                           allow_outside=self.allow_paths_outside)
+                return resolve_inside(root, n, relative_to=version_dir, allow_outside=self.allow_paths_outside)
         raise ModelLoadError(
             f"{self.name} backend: no model file in {version_dir} (looked for {', '.join(dict.fromkeys(names))}); "
             f"put the model there or set default_model_filename in config.pbtxt"

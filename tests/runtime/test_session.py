@@ -160,8 +160,7 @@ def test_onnxruntime_arguments_are_honoured_or_refused():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     sess = tuili.InferenceSession(model, providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.array([-1, 2], np.float32)})[0].tolist() == [0, 2]
-    for kwargs, word in [({"sess_options": ort.SessionOptions()}, "sess_options"),
-                         ({"providers": ["CUDAExecutionProvider"]}, "CUDAExecutionProvider"),
+    for kwargs, word in [({"providers": ["CUDAExecutionProvider"]}, "CUDAExecutionProvider"),
                          ({"providers": [("CPUExecutionProvider", {"arena": "1"})]}, "provider_options")]:
         with pytest.raises(ConfigError, match=word):
             tuili.InferenceSession(model, **kwargs)
@@ -169,3 +168,77 @@ def test_onnxruntime_arguments_are_honoured_or_refused():
         tuili.InferenceSession(model, unknown_option=1)
     with pytest.raises(ConfigError, match="run_options"):
         sess.run(None, {"x": np.zeros(2, np.float32)}, ort.RunOptions())
+
+
+def test_sess_options_that_map_to_tuili_take_effect(tmp_path):
+    import json
+
+    import onnxruntime as ort
+
+    x = np.random.default_rng(4).standard_normal((3, 8)).astype(np.float32)
+    want = tuili.InferenceSession(_mlp(), engine="onnxruntime").run(None, {"x": x})
+    assert len(tuili.InferenceSession(_mlp(), sess_options=ort.SessionOptions()).plan.steps) == \
+        len(tuili.InferenceSession(_mlp()).plan.steps)  # onnxruntime's defaults change nothing
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
+    sess = tuili.InferenceSession(_mlp(), sess_options=so)
+    assert sess.threads == 1
+    assert sess.optimization_report is None and len(sess.plan.steps) == 4  # O0: no pass, the graph as written
+    saved = tuili.InferenceSession(str(tmp_path / "optimized.onnx"))
+    for s in (sess, saved):
+        for got, w in zip(s.run(None, {"x": x}), want):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+    sess.run(None, {"x": x})
+    path = sess.end_profiling()
+    assert path.startswith(str(tmp_path / "prof_")) and path.endswith(".json")
+    with open(path) as f:
+        events = json.load(f)
+    runs = [e for e in events if e["cat"] == "Session"]
+    nodes = [e for e in events if e["cat"] == "Node"]
+    assert len(runs) == 2 and sorted({e["args"]["op_name"] for e in nodes}) == ["MatMul", "Relu", "Softmax"]
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0 for e in events) and len(nodes) == 8
+    assert tuili.InferenceSession(_mlp()).end_profiling() == ""  # not profiling
+
+
+@pytest.mark.parametrize("field,value", [("enable_mem_pattern", False), ("enable_cpu_mem_arena", False),
+                                         ("inter_op_num_threads", 2), ("log_severity_level", 3),
+                                         ("use_deterministic_compute", True), ("logid", "x")])
+def test_sess_options_without_an_equivalent_are_refused_by_name(field, value):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    setattr(so, field, value)
+    with pytest.raises(ConfigError, match=rf"SessionOptions field\(s\) {field} have no equivalent"):
+        tuili.InferenceSession(_mlp(), sess_options=so)
+    so = ort.SessionOptions()
+    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    with pytest.raises(ConfigError, match="execution_mode"):
+        tuili.InferenceSession(_mlp(), sess_options=so)
+
+
+def test_sess_options_that_disagree_with_arguments_are_refused():
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    with pytest.raises(ConfigError, match="threads=1 and SessionOptions.intra_op_num_threads=2 disagree"):
+        tuili.InferenceSession(_mlp(), threads=1, sess_options=so)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(ConfigError, match="opt_level=3 .* disagree"):
+        tuili.InferenceSession(_mlp(), opt_level=3, sess_options=so)
+
+
+def test_sess_options_on_the_onnxruntime_engine_are_onnxruntime_s(tmp_path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "ort")
+    sess = tuili.InferenceSession(_mlp(), engine="onnxruntime", sess_options=so)
+    sess.run(None, {"x": np.zeros((1, 8), np.float32)})
+    assert sess.end_profiling().startswith(str(tmp_path / "ort"))

@@ -5,10 +5,15 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,11 +60,24 @@ def _node_arg(v: Value) -> NodeArg:
     return NodeArg(v.name, None if v.shape is None else list(v.shape), _type_string(v))
 
 
-def _check_ort_arguments(sess_options: Any, providers: Sequence[Any] | None, provider_options: Any) -> None:
-    """onnxruntime's constructor arguments, accepted where tuili does what they ask and refused otherwise."""
-    if sess_options is not None:
-        raise ConfigError("sess_options (onnxruntime.SessionOptions) is not supported by tuili's InferenceSession; "
-                          "use opt_level= for graph_optimization_level and threads= for intra_op_num_threads")
+# onnxruntime.SessionOptions fields the tuili engine maps onto its own settings; any other field set
+# away from onnxruntime's default is refused by name
+_ORT_LEVELS = {"ORT_DISABLE_ALL": 0, "ORT_ENABLE_BASIC": 1, "ORT_ENABLE_EXTENDED": 2, "ORT_ENABLE_ALL": 3}
+_MAPPED_OPTIONS = ("intra_op_num_threads", "graph_optimization_level", "optimized_model_filepath",
+                   "enable_profiling", "profile_file_prefix")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What a session does, from its arguments and onnxruntime's SessionOptions."""
+
+    opt_level: int
+    threads: int | None
+    optimized_model_filepath: str = ""
+    profile_prefix: str | None = None  # None: not profiling
+
+
+def _check_providers(providers: Sequence[Any] | None, provider_options: Any) -> None:
     names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers or []]
     other = [n for n in names if n != "CPUExecutionProvider"]
     if other:
@@ -68,19 +86,56 @@ def _check_ort_arguments(sess_options: Any, providers: Sequence[Any] | None, pro
         raise ConfigError("provider_options are not supported by tuili's InferenceSession; pass none")
 
 
+def _settings(sess_options: Any, opt_level: int, threads: int | None) -> _Settings:
+    """The tuili engine's settings: ``opt_level``/``threads`` and the SessionOptions fields that map to them
+    (intra_op_num_threads -> threads, graph_optimization_level -> opt_level, optimized_model_filepath,
+    enable_profiling with profile_file_prefix); any other field away from its default is refused."""
+    if sess_options is None:
+        return _Settings(opt_level, threads)
+    default = type(sess_options)()
+    fields = [n for n in dir(default) if not n.startswith("_") and not callable(getattr(default, n))]
+    changed = {n for n in fields if getattr(sess_options, n) != getattr(default, n)}
+    other = sorted(changed - set(_MAPPED_OPTIONS))
+    if other:
+        raise ConfigError(f"SessionOptions field(s) {', '.join(other)} have no equivalent in tuili's engine; leave "
+                          f"them at onnxruntime's default or run InferenceSession(..., engine=\"onnxruntime\")")
+    if "intra_op_num_threads" in changed:
+        if threads is not None and threads != sess_options.intra_op_num_threads:
+            raise ConfigError(f"threads={threads} and SessionOptions.intra_op_num_threads="
+                              f"{sess_options.intra_op_num_threads} disagree; give one of them")
+        threads = sess_options.intra_op_num_threads
+    if "graph_optimization_level" in changed:
+        level = _ORT_LEVELS[sess_options.graph_optimization_level.name]
+        if opt_level not in (2, level):  # 2: the default, not a choice that could disagree
+            raise ConfigError(f"opt_level={opt_level} and SessionOptions.graph_optimization_level="
+                              f"{sess_options.graph_optimization_level.name} (opt_level {level}) disagree; give one")
+        opt_level = level
+    prefix = sess_options.profile_file_prefix if sess_options.enable_profiling else None
+    return _Settings(opt_level, threads, sess_options.optimized_model_filepath, prefix)
+
+
 class InferenceSession:
     """Load once, plan once, run many times. Thread-safe: ``run`` keeps no state between calls."""
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
                  opt_level: int = 2, threads: int | None = None, *, sess_options: Any = None,
                  providers: Sequence[Any] | None = None, provider_options: Sequence[Any] | None = None):
+        """``sess_options`` (onnxruntime.SessionOptions): on engine="onnxruntime" it is onnxruntime's own;
+        on tuili's engine intra_op_num_threads, graph_optimization_level, optimized_model_filepath (the
+        optimized graph is saved there) and enable_profiling (``end_profiling()`` writes a Chrome
+        trace) take effect and any other field set away from its default is a ConfigError naming it.
+        Settings added through SessionOptions methods (session config entries, initializers, custom
+        op libraries) cannot be read back from it and are not checked."""
         if engine not in ENGINES:
             raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
-        _check_ort_arguments(sess_options, providers, provider_options)
+        _check_providers(providers, provider_options)
+        settings = _Settings(opt_level, threads) if engine == "onnxruntime" else _settings(sess_options, opt_level, threads)
+        threads = settings.threads
         self.engine = engine
         self.graph = model if isinstance(model, Graph) else load(model)
         self.threads = threads
         self._blas = None
+        self._trace: _Trace | None = None
         if threads and engine == "tuili":
             from threadpoolctl import ThreadpoolController
 
@@ -90,7 +145,7 @@ class InferenceSession:
         self._input_names = {v.name for v in self.graph.inputs}
         self._outputs = list(self.graph.outputs)
         if engine == "onnxruntime":
-            self._ort = _ort_session(self.graph, threads)
+            self._ort = _ort_session(self.graph, threads, sess_options)
             self._plan = None
         else:
             # the planner pulls in every kernel: only the tuili engine imports it
@@ -106,9 +161,13 @@ class InferenceSession:
             from tuili.passes import optimized_copy
 
             # the optimizer rewrites a copy: the caller's Graph never changes
-            plan_graph, self.optimization_report = optimized_copy(self.graph, opt_level)
+            plan_graph, self.optimization_report = optimized_copy(self.graph, settings.opt_level)
+            if settings.optimized_model_filepath:
+                plan_graph.save(settings.optimized_model_filepath)
             self._plan = Planner(plan_graph).build()
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
+            if settings.profile_prefix is not None:
+                self._trace = _Trace(settings.profile_prefix)
         self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}
         self._output_index = {v.name: i for i, v in enumerate(self._outputs)}
         log.debug("session ready: %s, %d steps", engine, len(self._plan.steps) if self._plan else 0)
@@ -122,6 +181,16 @@ class InferenceSession:
 
     def get_modelmeta(self) -> dict[str, str]:
         return dict(self.graph.metadata_props)
+
+    def end_profiling(self) -> str:
+        """Write the profile of the runs so far (SessionOptions.enable_profiling) as a Chrome trace,
+        ``<profile_file_prefix>_<date>.json``, and return its path; "" when not profiling."""
+        if self._plan is None:
+            return self._ort.end_profiling()
+        if self._trace is None:
+            return ""
+        path, self._trace = self._trace.write(), _Trace(self._trace.prefix)
+        return path
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
         if run_options is not None:
@@ -157,6 +226,9 @@ class InferenceSession:
 
     def _execute(self, plan: Plan, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
         """Run this session's ``plan`` on feeds in graph-input order, BLAS limited to ``threads``."""
+        if hook is None and self._trace is not None:
+            with self._trace.run() as hook:
+                return self._execute(plan, ordered, hook)
         if self._blas is not None:
             with self._blas.limit(limits=self.threads):
                 return self._run_plan(plan, ordered, hook=hook)
@@ -223,10 +295,48 @@ def _describe_expected(v: Value) -> str:
     return f"{_type_string(v)} with shape {shape}"
 
 
-def _ort_session(graph: Graph, threads: int | None):
+def _ort_session(graph: Graph, threads: int | None, sess_options: Any = None):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = sess_options if sess_options is not None else ort.SessionOptions()
     if threads:
+        if sess_options is not None and sess_options.intra_op_num_threads not in (0, threads):
+            raise ConfigError(f"threads={threads} and SessionOptions.intra_op_num_threads="
+                              f"{sess_options.intra_op_num_threads} disagree; give one of them")
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(graph.to_proto().SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+class _Trace:
+    """Per-step timings of profiled runs, written as a Chrome trace (chrome://tracing, Perfetto) in
+    the layout onnxruntime's profiler writes: a "Session" event per run, a "Node" event per step."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.start_ns = time.perf_counter_ns()
+        self.started = datetime.now()
+        self.events: list[dict] = []
+
+    @contextmanager
+    def run(self):
+        t0 = time.perf_counter_ns()
+        tid = threading.get_ident()
+
+        def hook(step, inputs: tuple, result: Any, seconds: float) -> None:
+            end = time.perf_counter_ns()
+            dur = int(seconds * 1e9)
+            self._event("Node", f"{step.node_name or step.op_type}_kernel_time", end - dur, dur, tid,
+                        {"op_name": step.op_type, "provider": "tuili"})
+
+        yield hook
+        self._event("Session", "model_run", t0, time.perf_counter_ns() - t0, tid, {})
+
+    def _event(self, cat: str, name: str, start_ns: int, dur_ns: int, tid: int, args: dict) -> None:
+        self.events.append({"cat": cat, "pid": os.getpid(), "tid": tid, "dur": dur_ns // 1000,
+                            "ts": (start_ns - self.start_ns) // 1000, "ph": "X", "name": name, "args": args})
+
+    def write(self) -> str:
+        path = f"{self.prefix}_{self.started:%Y-%m-%d_%H-%M-%S}.json"
+        with open(path, "w") as f:
+            json.dump(self.events, f)
+        return path

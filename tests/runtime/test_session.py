@@ -242,3 +242,21 @@ def test_sess_options_on_the_onnxruntime_engine_are_onnxruntime_s(tmp_path):
     sess = tuili.InferenceSession(_mlp(), engine="onnxruntime", sess_options=so)
     sess.run(None, {"x": np.zeros((1, 8), np.float32)})
     assert sess.end_profiling().startswith(str(tmp_path / "ort"))
+
+
+def test_opt_level_reaches_onnxruntime():
+    import onnxruntime as ort
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for level, name in [(0, "ORT_DISABLE_ALL"), (3, "ORT_ENABLE_ALL")]:
+        sess = tuili.InferenceSession(model, engine="onnxruntime", opt_level=level)
+        assert sess._ort.get_session_options().graph_optimization_level.name == name
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(ConfigError, match="disagree"):
+        tuili.InferenceSession(model, engine="onnxruntime", opt_level=3, sess_options=so)
+    with pytest.raises(ConfigError, match="opt_level must be"):
+        tuili.InferenceSession(model, engine="onnxruntime", opt_level=7)

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a symbolic dimension for --random (default 1)")
     p.add_argument("--engine", default="tuili", choices=["tuili", "onnxruntime"])
-    p.add_argument("-O", "--opt-level", type=int, default=2, choices=range(4), help="graph optimization level (tuili engine)")
+    p.add_argument("-O", "--opt-level", type=int, default=None, choices=range(4),
+                   help="graph optimization level 0-3 (default: 2 on tuili, onnxruntime's own default on onnxruntime)")
     p.add_argument("--compare", action="store_true", help="also run onnxruntime and print the agreement")
     p.add_argument("-o", "--output", help="save outputs to this .npz")
     p.add_argument("--repeat", type=int, default=1, help="run N times and print the mean latency")

@@ -86,12 +86,15 @@ def _check_providers(providers: Sequence[Any] | None, provider_options: Any) -> 
         raise ConfigError("provider_options are not supported by tuili's InferenceSession; pass none")
 
 
-def _settings(sess_options: Any, opt_level: int, threads: int | None) -> _Settings:
+DEFAULT_OPT_LEVEL = 2
+
+
+def _settings(sess_options: Any, opt_level: int | None, threads: int | None) -> _Settings:
     """The tuili engine's settings: ``opt_level``/``threads`` and the SessionOptions fields that map to them
     (intra_op_num_threads -> threads, graph_optimization_level -> opt_level, optimized_model_filepath,
     enable_profiling with profile_file_prefix); any other field away from its default is refused."""
     if sess_options is None:
-        return _Settings(opt_level, threads)
+        return _Settings(DEFAULT_OPT_LEVEL if opt_level is None else opt_level, threads)
     default = type(sess_options)()
     fields = [n for n in dir(default) if not n.startswith("_") and not callable(getattr(default, n))]
     changed = {n for n in fields if getattr(sess_options, n) != getattr(default, n)}
@@ -106,19 +109,20 @@ def _settings(sess_options: Any, opt_level: int, threads: int | None) -> _Settin
         threads = sess_options.intra_op_num_threads
     if "graph_optimization_level" in changed:
         level = _ORT_LEVELS[sess_options.graph_optimization_level.name]
-        if opt_level not in (2, level):  # 2: the default, not a choice that could disagree
+        if opt_level is not None and opt_level != level:
             raise ConfigError(f"opt_level={opt_level} and SessionOptions.graph_optimization_level="
                               f"{sess_options.graph_optimization_level.name} (opt_level {level}) disagree; give one")
         opt_level = level
     prefix = sess_options.profile_file_prefix if sess_options.enable_profiling else None
-    return _Settings(opt_level, threads, sess_options.optimized_model_filepath, prefix)
+    level = DEFAULT_OPT_LEVEL if opt_level is None else opt_level
+    return _Settings(level, threads, sess_options.optimized_model_filepath, prefix)
 
 
 class InferenceSession:
     """Load once, plan once, run many times. Thread-safe: ``run`` keeps no state between calls."""
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
-                 opt_level: int = 2, threads: int | None = None, *, sess_options: Any = None,
+                 opt_level: int | None = None, threads: int | None = None, *, sess_options: Any = None,
                  providers: Sequence[Any] | None = None, provider_options: Sequence[Any] | None = None):
         """``sess_options`` (onnxruntime.SessionOptions): on engine="onnxruntime" it is onnxruntime's own;
         on tuili's engine intra_op_num_threads, graph_optimization_level, optimized_model_filepath (the
@@ -129,7 +133,10 @@ class InferenceSession:
         if engine not in ENGINES:
             raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
         _check_providers(providers, provider_options)
-        settings = _Settings(opt_level, threads) if engine == "onnxruntime" else _settings(sess_options, opt_level, threads)
+        if opt_level is not None and opt_level not in _ORT_LEVELS.values():
+            raise ConfigError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
+        # onnxruntime takes its SessionOptions as they are (_ort_session)
+        settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
         threads = settings.threads
         self.engine = engine
         self.graph = model if isinstance(model, Graph) else load(model)
@@ -145,7 +152,7 @@ class InferenceSession:
         self._input_names = {v.name for v in self.graph.inputs}
         self._outputs = list(self.graph.outputs)
         if engine == "onnxruntime":
-            self._ort = _ort_session(self.graph, threads, sess_options)
+            self._ort = _ort_session(self.graph, threads, opt_level, sess_options)
             self._plan = None
         else:
             # the planner pulls in every kernel: only the tuili engine imports it
@@ -295,10 +302,17 @@ def _describe_expected(v: Value) -> str:
     return f"{_type_string(v)} with shape {shape}"
 
 
-def _ort_session(graph: Graph, threads: int | None, sess_options: Any = None):
+def _ort_session(graph: Graph, threads: int | None, opt_level: int | None, sess_options: Any = None):
+    """onnxruntime's own session; ``opt_level`` 0-3 picks its graph_optimization_level (None: its default)."""
     import onnxruntime as ort
 
     opts = sess_options if sess_options is not None else ort.SessionOptions()
+    if opt_level is not None:
+        want = next(ort.GraphOptimizationLevel.__members__[n] for n, v in _ORT_LEVELS.items() if v == opt_level)
+        if sess_options is not None and opts.graph_optimization_level not in (want, type(opts)().graph_optimization_level):
+            raise ConfigError(f"opt_level={opt_level} and SessionOptions.graph_optimization_level="
+                              f"{opts.graph_optimization_level.name} disagree; give one of them")
+        opts.graph_optimization_level = want
     if threads:
         if sess_options is not None and sess_options.intra_op_num_threads not in (0, threads):
             raise ConfigError(f"threads={threads} and SessionOptions.intra_op_num_threads="

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tuili.backends.base import Backend
-from tuili.errors import InvalidInputError, KernelError, ServerBusyError
+from tuili.errors import DeadlineExceededError, InvalidInputError, KernelError, ServerBusyError
 from tuili.model_config import parse_model_config
 from tuili.serve.scheduler import Scheduler
 from tuili.serve.stats import Metrics, ModelStats
@@ -193,7 +193,7 @@ def test_queue_timeout_rejects():
         await asyncio.sleep(0.5)  # the late request waits far longer than its 100 ms timeout
         gate.set()
         await first
-        with pytest.raises(ServerBusyError, match="timed out"):
+        with pytest.raises(DeadlineExceededError, match="past its deadline"):
             await late
         await s.stop()
     run(main())

@@ -7,6 +7,10 @@
 
 A reload builds the new versions while the old ones serve, swaps them in, then retires the
 replaced ones: requests in flight finish on the version they started on.
+
+Instances run as threads of the server or each in a worker process (``instance_isolation``,
+tuili.backends.worker); a loaded version whose workers are all down is listed UNAVAILABLE (with
+the reason) until they are back, and ``ready`` says so.
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
 from tuili.model_config import ModelSpec
 from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
-from tuili.serve.scheduler import Scheduler
+from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
 from tuili.serve.stats import Metrics, ModelStats
 from tuili.serve.validation import model_feeds
 
@@ -60,6 +65,11 @@ class ModelVersion:
     platform: str
     backend: str
     model_dir: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether it can serve now (False while all its instance workers are down)."""
+        return self.runner.healthy
 
     async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Outputs:
         """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps)."""
@@ -110,10 +120,30 @@ class Dependencies:
         return sorted(e for e, used in self._uses.items() if model in used)
 
 
+class _ProcessInstances:
+    """The repository, but each instance it loads is a worker process (ModelRepository.load_instances
+    creates instances through ``_new_instance``; everything else is the repository's)."""
+
+    def __init__(self, repository: ModelRepository, timeout_s: float):
+        self._repository = repository
+        self._timeout_s = timeout_s
+
+    def __getattr__(self, name: str):
+        return getattr(self._repository, name)
+
+    def _new_instance(self, plan: LoadPlan, version_dir: str, config, index: int, count: int) -> ProcessInstance:
+        b = ProcessInstance(plan.backend, self._timeout_s)
+        b.model_name, b.instance_index, b.instance_count = plan.name, index, count
+        b.load(plan.model_dir, version_dir, config)
+        return b
+
+
 class ModelLifecycle:
-    def __init__(self, repository: ModelRepository, metrics: Metrics):
+    def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE):
+        """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded)."""
         self.repository = repository
         self.metrics = metrics
+        self.max_queue_size = max_queue_size
         self.models: dict[str, Model] = {}
         self.dependencies = Dependencies()
 
@@ -135,14 +165,25 @@ class ModelLifecycle:
                 f"model {name!r} has no ready version {version!r}; ready versions: {', '.join(sorted(model.versions, key=int))}")
         return mv
 
+    def ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (``""`` = its newest version) is loaded and can serve now."""
+        try:
+            return self.get(name, version).ready
+        except ModelNotFoundError:
+            return False
+
     def index(self, ready_only: bool = False) -> list[dict]:
-        """Triton's repository index: one row per servable version, one per model that has none."""
+        """Triton's repository index: one row per loaded version, one per model that has none."""
         out = []
         for name in sorted(set(self.repository.scan()) | set(self.models)):
             model = self.models.get(name)
             if model is not None and model.versions:
-                out += [{"name": name, "version": v, "state": ModelState.READY.value, "reason": ""}
-                        for v in sorted(model.versions, key=int)]
+                for mv in model.sorted_versions():
+                    if mv.ready:
+                        out.append({"name": name, "version": mv.version, "state": ModelState.READY.value, "reason": ""})
+                    elif not ready_only:
+                        out.append({"name": name, "version": mv.version, "state": ModelState.UNAVAILABLE.value,
+                                    "reason": "its instance worker processes are down and restarting"})
             elif not ready_only:
                 state, reason = (model.state, model.reason) if model is not None else (ModelState.UNAVAILABLE, "unloaded")
                 out.append({"name": name, "version": "", "state": state.value, "reason": reason})
@@ -211,9 +252,9 @@ class ModelLifecycle:
                     stats = ModelStats(plan.name, v, self.metrics)
                     runner: Runner = EnsembleRunner(self, plan.name, config, stats)
                 else:
-                    config, instances = await asyncio.to_thread(self.repository.load_instances, plan, vdir)
+                    config, instances = await asyncio.to_thread(self._load_instances, plan, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
-                    runner = Scheduler(plan.name, v, config, instances, stats, loop)
+                    runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
                 versions[v] = ModelVersion(plan.name, v, config, ModelSpec(config, plan.model_dir), stats, runner,
                                            plan.platform, plan.backend, plan.model_dir)
         except BaseException:
@@ -221,6 +262,13 @@ class ModelLifecycle:
                 await self._retire(mv)
             raise
         return versions
+
+    def _load_instances(self, plan: LoadPlan, version_dir: str):
+        """(completed config, instances) of one version, as threads or worker processes (blocking)."""
+        if instance_isolation(plan.config, plan.backend) == "thread":
+            return self.repository.load_instances(plan, version_dir)
+        isolated = _ProcessInstances(self.repository, execution_timeout_s(plan.config))
+        return ModelRepository.load_instances(isolated, plan, version_dir)  # type: ignore[arg-type]
 
     async def _retire(self, mv: ModelVersion) -> None:
         try:

@@ -89,7 +89,10 @@ def infer(url: str, value: float, rows: int = 1):
     x = np.full((rows, 1), value, np.float32)
     i = th.InferInput("X", list(x.shape), "FP32")
     i.set_data_from_numpy(x)
-    return c.infer("faulty", [i]).as_numpy("Y")
+    try:
+        return c.infer("faulty", [i]).as_numpy("Y")
+    finally:
+        c.close()
 
 
 def outcome(url: str, value: float):

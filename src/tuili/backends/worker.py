@@ -23,6 +23,7 @@ import ctypes
 import logging
 import multiprocessing as mp
 import pickle
+import select
 import signal
 import threading
 from multiprocessing.connection import wait
@@ -422,8 +423,8 @@ class ProcessInstance(Backend):
         write(self._requests.buf, writes)
         try:
             conn.send(("run", many, self._requests.name, metas, self._results.name, self._results.shm.size))
-            ready = wait([conn, proc.sentinel], self.timeout_s or None)
-            if not ready:
+            # Only the worker holds the other end of the pipe: its death is an EOF here, no sentinel needed.
+            if self.timeout_s and not select.select([conn.fileno()], [], [], self.timeout_s)[0]:
                 self.kill(f"no answer within execution_timeout_ms={int(self.timeout_s * 1000)}")
                 raise WorkerDiedError(f"{where}: the model did not answer within execution_timeout_ms="
                                       f"{int(self.timeout_s * 1000)}; its worker was killed and restarts")

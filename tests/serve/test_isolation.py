@@ -120,8 +120,10 @@ def _rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def _shm_segments() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+def _shm_mapped(pid: int) -> list[str]:
+    """Shared-memory segments the process still maps (multiprocessing names them psm_*)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return [line.split()[-1] for line in f if "/dev/shm/psm_" in line]
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +167,11 @@ def test_load_unload_cycles_leave_no_workers_and_no_shared_memory(cycling):
     pid = cycling.proc.pid
     _cycle(c)  # the first cycle starts helpers that stay (multiprocessing's resource tracker)
     assert _settled(pid, _children(pid))
-    baseline, segments = _children(pid), _shm_segments()
+    baseline = _children(pid)
     for _ in range(3):
         _cycle(c)
     assert _settled(pid, baseline), f"worker processes left behind: {_children(pid) - baseline}"
-    assert _shm_segments() <= segments
+    assert _shm_mapped(pid) == []
     assert "worker process" in cycling.log()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tuili.backends.base import Backend
-from tuili.errors import InvalidInputError, KernelError, ServerBusyError
+from tuili.errors import DeadlineExceededError, InvalidInputError, KernelError, ServerBusyError
 from tuili.model_config import parse_model_config
 from tuili.serve.scheduler import Scheduler
 from tuili.serve.stats import Metrics, ModelStats
@@ -193,7 +193,7 @@ def test_queue_timeout_rejects():
         await asyncio.sleep(0.5)  # the late request waits far longer than its 100 ms timeout
         gate.set()
         await first
-        with pytest.raises(ServerBusyError, match="timed out"):
+        with pytest.raises(DeadlineExceededError, match="past its deadline"):
             await late
         await s.stop()
     run(main())
@@ -254,5 +254,72 @@ def test_leftover_requests_wake_another_instance():
         assert ok, "the second instance was never woken for the leftover requests"
         assert [float(r["y"][0, 0]) for r in res] == [0, 2, 4, 6]
         assert sorted(bs[0].calls + bs[1].calls) == [2, 2]
+        await s.stop()
+    run(main())
+
+
+def test_queues_are_bounded_by_the_server_default_unless_unbounded():
+    async def main():
+        gate = threading.Event()
+        b = Doubler(gate)
+        cfg = parse_model_config(BATCHING % "", validate=False)
+        s = Scheduler("m", "1", cfg, [b], ModelStats("m", "1", Metrics()), asyncio.get_running_loop(), default_max_queue_size=2)
+        first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
+        await asyncio.to_thread(b.entered.wait, 10)
+        q = [s.enqueue({"x": np.ones((1, 1), np.float32)}, 1) for _ in range(2)]
+        with pytest.raises(ServerBusyError, match="max_queue_size 2"):
+            s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
+        unbounded = Scheduler("u", "1", cfg, [Doubler(gate)], ModelStats("u", "1", Metrics()), asyncio.get_running_loop(),
+                              default_max_queue_size=0)
+        many = [unbounded.enqueue({"x": np.ones((1, 1), np.float32)}, 1) for _ in range(1000)]
+        gate.set()
+        await asyncio.gather(first, *q, *many)
+        await s.stop()
+        await unbounded.stop()
+    run(main())
+
+
+def test_a_request_past_its_deadline_is_answered_at_once_and_never_runs():
+    async def main():
+        gate = threading.Event()
+        b = Doubler(gate)
+        s, stats = make('name: "m" max_batch_size: 8', [b])
+        first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
+        await asyncio.to_thread(b.entered.wait, 10)
+        late = s.enqueue({"x": np.full((1, 1), 7, np.float32)}, 1, timeout_us=50_000)
+        with pytest.raises(DeadlineExceededError, match="did not run"):
+            await late  # answered while the instance is still busy with `first`
+        assert not first.done()
+        gate.set()
+        await first
+        assert b.calls == [1] and stats.pending == 0
+        with pytest.raises(InvalidInputError, match="negative"):
+            s.enqueue({"x": np.ones((1, 1), np.float32)}, 1, timeout_us=-1)
+        await s.stop()
+    run(main())
+
+
+def test_a_cancelled_request_leaves_the_queue():
+    async def main():
+        gate = threading.Event()
+        b = Doubler(gate)
+        s, stats = make(BATCHING % "default_queue_policy { max_queue_size: 1 }", [b])
+        first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
+        await asyncio.to_thread(b.entered.wait, 10)
+
+        async def client():
+            return await s.enqueue({"x": np.full((1, 1), 5, np.float32)}, 1)
+
+        task = asyncio.create_task(client())
+        await asyncio.sleep(0.01)
+        assert s._queued == 1
+        task.cancel()  # the client went away
+        await asyncio.gather(task, return_exceptions=True)
+        assert s._queued == 0 and stats.pending == 1
+        again = s.enqueue({"x": np.full((1, 1), 3, np.float32)}, 1)  # the slot is free again
+        gate.set()
+        await first
+        np.testing.assert_array_equal((await again)["y"], [[6.0]])
+        assert sorted(b.calls) == [1, 1]  # the cancelled request never ran
         await s.stop()
     run(main())

@@ -3,6 +3,8 @@
 Triton's python backend (``import triton_python_backend_utils as pb_utils`` works).
 
 Meant for pre- and post-processing steps (decode images, tokenize, top-k labels) in ensembles.
+The server runs each instance of a python model in a worker process of its own by default
+(tuili.backends.worker): a model that crashes, exits or hangs cannot take the server with it.
 """
 from __future__ import annotations
 

@@ -36,6 +36,10 @@ class EnsembleRunner(Runner):
         self.outputs = [o.name for o in config.output]
         self._stopping = False
 
+    @property
+    def healthy(self) -> bool:
+        return all(self.models.ready(model, version) for model, version, _, _ in self.steps)
+
     async def enqueue(self, feeds: dict, batch: int, priority: int = 0, timeout_us: int = 0) -> Outputs:
         if self._stopping:
             raise ServerBusyError(f"ensemble {self.name!r} is unloading; retry the request")

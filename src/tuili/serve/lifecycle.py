@@ -7,6 +7,10 @@
 
 A reload builds the new versions while the old ones serve, swaps them in, then retires the
 replaced ones: requests in flight finish on the version they started on.
+
+Instances run as threads of the server or each in a worker process (``instance_isolation``,
+tuili.backends.worker); a loaded version whose workers are all down is listed UNAVAILABLE (with
+the reason) until they are back, and ``ready`` says so.
 """
 from __future__ import annotations
 
@@ -17,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
 from tuili.model_config import ModelSpec
 from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
-from tuili.serve.scheduler import Scheduler
+from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
 from tuili.serve.stats import Metrics, ModelStats
 from tuili.serve.validation import model_feeds
 
@@ -60,6 +65,11 @@ class ModelVersion:
     platform: str
     backend: str
     model_dir: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether it can serve now (False while all its instance workers are down)."""
+        return self.runner.healthy
 
     async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Outputs:
         """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps)."""
@@ -111,9 +121,11 @@ class Dependencies:
 
 
 class ModelLifecycle:
-    def __init__(self, repository: ModelRepository, metrics: Metrics):
+    def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE):
+        """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded)."""
         self.repository = repository
         self.metrics = metrics
+        self.max_queue_size = max_queue_size
         self.models: dict[str, Model] = {}
         self.dependencies = Dependencies()
 
@@ -135,14 +147,26 @@ class ModelLifecycle:
                 f"model {name!r} has no ready version {version!r}; ready versions: {', '.join(sorted(model.versions, key=int))}")
         return mv
 
+    def ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (``""`` = its newest version) is loaded and can serve now."""
+        try:
+            return self.get(name, version).ready
+        except ModelNotFoundError:
+            return False
+
     def index(self, ready_only: bool = False) -> list[dict]:
-        """Triton's repository index: one row per servable version, one per model that has none."""
+        """Triton's repository index: one row per loaded version, one per model that has none."""
         out = []
         for name in sorted(set(self.repository.scan()) | set(self.models)):
             model = self.models.get(name)
             if model is not None and model.versions:
-                out += [{"name": name, "version": v, "state": ModelState.READY.value, "reason": model.reason}
-                        for v in sorted(model.versions, key=int)]
+                for mv in model.sorted_versions():
+                    if mv.ready:
+                        out.append({"name": name, "version": mv.version, "state": ModelState.READY.value,
+                                    "reason": model.reason})
+                    elif not ready_only:
+                        out.append({"name": name, "version": mv.version, "state": ModelState.UNAVAILABLE.value,
+                                    "reason": "its instance worker processes are down and restarting"})
             elif not ready_only:
                 state, reason = (model.state, model.reason) if model is not None else (ModelState.UNAVAILABLE, "unloaded")
                 out.append({"name": name, "version": "", "state": state.value, "reason": reason})
@@ -211,16 +235,24 @@ class ModelLifecycle:
                     stats = ModelStats(plan.name, v, self.metrics)
                     runner: Runner = EnsembleRunner(self, plan.name, config, stats)
                 else:
-                    config, instances = await asyncio.to_thread(self.repository.load_instances, plan, vdir)
+                    config, instances = await asyncio.to_thread(self._load_instances, plan, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
-                    runner = Scheduler(plan.name, v, config, instances, stats, loop)
-                versions[v] = ModelVersion(plan.name, v, config, ModelSpec(config, plan.model_dir, allow_paths_outside=plan.allow_paths_outside), stats, runner,
+                    runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
+                spec = ModelSpec(config, plan.model_dir, allow_paths_outside=plan.allow_paths_outside)
+                versions[v] = ModelVersion(plan.name, v, config, spec, stats, runner,
                                            plan.platform, plan.backend, plan.model_dir)
         except BaseException:
             for mv in versions.values():
                 await self._retire(mv)
             raise
         return versions
+
+    def _load_instances(self, plan: LoadPlan, version_dir: str):
+        """(completed config, instances) of one version, as threads or worker processes (blocking)."""
+        if instance_isolation(plan.config, plan.backend) == "thread":
+            return self.repository.load_instances(plan, version_dir)
+        timeout_s = execution_timeout_s(plan.config)
+        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s))
 
     async def _retire(self, mv: ModelVersion) -> None:
         try:

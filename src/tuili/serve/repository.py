@@ -21,11 +21,11 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tuili.backends.base import BACKEND_PLATFORM, backend_class, create_backend, resolve_backend_name
+from tuili.backends.base import BACKEND_PLATFORM, Backend, backend_class, create_backend, resolve_backend_name
 from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError
 from tuili.model_config.paths import resolve_inside
 
@@ -259,15 +259,16 @@ class ModelRepository:
         return LoadPlan(name, d, config, [(str(v), versions[v]) for v in chosen], backend, platform, False, [], sig,
                         bool(config_json), _warned(name, warnings), outside)
 
-    def load_instances(self, plan: LoadPlan, version_dir: str):
-        """Load the instance group of one version: returns (completed config, [backend instances])."""
+    def load_instances(self, plan: LoadPlan, version_dir: str, new_backend: Callable[[str], Backend] = create_backend):
+        """Load the instance group of one version: returns (completed config, [backend instances]).
+        ``new_backend(name)`` makes one unloaded instance (a thread's backend, or a worker process's)."""
         from tuili import model_config as cfg
 
         config = plan.config
         count = sum(max(1, int(g.count)) for g in config.instance_group) or 1
         instances = []
         try:
-            first = self._new_instance(plan, version_dir, config, 0, count)
+            first = _new_instance(new_backend, plan, version_dir, config, 0, count)
             instances.append(first)
             supports_batching = plan.backend in ("onnxruntime", "tuili", "pytorch")
             config = cfg.autocomplete(config, first.inputs, first.outputs, supports_batching, model_dir=plan.model_dir,
@@ -277,7 +278,7 @@ class ModelRepository:
                 if plan.backend in ("onnxruntime", "pytorch"):
                     config.platform = plan.platform
             for i in range(1, count):
-                instances.append(self._new_instance(plan, version_dir, config, i, count))
+                instances.append(_new_instance(new_backend, plan, version_dir, config, i, count))
         except BaseException:
             for b in instances:
                 try:
@@ -287,14 +288,17 @@ class ModelRepository:
             raise
         return config, instances
 
-    def _new_instance(self, plan: LoadPlan, version_dir: str, config, index: int, count: int):
-        b = create_backend(plan.backend)
-        b.model_name = plan.name
-        b.instance_index = index
-        b.instance_count = count
-        b.allow_paths_outside = plan.allow_paths_outside
-        b.load(plan.model_dir, version_dir, config)
-        return b
+
+
+def _new_instance(new_backend: Callable[[str], Backend], plan: LoadPlan, version_dir: str, config, index: int,
+                  count: int) -> Backend:
+    b = new_backend(plan.backend)
+    b.model_name = plan.name
+    b.instance_index = index
+    b.instance_count = count
+    b.allow_paths_outside = plan.allow_paths_outside
+    b.load(plan.model_dir, version_dir, config)
+    return b
 
 
 def _read_text(path: str) -> str | None:

@@ -2,6 +2,7 @@
 
     enqueue(feeds, batch, priority, timeout_us) -> awaitable outputs
     inflight                                    -> requests accepted and not yet answered
+    healthy                                     -> whether it can serve now
     stop()                                      -> finish what was accepted, refuse the rest, free the instances
 
 The per-model ``Scheduler`` (queues, dynamic batcher, instance threads) and the ``EnsembleRunner``
@@ -34,6 +35,11 @@ class Runner(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Let the accepted requests finish, refuse new ones and release what the runner holds."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether it can serve now (a scheduler whose instance workers are all down cannot)."""
+        return True
 
     @property
     def inflight(self) -> int:

@@ -9,6 +9,17 @@ Dynamic batching (Triton's knobs): ``max_batch_size``, ``preferred_batch_size``,
 ``max_queue_delay_microseconds``. Requests of different batch sizes are concatenated along
 dim 0 and the results split back. With zero delay a free instance takes *everything already
 queued* (up to max_batch_size) rather than the first request alone.
+
+Backpressure and deadlines: every queue is bounded (the queue policy's ``max_queue_size``, else
+the server's default; unbounded only when the server is told so) and a full queue refuses at
+once with ServerBusyError. A request's deadline (its ``timeout`` parameter in microseconds, else
+the policy's ``default_timeout_microseconds``) is enforced on the loop by a timer and again when a
+batch is formed: an expired request never runs and gets DeadlineExceededError. A request whose
+client went away (its awaiting task cancelled) leaves the queue at once.
+
+Instances in worker processes (tuili.backends.worker) may die and restart: an instance thread
+waits for its worker to be back before it takes work, a batch in flight on a dying worker fails
+with WorkerDiedError, and ``healthy`` says whether any instance can serve.
 """
 from __future__ import annotations
 
@@ -20,22 +31,30 @@ from collections import deque
 
 import numpy as np
 
-from tuili.errors import InvalidInputError, KernelError, ServerBusyError, TuiliError
+from tuili.errors import DeadlineExceededError, InvalidInputError, KernelError, ServerBusyError, TuiliError, WorkerDiedError
 from tuili.serve.runner import Runner
 
 log = logging.getLogger(__name__)
 _now = time.monotonic_ns
 
+#: Requests one priority level of a model may hold queued when its config sets no max_queue_size.
+DEFAULT_MAX_QUEUE_SIZE = 256
+#: How long stop() lets accepted requests finish before it refuses the queued ones and kills workers.
+STOP_GRACE_S = 30.0
+
 
 class Pending:
-    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "result", "error")
+    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error")
 
-    def __init__(self, feeds, batch, fut, t_enqueue, deadline):
+    def __init__(self, feeds, batch, fut, t_enqueue, deadline, level):
         self.feeds = feeds
         self.batch = batch
         self.fut = fut
         self.t_enqueue = t_enqueue
         self.deadline = deadline
+        self.level = level
+        self.queued = True  # False once a worker took it or it left the queue
+        self.timer = None
         self.result = None
         self.error = None
 
@@ -66,7 +85,9 @@ def _set_results(items: list[Pending]) -> None:
 class Scheduler(Runner):
     """The Runner of one model version with backend instances."""
 
-    def __init__(self, model: str, version: str, config, instances: list, stats, loop: asyncio.AbstractEventLoop):
+    def __init__(self, model: str, version: str, config, instances: list, stats, loop: asyncio.AbstractEventLoop,
+                 default_max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE):
+        """``default_max_queue_size``: the bound of a queue whose policy sets none; 0 = unbounded."""
         super().__init__()
         self.model, self.version = model, version
         self.instances = instances
@@ -88,6 +109,9 @@ class Scheduler(Runner):
             for lvl, pol in db.priority_queue_policy.items():
                 if 1 <= int(lvl) <= self.levels:
                     self.policies[int(lvl) - 1] = QueuePolicy(pol)
+        # the bound of each level's queue (0 = unbounded)
+        self.max_queued = [p.max_queue_size or default_max_queue_size for p in self.policies]
+        self.stop_grace_s = STOP_GRACE_S
         self.queues: list[deque[Pending]] = [deque() for _ in range(self.levels)]
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle workers wait here
@@ -105,7 +129,12 @@ class Scheduler(Runner):
 
     # ------------------------------------------------------------------ event-loop side
     def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
-        """Queue one request; refusals raise at once, the future holds the outputs or the error of running it."""
+        """Queue one request; refusals raise at once, the future holds the outputs or the error of running it.
+
+        ``timeout_us``: the request's deadline from now in microseconds (0 = the policy's default)."""
+        if timeout_us < 0:
+            raise InvalidInputError(f"request to model {self.model!r}: timeout {timeout_us} is negative; give microseconds >= 0 "
+                                    f"(0 = the model's default)")
         if priority and self.has_priorities:
             if not 1 <= priority <= self.levels:
                 raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
@@ -118,15 +147,16 @@ class Scheduler(Runner):
         if timeout_us and (pol.allow_override or not timeout_ns):
             timeout_ns = int(timeout_us) * 1000
         fut = self.loop.create_future()
-        item = Pending(feeds, batch, fut, now, now + timeout_ns if timeout_ns else 0)
+        item = Pending(feeds, batch, fut, now, now + timeout_ns if timeout_ns else 0, level)
+        limit = self.max_queued[level]
         with self._lock:
             if self._stopping:
                 raise ServerBusyError(f"model {self.model!r} version {self.version} is unloading; retry the request")
             q = self.queues[level]
-            if pol.max_queue_size and len(q) >= pol.max_queue_size:
+            if limit and len(q) >= limit:
                 raise ServerBusyError(
                     f"queue of model {self.model!r} (priority level {level + 1}) is full: {len(q)} requests, "
-                    f"max_queue_size {pol.max_queue_size}; retry later or raise max_queue_size"
+                    f"max_queue_size {limit}; retry later or raise max_queue_size"
                 )
             q.append(item)
             self._queued += 1
@@ -136,25 +166,67 @@ class Scheduler(Runner):
                 self._work.notify()
         self._accepted()
         self.stats.pending += 1
-        fut.add_done_callback(self._answered)
+        if item.deadline and self.policies[level].reject_on_timeout:
+            item.timer = self.loop.call_later(timeout_ns / 1e9, self._deadline_passed, item)
+        fut.add_done_callback(lambda f: self._answered(item))
         return fut
 
-    def _answered(self, fut) -> None:
+    def _unqueue(self, item: Pending) -> bool:
+        """Take a request out of its queue if it is still there (event loop side)."""
+        with self._lock:
+            if not item.queued:
+                return False
+            item.queued = False
+            self.queues[item.level].remove(item)
+            self._queued -= 1
+            return True
+
+    def _deadline_passed(self, item: Pending) -> None:
+        if self._unqueue(item) and not item.fut.done():
+            item.fut.set_exception(self._deadline_error(item, _now()))
+
+    def _deadline_error(self, item: Pending, now: int) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"request to model {self.model!r} waited {(now - item.t_enqueue) // 1000} us in the queue, past its deadline of "
+            f"{(item.deadline - item.t_enqueue) // 1000} us; it did not run. Retry, or raise the timeout / "
+            f"default_timeout_microseconds")
+
+    def _answered(self, item: Pending) -> None:
+        if item.fut.cancelled():  # the client went away: its request leaves the queue
+            self._unqueue(item)
+        if item.timer is not None:
+            item.timer.cancel()
         self.stats.pending -= 1
         super()._answered()
 
+    @property
+    def healthy(self) -> bool:
+        """False while no instance can serve (every worker process down or restarting)."""
+        return any(getattr(b, "ready", True) for b in self.instances)
+
     async def stop(self) -> None:
-        """Finish what is queued, stop the workers and unload the instances."""
-        await self.drain()
+        """Finish what is queued, stop the workers and unload the instances.
+
+        After ``stop_grace_s`` the queued requests are refused and worker processes killed (their
+        requests fail), so a hung model cannot block an unload."""
+        try:
+            await asyncio.wait_for(self.drain(), self.stop_grace_s)
+        except TimeoutError:
+            log.warning("model %s version %s: %d requests still unanswered after %.0f s; refusing the queued ones and "
+                        "killing the instance workers", self.model, self.version, self.inflight, self.stop_grace_s)
+            self._abandon()
+            await asyncio.wait_for(self.drain(), self.stop_grace_s)
         with self._lock:
             self._stopping = True
             self._work.notify_all()
             self._form.notify_all()
 
         def join_and_unload():
-            for t in self.threads:
-                t.join()
-            for b in self.instances:
+            for t, b in zip(self.threads, self.instances):
+                t.join(self.stop_grace_s)
+                if t.is_alive():
+                    log.error("model %s: an instance thread is stuck in the model; leaving it behind", self.model)
+                    continue
                 try:
                     b.unload()
                 except Exception:
@@ -162,8 +234,28 @@ class Scheduler(Runner):
 
         await asyncio.to_thread(join_and_unload)
 
+    def _abandon(self) -> None:
+        with self._lock:
+            self._stopping = True
+            queued = [it for q in self.queues for it in q]
+            for q in self.queues:
+                q.clear()
+            for it in queued:
+                it.queued = False
+            self._queued = 0
+            self._work.notify_all()
+            self._form.notify_all()
+        for it in queued:
+            it.error = ServerBusyError(f"model {self.model!r} version {self.version} is unloading; retry the request")
+        _set_results(queued)
+        for b in self.instances:
+            kill = getattr(b, "kill", None)
+            if kill is not None:
+                kill("the model is unloading and the request did not finish in time")
+
     # ------------------------------------------------------------------ worker side
     def _expire(self, now: int, rejected: list[Pending]) -> None:
+        """Move the requests past their deadline (policy REJECT) from the queues to ``rejected``."""
         for lvl, q in enumerate(self.queues):
             if not q or not self.policies[lvl].reject_on_timeout:
                 continue
@@ -171,10 +263,8 @@ class Scheduler(Runner):
                 keep = deque()
                 for it in q:
                     if it.deadline and it.deadline <= now:
-                        it.error = ServerBusyError(
-                            f"request to model {self.model!r} timed out after {(now - it.t_enqueue) // 1000} us in the queue; "
-                            f"retry, or raise the timeout / default_timeout_microseconds"
-                        )
+                        it.queued = False
+                        it.error = self._deadline_error(it, now)
                         rejected.append(it)
                         self._queued -= 1
                     else:
@@ -197,7 +287,9 @@ class Scheduler(Runner):
         taken = []
         for q in self.queues:
             while q and len(taken) < n:
-                taken.append(q.popleft())
+                it = q.popleft()
+                it.queued = False
+                taken.append(it)
             if len(taken) == n:
                 break
         self._queued -= len(taken)
@@ -219,7 +311,8 @@ class Scheduler(Runner):
     def _next_batch(self, rejected: list[Pending]) -> list[Pending]:
         """Called with the lock held and at least one request queued."""
         if not self.dynamic:
-            return self._take(1)
+            self._expire(_now(), rejected)
+            return self._take(1) if self._queued else []
         while True:
             now = _now()
             self._expire(now, rejected)
@@ -240,7 +333,10 @@ class Scheduler(Runner):
                 self._forming = False
 
     def _worker(self, backend) -> None:
+        wait_ready = getattr(backend, "wait_ready", None)  # an instance in a worker process that may restart
         while True:
+            while wait_ready is not None and not backend.ready and not self._stopping:
+                wait_ready(0.25)
             rejected: list[Pending] = []
             with self._lock:
                 while not self._queued and not self._stopping:
@@ -287,7 +383,7 @@ class Scheduler(Runner):
                     start = end
                 t3 = _now()
         except Exception as e:
-            if len(batch) > 1 and not self.wants_request_list:
+            if len(batch) > 1 and not self.wants_request_list and not isinstance(e, WorkerDiedError):
                 # Isolate the failing request: the others must not be disturbed.
                 log.debug("model %s: batched execution failed (%s); running the %d requests one by one", self.model, e, len(batch))
                 for it in batch:

@@ -1,0 +1,216 @@
+"""Worker-process isolation and backpressure (issue 11): what they cost and what they buy.
+
+1. Throughput of one process-isolated instance (``instance_isolation: process``: the model runs in
+   a worker process, tensors cross through shared memory) beside one in-process thread instance of
+   the same model, served by the same `tuili serve`, over gRPC: ResNet-18 and the digits CNN.
+   Goals: >= 0.9x on ResNet-18, >= 0.7x on the digits CNN.
+2. A 10x overload: open-loop requests at ten times what a model can serve, with a bounded queue
+   and a per-request deadline; the latency of the refusals (goal p99 < 10 ms), and whether the
+   accepted requests met their deadline.
+
+    .venv/bin/python benchmarks/isolation.py            # ~2 minutes
+    .venv/bin/python benchmarks/isolation.py --seconds 3 --concurrency 1
+
+The load generator runs in this process (asyncio, tritonclient's gRPC aio client) on the same
+cores as the server. Prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve import start_server  # noqa: E402  (benchmarks/serve.py: a `tuili serve` subprocess on free ports)
+
+MODELS = {  # zoo name -> (input shape of one request, classes)
+    "resnet18": ((1, 3, 224, 224), 1000),
+    "digits_cnn": ((1, 1, 8, 8), 10),
+}
+CONFIG = """
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: 16
+input [ {{ name: "input" data_type: TYPE_FP32 dims: {dims} }} ]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {classes} ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 0 }}
+parameters {{ key: "instance_isolation" value: {{ string_value: "{isolation}" }} }}
+"""
+SLOW_PY = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            time.sleep(SECONDS)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())]))
+        return out
+'''
+SLOW_CONFIG = """
+name: "slow"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+dynamic_batching { default_queue_policy { max_queue_size: 8 } }
+"""
+
+
+def build_repo(root: str, service_s: float) -> str:
+    from tuili import zoo
+
+    for model, (shape, classes) in MODELS.items():
+        path = os.path.join(root, f"{model}.onnx")
+        zoo.export(model, path)
+        for isolation in ("thread", "process"):
+            d = os.path.join(root, "repo", f"{model}_{isolation}")
+            os.makedirs(os.path.join(d, "1"), exist_ok=True)
+            shutil.copyfile(path, os.path.join(d, "1", "model.onnx"))
+            with open(os.path.join(d, "config.pbtxt"), "w") as f:
+                f.write(CONFIG.format(name=f"{model}_{isolation}", dims=list(shape[1:]), classes=classes, isolation=isolation))
+    d = os.path.join(root, "repo", "slow")
+    os.makedirs(os.path.join(d, "1"), exist_ok=True)
+    with open(os.path.join(d, "1", "model.py"), "w") as f:
+        f.write(SLOW_PY.replace("SECONDS", repr(service_s)))
+    with open(os.path.join(d, "config.pbtxt"), "w") as f:
+        f.write(SLOW_CONFIG)
+    return os.path.join(root, "repo")
+
+
+async def closed_loop(url: str, model: str, shape, concurrency: int, seconds: float, warmup: float) -> float:
+    """Inferences per second with ``concurrency`` clients each sending the next request on an answer."""
+    import tritonclient.grpc.aio as tc
+
+    client = tc.InferenceServerClient(url)
+    inp = tc.InferInput("input", list(shape), "FP32")
+    inp.set_data_from_numpy(np.random.rand(*shape).astype(np.float32))
+    done = 0
+    t_measure = time.perf_counter() + warmup
+    t_end = t_measure + seconds
+
+    async def worker():
+        nonlocal done
+        while (t := time.perf_counter()) < t_end:
+            await client.infer(model, [inp])
+            if t >= t_measure and time.perf_counter() <= t_end:
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await client.close()
+    return done / seconds
+
+
+async def overload(url: str, rate: float, seconds: float, deadline_us: int) -> dict:
+    """Open loop: ``rate`` requests/s to the slow model, each with a deadline; latencies by outcome."""
+    import grpc
+    import tritonclient.grpc.aio as tc
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(url)
+    inp = tc.InferInput("X", [1], "FP32")
+    inp.set_data_from_numpy(np.zeros(1, np.float32))
+    lat: dict[str, list[float]] = {"ok": [], "refused": [], "expired": [], "other": []}
+
+    async def one():
+        t0 = time.perf_counter()
+        try:
+            await client.infer("slow", [inp], timeout=deadline_us)
+            kind = "ok"
+        except InferenceServerException as e:
+            status = e.status() or ""
+            kind = ("refused" if status == str(grpc.StatusCode.UNAVAILABLE) else
+                    "expired" if status == str(grpc.StatusCode.DEADLINE_EXCEEDED) else "other")
+        lat[kind].append((time.perf_counter() - t0) * 1000)
+
+    tasks = []
+    t_start = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        delay = t_start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    await client.close()
+    return lat
+
+
+def pct(xs: list[float], q: float) -> str:
+    return f"{np.percentile(xs, q):.1f}" if xs else "-"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per throughput cell")
+    p.add_argument("--warmup", type=float, default=1.5)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--service-ms", type=float, default=20.0, help="time the overloaded model takes per request")
+    p.add_argument("--overload-seconds", type=float, default=4.0)
+    p.add_argument("--deadline-ms", type=float, default=250.0, help="the timeout each overload request carries")
+    args = p.parse_args(argv)
+
+    workdir = tempfile.mkdtemp(prefix="tuili-bench-isolation-")
+    rows, lat = [], None
+    try:
+        repo = build_repo(workdir, args.service_ms / 1000)
+        proc, ports = start_server(repo, workdir)
+        url = f"127.0.0.1:{ports['grpc']}"
+        try:
+            for model, (shape, _) in MODELS.items():
+                for c in args.concurrency:
+                    r = {}
+                    for isolation in ("thread", "process", "thread", "process"):  # interleaved: drift hits both alike
+                        print(f"{model} {isolation} concurrency {c} ...", file=sys.stderr)
+                        r.setdefault(isolation, []).append(
+                            asyncio.run(closed_loop(url, f"{model}_{isolation}", shape, c, args.seconds / 2, args.warmup)))
+                    rows.append((model, c, float(np.mean(r["thread"])), float(np.mean(r["process"]))))
+            rate = 10 * 1000 / args.service_ms
+            print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
+            lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    from tuili.runtime import cpu
+
+    print(f"\n### Process-isolated vs thread instances: one instance, onnxruntime backend, gRPC, {cpu.info().describe()}\n")
+    print("| model | concurrency | thread (infer/s) | process (infer/s) | process / thread | goal |")
+    print("|---|---:|---:|---:|---:|---:|")
+    goals = {"resnet18": 0.9, "digits_cnn": 0.7}
+    for model, c, t, pr in rows:
+        print(f"| {model} | {c} | {t:.1f} | {pr:.1f} | {pr / t:.2f} | >= {goals[model]} |")
+    if lat is not None:
+        total = sum(len(v) for v in lat.values())
+        print(f"\n### 10x overload: {10 * 1000 / args.service_ms:.0f} requests/s for {args.overload_seconds:.0f} s to a python model "
+              f"serving {1000 / args.service_ms:.0f}/s (one instance, max_queue_size 8, timeout {args.deadline_ms:.0f} ms)\n")
+        print("| outcome | requests | p50 (ms) | p99 (ms) | max (ms) |")
+        print("|---|---:|---:|---:|---:|")
+        for kind, label in (("ok", "answered"), ("refused", "refused: queue full (UNAVAILABLE)"),
+                            ("expired", "expired before running (DEADLINE_EXCEEDED)"), ("other", "other errors")):
+            xs = lat[kind]
+            print(f"| {label} | {len(xs)} | {pct(xs, 50)} | {pct(xs, 99)} | {max(xs) if xs else 0:.1f} |")
+        late = sum(1 for x in lat["ok"] if x > args.deadline_ms + args.service_ms)
+        print(f"\n{total} requests, every one answered; refusal p99 {pct(lat['refused'], 99)} ms (goal < 10 ms); "
+              f"answered requests finishing later than deadline + one service time: {late}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Fault tests: python models that raise, exit, segfault or hang, and worker processes killed
+mid-batch, against a real `tuili serve`. Every request gets an answer, the server and the other
+models are untouched, and the model serves again after its worker restarts."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+from tests.serve.repo_builder import _save, _write, add_sub_model
+
+# X picks what the model does: 0 echo, 1 raise, 2 os._exit, 3 segfault, 4 hang, 5 echo after 0.5 s (once per batch).
+FAULTY_PY = '''
+import ctypes
+import os
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        marker = os.path.join(args["model_repository"], "healthy")
+        if not os.path.exists(marker):
+            raise RuntimeError("the marker file is missing")
+
+    def execute(self, requests):
+        xs = [pb_utils.get_input_tensor_by_name(r, "X").as_numpy() for r in requests]
+        if any(int(x.reshape(-1)[0]) == 5 for x in xs):
+            time.sleep(0.5)
+        out = []
+        for x in xs:
+            what = int(x.reshape(-1)[0])
+            if what == 1:
+                raise ValueError("the model raised on purpose")
+            if what == 2:
+                os._exit(3)
+            if what == 3:
+                ctypes.string_at(0)
+            if what == 4:
+                time.sleep(3600)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+        return out
+'''
+
+WAIT_S = 5.0  # every request must be answered within this (a hang fails the test)
+
+
+def build_faulty_repository(root: str) -> str:
+    _write(f"{root}/faulty/1/model.py", FAULTY_PY)
+    _write(f"{root}/faulty/healthy", "")
+    _write(f"{root}/faulty/config.pbtxt", """
+        name: "faulty"
+        backend: "python"
+        max_batch_size: 8
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        dynamic_batching { max_queue_delay_microseconds: 20000 }
+        parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }
+    """)
+    _save(add_sub_model(), f"{root}/add_sub/1/model.onnx")
+    _write(f"{root}/add_sub/config.pbtxt", """
+        name: "add_sub"
+        backend: "onnxruntime"
+        max_batch_size: 8
+        input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+        output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+    """)
+    return root
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, server_factory):
+    repo = build_faulty_repository(str(tmp_path_factory.mktemp("faulty_repo")))
+    srv = server_factory(repo)
+    yield srv, repo
+    srv.stop()
+
+
+def infer(url: str, value: float, rows: int = 1):
+    c = th.InferenceServerClient(url, network_timeout=WAIT_S, connection_timeout=WAIT_S)
+    x = np.full((rows, 1), value, np.float32)
+    i = th.InferInput("X", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    try:
+        return c.infer("faulty", [i]).as_numpy("Y")
+    finally:
+        c.close()
+
+
+def outcome(url: str, value: float):
+    """The answer (array) or the server's error: (status, message); a hang raises."""
+    try:
+        return infer(url, value)
+    except InferenceServerException as e:
+        if e.status() is None:  # no HTTP answer at all (timeout, connection): that is the failure we test for
+            raise
+        return int(e.status()), e.message()
+
+
+def add_sub_works(url: str) -> bool:
+    c = th.InferenceServerClient(url, network_timeout=WAIT_S)
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+    ins = [th.InferInput("INPUT0", [1, 16], "FP32"), th.InferInput("INPUT1", [1, 16], "FP32")]
+    ins[0].set_data_from_numpy(a)
+    ins[1].set_data_from_numpy(a)
+    return bool(np.array_equal(c.infer("add_sub", ins).as_numpy("OUTPUT0"), 2 * a))
+
+
+def serves_again(url: str, within: float = 60.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        r = outcome(url, 0)
+        if isinstance(r, np.ndarray):
+            return True
+        assert r[0] == 503, r  # restarting: unavailable, never anything else
+        time.sleep(0.1)
+    return False
+
+
+def worker_pids(srv) -> list[int]:
+    return [int(p) for p in re.findall(r"model faulty instance 0: worker process (\d+) started", srv.log())]
+
+
+def test_a_model_that_raises_answers_an_error_and_keeps_serving(faulty):
+    srv, _ = faulty
+    status, msg = outcome(srv.http, 1)
+    assert status == 500 and "raised on purpose" in msg
+    np.testing.assert_array_equal(infer(srv.http, 0), [[0.0]])
+    assert len(worker_pids(srv)) == 1  # no restart was needed
+
+
+@pytest.mark.parametrize("value, death", [(2, "exited with code 3"), (3, "was killed by SIGSEGV"), (4, "execution_timeout_ms=1000")])
+def test_a_worker_that_dies_or_hangs_is_answered_logged_and_restarted(faulty, value, death):
+    srv, _ = faulty
+    started = len(worker_pids(srv))
+    status, msg = outcome(srv.http, value)
+    assert status == 503 and "faulty" in msg, msg
+    assert death in msg or value != 4
+    assert serves_again(srv.http)
+    assert len(worker_pids(srv)) == started + 1
+    assert death in srv.log()
+    assert add_sub_works(srv.http)
+
+
+def test_sigkill_mid_batch_answers_every_request_and_recovers(faulty):
+    srv, _ = faulty
+    np.testing.assert_array_equal(infer(srv.http, 0), [[0.0]])
+    pid = worker_pids(srv)[-1]
+    with cf.ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(outcome, srv.http, 5) for _ in range(8)]
+        time.sleep(0.2)  # the batch is inside the model (it sleeps 0.5 s)
+        os.kill(pid, signal.SIGKILL)
+        results = [f.result(timeout=WAIT_S) for f in futs]
+    for r in results:  # each either ran before the kill or was answered 503
+        assert isinstance(r, np.ndarray) or r[0] == 503, r
+    assert any(not isinstance(r, np.ndarray) and "SIGKILL" in r[1] for r in results)
+    assert serves_again(srv.http)
+    assert f"worker process {pid} was killed by SIGKILL" in srv.log()
+    assert srv.proc.poll() is None
+
+
+def test_health_follows_the_workers(faulty):
+    """A model whose worker is down is UNAVAILABLE in the index until it is back (here the
+    restart fails until the marker file returns)."""
+    srv, repo = faulty
+    c = th.InferenceServerClient(srv.http, network_timeout=WAIT_S)
+    np.testing.assert_array_equal(infer(srv.http, 0), [[0.0]])
+    os.remove(os.path.join(repo, "faulty", "healthy"))
+    try:
+        assert outcome(srv.http, 2)[0] == 503
+        for _ in range(300):
+            if "restarting the worker failed" in srv.log():
+                break
+            time.sleep(0.1)
+        assert "the marker file is missing" in srv.log()
+        row = next(m for m in c.get_model_repository_index() if m["name"] == "faulty")
+        assert row["state"] == "UNAVAILABLE" and "restarting" in row["reason"], row
+        assert add_sub_works(srv.http)  # the other models are untouched
+    finally:
+        _write(os.path.join(repo, "faulty", "healthy"), "")
+    assert serves_again(srv.http)
+    row = next(m for m in c.get_model_repository_index() if m["name"] == "faulty")
+    assert row["state"] == "READY"

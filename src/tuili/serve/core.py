@@ -243,8 +243,9 @@ class InferenceServer:
         self._asked.add(name)
         try:
             await self.models.load(name, config_json=config)
-        except TuiliError as e:  # Triton's words first: clients match on them
-            raise type(e)(f"failed to load {_quoted(name)}: {e}") from e
+        except TuiliError as e:  # Triton's words first: clients match on them; the class (and status) kept
+            plain = next(c for c in type(e).__mro__ if c.__module__ == TuiliError.__module__)
+            raise plain(f"failed to load {_quoted(name)}: {e}") from e
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Unload ``name`` (and the ensembles that use it if asked). Explicit mode only."""

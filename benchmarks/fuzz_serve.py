@@ -7,7 +7,9 @@ with fields replaced by arbitrary values, garbage bodies and protobuf, compressi
 nesting, absurd shapes) and, after every ``--good-every`` of them, good requests to each model
 whose answers are checked. Prints a markdown table: requests, answers by class, 5xx / server
 errors, server deaths (the server is restarted and the count goes on) and good-after-bad failures.
-``--src`` serves another checkout's sources (to compare with an older tuili).
+``--src`` serves another checkout's sources (to compare with an older tuili). Then one gzip bomb
+(about 1 MB inflating to 1 GiB) against a server with the default limits, with health probes
+meanwhile: its answer, the longest health probe and the server's peak RSS.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zlib
 
 import grpc
 import httpx
@@ -41,8 +45,8 @@ from tests.serve.fuzz_requests import (  # noqa: E402
 
 
 class Server:
-    def __init__(self, repo: str, src: str, workdir: str):
-        self.repo, self.src, self.workdir = repo, src, workdir
+    def __init__(self, repo: str, src: str, workdir: str, max_body: int = FUZZ_MAX_BODY):
+        self.repo, self.src, self.workdir, self.max_body = repo, src, workdir, max_body
         self.start()
 
     def start(self) -> None:
@@ -52,7 +56,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuili.cli", "serve", "--model-repository", self.repo, "--host", "127.0.0.1",
              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready,
-             "--max-body-bytes", str(FUZZ_MAX_BODY)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+             "--max-body-bytes", str(self.max_body)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         while not os.path.exists(ready):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tuili serve exited with {self.proc.returncode}")
@@ -134,6 +138,40 @@ def fuzz(server: Server, protocol: str, n: int, good_every: int) -> collections.
     return counts
 
 
+def gzip_bomb(size: int = 1 << 30) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * (1 << 24)
+    return b"".join([*(z.compress(block) for _ in range(size // len(block))), z.flush()])
+
+
+def bomb(server: Server) -> dict:
+    """Send one gzip bomb; probe /v2/health/live every 10 ms meanwhile."""
+    body = gzip_bomb()
+    probes: list[float] = []
+    done = threading.Event()
+
+    def probe():
+        with httpx.Client(base_url=f"http://{server.http}", timeout=60) as c:
+            while not done.is_set():
+                t = time.perf_counter()
+                c.get("/v2/health/live")
+                probes.append(time.perf_counter() - t)
+                time.sleep(0.01)
+
+    th_ = threading.Thread(target=probe)
+    th_.start()
+    t = time.perf_counter()
+    r = httpx.post(f"http://{server.http}/v2/models/add_sub/infer", content=body, headers={"Content-Encoding": "gzip"}, timeout=120)
+    seconds = time.perf_counter() - t
+    done.set()
+    th_.join()
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        hwm = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    return {"compressed MB": round(len(body) / 1e6, 2), "answer": f"{r.status_code} {r.json().get('error', '')[:60]}",
+            "seconds": round(seconds, 3), "longest health probe ms": round(1000 * max(probes or [0]), 1),
+            "server peak RSS MB": round(int(hwm) / 1024)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000, help="fuzzed requests per protocol")
@@ -152,12 +190,21 @@ def main() -> None:
                 rows[protocol]["seconds"] = round(time.perf_counter() - t)
         finally:
             server.stop()
+        server = Server(repo, args.src, tmp, max_body=64 * 1024 * 1024)
+        try:
+            bombed = bomb(server)
+        finally:
+            server.stop()
     keys = ["requests", "5xx / server errors", "server deaths", "good requests", "good-after-bad failures", "transport errors", "seconds"]
     print("| protocol | " + " | ".join(keys) + " | answers |")
     print("|---" * (len(keys) + 2) + "|")
     for protocol, c in rows.items():
         answers = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in keys)
         print(f"| {protocol} | " + " | ".join(str(c.get(k, 0)) for k in keys) + f" | {answers} |")
+    print()
+    print("| gzip bomb, default limits | " + " | ".join(bombed) + " |")
+    print("|---" * (len(bombed) + 1) + "|")
+    print("| 1 GiB of zeros | " + " | ".join(str(v) for v in bombed.values()) + " |")
 
 
 if __name__ == "__main__":

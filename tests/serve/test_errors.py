@@ -27,12 +27,13 @@ SAME_MEANING = {
     413: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
     504: "DEADLINE_EXCEEDED",
+    408: "DEADLINE_EXCEEDED",  # a body that stalled: gRPC frames its own, so only HTTP answers this
     501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
 }
 
 TUILI_ERRORS = [c for _, c in inspect.getmembers(tuili.errors, inspect.isclass) if issubclass(c, tuili.errors.TuiliError)]
-SERVE_ERRORS = [E.RequestTooLargeError, UnknownDTypeError]
+SERVE_ERRORS = [E.RequestTooLargeError, E.RequestTimeoutError, UnknownDTypeError]
 
 
 def test_every_tuili_error_class_has_its_own_row():
@@ -49,6 +50,9 @@ def test_both_adapters_give_the_same_status(cls):
     code = grpc_server.status_for(exc)
     assert SAME_MEANING[r.status_code] == code.name, f"{cls.__name__}: HTTP {r.status_code} but gRPC {code.name}"
     assert (r.status_code, code.name) == (E.status_of(exc).http, E.status_of(exc).grpc)
+    # a busy server or a restarting worker tells HTTP clients when to come back
+    busy = issubclass(cls, (tuili.errors.ServerBusyError, tuili.errors.WorkerDiedError))
+    assert (r.headers.get("retry-after") == "1") == busy
     body = json.loads(r.body)
     assert body == {"error": E.message_of(exc)}
     if issubclass(cls, tuili.errors.TuiliError):

@@ -580,3 +580,116 @@ def test_bad_requests_do_not_disturb_concurrent_good_ones(server):
     assert not errors, errors
     assert good == [True] * 12
     assert bad == ["StatusCode.INVALID_ARGUMENT"] * 6
+
+
+# --------------------------------------------------------------------------- hardened input, Triton drop-in (issue 11)
+def _raw_call(server, method, data: bytes, service=G.SERVICE_NAME):
+    import grpc
+
+    opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(server.grpc_url, options=opts) as ch:
+        return ch.unary_unary(f"/{service}/{method}")(data, timeout=60)
+
+
+def test_undecodable_protobuf_is_invalid_argument(client, server):
+    import grpc
+
+    for method in ("ModelInfer", "ModelMetadata", "RepositoryIndex", "LogSettings"):
+        with pytest.raises(grpc.RpcError) as ei:
+            _raw_call(server, method, b"\xff\xff\xff\xff\x0f garbage")
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "not a valid inference." in ei.value.details()
+    assert_healthy(client)
+
+
+def test_messages_over_the_receive_limit_are_refused(client, server):
+    import grpc
+
+    req = tc_service.ModelInferRequest(model_name="strings")
+    req.inputs.add(name="IN", datatype="BYTES", shape=[1, 1])
+    req.raw_input_contents.append((65 << 20).to_bytes(4, "little") + b"\0" * (65 << 20))
+    with pytest.raises(grpc.RpcError) as ei:
+        _raw_call(server, "ModelInfer", req.SerializeToString())
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_healthy(client)
+
+
+def test_bad_parameters_and_shapes_are_invalid_argument(client, server):
+    import grpc
+
+    def infer(mutate):
+        req = tc_service.ModelInferRequest(model_name="add_sub")
+        for name in ("INPUT0", "INPUT1"):
+            req.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+            req.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+        mutate(req)
+        with pytest.raises(grpc.RpcError) as ei:
+            _raw_call(server, "ModelInfer", req.SerializeToString())
+        return ei.value
+
+    cases = [
+        (lambda r: setattr(r.parameters["priority"], "double_param", float("inf")), "priority"),
+        (lambda r: setattr(r.parameters["timeout"], "int64_param", -5), "timeout"),
+        (lambda r: setattr(r.parameters["priority"], "string_param", "abc"), "priority"),
+        (lambda r: setattr(r.outputs.add(name="OUTPUT0").parameters["classification"], "string_param", "abc"), "classification"),
+        (lambda r: (r.inputs[0].ClearField("shape"), r.inputs[0].shape.extend([0, 2**62, 2**62])), "INPUT0"),
+        (lambda r: setattr(r, "model_name", "m" * 100_000), "more characters"),
+    ]
+    for mutate, word in cases:
+        e = infer(mutate)
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT or (word == "more characters" and e.code() == grpc.StatusCode.NOT_FOUND)
+        assert word in e.details() and len(e.details()) < 1100, e.details()
+    assert_healthy(client)
+
+
+def test_tritons_error_texts_start_the_messages(client):
+    a = np.ones((1, 4), np.float32)
+    _, msg = status_of(lambda: client.infer("no_such_model", add_sub_inputs(a, a)))
+    assert msg.startswith("Request for unknown model: 'no_such_model' is not found; ")
+    _, msg = status_of(lambda: client.load_model("no_such_model"))
+    assert msg.startswith("failed to load 'no_such_model'")
+    _, msg = status_of(lambda: client.load_model("strings", config='{"max_batch_size": -3}'))
+    assert msg.startswith("failed to load 'strings': ")
+
+
+def test_health_checking_service(server):
+    import grpc
+
+    req = G.HealthCheckRequest(service="").SerializeToString()
+    resp = G.HealthCheckResponse.FromString(_raw_call(server, "Check", req, service=G.HEALTH_SERVICE_NAME))
+    assert resp.status == G.SERVING
+    req = G.HealthCheckRequest(service=G.SERVICE_NAME).SerializeToString()
+    assert G.HealthCheckResponse.FromString(_raw_call(server, "Check", req, service=G.HEALTH_SERVICE_NAME)).status == G.SERVING
+    with pytest.raises(grpc.RpcError) as ei:
+        _raw_call(server, "Check", G.HealthCheckRequest(service="nope").SerializeToString(), service=G.HEALTH_SERVICE_NAME)
+    assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+    with grpc.insecure_channel(server.grpc_url) as ch:
+        stream = ch.unary_stream(f"/{G.HEALTH_SERVICE_NAME}/Watch")(req, timeout=30)
+        assert G.HealthCheckResponse.FromString(next(stream)).status == G.SERVING
+        stream.cancel()
+
+
+def test_log_settings_over_grpc(client):
+    before = client.get_log_settings(as_json=True)["settings"]
+    assert before["log_verbose_level"]["uint32_param"] == 0 if "uint32_param" in before["log_verbose_level"] else True
+    after = client.update_log_settings({"log_verbose_level": 1}, as_json=True)["settings"]
+    assert after["log_verbose_level"]["uint32_param"] == 1
+    code, msg = status_of(lambda: client.update_log_settings({"log_fancy": True}))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "log_fancy" in msg
+    client.update_log_settings({"log_verbose_level": 0})
+    assert_healthy(client)
+
+
+def test_stream_survives_undecodable_messages(server):
+    import grpc
+
+    good = tc_service.ModelInferRequest(model_name="add_sub", id="good")
+    for name in ("INPUT0", "INPUT1"):
+        good.inputs.add(name=name, datatype="FP32", shape=[1, 4])
+        good.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+    with grpc.insecure_channel(server.grpc_url) as ch:
+        call = ch.stream_stream(f"/{G.SERVICE_NAME}/ModelStreamInfer", response_deserializer=pb.ModelStreamInferResponse.FromString)
+        answers = list(call(iter([b"\xff\xff\xff", good.SerializeToString()]), timeout=30))
+    errors = [a.error_message for a in answers if a.error_message]
+    assert len(answers) == 2 and len(errors) == 1 and "not a valid" in errors[0]
+    assert [a.infer_response.id for a in answers if not a.error_message] == ["good"]

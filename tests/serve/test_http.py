@@ -521,3 +521,79 @@ def test_queue_full_is_503(srv, client):
     finally:
         c.close()
     good_request(client)
+
+
+# --------------------------------------------------------------------------- hardened input (issue 11 item 2)
+def test_deep_json_is_400(client, http):
+    for body in (b"[" * 1000 + b"]" * 1000, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        _bad(http, "/v2/models/add_sub/infer", 400, "", content=body)
+    data = "[" * 500 + "0.0" + "]" * 500
+    body = '{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ' + data.replace("0.0", '"a"') + "}]}"
+    _bad(http, "/v2/models/upper/infer", 400, "deeper than its shape", content=body.encode())
+    good_request(client)
+
+
+@pytest.mark.parametrize("params, word", [
+    ({"priority": float("inf")}, "priority"), ({"priority": 1.5}, "priority"), ({"priority": "high"}, "priority"),
+    ({"timeout": -1}, "timeout"), ({"timeout": True}, "timeout"), ({"priority": 2**64}, "priority"),
+    ({"binary_data_output": "yes"}, "binary_data_output"), ({"custom": {"nested": 1}}, "custom"),
+])
+def test_request_parameters_are_typed(client, http, params, word):
+    body = {"inputs": [_fp32("INPUT0", [1, 16]), _fp32("INPUT1", [1, 16])], "parameters": params}
+    err = _bad(http, "/v2/models/add_sub/infer", 400, word, content=json.dumps(body).encode())
+    assert "parameter" in err
+    good_request(client)
+
+
+@pytest.mark.parametrize("params", [{"classification": "abc"}, {"class_count": -2}, {"classification": 2.5}, {"binary_data": 1}])
+def test_output_parameters_are_typed(client, http, params):
+    body = {"inputs": [_fp32("INPUT0", [1, 16]), _fp32("INPUT1", [1, 16])], "outputs": [{"name": "OUTPUT0", "parameters": params}]}
+    _bad(http, "/v2/models/add_sub/infer", 400, next(iter(params)), json=body)
+    good_request(client)
+
+
+@pytest.mark.parametrize("shape, word", [
+    ([0, 2**62, 2**62], "bytes"), ([0, 2**64], "bytes"), ([1] * 65, "dimensions"), ([-1, 16], "negative"), ([1, "16"], "shape"),
+])
+def test_absurd_shapes_are_400_before_any_allocation(client, http, shape, word):
+    body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": shape, "data": []}, _fp32("INPUT1", [1, 16])]}
+    _bad(http, "/v2/models/add_sub/infer", 400, word, json=body)
+    good_request(client)
+
+
+def test_compressed_bodies_are_inflated_within_the_limit(client, http):
+    import gzip
+    import zlib
+
+    bomb = gzip.compress(b"\0" * (100 * MAX_BODY), compresslevel=9)  # ~100 KB that inflate to 100 MB
+    assert len(bomb) < MAX_BODY
+    _bad(http, "/v2/models/add_sub/infer", 413, "decompressed", content=bomb, headers={"Content-Encoding": "gzip"})
+    _bad(http, "/v2/models/add_sub/infer", 413, "decompressed", content=zlib.compress(b" " * (2 * MAX_BODY)),
+         headers={"Content-Encoding": "deflate"})
+    good = json.dumps({"inputs": [_fp32("INPUT0", [1, 16]), _fp32("INPUT1", [1, 16])]}).encode()
+    _bad(http, "/v2/models/add_sub/infer", 400, "truncated", content=gzip.compress(good)[:-8], headers={"Content-Encoding": "gzip"})
+    _bad(http, "/v2/models/add_sub/infer", 400, "after the end", content=gzip.compress(good) + b"junk",
+         headers={"Content-Encoding": "gzip"})
+    _bad(http, "/v2/models/add_sub/infer", 400, "Content-Encoding", content=good, headers={"Content-Encoding": "br"})
+    r = http.post("/v2/models/add_sub/infer", content=gzip.compress(good), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    good_request(client)
+
+
+def test_error_messages_are_clipped(client, http):
+    long = "m" * 100_000
+    r = http.post("/v2/models/add_sub/infer", json={"inputs": [_fp32(long, [1, 16]), _fp32("INPUT1", [1, 16])]})
+    assert r.status_code == 400 and len(r.json()["error"]) < 1100 and "more characters" in r.json()["error"]
+    r = http.post("/v2/models/add_sub/infer", json={"inputs": [], "id": [[[[["x"]]]]]})
+    assert r.status_code == 400 and "id" in r.json()["error"]
+    good_request(client)
+
+
+def test_tritons_error_texts_start_the_messages(client, http):
+    err = _bad(http, "/v2/models/no_such_model/infer", 404, "", json={"inputs": []})
+    assert err.startswith("Request for unknown model: 'no_such_model' is not found; ")
+    err = _bad(http, "/v2/models/add_sub/versions/9/infer", 404, "", json={"inputs": []})
+    assert err.startswith("Request for unknown model: 'add_sub' version 9 is not found; ")
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("no_such_model")
+    assert e.value.message().startswith("Request for unknown model: 'no_such_model' is not found")

@@ -1,8 +1,16 @@
-"""onnxruntime backend: one InferenceSession per instance, called with the Python API directly."""
+"""onnxruntime backend: one InferenceSession per instance, called with the Python API directly.
+
+Errors the request causes are the client's (400), not the server's: inputs the model declares with
+the same symbolic dimension (a BERT's ``input_ids`` and ``attention_mask`` both ``[batch, seq]``)
+must agree before anything runs, and onnxruntime's INVALID_ARGUMENT errors and shape failures at
+run time (an axis that does not broadcast) become InvalidInputError.
+"""
 from __future__ import annotations
 
 import logging
 import os
+
+import numpy as np
 
 from tuili.backends.base import OnnxSessionBackend, config_parameter, int_parameter
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
@@ -42,12 +50,50 @@ class OnnxRuntimeBackend(OnnxSessionBackend):
                                   f"{', '.join(_LEVELS)} (onnxruntime's levels), got {level!r}")
             so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         try:
-            return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelLoadError(f"onnxruntime could not load {path}: {e}") from e
+        self._shared_dims = shared_dims(session.get_inputs())
+        return session
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_shared_dims(self._shared_dims, feeds, self.model_name)
+        return super().infer(feeds)
 
     def map_error(self, e: Exception) -> Exception:
         msg = str(e)
-        if "INVALID_ARGUMENT" in msg or "Invalid" in msg:
-            return InvalidInputError(f"onnxruntime rejected the inputs of {self._path}: {msg}")
+        if type(e).__name__ == "InvalidArgument" or "INVALID_ARGUMENT" in msg or any(m in msg for m in _SHAPE_FAILURES):
+            return InvalidInputError(f"onnxruntime cannot run {self._path} on these inputs: {msg.strip()}")
         return KernelError(f"onnxruntime failed running {self._path}: {msg}")
+
+
+# Run-time failures that come from the shapes a request sent, not from the model or the server.
+_SHAPE_FAILURES = ("Attempting to broadcast an axis", "Invalid rank for input", "Got invalid dimensions for input",
+                   "Shape mismatch", "The input tensor cannot be reshaped")
+
+
+def shared_dims(inputs) -> dict[str, list[tuple[str, int]]]:
+    """The symbolic dimensions that more than one input axis declares: name -> [(input, axis)]."""
+    uses: dict[str, list[tuple[str, int]]] = {}
+    for a in inputs:
+        for axis, d in enumerate(a.shape or ()):
+            if isinstance(d, str) and d:
+                uses.setdefault(d, []).append((a.name, axis))
+    return {d: u for d, u in uses.items() if len(u) > 1}
+
+
+def check_shared_dims(shared: dict[str, list[tuple[str, int]]], feeds: dict[str, np.ndarray], model: str) -> None:
+    """InvalidInputError when the feeds give one symbolic dimension two sizes."""
+    for dim, uses in shared.items():
+        seen = None
+        for name, axis in uses:
+            arr = feeds.get(name)
+            if arr is None or arr.ndim <= axis:
+                continue
+            size = arr.shape[axis]
+            if seen is None:
+                seen = (name, axis, size)
+            elif size != seen[2]:
+                raise InvalidInputError(
+                    f"model {model!r}: input {seen[0]!r} has {seen[2]} along axis {seen[1]} but input {name!r} has "
+                    f"{size} along axis {axis}; the model declares both as dimension {dim!r}, so they must be equal")

@@ -17,13 +17,15 @@ import asyncio
 import logging
 import os
 
-from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError
+from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
+from tuili.serve.errors import clip
 from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
-from tuili.serve.repository import ModelRepository
+from tuili.serve.repository import LoadPlan, ModelRepository
+from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
 from tuili.serve.stats import Metrics
 from tuili.serve.types import InferRequest, InferResponse
-from tuili.serve.validation import int_param, request_feeds
+from tuili.serve.validation import check_request, int_param, request_feeds
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,25 @@ EXTENSIONS = [
 CONTROL_MODES = ("none", "poll", "explicit")
 
 
+class StrictModelRepository(ModelRepository):
+    """``--strict-model-config``: a model's config must declare its inputs and outputs itself;
+    nothing is completed from the model file (Triton's strict mode)."""
+
+    def plan(self, name: str, config_json: str | None = None) -> LoadPlan:
+        plan = super().plan(name, config_json)
+        c = plan.config
+        if not plan.is_ensemble and not (len(c.input) and len(c.output)):
+            raise ConfigError(f"model {name!r}: its config does not declare its inputs and outputs, and "
+                              f"--strict-model-config is on; write them in {plan.model_dir}/config.pbtxt "
+                              f"or start the server with --strict-model-config=false")
+        return plan
+
+
+def _quoted(name: str) -> str:
+    """A model name as Triton's messages quote it."""
+    return f"'{clip(name)}'"
+
+
 def _server_version() -> str:
     try:
         from importlib.metadata import version
@@ -53,13 +74,19 @@ def _server_version() -> str:
 
 class InferenceServer:
     def __init__(self, model_repository: str | list[str], model_control_mode: str = "none",
-                 load_models: list[str] | None = None, poll_secs: float = 15.0, metrics: Metrics | None = None):
+                 load_models: list[str] | None = None, poll_secs: float = 15.0, metrics: Metrics | None = None, *,
+                 server_name: str = SERVER_NAME, strict_readiness: bool = True, strict_model_config: bool = False,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, allow_paths_outside: bool = False):
         if model_control_mode not in CONTROL_MODES:
             raise ConfigError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {model_control_mode!r}")
         paths = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
-        self.repository = ModelRepository([str(p) for p in paths])
+        repository_class = StrictModelRepository if strict_model_config else ModelRepository
+        self.repository = repository_class([str(p) for p in paths], allow_paths_outside=allow_paths_outside)
+        self.server_name = server_name
+        self.strict_readiness = strict_readiness
+        self._asked: set[str] = set()  # explicit mode: the models the server was asked to load (strict readiness)
         self.metrics = metrics or Metrics()
-        self.models = ModelLifecycle(self.repository, self.metrics)
+        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size)
         self.mode = model_control_mode
         self.load_models = list(load_models or [])
         self.poll_secs = poll_secs
@@ -79,6 +106,7 @@ class InferenceServer:
         for n in self.load_models:
             if n != "*" and n not in names:
                 log.error("--load-model %s: no such model in the repository %s", n, ", ".join(self.repository.paths))
+        self._asked = {n for n in wanted if n in names}
         await self.models.load_all([n for n in wanted if n in names])
         if self.mode == "poll":
             self._poll_task = asyncio.create_task(self._poll_loop())
@@ -112,24 +140,42 @@ class InferenceServer:
         return True
 
     def ready(self) -> bool:
-        return self._started and not self._stopping and not self._draining
+        """Up and not shutting down; with strict readiness (Triton's default) also every model the
+        server was asked to load is ready: the repository's in modes none and poll, the startup
+        ones and the loaded ones in explicit mode."""
+        if not self._started or self._stopping or self._draining:
+            return False
+        return not self.strict_readiness or not self.unready_models()
+
+    def unready_models(self) -> list[str]:
+        """The models the server was asked to load that are not ready (failed, loading, down), sorted."""
+        wanted = self._asked if self.mode == "explicit" else self.repository.known()
+        return sorted(n for n in wanted if not self.model_ready(n))
 
     def metadata(self) -> dict:
-        return {"name": SERVER_NAME, "version": self._version, "extensions": list(EXTENSIONS)}
+        return {"name": self.server_name, "version": self._version, "extensions": list(EXTENSIONS)}
 
     def get_model(self, name: str, version: str = "") -> ModelVersion:
-        """The loaded version to run (``""`` = newest loaded); ModelNotFoundError otherwise."""
-        return self.models.get(name, version)
+        """The loaded version to run (``""`` = newest loaded); ModelNotFoundError otherwise, whose
+        message starts as Triton's does (clients match on it), then says what to do."""
+        try:
+            return self.models.get(name, version)
+        except ModelNotFoundError as e:
+            model = self.models.models.get(name)
+            if model is not None and model.default is not None and version:
+                triton = f"Request for unknown model: {_quoted(name)} version {clip(str(version))} is not found"
+            elif model is not None or name in self.repository.known():
+                triton = f"Request for unknown model: {_quoted(name)} has no available versions"
+            else:
+                triton = f"Request for unknown model: {_quoted(name)} is not found"
+            raise ModelNotFoundError(f"{triton}; {e}") from None
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.models.get(name, version)
-            return not self._stopping
-        except ModelNotFoundError:
-            return False
+        """Loaded and able to serve now (not while its instance workers are down and restarting)."""
+        return not self._stopping and self.models.ready(name, version)
 
     def model_metadata(self, name: str, version: str = "") -> dict:
-        mv = self.models.get(name, version)
+        mv = self.get_model(name, version)
         spec = mv.spec
         return {
             "name": name,
@@ -140,11 +186,11 @@ class InferenceServer:
         }
 
     def model_config(self, name: str, version: str = ""):
-        return self.models.get(name, version).config
+        return self.get_model(name, version).config
 
     def model_statistics(self, name: str = "", version: str = "") -> dict:
         if name:
-            mv = self.models.get(name, version)
+            mv = self.get_model(name, version)
             mvs = [mv] if version else self.models.models[name].sorted_versions()
         else:
             mvs = [mv for n in sorted(self.models.models) for mv in self.models.models[n].sorted_versions()]
@@ -155,19 +201,27 @@ class InferenceServer:
         known = {"log_file": str, "log_info": bool, "log_warning": bool, "log_error": bool, "log_verbose_level": int, "log_format": str}
         for k, v in (update or {}).items():
             if k not in known:
-                raise InvalidInputError(f"unknown log setting {k!r}; known: {', '.join(known)}")
+                raise InvalidInputError(f"unknown log setting {clip(repr(k))}; known: {', '.join(known)}")
             if known[k] is int and (not isinstance(v, int) or isinstance(v, bool)) or known[k] is bool and not isinstance(v, bool) \
                     or known[k] is str and not isinstance(v, str):
-                raise InvalidInputError(f"log setting {k!r} must be a {known[k].__name__}, got {v!r}")
+                raise InvalidInputError(f"log setting {k!r} must be a {known[k].__name__}, got {clip(repr(v))}")
+            if k == "log_verbose_level" and not 0 <= v < 2**32:
+                raise InvalidInputError(f"log_verbose_level must be between 0 and {2**32 - 1}, got {v}")
             if k == "log_file" and v:
                 raise InvalidInputError("log_file is not supported: tuili logs to stderr")
             if k == "log_format" and v not in ("default", "ISO8601"):
-                raise InvalidInputError(f"log_format must be 'default' or 'ISO8601', got {v!r}")
-            self._log_settings[k] = v
+                raise InvalidInputError(f"log_format must be 'default' or 'ISO8601', got {clip(repr(v))}")
+        self._log_settings.update(update or {})
         st = self._log_settings
         level = (logging.DEBUG if st["log_verbose_level"] > 0 else logging.INFO if st["log_info"]
                  else logging.WARNING if st["log_warning"] else logging.ERROR if st["log_error"] else logging.CRITICAL)
         logging.getLogger("tuili").setLevel(level)
+        if update and "log_format" in update:
+            iso = st["log_format"] == "ISO8601"
+            fmt = logging.Formatter(("%(asctime)s " if iso else "") + "%(levelname)s %(name)s: %(message)s",
+                                    datefmt="%Y-%m-%dT%H:%M:%S%z" if iso else None)
+            for handler in logging.getLogger().handlers:
+                handler.setFormatter(fmt)
         return dict(st)
 
     # ------------------------------------------------------------------ model control (repository extension)
@@ -186,12 +240,17 @@ class InferenceServer:
         self._check_explicit("load", name)
         self.repository.scan()
         if files and config is None:
-            raise InvalidInputError(f"cannot load {name!r} from the files of the request without its config: "
+            raise InvalidInputError(f"failed to load {_quoted(name)}: the request sends files but no config: "
                                     f"send the \"config\" parameter too")
         if not files and name not in self.repository.known():
-            raise ModelNotFoundError(f"cannot load {name!r}: no such model directory in {', '.join(self.repository.paths)}")
-        with self.repository.loading_from(name, files):
-            await self.models.load(name, config_json=config)
+            raise ModelNotFoundError(f"failed to load {_quoted(name)}: no such model directory in {', '.join(self.repository.paths)}")
+        self._asked.add(name)
+        try:
+            with self.repository.loading_from(name, files):
+                await self.models.load(name, config_json=config)
+        except TuiliError as e:  # Triton's words first: clients match on them; the class (and status) kept
+            plain = next(c for c in type(e).__mro__ if c.__module__ == TuiliError.__module__)
+            raise plain(f"failed to load {_quoted(name)}: {e}") from e
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Unload ``name`` (and the ensembles that use it if asked). Explicit mode only."""
@@ -200,17 +259,20 @@ class InferenceServer:
             raise ModelNotFoundError(f"cannot unload {name!r}: unknown model")
         if unload_dependents:
             for ensemble in self.models.dependencies.dependents(name):
+                self._asked.discard(ensemble)
                 await self.models.unload(ensemble)
                 self.repository.release(ensemble)
+        self._asked.discard(name)
         await self.models.unload(name)
         self.repository.release(name)
 
     # ------------------------------------------------------------------ inference
     async def infer(self, req: InferRequest) -> InferResponse:
-        mv = self.models.get(req.model_name, req.model_version)
+        mv = self.get_model(req.model_name, req.model_version)
         with mv.stats.request():
             if self._stopping:
                 raise ServerBusyError("the server is shutting down; retry on another instance")
+            check_request(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
             out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"))

@@ -5,7 +5,8 @@ code of a row mean the same (Google's API design guide, as Triton maps its error
 over the size limit, 413, has no closer gRPC code than RESOURCE_EXHAUSTED). The V2 error body is
 ``{"error": message}`` over HTTP; gRPC sends the same message as the details.
 An exception that is not a TuiliError is a bug: it answers 500 / INTERNAL and its traceback is
-logged.
+logged. Messages are clipped (``clip``) so a request cannot make the server echo megabytes back
+(a 100 KB model name, a huge shape).
 """
 from __future__ import annotations
 
@@ -34,10 +35,26 @@ class RequestTooLargeError(InvalidInputError):
     """A request body is over the server's size limit (``--max-body-bytes``)."""
 
 
+class RequestTimeoutError(InvalidInputError):
+    """A request body did not arrive in time (``--body-timeout-secs``): the client stalled."""
+
+
+#: The longest error message sent to a client; the rest is cut (the log keeps the whole).
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut (for names echoed in errors)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorStatus:
     http: int
     grpc: str  # a grpc.StatusCode name (grpc itself is only imported by the gRPC adapter)
+    retry_after: int | None = None  # seconds, sent as HTTP Retry-After: the condition passes by itself
 
 
 BAD_REQUEST = ErrorStatus(400, "INVALID_ARGUMENT")
@@ -48,6 +65,7 @@ STATUS: dict[type[BaseException], ErrorStatus] = {
     TuiliError: INTERNAL,
     InvalidInputError: BAD_REQUEST,
     RequestTooLargeError: ErrorStatus(413, "RESOURCE_EXHAUSTED"),
+    RequestTimeoutError: ErrorStatus(408, "DEADLINE_EXCEEDED"),  # HTTP only: gRPC bodies are framed by grpc
     ConfigError: BAD_REQUEST,
     # A model that cannot be loaded is the load request's argument gone wrong (Triton: INVALID_ARG);
     # at inference time these come from the request's shapes, also the client's to fix.
@@ -56,9 +74,9 @@ STATUS: dict[type[BaseException], ErrorStatus] = {
     ShapeInferenceError: BAD_REQUEST,
     UnsupportedOpError: ErrorStatus(501, "UNIMPLEMENTED"),  # Triton's UNSUPPORTED
     ModelNotFoundError: ErrorStatus(404, "NOT_FOUND"),
-    ServerBusyError: ErrorStatus(503, "UNAVAILABLE"),
+    ServerBusyError: ErrorStatus(503, "UNAVAILABLE", retry_after=1),
     DeadlineExceededError: ErrorStatus(504, "DEADLINE_EXCEEDED"),
-    WorkerDiedError: ErrorStatus(503, "UNAVAILABLE"),  # the instance restarts: a retry can succeed
+    WorkerDiedError: ErrorStatus(503, "UNAVAILABLE", retry_after=1),  # the instance restarts: a retry can succeed
     KernelError: INTERNAL,
 }
 
@@ -72,9 +90,11 @@ def status_of(exc: BaseException) -> ErrorStatus:
 
 
 def message_of(exc: BaseException) -> str:
-    """The client-facing message: the error's own, or for a bug its type too."""
+    """The client-facing message: the error's own, or for a bug its type too; clipped."""
     msg = str(exc) or type(exc).__name__
-    return msg if isinstance(exc, TuiliError) else f"internal error: {type(exc).__name__}: {msg}"
+    if not isinstance(exc, TuiliError):
+        msg = f"internal error: {type(exc).__name__}: {msg}"
+    return clip(msg, MAX_MESSAGE_CHARS)
 
 
 def log_failure(exc: BaseException, where: str) -> None:

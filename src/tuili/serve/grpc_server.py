@@ -8,7 +8,13 @@ the core, shared with the HTTP adapter.
 
 Errors raised by the core are tuili.errors classes; they become the gRPC status
 code of serve.errors' table (the one the HTTP adapter uses too) with the error's
-message as details.
+message as details. Requests arrive as bytes and are parsed by the handlers, so a
+message that is not valid protobuf is INVALID_ARGUMENT (grpc's own deserializer
+hook would answer INTERNAL); messages over ``max_receive_bytes`` are refused by grpc
+with RESOURCE_EXHAUSTED before they are read.
+
+Next to the inference service: the standard health-checking service
+(``grpc.health.v1.Health``: Check and Watch, SERVING while the server is ready).
 
 Usage (inside a running asyncio loop)::
 
@@ -25,30 +31,32 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import DecodeError
 
 from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError
 from tuili.model_config.protos import model_config_pb2 as mc
 from tuili.model_config.protos import service_pb2 as pb
-from tuili.serve.errors import log_failure, message_of, status_of
+from tuili.serve.errors import clip, log_failure, message_of, status_of
 from tuili.serve.types import (
     InferInput,
     InferRequest,
     InferResponse,
     RequestedOutput,
     deserialize_bytes_tensor,
-    element_count,
     serialize_bytes_tensor,
 )
-from tuili.serve.validation import input_dtype
+from tuili.serve.validation import check_shape, input_dtype
 
 log = logging.getLogger(__name__)
 
 #: The fully-qualified service name clients call (fixed by the protocol).
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: Message size limit in both directions (grpc's default of 4 MiB is too small for images/batches).
-MAX_MESSAGE_BYTES = 2**31 - 1
+#: Largest message sent (grpc's default of 4 MiB is too small for images/batches; outputs are ours).
+MAX_SEND_BYTES = 2**31 - 1
+#: Largest request accepted by default: the HTTP body limit (--grpc-max-receive-bytes changes it).
+DEFAULT_MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 # Typed-contents field of InferTensorContents for each V2 datatype (FP16/BF16: raw only).
 _CONTENTS_FIELD = {
@@ -100,15 +108,7 @@ def _set_param(target, value: Any) -> None:
         target.string_param = str(value)
 
 
-def _check_shape(name: str, shape) -> list[int]:
-    dims = [int(d) for d in shape]
-    if any(d < 0 for d in dims):
-        raise InvalidInputError(f"input {name!r} has shape {dims}: a request shape cannot hold negative dimensions")
-    return dims
-
-
-def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    count = element_count(shape)
+def _decode_raw(name: str, datatype: str, shape: list[int], count: int, raw: bytes) -> np.ndarray:
     if datatype == "BYTES":
         try:
             flat = deserialize_bytes_tensor(raw, count)
@@ -125,8 +125,7 @@ def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.nd
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _decode_typed(name: str, datatype: str, shape: list[int], contents) -> np.ndarray:
-    count = element_count(shape)
+def _decode_typed(name: str, datatype: str, shape: list[int], count: int, contents) -> np.ndarray:
     dtype = input_dtype(name, datatype).to_numpy()
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -166,20 +165,23 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
     for i, t in enumerate(msg.inputs):
         if not t.name:
             raise InvalidInputError(f"input #{i} of the request has no name")
+        name = clip(t.name)
         if not t.datatype:
-            raise InvalidInputError(f"input {t.name!r} has no datatype")
-        shape = _check_shape(t.name, t.shape)
+            raise InvalidInputError(f"input {name!r} has no datatype")
+        shape = list(t.shape)
+        itemsize = 8 if t.datatype == "BYTES" else input_dtype(name, t.datatype).to_numpy().itemsize
+        count = check_shape(t.name, shape, itemsize)
         if len(raw):
             if _has_typed_contents(t):
                 raise InvalidInputError(
-                    f"input {t.name!r} has both typed contents and raw_input_contents; send one of them"
+                    f"input {name!r} has both typed contents and raw_input_contents; send one of them"
                 )
-            data = _decode_raw(t.name, t.datatype, shape, raw[i])
-        elif _has_typed_contents(t) or element_count(shape) == 0:
-            data = _decode_typed(t.name, t.datatype, shape, t.contents)
+            data = _decode_raw(name, t.datatype, shape, count, raw[i])
+        elif _has_typed_contents(t) or count == 0:
+            data = _decode_typed(name, t.datatype, shape, count, t.contents)
         else:
             raise InvalidInputError(
-                f"input {t.name!r} carries no data: fill contents or raw_input_contents"
+                f"input {name!r} carries no data: fill contents or raw_input_contents"
             )
         inputs.append(InferInput(t.name, t.datatype, shape, data, _params_to_dict(t.parameters)))
     outputs = None
@@ -292,18 +294,21 @@ class GRPCInferenceService:
         resp = await self.core.infer(req)
         return response_to_proto(resp)
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context):
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[bytes], context):
         """Bidirectional stream: each request is answered by one stream message, in
-        completion order; a failed request yields ``error_message`` and the stream goes on."""
+        completion order; a failed (or undecodable) request yields ``error_message`` and the
+        stream goes on."""
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 
-        async def one(msg: pb.ModelInferRequest) -> None:
+        async def one(data: bytes) -> None:
+            msg = pb.ModelInferRequest()
             try:
+                msg = parse_request(pb.ModelInferRequest, data)
                 resp = response_to_proto(await self.core.infer(request_from_proto(msg)))
                 await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
             except Exception as exc:  # reported in-band; the stream stays open
-                log_failure(exc, f"gRPC ModelStreamInfer on model {msg.model_name!r}")
+                log_failure(exc, f"gRPC ModelStreamInfer on model {clip(msg.model_name)!r}")
                 err = pb.ModelStreamInferResponse(error_message=message_of(exc))
                 err.infer_response.model_name = msg.model_name
                 err.infer_response.id = msg.id
@@ -312,8 +317,8 @@ class GRPCInferenceService:
         async def reader() -> None:
             tasks = set()
             try:
-                async for msg in request_iterator:
-                    tasks.add(asyncio.ensure_future(one(msg)))
+                async for data in request_iterator:
+                    tasks.add(asyncio.ensure_future(one(data)))
                 if tasks:
                     await asyncio.gather(*tasks)
             finally:
@@ -345,7 +350,9 @@ class GRPCInferenceService:
         for key, p in request.parameters.items():
             value = _param_value(p)
             if key == "config":
-                config = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+                if not isinstance(value, str):
+                    raise InvalidInputError(f"RepositoryModelLoad parameter 'config' must be a string_param holding JSON, got {clip(repr(value))}")
+                config = value
             elif key.startswith("file:"):
                 if not isinstance(value, bytes):
                     raise InvalidInputError(f"RepositoryModelLoad parameter {key!r} must be the file's content "
@@ -357,12 +364,26 @@ class GRPCInferenceService:
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context):
         if not request.model_name:
             raise InvalidInputError("RepositoryModelUnload: model_name is empty")
-        params = {k: _param_value(v) for k, v in request.parameters.items()}
-        if params.get("unload_dependents"):
-            await self.core.unload_model(request.model_name, unload_dependents=True)
-        else:
-            await self.core.unload_model(request.model_name)
+        dependents = _param_value(request.parameters["unload_dependents"]) if "unload_dependents" in request.parameters else False
+        if not isinstance(dependents, bool):
+            raise InvalidInputError(f"RepositoryModelUnload parameter 'unload_dependents' must be a bool_param, got {clip(repr(dependents))}")
+        await self.core.unload_model(request.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
+
+    # -- logging extension -----------------------------------------------------------------------
+    async def LogSettings(self, request: pb.LogSettingsRequest, context) -> pb.LogSettingsResponse:
+        update = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.settings.items()
+                  if v.WhichOneof("parameter_choice")}
+        resp = pb.LogSettingsResponse()
+        for k, v in self.core.log_settings(update or None).items():
+            target = resp.settings[k]
+            if isinstance(v, bool):
+                target.bool_param = v
+            elif isinstance(v, int):
+                target.uint32_param = v
+            else:
+                target.string_param = str(v)
+        return resp
 
 
 # Method name -> (request type, response type, kind)
@@ -379,54 +400,131 @@ _METHODS: dict[str, tuple[type, type, str]] = {
     "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse, "unary"),
     "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse, "unary"),
     "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse, "unary"),
+    "LogSettings": (pb.LogSettingsRequest, pb.LogSettingsResponse, "unary"),
 }
 
 
-def _unary(name: str, fn: Callable) -> Callable:
-    async def handler(request, context):
+def parse_request(req_t: type, data: bytes):
+    """``data`` as a ``req_t`` message; InvalidInputError (INVALID_ARGUMENT) when it is not one."""
+    try:
+        return req_t.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise InvalidInputError(f"the request is not a valid {req_t.DESCRIPTOR.full_name} message: {clip(str(exc))}") from None
+
+
+def _unary(name: str, req_t: type, fn: Callable) -> Callable:
+    async def handler(data: bytes, context):
         try:
-            return await fn(request, context)
+            resp = await fn(parse_request(req_t, data), context)
         except Exception as exc:
             log_failure(exc, f"gRPC {name}")
+            log.debug("gRPC %s -> %s", name, status_for(exc).name)
             await context.abort(status_for(exc), message_of(exc))
+        log.debug("gRPC %s -> OK", name)
+        return resp
 
     handler.__name__ = name
     return handler
 
 
 def build_handler(core: Any) -> grpc.GenericRpcHandler:
-    """The generic handler serving inference.GRPCInferenceService for ``core``."""
+    """The generic handler serving inference.GRPCInferenceService for ``core``; requests reach the
+    handlers as bytes (parse_request decodes them)."""
     service = GRPCInferenceService(core)
     handlers = {}
     for name, (req_t, resp_t, kind) in _METHODS.items():
         fn = getattr(service, name)
         if kind == "unary":
             handlers[name] = grpc.unary_unary_rpc_method_handler(
-                _unary(name, fn),
-                request_deserializer=req_t.FromString,
-                response_serializer=resp_t.SerializeToString,
-            )
+                _unary(name, req_t, fn), response_serializer=resp_t.SerializeToString)
         else:
-            handlers[name] = grpc.stream_stream_rpc_method_handler(
-                fn,
-                request_deserializer=req_t.FromString,
-                response_serializer=resp_t.SerializeToString,
-            )
+            handlers[name] = grpc.stream_stream_rpc_method_handler(fn, response_serializer=resp_t.SerializeToString)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
+# --------------------------------------------------------------------------- grpc.health.v1
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+
+
+def _health_messages() -> tuple[type, type]:
+    """HealthCheckRequest and HealthCheckResponse of grpc's health.proto, built from its two messages
+    (grpcio-health-checking is not a dependency; the wire format is all that matters)."""
+    f = descriptor_pb2.FileDescriptorProto(name="tuili/grpc_health_v1.proto", package="grpc.health.v1", syntax="proto3")
+    f.message_type.add(name="HealthCheckRequest").field.add(
+        name="service", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    resp = f.message_type.add(name="HealthCheckResponse")
+    status = resp.enum_type.add(name="ServingStatus")
+    for number, value in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        status.value.add(name=value, number=number)
+    resp.field.add(name="status", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_ENUM,
+                   type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+                   label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    fd = pool.Add(f)
+    return (message_factory.GetMessageClass(fd.message_types_by_name["HealthCheckRequest"]),
+            message_factory.GetMessageClass(fd.message_types_by_name["HealthCheckResponse"]))
+
+
+HealthCheckRequest, HealthCheckResponse = _health_messages()
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = 1, 2, 3
+#: How often Watch looks at the server's readiness.
+WATCH_INTERVAL_SECS = 0.5
+
+
+def build_health_handler(core: Any) -> grpc.GenericRpcHandler:
+    """grpc.health.v1.Health for ``core``: the server ("") and the inference service are SERVING
+    while the server is ready (Triton's readiness rule), NOT_SERVING otherwise."""
+
+    def status(service: str) -> int | None:
+        if service not in ("", SERVICE_NAME):
+            return None
+        return SERVING if core.ready() else NOT_SERVING
+
+    async def check(data: bytes, context):
+        try:
+            req = parse_request(HealthCheckRequest, data)
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message_of(exc))
+        st = status(req.service)
+        if st is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {clip(req.service)!r}; "
+                                f"known: '' (the server) and {SERVICE_NAME!r}")
+        return HealthCheckResponse(status=st)
+
+    async def watch(data: bytes, context):
+        try:
+            req = parse_request(HealthCheckRequest, data)
+        except InvalidInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message_of(exc))
+        last = None
+        while True:  # ends when the client cancels (the task is cancelled)
+            st = status(req.service)
+            st = SERVICE_UNKNOWN if st is None else st
+            if st != last:
+                yield HealthCheckResponse(status=st)
+                last = st
+            await asyncio.sleep(WATCH_INTERVAL_SECS)
+
+    return grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, {
+        "Check": grpc.unary_unary_rpc_method_handler(check, response_serializer=HealthCheckResponse.SerializeToString),
+        "Watch": grpc.unary_stream_rpc_method_handler(watch, response_serializer=HealthCheckResponse.SerializeToString),
+    })
+
+
 async def start_grpc_server(core: Any, host: str = "127.0.0.1", port: int = 8001, *,
-                            max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.aio.Server:
-    """Start serving ``core`` over gRPC on host:port (port 0: an ephemeral port).
+                            max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES) -> grpc.aio.Server:
+    """Start serving ``core`` over gRPC on host:port (port 0: an ephemeral port); requests larger
+    than ``max_receive_bytes`` are refused (RESOURCE_EXHAUSTED) before they are read.
 
     Returns the started ``grpc.aio.Server``; its ``bound_port`` attribute holds
     the port actually bound. The caller stops it with ``await server.stop(grace)``."""
     server = grpc.aio.server(options=[
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ])
-    server.add_generic_rpc_handlers((build_handler(core),))
+    server.add_generic_rpc_handlers((build_handler(core), build_health_handler(core)))
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

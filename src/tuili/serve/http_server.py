@@ -3,12 +3,14 @@
 Endpoints: health (live/ready), server metadata, model metadata / ready / config, infer (JSON
 tensors and the binary tensor data extension, ``Inference-Header-Content-Length``), the
 repository extension (index/load/unload), the statistics and logging extensions and, inside
-infer, the classification extension. Every body is read by ``read_body`` (size limit, gzip /
-deflate). Errors become ``{"error": "..."}`` with the status of serve.errors' table, answered by
+infer, the classification extension. Every body is read by ``read_body``: within a time limit,
+within a size limit, and gzip / deflate bodies inflated in a thread with the size limit enforced
+while inflating (a small bomb cannot blow up memory or stall the event loop). Errors become ``{"error": "..."}`` with the status of serve.errors' table, answered by
 starlette exception handlers (and by the one try/except of the infer fast path).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -22,22 +24,22 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tuili.errors import InvalidInputError, TuiliError
-from tuili.serve.errors import RequestTooLargeError, log_failure, message_of, status_of
+from tuili.serve.errors import RequestTimeoutError, RequestTooLargeError, clip, log_failure, message_of, status_of
 from tuili.serve.types import (
     InferInput,
     InferRequest,
     InferResponse,
     RequestedOutput,
     deserialize_bytes_tensor,
-    element_count,
     serialize_bytes_tensor,
 )
-from tuili.serve.validation import input_dtype
+from tuili.serve.validation import check_shape, input_dtype
 
 log = logging.getLogger(__name__)
 
 HEADER_LEN = b"inference-header-content-length"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 60.0
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -46,8 +48,15 @@ def json_response(obj, status: int = 200) -> Response:
 
 
 def error_response(exc: BaseException) -> Response:
-    """The V2 error body of ``exc`` with the HTTP status serve.errors gives its class."""
-    return json_response({"error": message_of(exc)}, status_of(exc).http)
+    """The V2 error body of ``exc`` with the HTTP status serve.errors gives its class. A body left
+    unread (too large, too slow) closes the connection: what is still coming is not a request."""
+    status = status_of(exc)
+    r = json_response({"error": message_of(exc)}, status.http)
+    if status.retry_after is not None:
+        r.headers["retry-after"] = str(status.retry_after)
+    if isinstance(exc, (RequestTooLargeError, RequestTimeoutError)):
+        r.headers["connection"] = "close"
+    return r
 
 
 def _header(scope, name: bytes) -> str | None:
@@ -57,17 +66,36 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope, receive, limit: int) -> bytes:
-    """The request body, decompressed (Content-Encoding gzip / deflate); RequestTooLargeError over ``limit`` bytes."""
-    too_large = f"over the limit of {limit} bytes; send less data per request or raise --max-body-bytes"
+async def read_body(scope, receive, limit: int, timeout: float = DEFAULT_BODY_TIMEOUT) -> bytes:
+    """The request body, decompressed (Content-Encoding gzip / deflate); RequestTooLargeError over
+    ``limit`` bytes (sent or inflated), RequestTimeoutError when it takes longer than ``timeout`` s."""
     declared = _header(scope, b"content-length")
     if declared is not None:
         try:
             n = int(declared)
         except ValueError:
-            raise InvalidInputError(f"Content-Length header {declared!r} is not an integer") from None
+            raise InvalidInputError(f"Content-Length header {clip(repr(declared))} is not an integer") from None
         if n > limit:
-            raise RequestTooLargeError(f"request body of {n} bytes is {too_large}")
+            raise RequestTooLargeError(f"request body of {n} bytes is {_too_large(limit)}")
+    try:
+        async with asyncio.timeout(timeout):
+            body = await _receive_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within {timeout:g} s; send it at once "
+                                  f"(the server's --body-timeout-secs)") from None
+    encoding = _header(scope, b"content-encoding")
+    if encoding and encoding != "identity" and body:
+        if encoding not in ("gzip", "deflate"):
+            raise InvalidInputError(f"unsupported Content-Encoding {clip(repr(encoding))}; use gzip, deflate or identity")
+        body = await asyncio.to_thread(inflate, body, encoding, limit)
+    return body
+
+
+def _too_large(limit: int) -> str:
+    return f"over the limit of {limit} bytes; send less data per request or raise --max-body-bytes"
+
+
+async def _receive_all(receive, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         msg = await receive()
@@ -77,22 +105,28 @@ async def read_body(scope, receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise RequestTooLargeError(f"request body is {too_large}")
+                raise RequestTooLargeError(f"request body is {_too_large(limit)}")
             chunks.append(chunk)
         if not msg.get("more_body"):
             break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    encoding = _header(scope, b"content-encoding")
-    if encoding and encoding != "identity" and body:
-        if encoding not in ("gzip", "deflate"):
-            raise InvalidInputError(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or identity")
-        try:
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-        except zlib.error as e:
-            raise InvalidInputError(f"request body is not valid {encoding} data: {e}") from None
-        if len(body) > limit:
-            raise RequestTooLargeError(f"decompressed request body of {len(body)} bytes is {too_large}")
-    return body
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    """``data`` decompressed, stopping as soon as the output passes ``limit`` bytes (blocking: run
+    it in a thread)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise InvalidInputError(f"request body is not valid {encoding} data: {e}") from None
+    if len(out) > limit:
+        raise RequestTooLargeError(f"decompressed request body is {_too_large(limit)}")
+    if not d.eof:
+        raise InvalidInputError(f"request body is not valid {encoding} data: the compressed stream is truncated")
+    if d.unused_data:
+        raise InvalidInputError(f"request body holds {len(d.unused_data)} bytes after the end of its {encoding} stream")
+    return out
 
 
 def _load_json(data, what: str) -> dict:
@@ -102,9 +136,28 @@ def _load_json(data, what: str) -> dict:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInputError(f"malformed JSON in the {what}: {e}") from None
+    except RecursionError:  # the C decoder's own bound on nesting (about 1000 levels)
+        raise InvalidInputError(f"the JSON of the {what} is nested too deep") from None
     if not isinstance(obj, dict):
         raise InvalidInputError(f"the {what} must be a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _flag(doc: dict, key: str, what: str) -> bool:
+    v = doc.get(key, False)
+    if not isinstance(v, bool):
+        raise InvalidInputError(f"{key!r} of the {what} must be true or false, got {clip(repr(v))}")
+    return v
+
+
+def _logged(scope, send):
+    """``send`` that logs the status of the response (verbose logging)."""
+    async def logging_send(message):
+        if message["type"] == "http.response.start":
+            log.debug("HTTP %s %s -> %d", scope["method"], clip(scope["path"]), message["status"])
+        await send(message)
+
+    return logging_send
 
 
 def _parameters(doc: dict, what: str) -> dict:
@@ -129,7 +182,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
         try:
             hl = int(header_len)
         except ValueError:
-            raise InvalidInputError(f"Inference-Header-Content-Length {header_len!r} is not an integer") from None
+            raise InvalidInputError(f"Inference-Header-Content-Length {clip(repr(header_len))} is not an integer") from None
         if not 0 <= hl <= len(body):
             raise InvalidInputError(f"Inference-Header-Content-Length is {hl} but the body has only {len(body)} bytes")
         mv = memoryview(body)
@@ -143,7 +196,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
         raise InvalidInputError("inference request needs \"inputs\": a list of {name, shape, datatype, data}")
     rid = doc.get("id", "")
     if not isinstance(rid, str):
-        rid = str(rid)
+        raise InvalidInputError(f"\"id\" of the inference request must be a string, got {clip(repr(rid))}")
     params = _parameters(doc, "request")
     inputs = []
     offset = 0
@@ -152,23 +205,22 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
             raise InvalidInputError(f"inputs[{i}] must be a JSON object")
         name = d.get("name")
         datatype = d.get("datatype")
-        shape = d.get("shape")
         if not isinstance(name, str):
             raise InvalidInputError(f"inputs[{i}] needs a string \"name\"")
+        what = clip(repr(name))
         if not isinstance(datatype, str):
-            raise InvalidInputError(f"input {name!r} needs a string \"datatype\" such as \"FP32\"")
-        if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in shape):
-            raise InvalidInputError(f"input {name!r} needs \"shape\": a list of non-negative integers, got {shape!r}")
-        dt = input_dtype(name, datatype)
-        ip = _parameters(d, f"input {name!r}")
-        count = element_count(shape)
+            raise InvalidInputError(f"input {what} needs a string \"datatype\" such as \"FP32\"")
+        dt = input_dtype(clip(name), datatype)
+        shape = d.get("shape")
+        count = check_shape(name, shape, 8 if datatype == "BYTES" else max(1, dt.bits // 8))
+        ip = _parameters(d, f"input {what}")
         if "binary_data_size" in ip:
             size = ip["binary_data_size"]
-            if not isinstance(size, int) or size < 0:
-                raise InvalidInputError(f"binary_data_size of input {name!r} must be a non-negative integer")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInputError(f"binary_data_size of input {what} must be a non-negative integer")
             if offset + size > len(binary):
                 raise InvalidInputError(
-                    f"input {name!r} declares binary_data_size {size} but only {len(binary) - offset} bytes of binary data remain"
+                    f"input {what} declares binary_data_size {size} but only {len(binary) - offset} bytes of binary data remain"
                 )
             chunk = binary[offset:offset + size]
             offset += size
@@ -178,13 +230,13 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
                 want = count * (dt.bits // 8)
                 if size != want:
                     raise InvalidInputError(
-                        f"input {name!r}: binary data has {size} bytes but shape {shape} of {datatype} needs {want}"
+                        f"input {what}: binary data has {size} bytes but shape {shape} of {datatype} needs {want}"
                     )
                 arr = np.frombuffer(chunk, dtype=dt.numpy).reshape(shape)
         else:
             if "data" not in d:
-                raise InvalidInputError(f"input {name!r} has neither \"data\" nor a binary_data_size parameter")
-            arr = _json_tensor(name, d["data"], datatype, dt.numpy, shape, count)
+                raise InvalidInputError(f"input {what} has neither \"data\" nor a binary_data_size parameter")
+            arr = _json_tensor(what, d["data"], datatype, dt.numpy, shape, count)
         inputs.append(InferInput(name, datatype, shape, arr, ip))
     if offset != len(binary):
         raise InvalidInputError(
@@ -199,54 +251,57 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
         for i, o in enumerate(out_doc):
             if not isinstance(o, dict) or not isinstance(o.get("name"), str):
                 raise InvalidInputError(f"outputs[{i}] needs a string \"name\"")
-            outputs.append(RequestedOutput(o["name"], _parameters(o, f"output {o['name']!r}")))
-    binary_default = bool(params.get("binary_data_output", False))
+            outputs.append(RequestedOutput(o["name"], _parameters(o, f"output {clip(repr(o['name']))}")))
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise InvalidInputError(
+            f"parameter 'binary_data_output' of the request must be true or false, got {clip(repr(binary_default))}")
     return InferRequest(model, version, rid, inputs, outputs, params), binary_default
 
 
-def _json_tensor(name, data, datatype, dtype, shape, count) -> np.ndarray:
-    if datatype == "BYTES":
-        flat = _flatten(data) if isinstance(data, list) else [data]
+def _json_tensor(what, data, datatype, dtype, shape, count) -> np.ndarray:
+    """The ``data`` of a JSON input (``what``: its quoted name), nested at most as deep as its shape."""
+    if datatype in ("BYTES", "BOOL"):
+        flat = _flatten(data, len(shape), what) if isinstance(data, list) else [data]
         if len(flat) != count:
-            raise InvalidInputError(f"input {name!r} has {len(flat)} elements but shape {shape} needs {count}")
+            raise InvalidInputError(f"input {what} has {len(flat)} elements but shape {shape} needs {count}")
+        if datatype == "BOOL":
+            if not all(isinstance(x, bool) for x in flat):
+                raise InvalidInputError(f"input {what} is BOOL: elements must be true/false")
+            return np.array(flat, dtype=dtype).reshape(shape)
         arr = np.empty(count, dtype=object)
         for j, x in enumerate(flat):
-            if isinstance(x, str):
-                arr[j] = x.encode("utf-8")
-            else:
-                raise InvalidInputError(f"input {name!r} is BYTES: elements must be strings, element {j} is {type(x).__name__}")
+            if not isinstance(x, str):
+                raise InvalidInputError(f"input {what} is BYTES: elements must be strings, element {j} is {type(x).__name__}")
+            arr[j] = x.encode("utf-8", "surrogatepass")
         return arr.reshape(shape)
     try:
-        if datatype == "BOOL":
-            flat = _flatten(data) if isinstance(data, list) else [data]
-            if not all(isinstance(x, bool) for x in flat):
-                raise InvalidInputError(f"input {name!r} is BOOL: elements must be true/false")
-            arr = np.array(flat, dtype=dtype)
-        else:
-            arr = np.array(data, dtype=dtype)
-            if datatype.startswith(("INT", "UINT")) and isinstance(data, list):
-                flat = _flatten(data)
-                if any(isinstance(x, float) or isinstance(x, bool) for x in flat):
-                    raise InvalidInputError(f"input {name!r} is {datatype}: elements must be integers")
+        arr = np.array(data, dtype=dtype)
+        if datatype.startswith(("INT", "UINT")) and isinstance(data, list):
+            if any(isinstance(x, (float, bool)) for x in _flatten(data, len(shape), what)):
+                raise InvalidInputError(f"input {what} is {datatype}: elements must be integers")
     except InvalidInputError:
         raise
     except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInputError(f"input {name!r}: \"data\" is not a valid {datatype} array: {e}") from None
+        raise InvalidInputError(f"input {what}: \"data\" is not a valid {datatype} array: {clip(str(e))}") from None
     if arr.size != count:
-        raise InvalidInputError(f"input {name!r} has {arr.size} elements but shape {shape} needs {count}")
+        raise InvalidInputError(f"input {what} has {arr.size} elements but shape {shape} needs {count}")
     return arr.reshape(shape)
 
 
-def _flatten(data) -> list:
+def _flatten(data: list, depth: int, what: str) -> list:
+    """The scalars of nested lists, row-major; the nesting may be at most ``depth`` deep."""
     if not data or not isinstance(data[0], list):
         if any(isinstance(x, list) for x in data):
-            raise InvalidInputError("\"data\" mixes nested lists and scalars")
+            raise InvalidInputError(f"\"data\" of input {what} mixes nested lists and scalars")
         return data
+    if depth <= 1:
+        raise InvalidInputError(f"\"data\" of input {what} is nested deeper than its shape")
     out = []
     for x in data:
         if not isinstance(x, list):
-            raise InvalidInputError("\"data\" mixes nested lists and scalars")
-        out.extend(_flatten(x))
+            raise InvalidInputError(f"\"data\" of input {what} mixes nested lists and scalars")
+        out.extend(_flatten(x, depth - 1, what))
     return out
 
 
@@ -289,23 +344,25 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
 
 
 # --------------------------------------------------------------------------- the app
-async def infer_response(core, scope, receive, limit: int, model: str, version: str) -> Response:
+async def infer_response(core, scope, receive, limit: int, model: str, version: str,
+                         timeout: float = DEFAULT_BODY_TIMEOUT) -> Response:
     """One inference over HTTP: body -> InferRequest -> core.infer -> V2 response."""
-    body = await read_body(scope, receive, limit)
+    body = await read_body(scope, receive, limit, timeout)
     req, binary_default = parse_infer_request(model, version, body, _header(scope, HEADER_LEN))
     resp = await core.infer(req)
     return encode_infer_response(resp, req, binary_default)
 
 
-def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
-    """The ASGI app of the HTTP endpoint, calling ``core`` (an InferenceServer)."""
+def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float = DEFAULT_BODY_TIMEOUT):
+    """The ASGI app of the HTTP endpoint, calling ``core`` (an InferenceServer); a body must arrive
+    within ``body_timeout`` seconds and be at most ``max_body_bytes`` long (inflated)."""
 
     def _mv(request: Request) -> tuple[str, str]:
         p = request.path_params
         return p["model"], p.get("version", "")
 
     async def _body_json(request: Request, what: str) -> dict:
-        return _load_json(await read_body(request.scope, request.receive, max_body_bytes), what)
+        return _load_json(await read_body(request.scope, request.receive, max_body_bytes, body_timeout), what)
 
     async def live(request: Request):
         return Response(status_code=200 if core.live() else 503)
@@ -325,9 +382,9 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
             return Response(status_code=200)
         try:
             core.get_model(name, version)
-            msg = f"model {name!r} is not ready"
+            msg = f"model {clip(repr(name))} is not ready"
         except TuiliError as e:
-            msg = str(e)
+            msg = message_of(e)
         return json_response({"error": msg}, 400)
 
     async def model_config(request: Request):
@@ -342,24 +399,29 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
         return json_response(core.model_statistics())
 
     async def infer(request: Request):  # reached for non-POST methods only (405): FastInfer serves POST
-        return await infer_response(core, request.scope, request.receive, max_body_bytes, *_mv(request))
+        return await infer_response(core, request.scope, request.receive, max_body_bytes, *_mv(request), body_timeout)
 
     async def repo_index(request: Request):
         doc = await _body_json(request, "repository index request")
-        return json_response(core.repository_index(bool(doc.get("ready", False))))
+        return json_response(core.repository_index(_flag(doc, "ready", "repository index request")))
 
     async def repo_load(request: Request):
         params = _parameters(await _body_json(request, "load request"), "load request")
         files = {k[len("file:"):]: _base64_param(k, v) for k, v in params.items() if k.startswith("file:")}
         config = params.get("config")
         if config is not None and not isinstance(config, str):
-            config = json.dumps(config)
+            if not isinstance(config, dict):
+                raise InvalidInputError(f"parameter 'config' of the load request must be a JSON string or object, got {clip(repr(config))}")
+            try:
+                config = json.dumps(config)
+            except RecursionError:
+                raise InvalidInputError("parameter 'config' of the load request is nested too deep") from None
         await core.load_model(request.path_params["model"], config, files)
         return Response(status_code=200)
 
     async def repo_unload(request: Request):
         params = _parameters(await _body_json(request, "unload request"), "unload request")
-        await core.unload_model(request.path_params["model"], bool(params.get("unload_dependents", False)))
+        await core.unload_model(request.path_params["model"], _flag(params, "unload_dependents", "unload request"))
         return Response(status_code=200)
 
     async def logging_settings(request: Request):
@@ -367,17 +429,17 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
         return json_response(core.log_settings(update))
 
     async def on_error(request: Request, exc: TuiliError):
-        log_failure(exc, f"{request.method} {request.url.path}")
+        log_failure(exc, f"{request.method} {clip(request.url.path)}")
         return error_response(exc)
 
     async def on_bug(request: Request, exc: Exception):  # starlette re-raises it afterwards: uvicorn logs the traceback
         return error_response(exc)
 
     async def not_found(request: Request, exc):
-        return json_response({"error": f"no such endpoint: {request.method} {request.url.path}"}, 404)
+        return json_response({"error": f"no such endpoint: {request.method} {clip(request.url.path)}"}, 404)
 
     async def bad_method(request: Request, exc):
-        return json_response({"error": f"method {request.method} is not allowed on {request.url.path}"}, 405)
+        return json_response({"error": f"method {request.method} is not allowed on {clip(request.url.path)}"}, 405)
 
     m = "/v2/models/{model}"
     mv = "/v2/models/{model}/versions/{version}"
@@ -401,7 +463,7 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY):
         ]
     handlers = {TuiliError: on_error, Exception: on_bug, 404: not_found, 405: bad_method}
     app = Starlette(routes=routes, exception_handlers=handlers)
-    return FastInfer(app, core, max_body_bytes)
+    return FastInfer(app, core, max_body_bytes, body_timeout)
 
 
 class FastInfer:
@@ -409,10 +471,11 @@ class FastInfer:
     routing table walk, no Request objects: the per-request overhead decides serving rankings
     on small machines) and hands everything else to the starlette app."""
 
-    def __init__(self, app: Starlette, core, max_body_bytes: int):
+    def __init__(self, app: Starlette, core, max_body_bytes: int, body_timeout: float = DEFAULT_BODY_TIMEOUT):
         self.app = app
         self.core = core
         self.limit = max_body_bytes
+        self.timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -423,13 +486,17 @@ class FastInfer:
                     return await self._infer(scope, receive, send, parts[0], "")
                 if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
                     return await self._infer(scope, receive, send, parts[0], parts[2])
+        if scope["type"] == "http" and log.isEnabledFor(logging.DEBUG):
+            return await self.app(scope, receive, _logged(scope, send))
         await self.app(scope, receive, send)
 
     async def _infer(self, scope, receive, send, model: str, version: str):
         try:
-            r = await infer_response(self.core, scope, receive, self.limit, model, version)
+            r = await infer_response(self.core, scope, receive, self.limit, model, version, self.timeout)
         except Exception as e:  # outside starlette: the one place its exception handlers do not reach
-            log_failure(e, f"POST {scope['path']}")
+            log_failure(e, f"POST {clip(scope['path'])}")
             r = error_response(e)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("HTTP POST %s -> %d", clip(scope["path"]), r.status_code)
         await send({"type": "http.response.start", "status": r.status_code, "headers": r.raw_headers})
         await send({"type": "http.response.body", "body": r.body})

@@ -21,8 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tuili.errors import ConfigError
-from tuili.serve.core import InferenceServer
-from tuili.serve.http_server import DEFAULT_MAX_BODY, create_app
+from tuili.serve.core import SERVER_NAME, InferenceServer
+from tuili.serve.http_server import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, create_app
+from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,16 @@ class ServeOptions:
     load_model: list[str] | None = None
     repository_poll_secs: float = 15.0
     max_body_bytes: int = DEFAULT_MAX_BODY
+    body_timeout_secs: float = DEFAULT_BODY_TIMEOUT
+    grpc_max_receive_bytes: int = DEFAULT_MAX_BODY
     shutdown_grace_secs: float = 30.0
+    server_name: str = SERVER_NAME
+    strict_readiness: bool = True
+    strict_model_config: bool = False
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # per model whose config sets none; 0 = unbounded
+    allow_paths_outside: bool = False  # trusted setups: model files may live outside their model directory
+    exit_on_error: bool = False
+    log_settings: dict | None = None  # Triton's logging extension settings to start with (log_verbose_level, ...)
     ready_file: str | None = None  # written with the bound ports once everything listens (tests use it)
 
 
@@ -69,7 +79,12 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
 
-    core = InferenceServer(opts.model_repository, opts.model_control_mode, opts.load_model, opts.repository_poll_secs)
+    core = InferenceServer(opts.model_repository, opts.model_control_mode, opts.load_model, opts.repository_poll_secs,
+                           server_name=opts.server_name, strict_readiness=opts.strict_readiness,
+                           strict_model_config=opts.strict_model_config, max_queue_size=opts.max_queue_size,
+                           allow_paths_outside=opts.allow_paths_outside)
+    if opts.log_settings:
+        core.log_settings(opts.log_settings)
 
     def uv(app, port, what):
         cfg = uvicorn.Config(app, host=opts.host, port=port, log_level="warning", access_log=False, lifespan="off",
@@ -77,7 +92,8 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
         return _Uvicorn(cfg), _bind(opts.host, port, what)
 
     # Bind first: a busy port fails before minutes of model loading.
-    http = uv(create_app(core, opts.max_body_bytes), opts.http_port, "--http-port") if opts.http_port >= 0 else None
+    app = create_app(core, opts.max_body_bytes, opts.body_timeout_secs)
+    http = uv(app, opts.http_port, "--http-port") if opts.http_port >= 0 else None
     try:
         metrics = uv(metrics_app(core), opts.metrics_port, "--metrics-port") if opts.metrics_port >= 0 else None
     except BaseException:
@@ -101,10 +117,14 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
             ports[key] = sock.getsockname()[1]
         # Health endpoints answer (live, not ready) while the models load.
         await core.start()
+        failed = core.unready_models()
+        if opts.exit_on_error and failed:
+            raise ConfigError(f"--exit-on-error: model(s) {', '.join(failed)} failed to load (the log says why); "
+                              f"fix them or start with --exit-on-error=false")
         if opts.grpc_port >= 0:
             from tuili.serve.grpc_server import start_grpc_server
 
-            grpc_server = await start_grpc_server(core, opts.host, opts.grpc_port)
+            grpc_server = await start_grpc_server(core, opts.host, opts.grpc_port, max_receive_bytes=opts.grpc_max_receive_bytes)
             ports["grpc"] = getattr(grpc_server, "bound_port", None) or opts.grpc_port
         log.info("tuili serve: HTTP on %s:%d, gRPC on %s:%d, metrics on %s:%d/metrics", opts.host, ports["http"], opts.host,
                  ports["grpc"], opts.host, ports["metrics"])

@@ -95,9 +95,3 @@ def deserialize_bytes_tensor(buf, count: int | None = None) -> np.ndarray:
     arr[:] = out
     return arr
 
-
-def element_count(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n

@@ -1,7 +1,9 @@
-"""Request checks against a model's spec (names, datatypes, shapes, batch size, parameters).
+"""Request checks: the wire-level ones both adapters share (shapes, parameters) and those against
+a model's spec (names, datatypes, shapes, batch size).
 
 Pure functions of the request and the ``ModelSpec``: every failure is an InvalidInputError that
-names the model, the tensor and what was expected, and nothing here touches a queue or a thread.
+names the model, the tensor or parameter and what was expected, and nothing here touches a queue
+or a thread. Shapes are checked in exact integer arithmetic before any array is allocated.
 """
 from __future__ import annotations
 
@@ -10,7 +12,77 @@ import numpy as np
 from tuili import dtypes
 from tuili.errors import InvalidInputError
 from tuili.model_config import ModelSpec
+from tuili.serve.errors import clip
 from tuili.serve.types import InferRequest
+
+#: numpy's limit on the number of dimensions of an array.
+MAX_DIMS = 64
+#: The largest size in bytes a tensor may describe, zero-element tensors included: what an int64
+#: (numpy's size type, onnxruntime's dims) can count.
+MAX_BYTES = 2**63 - 1
+UINT64_MAX = 2**64 - 1
+
+# Parameters of Triton's protocol with a meaning here and the type their value must have; any other
+# key may carry any scalar (the protocol allows custom parameters, passed along unread).
+REQUEST_PARAMETERS = {"priority": "uint", "timeout": "uint", "binary_data_output": "bool",
+                      "sequence_id": "id", "sequence_start": "bool", "sequence_end": "bool"}
+INPUT_PARAMETERS = {"binary_data_size": "uint", "shared_memory_region": "str",
+                    "shared_memory_byte_size": "uint", "shared_memory_offset": "uint"}
+OUTPUT_PARAMETERS = {"binary_data": "bool", "classification": "uint", "class_count": "uint",
+                     "shared_memory_region": "str", "shared_memory_byte_size": "uint", "shared_memory_offset": "uint"}
+_KINDS = {"uint": "a non-negative integer", "bool": "true or false", "str": "a string",
+          "id": "an unsigned integer or a string"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fits(kind: str, v) -> bool:
+    if kind == "uint":
+        return _is_int(v) and 0 <= v <= UINT64_MAX
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "id":
+        return isinstance(v, str) or (_is_int(v) and 0 <= v <= UINT64_MAX)
+    return isinstance(v, (bool, int, float, str))  # "scalar"
+
+
+def check_parameters(params, known: dict[str, str], where: str) -> dict:
+    """``params`` (a JSON object / protobuf map already turned into a dict) with every value of the
+    type its key needs; the error names the parameter, where it was and what it must be."""
+    if not isinstance(params, dict):
+        raise InvalidInputError(f"\"parameters\" of the {where} must be an object of name: value")
+    for key, v in params.items():
+        kind = known.get(key, "scalar")
+        if not _fits(kind, v):
+            what = _KINDS.get(kind, "a bool, number or string")
+            raise InvalidInputError(f"parameter {clip(repr(key))} of the {where} must be {what}, got {clip(repr(v))}")
+    return params
+
+
+def check_shape(name: str, shape, itemsize: int) -> int:
+    """The element count of a request tensor's ``shape``: a list of at most MAX_DIMS non-negative
+    integers whose size in bytes, counting only the non-zero dims, fits in MAX_BYTES (so a
+    zero-element tensor cannot carry absurd dims into numpy or an engine)."""
+    if not isinstance(shape, (list, tuple)) or not all(_is_int(d) for d in shape):
+        raise InvalidInputError(f"input {clip(repr(name))} needs \"shape\": a list of non-negative integers, got {clip(repr(shape))}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInputError(f"input {clip(repr(name))} has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    count, size = 1, max(1, itemsize)
+    for d in shape:
+        if d < 0:
+            raise InvalidInputError(f"input {clip(repr(name))} has shape {clip(str(list(shape)))}: "
+                                    f"a request shape cannot hold negative dimensions")
+        count *= d
+        if d:
+            size *= d
+            if size > MAX_BYTES:
+                raise InvalidInputError(f"input {clip(repr(name))} has shape {clip(str(list(shape)))}, "
+                                        f"which describes more than {MAX_BYTES} bytes")
+    return count
 
 
 def input_dtype(name: str, datatype: str) -> dtypes.DType:
@@ -86,11 +158,17 @@ def model_feeds(model: str, spec: ModelSpec, feeds: dict[str, np.ndarray]) -> tu
 
 
 def int_param(params: dict, key: str) -> int:
-    """An integer request parameter (``priority``, ``timeout``); 0 when absent."""
-    if not params or key not in params:
-        return 0
-    v = params[key]
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"request parameter {key!r} must be an integer, got {v!r}") from None
+    """A non-negative integer request parameter (``priority``, ``timeout``); 0 when absent."""
+    v = params.get(key, 0) if params else 0
+    if not _fits("uint", v):
+        raise InvalidInputError(f"request parameter {key!r} must be {_KINDS['uint']}, got {clip(repr(v))}")
+    return v
+
+
+def check_request(req: InferRequest) -> None:
+    """The parameters of the request, its inputs and its requested outputs have the types they need."""
+    check_parameters(req.parameters, REQUEST_PARAMETERS, "request")
+    for inp in req.inputs:
+        check_parameters(inp.parameters, INPUT_PARAMETERS, f"input {clip(repr(inp.name))}")
+    for o in req.outputs or ():
+        check_parameters(o.parameters, OUTPUT_PARAMETERS, f"output {clip(repr(o.name))}")

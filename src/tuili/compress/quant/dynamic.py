@@ -1,0 +1,1 @@
+def quantize_dynamic(*a, **k): raise NotImplementedError

@@ -169,6 +169,8 @@ def reader_for(calib, inputs: list[InputSpec], batch_size: int = DEFAULT_BATCH, 
                           "dict of arrays, a Reader or an iterable of feed dicts")
     if reader.samples == 0:
         raise InvalidInputError("the calibration set is empty: give at least one sample per model input")
+    if isinstance(reader, ArrayReader):  # arrays can be checked before any work starts
+        check_feed(next(iter(reader)), inputs, getattr(reader, "source", "calibration data"))
     return reader
 
 
@@ -229,8 +231,9 @@ def collect(graph: Graph, observers: Mapping[str, Observer], reader: Reader,
     sess = ort.InferenceSession(g.to_proto().SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = list(observers)
     samples = 0
+    where = getattr(reader, "source", "calibration data")
     for feed in reader:
-        check_feed(feed, inputs)
+        check_feed(feed, inputs, where)
         n = len(next(iter(feed.values()))) if feed else 0
         if n == 0:
             continue

@@ -89,7 +89,7 @@ def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, pe
         " symmetric" if symmetric_activations else " asymmetric"), "weights": f"{ws.qtype.name} symmetric"
         + (" 7-bit (reduce_range)" if reduce_range else "")}
     report.seconds = time.perf_counter() - t0
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())
     return report
 
 

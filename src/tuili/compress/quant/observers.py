@@ -142,16 +142,20 @@ class HistogramObserver(Observer):
             counts, width = h.folded()
             if h.amax == 0.0 or counts.sum() == 0:
                 continue
-            one_sided = lo[i] >= 0 or hi[i] <= 0
-            levels = qt.qmax - qt.qmin + 1
-            if symmetric or not one_sided:
-                levels //= 2  # one sign gets half of the integers
-            t = self._threshold(counts, width, levels)
+            t = self._threshold(counts, width, float(lo[i]), float(hi[i]), qt, symmetric)
             lo[i], hi[i] = max(lo[i], -t), min(hi[i], t)
         return lo, hi
 
-    def _threshold(self, counts: np.ndarray, width: float, levels: int) -> float:
+    def _threshold(self, counts: np.ndarray, width: float, lo: float, hi: float, qt: QType, symmetric: bool) -> float:
+        """The clipping threshold on |x| for a tensor with exact range [lo, hi]."""
         raise NotImplementedError
+
+
+def _levels(lo: float, hi: float, qt: QType, symmetric: bool) -> int:
+    """Integers available to one sign of |x|: all of them for a one-sided tensor quantized
+    asymmetrically (after ReLU), else half."""
+    levels = qt.qmax - qt.qmin + 1
+    return levels if not symmetric and (lo >= 0 or hi <= 0) else levels // 2
 
 
 class PercentileObserver(HistogramObserver):
@@ -163,7 +167,7 @@ class PercentileObserver(HistogramObserver):
             raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
         self.percentile = percentile
 
-    def _threshold(self, counts, width, levels):
+    def _threshold(self, counts, width, lo, hi, qt, symmetric):
         cdf = np.cumsum(counts)
         i = int(np.searchsorted(cdf, cdf[-1] * self.percentile / 100.0))  # first bin reaching it
         return (i + 1) * width
@@ -183,7 +187,8 @@ class EntropyObserver(HistogramObserver):
 
     method = "entropy"
 
-    def _threshold(self, counts, width, levels):
+    def _threshold(self, counts, width, lo, hi, qt, symmetric):
+        levels = _levels(lo, hi, qt, symmetric)
         counts = counts.astype(np.float64)
         last = int(np.flatnonzero(counts).max()) + 1
         if last <= levels:  # fewer occupied bins than integers: no clipping helps
@@ -219,11 +224,12 @@ def _kl_clipped(counts: np.ndarray, i: int, levels: int) -> float:
 
 class MSEObserver(HistogramObserver):
     """The threshold with the least expected squared error over the histogram: values above it cost
-    their clipping distance squared, values below it the rounding noise step² / 12."""
+    their clipping distance squared, values below it the rounding noise step² / 12, where the step is
+    that of the range the threshold gives ([max(lo, -t), min(hi, t)], symmetric or not)."""
 
     method = "mse"
 
-    def _threshold(self, counts, width, levels):
+    def _threshold(self, counts, width, lo, hi, qt, symmetric):
         counts = counts.astype(np.float64)
         centres = (np.arange(len(counts)) + 0.5) * width
         c0 = np.cumsum(counts[::-1])[::-1]  # tail sums from bin j on
@@ -236,7 +242,10 @@ class MSEObserver(HistogramObserver):
         has_tail = idx < len(counts)
         clip = np.where(has_tail, c2[tail] - 2 * t * c1[tail] + t**2 * c0[tail], 0.0)
         inside = c0[0] - np.where(has_tail, c0[tail], 0.0)
-        step = t / max(levels - 1, 1)
+        a, b = np.maximum(lo, -t), np.minimum(hi, t)
+        neg, pos = -np.minimum(a, 0.0), np.maximum(b, 0.0)  # the range always contains 0
+        span = 2 * np.maximum(neg, pos) if symmetric else neg + pos
+        step = span / (qt.qmax - qt.qmin)
         err = clip + inside * step**2 / 12.0
         return float(t[int(np.argmin(err))])
 

@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="calibration data: an .npz with one array per model input, samples along axis 0 (static)")
     p.add_argument("--random", type=int, metavar="N",
                    help="calibrate on N generated samples from N(0, 1) instead of --calib (a smoke test, not for accuracy)")
-    p.add_argument("--method", choices=["entropy", "minmax", "percentile", "mse"],
-                   help="how activation ranges are chosen from the calibration statistics (static; default entropy)")
+    p.add_argument("--method", choices=["mse", "entropy", "percentile", "minmax"],
+                   help="how activation ranges are chosen from the calibration statistics (static; default mse)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
     rr = p.add_mutually_exclusive_group()
     rr.add_argument("--reduce-range", dest="reduce_range", action="store_const", const=True,

@@ -1,7 +1,7 @@
 """tuili.compress.quant — post-training quantization to QDQ ONNX that onnxruntime runs unmodified.
 
     from tuili.compress.quant import quantize_static, quantize_dynamic
-    report = quantize_static("m.onnx", "m.int8.onnx", "calib.npz", method="entropy")   # -> Report
+    report = quantize_static("m.onnx", "m.int8.onnx", "calib.npz", method="mse")       # -> Report
     report = quantize_dynamic("bert.onnx", "bert.int8.onnx")                           # MatMul/Gemm
     print(report.summary())
 

@@ -20,9 +20,9 @@ from tuili.errors import ConfigError
 from tuili.ir import Graph, Node, Value, infer_shapes
 from tuili.passes.base import const_of
 
-from .ptq import check_paths, default_reduce_range
-from .qdq import FLOAT, WeightSettings, _drop_unused_initializers, _is_float, _name, weight_params
 from .prepare import model_size, prepare
+from .ptq import check_paths, default_reduce_range
+from .qdq import FLOAT, WeightSettings, drop_unused_initializers, fresh_name, is_float, weight_params
 from .qparams import qtype, quantize
 from .report import FloatNode, Report
 
@@ -33,7 +33,7 @@ DYNAMIC_OPS = ("MatMul", "Gemm")
 
 def _why_float(node: Node) -> str | None:
     a, w = node.inputs[0], node.inputs[1]
-    if not (_is_float(a) and _is_float(w) and _is_float(node.outputs[0])):
+    if not (is_float(a) and is_float(w) and is_float(node.outputs[0])):
         return "not float32"
     if const_of(a) is not None:
         return "constant first operand"
@@ -72,7 +72,7 @@ def quantize_dynamic(model_in, model_out, per_channel: bool = True, *, weight_ty
             continue
         _rewrite(graph, node, ws, activations)
         quantized[node.op_type] += 1
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     graph.topological_sort()
     infer_shapes(graph)
     graph.producer_name = "tuili.compress.quant"
@@ -96,44 +96,44 @@ def _rewrite(graph: Graph, node: Node, ws: WeightSettings, activations: dict) ->
     scale, zp = weight_params(w, 1, ws)
     axis = 1 if ws.per_channel else None
     if a.name not in activations:
-        dq = graph.add_node("DynamicQuantizeLinear", [a], 3, name=_name(graph, f"{a.name}_DynamicQuantizeLinear"),
-                            output_names=[_name(graph, f"{a.name}_{s}") for s in ("quantized", "scale", "zero_point")])
+        dq = graph.add_node("DynamicQuantizeLinear", [a], 3, name=fresh_name(graph, f"{a.name}_DynamicQuantizeLinear"),
+                            output_names=[fresh_name(graph, f"{a.name}_{s}") for s in ("quantized", "scale", "zero_point")])
         activations[a.name] = tuple(dq.outputs)
     aq, a_scale, a_zp = activations[a.name]
-    wq = graph.add_initializer(_name(graph, f"{w_val.name}_quantized"), quantize(w, scale, zp, axis))
-    w_zp = graph.add_initializer(_name(graph, f"{w_val.name}_zero_point"), np.zeros(np.shape(scale), np.int8))
-    w_scale = graph.add_initializer(_name(graph, f"{w_val.name}_scale"), (scale * np.float32(alpha)).astype(np.float32))
+    wq = graph.add_initializer(fresh_name(graph, f"{w_val.name}_quantized"), quantize(w, scale, zp, axis))
+    w_zp = graph.add_initializer(fresh_name(graph, f"{w_val.name}_zero_point"), np.zeros(np.shape(scale), np.int8))
+    w_scale = graph.add_initializer(fresh_name(graph, f"{w_val.name}_scale"), (scale * np.float32(alpha)).astype(np.float32))
     out = node.outputs[0]
     base = node.name or out.name
-    mm = Node("MatMulInteger", [aq, wq, a_zp, w_zp], [graph.new_value(_name(graph, f"{base}_int32"))],
-              name=_name(graph, f"{base}_MatMulInteger"), graph=graph)
-    cast = Node("Cast", [mm.outputs[0]], [graph.new_value(_name(graph, f"{base}_float"))], attrs={"to": FLOAT},
-                name=_name(graph, f"{base}_Cast"), graph=graph)
-    s = Node("Mul", [a_scale, w_scale], [graph.new_value(_name(graph, f"{base}_scale"))],
-             name=_name(graph, f"{base}_scale_Mul"), graph=graph)
+    mm = Node("MatMulInteger", [aq, wq, a_zp, w_zp], [graph.new_value(fresh_name(graph, f"{base}_int32"))],
+              name=fresh_name(graph, f"{base}_MatMulInteger"), graph=graph)
+    cast = Node("Cast", [mm.outputs[0]], [graph.new_value(fresh_name(graph, f"{base}_float"))], attrs={"to": FLOAT},
+                name=fresh_name(graph, f"{base}_Cast"), graph=graph)
+    s = Node("Mul", [a_scale, w_scale], [graph.new_value(fresh_name(graph, f"{base}_scale"))],
+             name=fresh_name(graph, f"{base}_scale_Mul"), graph=graph)
     new = [mm, cast, s]
     c = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
     if c is None:
-        new.append(Node("Mul", [cast.outputs[0], s.outputs[0]], [out], name=_name(graph, f"{base}_Mul"), graph=graph))
+        new.append(Node("Mul", [cast.outputs[0], s.outputs[0]], [out], name=fresh_name(graph, f"{base}_Mul"), graph=graph))
     else:
-        scaled = Node("Mul", [cast.outputs[0], s.outputs[0]], [graph.new_value(_name(graph, f"{base}_scaled"))],
-                      name=_name(graph, f"{base}_Mul"), graph=graph)
+        scaled = Node("Mul", [cast.outputs[0], s.outputs[0]], [graph.new_value(fresh_name(graph, f"{base}_scaled"))],
+                      name=fresh_name(graph, f"{base}_Mul"), graph=graph)
         beta = float(node.attrs.get("beta", 1.0))
         if beta == 1.0:
             bias = c
         elif const_of(c) is not None:
-            bias = graph.add_initializer(_name(graph, f"{c.name}_beta"), (const_of(c) * np.float32(beta)).astype(np.float32))
+            bias = graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), (const_of(c) * np.float32(beta)).astype(np.float32))
         else:
             bias = _scaled(graph, c, beta, new)
-        new += [scaled, Node("Add", [scaled.outputs[0], bias], [out], name=_name(graph, f"{base}_Add"), graph=graph)]
+        new += [scaled, Node("Add", [scaled.outputs[0], bias], [out], name=fresh_name(graph, f"{base}_Add"), graph=graph)]
     graph.replace_nodes([node], new)
 
 
 def _scaled(graph: Graph, c: Value, beta: float, new: list[Node]) -> Value:
     """beta * c for a bias computed at run time (a node appended to ``new``)."""
-    k = graph.add_initializer(_name(graph, f"{c.name}_beta"), np.asarray(beta, np.float32))
-    n = Node("Mul", [c, k], [graph.new_value(_name(graph, f"{c.name}_times_beta"))], graph=graph,
-             name=_name(graph, f"{c.name}_beta_Mul"))
+    k = graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), np.asarray(beta, np.float32))
+    n = Node("Mul", [c, k], [graph.new_value(fresh_name(graph, f"{c.name}_times_beta"))], graph=graph,
+             name=fresh_name(graph, f"{c.name}_beta_Mul"))
     new.append(n)
     return n.outputs[0]
 

@@ -11,7 +11,7 @@ a power of two and old bins merge exactly (no data is kept). They choose a clipp
 |x| and return [max(min, -t), min(max, t)], so a one-sided tensor (after ReLU) keeps lo = 0:
   percentile  t = the ``percentile``-th percentile of |x|
   entropy     TensorRT's calibration: the t whose clipped-and-quantized histogram has the least
-              KL divergence from the original one
+              KL divergence from the original one (the bin of exact zeros left out)
   mse         the t with the least expected squared error (clipping + rounding noise step²/12)
 ``axis`` observes per channel (one set of statistics per slice along that axis).
 """
@@ -190,6 +190,12 @@ class EntropyObserver(HistogramObserver):
     def _threshold(self, counts, width, lo, hi, qt, symmetric):
         levels = _levels(lo, hi, qt, symmetric)
         counts = counts.astype(np.float64)
+        # The bin at 0 holds ReLU's floor and padding: exact zeros any range keeps exact. Left in,
+        # that spike dominates P and the search clips a ReLU output far too hard (digits_cnn's
+        # logits fell from 41.5 to 14 dB SNR).
+        counts[0] = 0.0
+        if not counts.any():
+            return len(counts) * width
         last = int(np.flatnonzero(counts).max()) + 1
         if last <= levels:  # fewer occupied bins than integers: no clipping helps
             return last * width

@@ -64,7 +64,7 @@ class Plan:
         return {id(n) for n in self.compute + self.pass_through}
 
 
-def _is_float(v: Value | None) -> bool:
+def is_float(v: Value | None) -> bool:
     return v is None or v.dtype == FLOAT
 
 
@@ -77,7 +77,7 @@ def _weight_axis(node: Node) -> int:
 
 def _why_float(node: Node) -> str | None:
     """None when ``node`` (a compute op) can be quantized, else the reason it stays float."""
-    if not all(_is_float(v) for v in node.inputs) or not all(_is_float(v) for v in node.outputs):
+    if not all(is_float(v) for v in node.inputs) or not all(is_float(v) for v in node.outputs):
         return "not float32"
     ins = node.inputs
     const = [v is not None and const_of(v) is not None for v in ins]
@@ -136,7 +136,7 @@ def plan(graph: Graph, *, op_types=COMPUTE, exclude=(), fold_activations: bool =
             produced[node.outputs[0].name] = node
         elif op in PASS_THROUGH:
             x = node.inputs[0]
-            if x is not None and _is_float(x) and (x.name in produced or x.name in quantized_out):
+            if x is not None and is_float(x) and (x.name in produced or x.name in quantized_out):
                 p.pass_through.append(node)
                 p.tensors.setdefault(x.name, x.name)
                 y = node.outputs[0].name
@@ -178,22 +178,22 @@ class WeightSettings:
     per_channel: bool = True
 
 
-def _name(graph: Graph, hint: str) -> str:
+def fresh_name(graph: Graph, hint: str) -> str:
     return hint if graph.lookup(hint) is None else graph.unique_name(hint)
 
 
 def _qdq(graph: Graph, x: Value, scale: np.ndarray, zp: np.ndarray, axis: int | None = None,
          quantize_node: bool = True) -> Value:
     """DequantizeLinear(QuantizeLinear(x)) (or DequantizeLinear(x) for an already integer ``x``)."""
-    s = graph.add_initializer(_name(graph, f"{x.name}_scale"), np.asarray(scale, np.float32))
-    z = graph.add_initializer(_name(graph, f"{x.name}_zero_point"), np.asarray(zp))
+    s = graph.add_initializer(fresh_name(graph, f"{x.name}_scale"), np.asarray(scale, np.float32))
+    z = graph.add_initializer(fresh_name(graph, f"{x.name}_zero_point"), np.asarray(zp))
     attrs = {"axis": axis} if axis is not None and np.ndim(scale) else None
     q = x
     if quantize_node:
-        q = graph.add_node("QuantizeLinear", [x, s, z], name=_name(graph, f"{x.name}_QuantizeLinear"),
-                           output_names=[_name(graph, f"{x.name}_quantized")], attrs=attrs).outputs[0]
-    return graph.add_node("DequantizeLinear", [q, s, z], name=_name(graph, f"{x.name}_DequantizeLinear"),
-                          output_names=[_name(graph, f"{x.name}_dequantized")], attrs=attrs).outputs[0]
+        q = graph.add_node("QuantizeLinear", [x, s, z], name=fresh_name(graph, f"{x.name}_QuantizeLinear"),
+                           output_names=[fresh_name(graph, f"{x.name}_quantized")], attrs=attrs).outputs[0]
+    return graph.add_node("DequantizeLinear", [q, s, z], name=fresh_name(graph, f"{x.name}_DequantizeLinear"),
+                          output_names=[fresh_name(graph, f"{x.name}_dequantized")], attrs=attrs).outputs[0]
 
 
 def weight_params(w: np.ndarray, axis: int | None, ws: WeightSettings,
@@ -236,19 +236,19 @@ def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]]
         x_scale = x_scales[id(node)]
         scale, zp = weight_params(w, axis, ws, b, x_scale)
         ch_axis = axis if ws.per_channel else None
-        wq = graph.add_initializer(_name(graph, f"{w_val.name}_quantized"), quantize(w, scale, zp, ch_axis))
+        wq = graph.add_initializer(fresh_name(graph, f"{w_val.name}_quantized"), quantize(w, scale, zp, ch_axis))
         node.set_input(1, _qdq(graph, wq, scale, zp, ch_axis, quantize_node=False))
         if b is not None:
             bscale = (np.float32(x_scale) * scale).astype(np.float32)
             bq = np.clip(np.rint(b.astype(np.float64) / bscale), -INT32_MAX, INT32_MAX).astype(np.int32)
-            bv = graph.add_initializer(_name(graph, f"{b_val.name}_quantized"), bq)
+            bv = graph.add_initializer(fresh_name(graph, f"{b_val.name}_quantized"), bq)
             node.set_input(2, _qdq(graph, bv, bscale, np.zeros(np.shape(bscale), np.int32), 0, quantize_node=False))
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     graph.topological_sort()
     infer_shapes(graph)
 
 
-def _drop_unused_initializers(graph: Graph) -> None:
+def drop_unused_initializers(graph: Graph) -> None:
     for name, v in list(graph.initializers.items()):
         if not v.uses and not v.is_graph_output and not v.is_graph_input:
             del graph.initializers[name]

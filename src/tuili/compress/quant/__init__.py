@@ -1,0 +1,42 @@
+"""tuili.compress.quant — post-training quantization to QDQ ONNX that onnxruntime runs unmodified.
+
+    from tuili.compress.quant import quantize_static, quantize_dynamic
+    report = quantize_static("m.onnx", "m.int8.onnx", "calib.npz", method="mse")       # -> Report
+    report = quantize_dynamic("bert.onnx", "bert.int8.onnx")                           # MatMul/Gemm
+    print(report.summary())
+
+Modules: ``qparams`` (integer ranges, scale/zero point, numpy Q/DQ), ``observers`` (min-max,
+percentile, entropy, MSE; streaming, per tensor or per channel), ``calibrate`` (readers and the
+calibration pass), ``prepare`` (tuili's passes before quantizing), ``qdq`` (what gets Q/DQ, and the
+rewrite), ``ptq`` (static), ``dynamic`` (run-time activation scales), ``report``.
+"""
+from tuili.compress.quant.calibrate import (
+    ArrayReader,
+    InputSpec,
+    IterableReader,
+    NpzReader,
+    RandomReader,
+    Reader,
+    check_feed,
+    collect,
+    model_inputs,
+    reader_for,
+)
+from tuili.compress.quant.dynamic import quantize_dynamic
+from tuili.compress.quant.observers import (
+    OBSERVERS,
+    EntropyObserver,
+    MinMaxObserver,
+    MSEObserver,
+    Observer,
+    PercentileObserver,
+    make_observer,
+)
+from tuili.compress.quant.ptq import DEFAULT_METHOD, quantize_static
+from tuili.compress.quant.qparams import QType, dequantize, qtype, quantize, scale_zero_point
+from tuili.compress.quant.report import FloatNode, Report
+
+__all__ = ["ArrayReader", "DEFAULT_METHOD", "EntropyObserver", "FloatNode", "InputSpec", "IterableReader",
+           "MSEObserver", "MinMaxObserver", "NpzReader", "OBSERVERS", "Observer", "PercentileObserver", "QType",
+           "RandomReader", "Reader", "Report", "check_feed", "collect", "dequantize", "make_observer", "model_inputs",
+           "qtype", "quantize", "quantize_dynamic", "quantize_static", "reader_for", "scale_zero_point"]

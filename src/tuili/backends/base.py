@@ -16,6 +16,7 @@ import numpy as np
 
 from tuili.dtypes import UnknownDTypeError
 from tuili.errors import ConfigError, KernelError, ModelLoadError, TuiliError
+from tuili.ir.serde import tensor_protos
 from tuili.model_config import TensorSpec
 from tuili.model_config.paths import resolve_inside
 
@@ -207,27 +208,6 @@ def str_to_bytes(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def _graph_tensors(graph):
-    """Every TensorProto of an ONNX graph (subgraphs included): the ones external data can back."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes):
-    for node in nodes:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for g in attr.graphs:
-                yield from _graph_tensors(g)
-
-
 def check_external_data(path: str, model_dir: str) -> None:
     """Refuse an ONNX model whose external data (tensors stored in other files) lives outside
     ``model_dir``: each location is resolved, symlinks followed, from the model file's directory,
@@ -239,8 +219,7 @@ def check_external_data(path: str, model_dir: str) -> None:
     except Exception as e:  # noqa: BLE001 - the engine then reports an unreadable model in its own words
         log.debug("external-data check skipped: %s does not parse: %s", path, e)
         return
-    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
-    for tensor in tensors:
+    for tensor in tensor_protos(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             resolve_inside(model_dir, location, relative_to=os.path.dirname(path),

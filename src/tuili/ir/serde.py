@@ -3,6 +3,7 @@ external data files), metadata, doc strings, value_info and attributes are writt
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def read_model_proto(src: ModelSource) -> tuple[onnx.ModelProto, str | None, dic
 
     Returns (proto, base dir, {initializer name: external data file})."""
     if isinstance(src, onnx.ModelProto):
-        for t in _all_tensors(src.graph):
+        for t in tensor_protos(src):
             if uses_external_data(t):
                 raise ModelLoadError(
                     f"initializer {t.name!r} uses external data but the model was given as a ModelProto "
@@ -59,22 +60,37 @@ def read_model_proto(src: ModelSource) -> tuple[onnx.ModelProto, str | None, dic
     return proto, base_dir, locations
 
 
-def _all_tensors(graph: onnx.GraphProto):
+def tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto a model holds (the ones external data can back): initializers, sparse
+    initializers' values and indices, and tensor attributes, in subgraphs and functions too."""
+    yield from _graph_tensors(model.graph)
+    for f in model.functions:
+        yield from _node_tensors(f.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
-    for node in graph.node:
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
+                yield from _graph_tensors(attr.g)
             for g in attr.graphs:
-                yield from _all_tensors(g)
+                yield from _graph_tensors(g)
 
 
 def _check_external_files(proto: onnx.ModelProto, base_dir: str, where: str) -> dict[str, str]:
     locations = {}
-    for t in _all_tensors(proto.graph):
+    for t in tensor_protos(proto):
         if uses_external_data(t):
             loc = next((e.value for e in t.external_data if e.key == "location"), "")
             locations[t.name] = loc

@@ -149,7 +149,7 @@ def test_bad_registrations_are_named(clients, regions):
     assert "runs past the end" in _error(lambda: h.register_system_shared_memory("x", key, 100, offset=64))
     assert "byte_size" in _error(lambda: g.register_system_shared_memory("x", key, 0))
     for bad in ("/../../etc/passwd", "/a/b", "/", "/.."):
-        assert "'key'" in _error(lambda: h.register_system_shared_memory("x", bad, 8))
+        assert "'key'" in _error(lambda bad=bad: h.register_system_shared_memory("x", bad, 8))
     assert h.get_system_shared_memory_status() == []
 
 

@@ -4,6 +4,8 @@
             -> ModelVersion.run -> its Runner (Scheduler: queues, dynamic batcher, instance threads;
                or EnsembleRunner) -> Backend.infer
             -> outputs (config dtype/dims, classification)
+    (inputs and outputs placed in system shared memory are read from / written into the client's
+     registered regions around this: serve/shm.py)
 
 The pieces live in their own modules: lifecycle (model states, load / unload / retire, ensemble
 dependencies, poll mode), validation, outputs, runner, errors (one status table for both

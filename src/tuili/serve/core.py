@@ -4,6 +4,8 @@
             -> ModelVersion.run -> its Runner (Scheduler: queues, dynamic batcher, instance threads;
                or EnsembleRunner) -> Backend.infer
             -> outputs (config dtype/dims, classification)
+    (inputs and outputs placed in system shared memory are read from / written into the client's
+     registered regions around this: serve/shm.py)
 
 The pieces live in their own modules: lifecycle (model states, load / unload / retire, ensemble
 dependencies, poll mode), validation, outputs, runner, errors (one status table for both
@@ -23,6 +25,7 @@ from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
+from tuili.serve.shm import SharedMemoryRegistry
 from tuili.serve.stats import Metrics
 from tuili.serve.types import InferRequest, InferResponse
 from tuili.serve.validation import check_request, int_param, request_feeds
@@ -40,6 +43,7 @@ EXTENSIONS = [
     "parameters",
     "statistics",
     "logging",
+    "system_shared_memory",
 ]
 CONTROL_MODES = ("none", "poll", "explicit")
 
@@ -90,6 +94,7 @@ class InferenceServer:
         self.mode = model_control_mode
         self.load_models = list(load_models or [])
         self.poll_secs = poll_secs
+        self.shared_memory = SharedMemoryRegistry()  # the system shared-memory extension's regions
         self._started = False
         self._stopping = False
         self._draining = False
@@ -122,6 +127,7 @@ class InferenceServer:
             except asyncio.CancelledError:
                 pass
         await self.models.unload_all(reason="server shutting down")
+        self.shared_memory.unregister()
 
     def begin_shutdown(self) -> None:
         """Turn not-ready (load balancers stop sending) while requests in flight still finish."""
@@ -273,8 +279,11 @@ class InferenceServer:
             if self._stopping:
                 raise ServerBusyError("the server is shutting down; retry on another instance")
             check_request(req)
+            self.shared_memory.read_inputs(req)
+            destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
             out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"))
             outputs = response_outputs(mv.name, mv.spec, out, req.outputs)
+            self.shared_memory.write_outputs(destinations, outputs)
         return InferResponse(mv.name, mv.version, req.id, outputs)

@@ -39,6 +39,7 @@ from tuili.errors import ConfigError, InvalidInputError
 from tuili.model_config.protos import model_config_pb2 as mc
 from tuili.model_config.protos import service_pb2 as pb
 from tuili.serve.errors import clip, log_failure, message_of, status_of
+from tuili.serve.shm import NO_GPU, in_shared_memory
 from tuili.serve.types import (
     InferInput,
     InferRequest,
@@ -156,12 +157,15 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
     if not msg.model_name:
         raise InvalidInputError("ModelInferRequest.model_name is empty; name the model to run")
     raw = msg.raw_input_contents
-    if len(raw) and len(raw) != len(msg.inputs):
+    params = [_params_to_dict(t.parameters) for t in msg.inputs]
+    carried = sum(not in_shared_memory(p) for p in params)  # the others are read from their region by the core
+    if len(raw) and len(raw) != carried:
         raise InvalidInputError(
-            f"request has {len(msg.inputs)} inputs but {len(raw)} raw_input_contents entries; "
-            f"send one raw entry per input, in input order (or none and use typed contents)"
+            f"request has {carried} inputs not in shared memory but {len(raw)} raw_input_contents entries; "
+            f"send one raw entry per such input, in input order (or none and use typed contents)"
         )
     inputs = []
+    raw_index = 0
     for i, t in enumerate(msg.inputs):
         if not t.name:
             raise InvalidInputError(f"input #{i} of the request has no name")
@@ -171,19 +175,24 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferRequest:
         shape = list(t.shape)
         itemsize = 8 if t.datatype == "BYTES" else input_dtype(name, t.datatype).to_numpy().itemsize
         count = check_shape(t.name, shape, itemsize)
-        if len(raw):
+        if in_shared_memory(params[i]):
+            if _has_typed_contents(t):
+                raise InvalidInputError(f"input {name!r} is in a shared memory region and also carries contents; send one of them")
+            data = None
+        elif len(raw):
             if _has_typed_contents(t):
                 raise InvalidInputError(
                     f"input {name!r} has both typed contents and raw_input_contents; send one of them"
                 )
-            data = _decode_raw(name, t.datatype, shape, count, raw[i])
+            data = _decode_raw(name, t.datatype, shape, count, raw[raw_index])
+            raw_index += 1
         elif _has_typed_contents(t) or count == 0:
             data = _decode_typed(name, t.datatype, shape, count, t.contents)
         else:
             raise InvalidInputError(
                 f"input {name!r} carries no data: fill contents or raw_input_contents"
             )
-        inputs.append(InferInput(t.name, t.datatype, shape, data, _params_to_dict(t.parameters)))
+        inputs.append(InferInput(t.name, t.datatype, shape, data, params[i]))
     outputs = None
     if len(msg.outputs):
         outputs = [RequestedOutput(o.name, _params_to_dict(o.parameters)) for o in msg.outputs]
@@ -208,7 +217,8 @@ def _raw_bytes(datatype: str, data: np.ndarray) -> bytes:
 
 
 def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
-    """InferResponse -> ModelInferResponse with every output in raw_output_contents."""
+    """InferResponse -> ModelInferResponse with every output in raw_output_contents; an output
+    written into shared memory gets an empty entry (Triton's: entries stay in output order)."""
     msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=str(resp.model_version), id=resp.id)
     for k, v in (resp.parameters or {}).items():
         _set_param(msg.parameters[k], v)
@@ -219,7 +229,7 @@ def response_to_proto(resp: InferResponse) -> pb.ModelInferResponse:
             if k == "binary_data":  # an HTTP notion; gRPC outputs are always raw
                 continue
             _set_param(t.parameters[k], v)
-        msg.raw_output_contents.append(_raw_bytes(out.datatype, out.data))
+        msg.raw_output_contents.append(b"" if in_shared_memory(out.parameters) else _raw_bytes(out.datatype, out.data))
     return msg
 
 
@@ -370,6 +380,21 @@ class GRPCInferenceService:
         await self.core.unload_model(request.model_name, unload_dependents=dependents)
         return pb.RepositoryModelUnloadResponse()
 
+    # -- shared-memory extensions ----------------------------------------------------------------
+    async def SystemSharedMemoryStatus(self, request, context) -> pb.SystemSharedMemoryStatusResponse:
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.core.shared_memory.status(request.name):
+            resp.regions[r["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
+        return resp
+
+    async def SystemSharedMemoryRegister(self, request, context) -> pb.SystemSharedMemoryRegisterResponse:
+        self.core.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.core.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     # -- logging extension -----------------------------------------------------------------------
     async def LogSettings(self, request: pb.LogSettingsRequest, context) -> pb.LogSettingsResponse:
         update = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.settings.items()
@@ -401,6 +426,12 @@ _METHODS: dict[str, tuple[type, type, str]] = {
     "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse, "unary"),
     "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse, "unary"),
     "LogSettings": (pb.LogSettingsRequest, pb.LogSettingsResponse, "unary"),
+    "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, pb.SystemSharedMemoryStatusResponse, "unary"),
+    "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, pb.SystemSharedMemoryRegisterResponse, "unary"),
+    "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, pb.SystemSharedMemoryUnregisterResponse, "unary"),
+    "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest, pb.CudaSharedMemoryStatusResponse, "cuda"),
+    "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, pb.CudaSharedMemoryRegisterResponse, "cuda"),
+    "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, pb.CudaSharedMemoryUnregisterResponse, "cuda"),
 }
 
 
@@ -427,12 +458,20 @@ def _unary(name: str, req_t: type, fn: Callable) -> Callable:
     return handler
 
 
+async def _no_gpu(data: bytes, context):
+    """The CUDA shared-memory calls: UNAVAILABLE, this server has no GPU."""
+    await context.abort(grpc.StatusCode.UNAVAILABLE, NO_GPU)
+
+
 def build_handler(core: Any) -> grpc.GenericRpcHandler:
     """The generic handler serving inference.GRPCInferenceService for ``core``; requests reach the
     handlers as bytes (parse_request decodes them)."""
     service = GRPCInferenceService(core)
     handlers = {}
     for name, (req_t, resp_t, kind) in _METHODS.items():
+        if kind == "cuda":
+            handlers[name] = grpc.unary_unary_rpc_method_handler(_no_gpu, response_serializer=resp_t.SerializeToString)
+            continue
         fn = getattr(service, name)
         if kind == "unary":
             handlers[name] = grpc.unary_unary_rpc_method_handler(

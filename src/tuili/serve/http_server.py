@@ -2,8 +2,10 @@
 
 Endpoints: health (live/ready), server metadata, model metadata / ready / config, infer (JSON
 tensors and the binary tensor data extension, ``Inference-Header-Content-Length``), the
-repository extension (index/load/unload), the statistics and logging extensions and, inside
-infer, the classification extension. Every body is read by ``read_body``: within a time limit,
+repository extension (index/load/unload), the statistics, logging and system shared-memory
+extensions (CUDA shared memory is refused: no GPU) and, inside infer, the classification
+extension. A client that disconnects while its request waits takes the request out of the queue
+(``infer_unless_disconnected``). Every body is read by ``read_body``: within a time limit,
 within a size limit, and gzip / deflate bodies inflated in a thread with the size limit enforced
 while inflating (a small bomb cannot blow up memory or stall the event loop). Errors become ``{"error": "..."}`` with the status of serve.errors' table, answered by
 starlette exception handlers (and by the one try/except of the infer fast path).
@@ -25,6 +27,7 @@ from starlette.routing import Route
 
 from tuili.errors import InvalidInputError, TuiliError
 from tuili.serve.errors import RequestTimeoutError, RequestTooLargeError, clip, log_failure, message_of, status_of
+from tuili.serve.shm import NO_GPU, in_shared_memory
 from tuili.serve.types import (
     InferInput,
     InferRequest,
@@ -214,7 +217,11 @@ def parse_infer_request(model: str, version: str, body: bytes, header_len: str |
         shape = d.get("shape")
         count = check_shape(name, shape, 8 if datatype == "BYTES" else max(1, dt.bits // 8))
         ip = _parameters(d, f"input {what}")
-        if "binary_data_size" in ip:
+        if in_shared_memory(ip):  # read from its region by the core
+            if "data" in d or "binary_data_size" in ip:
+                raise InvalidInputError(f"input {what} is in a shared memory region and also carries data; send one of them")
+            arr = None
+        elif "binary_data_size" in ip:
             size = ip["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInputError(f"binary_data_size of input {what} must be a non-negative integer")
@@ -315,7 +322,9 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
     for out in resp.outputs:
         arr = out.data
         d = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
-        if want_binary.get(out.name, binary_default):
+        if in_shared_memory(out.parameters):  # written into the client's region: no data here
+            d["parameters"] = out.parameters
+        elif want_binary.get(out.name, binary_default):
             if out.datatype == "BYTES":
                 buf = serialize_bytes_tensor(arr)
             else:
@@ -345,12 +354,43 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
 
 # --------------------------------------------------------------------------- the app
 async def infer_response(core, scope, receive, limit: int, model: str, version: str,
-                         timeout: float = DEFAULT_BODY_TIMEOUT) -> Response:
-    """One inference over HTTP: body -> InferRequest -> core.infer -> V2 response."""
+                         timeout: float = DEFAULT_BODY_TIMEOUT) -> Response | None:
+    """One inference over HTTP: body -> InferRequest -> core.infer -> V2 response; None when the
+    client disconnected before the answer (there is no one to send it to)."""
     body = await read_body(scope, receive, limit, timeout)
     req, binary_default = parse_infer_request(model, version, body, _header(scope, HEADER_LEN))
-    resp = await core.infer(req)
-    return encode_infer_response(resp, req, binary_default)
+    resp = await infer_unless_disconnected(core, req, receive)
+    return None if resp is None else encode_infer_response(resp, req, binary_default)
+
+
+async def infer_unless_disconnected(core, req: InferRequest, receive) -> InferResponse | None:
+    """``core.infer(req)``, given up when the client disconnects first (None then).
+
+    uvicorn does not cancel a handler whose client went away; it answers ``receive`` with
+    ``http.disconnect``. A watcher waits for that and cancels this task, which takes a queued
+    request out of its queue (the scheduler drops a request whose awaiting task is cancelled, as
+    for a gRPC cancel), so it never runs."""
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":  # the body is read: nothing else comes
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await core.infer(req)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        log.debug("client of a request to model %r disconnected before the answer; request dropped", clip(req.model_name))
+        return None
+    finally:
+        watcher.cancel()
 
 
 def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float = DEFAULT_BODY_TIMEOUT):
@@ -428,6 +468,22 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float
         update = await _body_json(request, "log settings") if request.method == "POST" else None
         return json_response(core.log_settings(update))
 
+    async def shm_status(request: Request):
+        return json_response(core.shared_memory.status(request.path_params.get("region", "")))
+
+    async def shm_register(request: Request):
+        doc = await _body_json(request, "shared memory register request")
+        core.shared_memory.register(request.path_params["region"], doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return Response(status_code=200)
+
+    async def shm_unregister(request: Request):
+        await read_body(request.scope, request.receive, max_body_bytes, body_timeout)  # empty; read so the connection stays usable
+        core.shared_memory.unregister(request.path_params.get("region", ""))
+        return Response(status_code=200)
+
+    async def no_cuda(request: Request):
+        return json_response({"error": NO_GPU}, 400)
+
     async def on_error(request: Request, exc: TuiliError):
         log_failure(exc, f"{request.method} {clip(request.url.path)}")
         return error_response(exc)
@@ -452,6 +508,12 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float
         Route("/v2/logging", logging_settings, methods=["GET", "POST"]),
         Route("/v2/repository/models/{model}/load", repo_load, methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", repo_unload, methods=["POST"]),
+        Route("/v2/systemsharedmemory/status", shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/status", shm_status, methods=["GET"]),
+        Route("/v2/systemsharedmemory/region/{region}/register", shm_register, methods=["POST"]),
+        Route("/v2/systemsharedmemory/unregister", shm_unregister, methods=["POST"]),
+        Route("/v2/systemsharedmemory/region/{region}/unregister", shm_unregister, methods=["POST"]),
+        Route("/v2/cudasharedmemory/{rest:path}", no_cuda, methods=["GET", "POST"]),
     ]
     for base in (m, mv):
         routes += [
@@ -496,6 +558,8 @@ class FastInfer:
         except Exception as e:  # outside starlette: the one place its exception handlers do not reach
             log_failure(e, f"POST {clip(scope['path'])}")
             r = error_response(e)
+        if r is None:  # the client is gone
+            return
         if log.isEnabledFor(logging.DEBUG):
             log.debug("HTTP POST %s -> %d", clip(scope["path"]), r.status_code)
         await send({"type": "http.response.start", "status": r.status_code, "headers": r.raw_headers})

@@ -30,10 +30,7 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from hypothesis import HealthCheck, Phase, given, settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tests.serve.fuzz_requests import (  # noqa: E402
+from tests.serve.fuzz_requests import (  # run as a module from the repository root: tests is importable
     FUZZ_MAX_BODY,
     GRPC_CLIENT_CODES,
     build_fuzz_repository,
@@ -42,6 +39,8 @@ from tests.serve.fuzz_requests import (  # noqa: E402
     grpc_request,
     http_request,
 )
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Server:

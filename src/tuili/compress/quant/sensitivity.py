@@ -9,9 +9,11 @@ Every quantizable layer (a compute node of the static QDQ plan) is measured twic
   accuracy  the model's score when *only* that layer is quantized: the SNR (dB) of all outputs
             against fp32 on the evaluation data, or a user metric ``metric(outputs) -> float`` (higher
             is better; ``outputs`` maps each output name to its values over the whole evaluation set)
-  latency   that layer alone (with the Relu folded into it), float vs QDQ int8 with float input and
-            output, in onnxruntime at the deployment batch, the two taking turns
-Then: layers that are not faster in int8 stay float; while the whole model misses the budget, the
+  latency   that layer alone (with the Relu folded into it) as it runs among int8 neighbours: its int8
+            kernel on integer input and output, against the float layer with the DequantizeLinear
+            and QuantizeLinear that keeping it float there adds; in onnxruntime at the deployment
+            batch, the two taking turns
+Then: layers that are not faster in int8 stay float if the whole model measures faster so; while the whole model misses the budget, the
 quantized layer that costs the most accuracy per millisecond it saves goes back to float (greedy),
 and the model is measured again. The budget is the allowed drop in metric points with a metric, or
 the minimum SNR in dB without one. The result lists every layer left float with its reason, and the
@@ -183,10 +185,18 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
     for la, (f_s, q_s) in zip(layers, _layer_latency(cal, cal.full.compute, probe, threads, repeat, budget_s), strict=True):
         la.float_ms, la.int8_ms = f_s * 1e3, q_s * 1e3
     keep = set(fixed)
-    for la in layers:
-        if la.gain_ms <= 0:
-            la.kept_float = f"slower in int8 at batch {latency_batch}"
-            keep.add(la.name)
+    slower = [la for la in layers if la.gain_ms <= 0]
+    if slower:  # alone they are slower in int8; kept float only if the whole model is faster for it
+        all_int8, _ = cal.build(keep)
+        trial, _ = cal.build(keep | {la.name for la in slower})
+        t = compare({"all": all_int8, "trial": trial}, probe, threads, repeat=repeat * 3, budget=budget_s * 10)
+        if t["trial"] < t["all"]:
+            for la in slower:
+                la.kept_float = f"slower in int8 at batch {latency_batch}"
+                keep.add(la.name)
+        else:
+            log.info("%d layers are slower in int8 alone but the model is not faster with them float: kept int8",
+                     len(slower))
     graph, plan = cal.build(keep)
     score = scorer(graph)
     while not scorer.meets(score, budget):
@@ -248,43 +258,55 @@ def _layer_latency(cal: Calibrated, nodes: list[Node], probe: dict[str, np.ndarr
         feeds = {v.name: values[v.name] for v in single.inputs}
         q = copy_graph(single)
         cal.rewrite(q)
-        q_proto, q_feeds = _inside_int8_chain(q.to_proto(), feeds)
-        f_sess, q_sess = ort_session(single, threads), ort_session(q_proto, threads)
-        t = medians({"float": lambda s=f_sess, f=feeds: s.run(None, f),
-                     "int8": lambda s=q_sess, f=q_feeds: s.run(None, f)},
-                    repeat=repeat, budget=budget_s)
+        q_model, f_model, q_feeds = _inside_int8_chain(q.to_proto(), single.to_proto(), feeds)
+        f_sess, q_sess = ort_session(f_model, threads), ort_session(q_model, threads)
+        t = medians({"float": lambda s=f_sess, f=q_feeds: s.run(None, f),
+                     "int8": lambda s=q_sess, f=q_feeds: s.run(None, f)}, repeat=repeat, budget=budget_s)
         out.append((t["float"], t["int8"]))
     return out
 
 
-def _inside_int8_chain(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
-    """The single-layer QDQ model as it runs between int8 neighbours: the QuantizeLinear of each input
-    and the DequantizeLinear of a quantized output removed (integer in, integer out), so its time is
-    the int8 kernel's and not the conversions'. Returns the model and its feeds (inputs quantized)."""
-    g = model.graph
+def _inside_int8_chain(q_model: onnx.ModelProto, f_model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+    """The layer as it runs between int8 neighbours, both ways: the QDQ model with the QuantizeLinear of
+    each input and the DequantizeLinear of a quantized output removed (integer in, integer out), and
+    the float model with a DequantizeLinear before and a QuantizeLinear after instead (what keeping it
+    float among int8 layers costs). Returns (int8 model, float model, their feeds: inputs quantized)."""
+    g, fg = q_model.graph, f_model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     inputs = {i.name: i for i in g.input}
     producer = {o: n for n in g.node for o in n.output}
-    drop, q_feeds = [], dict(feeds)
+    drop, q_feeds, f_before, f_after = [], dict(feeds), [], []
+    f_inputs = {i.name: i for i in fg.input}
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] in inputs:
             x = inputs[n.input[0]]
             scale, zp = inits[n.input[1]], inits[n.input[2]]
             q_feeds.pop(x.name)
             q_feeds[n.output[0]] = quantize(feeds[x.name], scale, zp)
-            x.name = n.output[0]
-            x.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
+            f_before.append(onnx.helper.make_node("DequantizeLinear", [n.output[0], n.input[1], n.input[2]], [x.name]))
+            fx = f_inputs[x.name]
+            fx.name = x.name = n.output[0]
+            fx.type.tensor_type.elem_type = x.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
+            fg.initializer.extend([numpy_helper.from_array(scale, n.input[1]), numpy_helper.from_array(zp, n.input[2])])
             drop.append(n)
-    out = g.output[0]
+    out, f_out = g.output[0], fg.output[0]
     dq = producer.get(out.name)
     if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer \
             and producer[dq.input[0]].op_type == "QuantizeLinear":
-        out.name = dq.input[0]
-        out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(inits[dq.input[2]].dtype)
+        zp = inits[dq.input[2]]
+        f_after.append(onnx.helper.make_node("QuantizeLinear", [f_out.name, dq.input[1], dq.input[2]], [dq.input[0]]))
+        for name in dq.input[1:]:
+            if name not in {t.name for t in fg.initializer}:
+                fg.initializer.append(numpy_helper.from_array(inits[name], name))
+        out.name = f_out.name = dq.input[0]
+        out.type.tensor_type.elem_type = f_out.type.tensor_type.elem_type = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)
         drop.append(dq)
     for n in drop:
         g.node.remove(n)
-    return model, q_feeds
+    nodes = f_before + list(fg.node) + f_after
+    del fg.node[:]
+    fg.node.extend(nodes)
+    return q_model, f_model, q_feeds
 
 
 def _single(graph: Graph, nodes: list[Node], values: Mapping[str, np.ndarray]) -> Graph:

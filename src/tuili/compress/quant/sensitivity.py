@@ -160,10 +160,12 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
                    latency_batch: int = 1, threads: int | None = None, method: str = DEFAULT_METHOD,
                    per_channel: bool = True, reduce_range: bool | None = None, exclude=(),
                    batch_size: int = DEFAULT_BATCH, samples: int | None = None,
-                   progress: Callable[[int], None] | None = None, repeat: int = 40, budget_s: float = 0.3) -> MixedResult:
+                   progress: Callable[[int], None] | None = None, measure_latency: bool = True, repeat: int = 40,
+                   budget_s: float = 0.3) -> MixedResult:
     """Static int8 with the layers that cost the most accuracy per millisecond saved kept float, until
     ``budget`` is met (see the module doc); writes ``model_out``. ``eval_data`` (default: ``calib``)
-    feeds the score; ``metric`` is a function or "module:function"."""
+    feeds the score; ``metric`` is a function or "module:function". ``measure_latency=False`` ranks by
+    accuracy alone (every layer counted as saving the same time) and measures no latency."""
     t0 = time.perf_counter()
     check_paths(model_in, model_out)
     if isinstance(metric, str):
@@ -182,8 +184,13 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
         la.score = scorer(g)
         la.cost = scorer.cost(la.score)
     probe = _batch_of(feeds, latency_batch)
-    for la, (f_s, q_s) in zip(layers, _layer_latency(cal, cal.full.compute, probe, threads, repeat, budget_s), strict=True):
-        la.float_ms, la.int8_ms = f_s * 1e3, q_s * 1e3
+    if measure_latency:
+        times = _layer_latency(cal, cal.full.compute, probe, threads, repeat, budget_s)
+        for la, (f_s, q_s) in zip(layers, times, strict=True):
+            la.float_ms, la.int8_ms = f_s * 1e3, q_s * 1e3
+    else:
+        for la in layers:
+            la.float_ms, la.int8_ms = 1.0, 0.0
     keep = set(fixed)
     slower = [la for la in layers if la.gain_ms <= 0]
     if slower:  # alone they are slower in int8; kept float only if the whole model is faster for it
@@ -213,7 +220,7 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
     graph.save(str(model_out))
     all_int8, _ = cal.build(fixed)
     lat = compare({"fp32": cal.graph, "int8 (all layers)": all_int8, "mixed": graph}, probe, threads,
-                  repeat=repeat * 3, budget=budget_s * 10)
+                  repeat=repeat * 3, budget=budget_s * 10) if measure_latency else {}
     report = static_report(model_in, model_out, plan, cal, mode="mixed")
     reasons = {la.name: la.kept_float for la in layers if la.kept_float}
     report.float_nodes = [FloatNode(f.name, f.op_type, reasons.get(f.name, f.reason)) for f in report.float_nodes]
@@ -226,7 +233,8 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
         f"score: fp32 {scorer.baseline:.2f}, mixed {scorer.describe(score)}" if metric else f"score: {scorer.describe(score)}",
         "budget " + ("met" if met else "NOT met: every layer is float and the budget still fails"),
         f"latency at batch {latency_batch} in onnxruntime: fp32 {ms['fp32']:.3f} ms, all int8 {ms['int8 (all layers)']:.3f} ms "
-        f"({ms['int8 (all layers)'] / ms['fp32']:.2f}x), mixed {ms['mixed']:.3f} ms ({ms['mixed'] / ms['fp32']:.2f}x)",
+        f"({ms['int8 (all layers)'] / ms['fp32']:.2f}x), mixed {ms['mixed']:.3f} ms ({ms['mixed'] / ms['fp32']:.2f}x)"
+        if ms else "latency not measured (ranked by accuracy alone)",
     ]
     report.seconds = time.perf_counter() - t0
     return MixedResult(report, layers, budget, score, scorer.baseline, met, ms, latency_batch, metric is not None)

@@ -149,3 +149,22 @@ def test_bad_int4_options(tmp_path, kw, match):
     with pytest.raises(ConfigError, match=match):
         quantize_int4(src, tmp_path / "q.onnx", **kw)
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_cli_int4(tmp_path, capsys):
+    from tuili.cli import main
+
+    src = save(matmuls(), tmp_path / "m.onnx")
+    out = tmp_path / "m.int4.onnx"
+    assert main(["quantize", src, "-o", str(out), "--mode", "int4", "--block-size", "32", "--zero-points"]) == 0
+    text = capsys.readouterr().out
+    assert "int4 quantization" in text and "quantized weights:" in text and "uint4 with zero points" in text
+    assert onnx.load(out).opset_import
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((16, 80)).astype(np.float32))
+    assert main(["quantize", src, "-o", str(tmp_path / "g.onnx"), "--mode", "int4", "--int4-method", "gptq",
+                 "--calib", str(tmp_path / "c.npz"), "--format", "nbits"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", src, "-o", str(tmp_path / "x.onnx"), "--block-size", "32", "--random", "4"]) == 2
+    assert "--block-size are for --mode int4" in capsys.readouterr().err
+    assert main(["quantize", src, "-o", str(tmp_path / "x.onnx"), "--mode", "int4", "--calib", str(tmp_path / "c.npz")]) == 2
+    assert "round-to-nearest int4 takes no calibration data" in capsys.readouterr().err

@@ -80,3 +80,18 @@ def test_load_metric(tmp_path):
         load_metric(f"{f}:nope")
     with pytest.raises(ConfigError, match="cannot import"):
         load_metric("tuili_no_such_module_here:fn")
+
+
+def test_cli_accuracy_budget(planted, tmp_path, capsys):
+    from tuili.cli import main
+
+    np.savez(tmp_path / "c.npz", **CALIB)
+    np.savez(tmp_path / "e.npz", **EVAL)
+    (tmp_path / "score.py").write_text("def neg_l1(outputs):\n    return -float(abs(outputs['y']).mean())\n")
+    out = tmp_path / "m.onnx"
+    assert main(["quantize", planted, "-o", str(out), "--calib", str(tmp_path / "c.npz"), "--eval", str(tmp_path / "e.npz"),
+                 "--accuracy-budget", "100", "--metric", f"{tmp_path / 'score.py'}:neg_l1"]) == 0
+    text = capsys.readouterr().out
+    assert "| layer | op |" in text and "mixed quantization" in text and "budget met" in text
+    assert main(["quantize", planted, "-o", str(out), "--calib", str(tmp_path / "c.npz"), "--metric", "a:b"]) == 2
+    assert "with --accuracy-budget N" in capsys.readouterr().err

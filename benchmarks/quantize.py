@@ -11,6 +11,14 @@ batch 1 and 8, int8 and fp32 taking turns (``benchmarks/engine.py``'s interleave
 
     .venv/bin/python benchmarks/quantize.py                          # the table in docs/benchmarks.md
     .venv/bin/python benchmarks/quantize.py --models digits_cnn --methods entropy,mse,minmax
+
+``--suite int4`` (bert_small, gpt_small; random weights): int4 weight-only, round-to-nearest and GPTQ, both
+formats: quantized-weight bytes, SNR of the outputs against fp32 (gpt_small: also next-token agreement) on
+inputs other than the calibration ones, tuili's engine against onnxruntime on the DequantizeLinear model,
+and onnxruntime latency at batch 1. ``--suite mixed`` (glyphs_cnn: top-1 budget in points on its test split;
+mobilenet_v2: SNR budget): per-layer sensitivity and latency, the layers kept float and the model's latency.
+
+    .venv/bin/python benchmarks/quantize.py --suite int4,mixed
 """
 from __future__ import annotations
 
@@ -129,6 +137,103 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
     return list(rows.values())
 
 
+def zoo_feeds(name: str, batch: int, seed: int) -> dict[str, np.ndarray]:
+    from tuili import zoo
+
+    return zoo.example_inputs(name, batch=batch, seed=seed)
+
+
+def outputs(path, feeds: dict, optimize: bool = True) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def bench_int4(name: str, args, tmp: Path) -> list[dict]:
+    """int4 variants of a zoo Transformer: weight bytes, SNR, next-token agreement, tuili vs onnxruntime, latency."""
+    import tuili
+    from tuili import zoo
+    from tuili.compress.quant import ArrayReader, quantize_int4
+    from tuili.compress.quant.sensitivity import snr_db
+
+    src = zoo.export(name, tmp / f"{name}.onnx")
+    calib = ArrayReader(zoo_feeds(name, args.int4_calib, seed=0), batch_size=8)
+    evalf = zoo_feeds(name, 8, seed=1)
+    ref = outputs(src, evalf)
+    main = next(iter(ref))  # logits / last_hidden_state
+    variants = {"fp32": (Path(src), None)}
+    for fmt, block, sym, method in [("dq", 128, True, "rtn"), ("dq", 128, False, "rtn"), ("dq", 32, True, "rtn"),
+                                    ("dq", 128, True, "gptq"), ("dq", 32, True, "gptq"), ("nbits", 128, True, "rtn"),
+                                    ("nbits", 32, True, "rtn")]:
+        label = f"int4 {fmt} b{block} {'sym' if sym else 'zp'} {method}"
+        out = tmp / f"{name}.{fmt}{block}{sym}{method}.onnx"
+        r = quantize_int4(src, out, block_size=block, symmetric=sym, fmt=fmt, method=method,
+                          calib=calib if method == "gptq" else None)
+        variants[label] = (out, r)
+    rows = []
+    b1 = zoo_feeds(name, 1, seed=2)
+    lat = latency({k: p for k, (p, _) in variants.items()}, b1, args.threads, args.repeat, args.budget)
+    for label, (path, r) in variants.items():
+        row = {"model": name, "variant": label, "b1": lat[label] * 1e3, "r1": lat[label] / lat["fp32"]}
+        if r is not None:
+            out = outputs(path, evalf)
+            row.update(weights=f"{r.weight_bytes_before / 1e6:.1f} -> {r.weight_bytes_after / 1e6:.2f}",
+                       ratio=r.weight_bytes_before / r.weight_bytes_after, snr=snr_db({main: ref[main]}, {main: out[main]}),
+                       seconds=r.seconds)
+            if name.startswith("gpt"):
+                row["agree"] = 100 * float((out[main].argmax(-1) == ref[main].argmax(-1)).mean())
+            if r.settings["format"] == "dq":  # tuili's engine runs it; onnxruntime unfused is the exact reference
+                exact = outputs(path, b1, optimize=False)[main]
+                mine = tuili.InferenceSession(str(path)).run([main], b1)[0]
+                fused = outputs(path, b1)[main]
+                scale = float(np.abs(exact).max())
+                row["tuili"] = f"{np.abs(mine - exact).max() / scale:.1e} / {np.abs(mine - fused).max() / scale:.1e}"
+        rows.append(row)
+    return rows
+
+
+def int4_table(rows: list[dict]) -> str:
+    head = ["model", "variant", "weights MB", "smaller", "SNR dB", "next-token agree %", "tuili vs ort exact / fused",
+            "b1 ms", "b1 / fp32", "quantize s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r["model"], r["variant"], r.get("weights", ""), f"{r['ratio']:.2f}x" if "ratio" in r else "",
+                 f"{r['snr']:.1f}" if "snr" in r else "", f"{r['agree']:.1f}" if "agree" in r else "",
+                 r.get("tuili", ""), f"{r['b1']:.2f}", f"{r['r1']:.2f}x", f"{r['seconds']:.1f}" if "seconds" in r else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bench_mixed(name: str, args, tmp: Path):
+    """quantize_mixed on a zoo CNN: glyphs_cnn with a top-1 budget (points), others with an SNR budget."""
+    from tuili import zoo
+    from tuili.compress.quant import quantize_mixed
+
+    rng = np.random.default_rng(0)
+    (inp, example), = zoo.example_inputs(name, batch=1).items()
+    if name in TRAINED:
+        src, data = trained_model(name)
+        calib = {inp: data.x_train[np.sort(rng.permutation(len(data.x_train))[:args.calib_samples])]}
+        evalx, labels = {inp: data.x_test}, data.y_test
+
+        def metric(outs):
+            return 100 * float((outs["logits"].argmax(1) == labels).mean())
+        budget = args.top1_budget
+    else:
+        src = zoo.export(name, tmp / f"{name}.onnx")
+        calib = {inp: rng.standard_normal((args.random_samples, *example.shape[1:])).astype(np.float32)}
+        evalx = {inp: np.random.default_rng(1).standard_normal((16, *example.shape[1:])).astype(np.float32)}
+        metric, budget = None, args.snr_budget
+    return quantize_mixed(src, tmp / f"{name}.mixed.onnx", calib, budget, metric=metric, eval_data=evalx,
+                          latency_batch=args.latency_batch, threads=args.threads)
+
+
 def table(rows: list[dict], batches: list[int]) -> str:
     head = ["model", "quantizer", "size MB", "top-1 %", "drop pt", "SNR dB"]
     for b in batches:
@@ -159,7 +264,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant and batch")
+    ap.add_argument("--suite", default="static", help="static (the table above), int4, mixed; comma-separated")
+    ap.add_argument("--int4-models", default="bert_small,gpt_small")
+    ap.add_argument("--int4-calib", type=int, default=32, help="calibration samples for GPTQ (zoo example inputs)")
+    ap.add_argument("--mixed-models", default="glyphs_cnn,mobilenet_v2")
+    ap.add_argument("--top1-budget", type=float, default=0.3, help="allowed top-1 drop (points), trained CNNs")
+    ap.add_argument("--snr-budget", type=float, default=20.0, help="minimum SNR (dB), untrained CNNs")
+    ap.add_argument("--latency-batch", type=int, default=1, help="deployment batch of the mixed-precision search")
     args = ap.parse_args(argv)
+    suites = set(args.suite.split(","))
+    unknown = suites - {"static", "int4", "mixed"}
+    if unknown:
+        ap.error(f"unknown suite(s) {sorted(unknown)}: use static, int4, mixed")
     args.methods = [m for m in args.methods.split(",") if m]
     args.batch = [int(b) for b in args.batch.split(",")]
     import onnxruntime
@@ -167,15 +283,28 @@ def main(argv=None) -> int:
     from tuili.compress.quant.ptq import default_reduce_range
     from tuili.runtime.cpu import info
 
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for name in args.models.split(","):
-            rows += bench_model(name, args, Path(d))
     print(f"CPU: {info().describe()}; onnxruntime {onnxruntime.__version__}, {args.threads} threads; "
           f"weights {'7-bit (reduce_range)' if default_reduce_range() else '8-bit'}; {_dt.date.today()}")
     print(f"command: python benchmarks/quantize.py {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print()
-    print(table(rows, args.batch))
+    with tempfile.TemporaryDirectory() as d:
+        if "static" in suites:
+            rows = []
+            for name in args.models.split(","):
+                rows += bench_model(name, args, Path(d))
+            print()
+            print(table(rows, args.batch))
+        if "int4" in suites:
+            rows = []
+            for name in args.int4_models.split(","):
+                rows += bench_int4(name, args, Path(d))
+            print()
+            print(int4_table(rows))
+        if "mixed" in suites:
+            for name in args.mixed_models.split(","):
+                result = bench_mixed(name, args, Path(d))
+                print(f"\n### {name}\n")
+                print("```\n" + result.summary() + "\n```\n")
+                print(result.layer_table())
     return 0
 
 

@@ -60,3 +60,27 @@ def mlp(seed: int = 0) -> onnx.ModelProto:
 def save(model: onnx.ModelProto, path) -> str:
     onnx.save(model, str(path))
     return str(path)
+
+
+def matmuls(k: int = 80, n: int = 24, seed: int = 0, outlier: float | None = None) -> onnx.ModelProto:
+    """x [batch, K] -> MatMul(w1 [K, K]) -> Relu -> Gemm(transB, w2 [N, K], bias) -> Relu -> MatMul(w3 [N, 8]).
+    ``outlier`` puts a weight of that size in row 0 of every output column of w2 (the planted sensitive
+    layer: per-channel int8 then rounds the rest of w2 to a few levels) and scales input 0 down to match."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((k, k)) * 0.2
+    w2 = rng.standard_normal((n, k)) * 0.2
+    if outlier is not None:
+        w2[:, 0] = outlier
+        w1[:, 0] *= 0.2 / outlier
+    inits = [_init("w1", w1), _init("w2", w2), _init("b2", rng.standard_normal(n) * 0.1),
+             _init("w3", rng.standard_normal((n, 8)) * 0.3)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"], name="fc2", transB=1),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(nodes, "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

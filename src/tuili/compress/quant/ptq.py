@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from tuili.errors import ConfigError
+from tuili.ir import Graph
+from tuili.passes import copy_graph
 
 from . import qdq
 from .calibrate import DEFAULT_BATCH, collect, model_inputs, reader_for
@@ -45,6 +47,74 @@ def check_paths(model_in, model_out) -> None:
                           "write the quantized model to another path")
 
 
+class Calibrated:
+    """A prepared float graph with its activation ranges, from which QDQ graphs with any set of nodes
+    kept float are written without calibrating again (the sensitivity search builds many of them).
+
+    Ranges are calibrated for the full plan; a tensor that a smaller plan quantizes and the full plan
+    did not (rare: e.g. a Relu no longer folded) is calibrated on demand from the same data."""
+
+    def __init__(self, model_in, calib, method: str = DEFAULT_METHOD, per_channel: bool = True, *,
+                 activation_type: str = "uint8", weight_type: str = "int8", symmetric_activations: bool = False,
+                 reduce_range: bool | None = None, op_types=qdq.COMPUTE, batch_size: int = DEFAULT_BATCH,
+                 samples: int | None = None, progress: Callable[[int], None] | None = None,
+                 observer_options: dict | None = None):
+        if method not in OBSERVERS:
+            raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(OBSERVERS)}")
+        unknown = set(op_types) - set(qdq.COMPUTE)
+        if unknown:
+            raise ConfigError(f"op types {sorted(unknown)} cannot be quantized statically; choose from "
+                              f"{', '.join(qdq.COMPUTE)}")
+        self.method, self.op_types, self.observer_options = method, tuple(op_types), dict(observer_options or {})
+        self.reduce_range = default_reduce_range() if reduce_range is None else bool(reduce_range)
+        self.symmetric_activations = symmetric_activations
+        self.act_qt = qtype(activation_type, symmetric=symmetric_activations)
+        self.ws = qdq.WeightSettings(qtype(weight_type, symmetric=True, reduce_range=self.reduce_range), per_channel)
+        if not self.ws.qtype.signed:
+            raise ConfigError(f"weight type {weight_type!r}: weights are quantized symmetric int8; use weight_type='int8'")
+        self.graph, _ = prepare(model_in)
+        for node in self.graph.nodes:  # layers are named in reports and exclude lists
+            if not node.name:
+                node.name = self.graph.unique_name(node.op_type)
+        self.reader = reader_for(calib, model_inputs(self.graph), batch_size, samples)
+        self.act: dict[str, tuple] = {}
+        self.samples = 0
+        self.full = self.plan()
+        self._calibrate(self.full.observed, progress)
+
+    def plan(self, exclude=()) -> qdq.Plan:
+        return qdq.plan(self.graph, op_types=self.op_types, exclude=exclude,
+                        fold_activations=not self.symmetric_activations)
+
+    def _calibrate(self, tensors, progress=None) -> None:
+        observers = {t: make_observer(self.method, **self.observer_options) for t in tensors if t not in self.act}
+        if not observers:
+            return
+        seen = collect(self.graph, observers, self.reader, progress)
+        self.samples = max(self.samples, seen)
+        sym = self.symmetric_activations
+        for t, obs in observers.items():
+            self.act[t] = scale_zero_point(*obs.range(self.act_qt, sym), self.act_qt, symmetric=sym)
+
+    def build(self, exclude=()) -> tuple[Graph, qdq.Plan]:
+        """A QDQ copy of the graph with the nodes named in ``exclude`` kept float, and its plan."""
+        g = copy_graph(self.graph)
+        return g, self.rewrite(g, exclude)
+
+    def rewrite(self, g: Graph, exclude=()) -> qdq.Plan:
+        """Quantize ``g`` in place with these ranges (``g``: this graph or a part of it, same tensor names)."""
+        p = qdq.plan(g, op_types=self.op_types, exclude=exclude, fold_activations=not self.symmetric_activations)
+        self._calibrate(p.observed)
+        qdq.rewrite(g, p, {t: self.act[t] for t in p.observed}, self.ws)
+        g.producer_name = "tuili.compress.quant"
+        return p
+
+    def settings(self) -> dict:
+        return {"method": self.method, "per_channel": self.ws.per_channel,
+                "activations": self.act_qt.name + (" symmetric" if self.symmetric_activations else " asymmetric"),
+                "weights": f"{self.ws.qtype.name} symmetric" + (" 7-bit (reduce_range)" if self.reduce_range else "")}
+
+
 def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, per_channel: bool = True, *,
                     activation_type: str = "uint8", weight_type: str = "int8", symmetric_activations: bool = False,
                     reduce_range: bool | None = None, op_types=qdq.COMPUTE, exclude=(), batch_size: int = DEFAULT_BATCH,
@@ -60,36 +130,23 @@ def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, pe
     calibration batch with its sample count."""
     t0 = time.perf_counter()
     check_paths(model_in, model_out)
-    if method not in OBSERVERS:
-        raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(OBSERVERS)}")
-    unknown = set(op_types) - set(qdq.COMPUTE)
-    if unknown:
-        raise ConfigError(f"op types {sorted(unknown)} cannot be quantized statically; choose from {', '.join(qdq.COMPUTE)}")
-    reduce_range = default_reduce_range() if reduce_range is None else bool(reduce_range)
-    act_qt = qtype(activation_type, symmetric=symmetric_activations)
-    ws = qdq.WeightSettings(qtype(weight_type, symmetric=True, reduce_range=reduce_range), per_channel)
-    if not ws.qtype.signed:
-        raise ConfigError(f"weight type {weight_type!r}: weights are quantized symmetric int8; use weight_type='int8'")
-
-    graph, _ = prepare(model_in)
-    size_before = model_size(model_in) if not isinstance(model_in, bytes) else len(model_in)
-    reader = reader_for(calib, model_inputs(graph), batch_size, samples)
-    p = qdq.plan(graph, op_types=op_types, exclude=exclude, fold_activations=not symmetric_activations)
-    observers = {t: make_observer(method, **(observer_options or {})) for t in p.observed}
-    seen = collect(graph, observers, reader, progress) if observers else 0
-    act = {t: scale_zero_point(*obs.range(act_qt, symmetric_activations), act_qt, symmetric=symmetric_activations)
-           for t, obs in observers.items()}
-    qdq.rewrite(graph, p, act, ws)
-    graph.producer_name = "tuili.compress.quant"
+    cal = Calibrated(model_in, calib, method, per_channel, activation_type=activation_type, weight_type=weight_type,
+                     symmetric_activations=symmetric_activations, reduce_range=reduce_range, op_types=op_types,
+                     batch_size=batch_size, samples=samples, progress=progress, observer_options=observer_options)
+    graph, p = cal.build(exclude)
     graph.save(str(model_out))
-    report = Report("static", _label(model_in), str(model_out), size_before, os.path.getsize(model_out),
-                    Counter(n.op_type for n in p.compute + p.pass_through), Counter(n.op_type for n in p.folded.values()),
-                    p.float_nodes, samples=seen, tensors=len(observers))
-    report.settings = {"method": method, "per_channel": per_channel, "activations": act_qt.name + (
-        " symmetric" if symmetric_activations else " asymmetric"), "weights": f"{ws.qtype.name} symmetric"
-        + (" 7-bit (reduce_range)" if reduce_range else "")}
+    report = static_report(model_in, model_out, p, cal)
     report.seconds = time.perf_counter() - t0
     log.debug("%s", report.summary())
+    return report
+
+
+def static_report(model_in, model_out, p: qdq.Plan, cal: Calibrated, mode: str = "static") -> Report:
+    size_before = model_size(model_in) if not isinstance(model_in, bytes) else len(model_in)
+    report = Report(mode, _label(model_in), str(model_out), size_before, os.path.getsize(model_out),
+                    Counter(n.op_type for n in p.compute + p.pass_through), Counter(n.op_type for n in p.folded.values()),
+                    p.float_nodes, samples=cal.samples, tensors=len(p.observed))
+    report.settings = cal.settings()
     return report
 
 
@@ -97,4 +154,4 @@ def _label(model) -> str:
     return str(model) if isinstance(model, str | os.PathLike) else f"<{type(model).__name__}>"
 
 
-__all__ = ["DEFAULT_METHOD", "check_paths", "default_reduce_range", "quantize_static"]
+__all__ = ["Calibrated", "DEFAULT_METHOD", "check_paths", "default_reduce_range", "quantize_static", "static_report"]

@@ -14,7 +14,7 @@ class FloatNode:
 
 @dataclass
 class Report:
-    mode: str  # "static" | "dynamic"
+    mode: str  # "static" | "dynamic" | "int4" | "mixed"
     model_in: str
     model_out: str
     size_before: int = 0  # bytes
@@ -26,6 +26,9 @@ class Report:
     samples: int = 0  # calibration samples seen
     tensors: int = 0  # activation tensors calibrated
     seconds: float = 0.0
+    weight_bytes_before: int = 0  # the quantized layers' weights (int4: float32 -> codes + scales + zero points)
+    weight_bytes_after: int = 0
+    notes: list[str] = field(default_factory=list)  # extra lines (measured latency, budget, ...)
 
     @property
     def ratio(self) -> float:
@@ -46,12 +49,16 @@ class Report:
             f"size: {_mb(self.size_before)} -> {_mb(self.size_after)} ({self.ratio:.2f}x)",
             f"quantized: {q}",
         ]
+        if self.weight_bytes_before:
+            lines.append(f"quantized weights: {_mb(self.weight_bytes_before)} -> {_mb(self.weight_bytes_after)} "
+                         f"({self.weight_bytes_before / max(self.weight_bytes_after, 1):.2f}x smaller)")
         if self.folded:
             lines.append("folded into the quantizer's clamp: " + ", ".join(f"{op} x{n}" for op, n in self.folded.items()))
         if self.samples:
             lines.append(f"calibration: {self.tensors} tensors over {self.samples} samples")
         for reason, ops in self.float_reasons().items():
             lines.append(f"left in float ({reason}): {', '.join(ops)}")
+        lines += self.notes
         return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -116,3 +117,48 @@ def test_matmul_3d_by_2d_single_gemm_path_matches_numpy():
     # non-contiguous left operand takes the general path
     at = np.swapaxes(rng.standard_normal((2, 16, 7)).astype(np.float32), 1, 2)
     np.testing.assert_allclose(get_kernel("MatMul", "", 13).fn(at, w), np.matmul(at, w), rtol=1e-5, atol=1e-5)
+
+
+def _nbits_model(k, n, block, bits, zp_kind, bias):
+    from onnx import TensorProto, helper
+
+    n_blocks = -(-k // block)
+    rng = np.random.default_rng(k * 7 + n + bits)
+    inits = [helper.make_tensor("b", TensorProto.UINT8, (n, n_blocks, block * bits // 8),
+                                rng.integers(0, 256, (n, n_blocks, block * bits // 8)).astype(np.uint8).tobytes(), raw=True),
+             helper.make_tensor("s", TensorProto.FLOAT, (n * n_blocks,), rng.uniform(0.01, 0.1, n * n_blocks).tolist())]
+    names = ["a", "b", "s"]
+    if zp_kind == "packed":
+        zbytes = -(-n_blocks * bits // 8)
+        inits.append(helper.make_tensor("z", TensorProto.UINT8, (n * zbytes,),
+                                        rng.integers(0, 256, n * zbytes).astype(np.uint8).tobytes(), raw=True))
+        names.append("z")
+    elif zp_kind == "float":
+        inits.append(helper.make_tensor("z", TensorProto.FLOAT, (n * n_blocks,), rng.uniform(0, 2 ** bits, n * n_blocks).tolist()))
+        names.append("z")
+    if bias:
+        names += [""] * (4 - len(names)) + ["", "bias"]  # g_idx omitted
+        inits.append(helper.make_tensor("bias", TensorProto.FLOAT, (n,), rng.standard_normal(n).tolist()))
+    node = helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=block)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("k,n,block,bits,zp_kind,bias", [
+    (64, 8, 32, 4, "none", False), (80, 5, 32, 4, "packed", True), (96, 7, 64, 4, "float", False),
+    (40, 3, 16, 8, "packed", False), (33, 4, 16, 4, "packed", True),
+])
+def test_matmul_nbits_matches_onnxruntime(k, n, block, bits, zp_kind, bias):
+    import onnxruntime as ort
+
+    import tuili
+
+    model = _nbits_model(k, n, block, bits, zp_kind, bias)
+    a = np.random.default_rng(k).standard_normal((2, 3, k)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    (want,) = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"a": a})
+    (got,) = tuili.InferenceSession(model).run(None, {"a": a})
+    assert got.shape == want.shape == (2, 3, n)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

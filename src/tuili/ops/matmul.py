@@ -1,4 +1,4 @@
-"""Matrix products: MatMul, Gemm, MatMulInteger, Einsum, Det.
+"""Matrix products: MatMul, Gemm, MatMulInteger, Einsum, Det; onnxruntime's MatMulNBits (int4 weights).
 
 MatMul and Gemm carry most of the FLOPs of BERT and of CNN classifier heads, so they go
 straight to BLAS (np.matmul / np.dot) with no dtype changes and no extra copies: transposes
@@ -10,7 +10,7 @@ import numpy as np
 
 from tuili.errors import KernelError
 from tuili.ops.elementwise import is_exotic
-from tuili.ops.registry import register
+from tuili.ops.registry import MS_DOMAIN, register
 
 _asarray = np.asarray
 
@@ -144,3 +144,43 @@ def det(x):
     if xf.ndim < 2 or xf.shape[-1] != xf.shape[-2]:
         raise KernelError(f"Det: input must be [..., M, M], got shape {x.shape}")
     return _asarray(np.linalg.det(xf)).astype(dt, copy=False)
+
+
+@register("MatMulNBits", domain=MS_DOMAIN, since=1)
+def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K, N, block_size, bits=4,
+                 accuracy_level=0):
+    """onnxruntime's weight-only low-bit MatMul: ``a @ dequant(b).T``. ``b`` holds N rows of
+    ceil(K / block_size) blocks, each ``block_size`` codes of ``bits`` bits packed low bits first;
+    a block's weight is (code - zero point) * scale, the zero point 2**(bits-1) when not given.
+    Computed exactly in float32 whatever ``accuracy_level`` allows (that only permits less)."""
+    if bits not in (2, 4, 8) or block_size < 16 or block_size & (block_size - 1):
+        raise KernelError(f"MatMulNBits: bits={bits}, block_size={block_size}; supported: bits 2, 4 or 8 "
+                          f"and a power-of-two block_size >= 16")
+    a = _asarray(a)
+    if a.shape[-1] != K:
+        raise KernelError(f"MatMulNBits: input A has {a.shape[-1]} columns but K={K}")
+    n_blocks = -(-K // block_size)
+    codes = _unpack_bits(_asarray(b).reshape(N, -1), bits)[:, : n_blocks * block_size]
+    codes = codes.reshape(N, n_blocks * block_size)[:, :K].astype(np.float32)
+    scale = _asarray(scales).astype(np.float32).reshape(N, n_blocks)
+    if zero_points is None:
+        zp = np.full((N, n_blocks), 2 ** (bits - 1), np.float32)
+    else:
+        zero_points = _asarray(zero_points)
+        if zero_points.dtype == np.uint8:  # packed like the codes
+            zp = _unpack_bits(zero_points.reshape(N, -1), bits)[:, :n_blocks].astype(np.float32)
+        else:  # one float zero point per block, in the scales' type
+            zp = zero_points.astype(np.float32).reshape(N, n_blocks)
+    block = _asarray(g_idx).astype(np.int64) if g_idx is not None else np.arange(K) // block_size
+    w = (codes - zp[:, block]) * scale[:, block]  # (N, K)
+    y = np.matmul(a.astype(np.float32, copy=False), w.T)
+    if bias is not None:
+        y += _asarray(bias).astype(np.float32)
+    return y.astype(a.dtype, copy=False)
+
+
+def _unpack_bits(packed: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, bytes) uint8 -> (rows, bytes * 8 // bits) codes, the low bits of each byte first."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    codes = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return codes.reshape(packed.shape[0], -1)

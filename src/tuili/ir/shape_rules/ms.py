@@ -35,6 +35,12 @@ def _matmul_int_to_float(ctx):
     return [TensorType(ctx.dtype(2), matmul_shape(ctx.shape(0), ctx.shape(1)))]
 
 
+@shape_rule("MatMulNBits", domain=MS)
+def _matmul_nbits(ctx):
+    a = ctx.shape(0)
+    return [TensorType(ctx.dtype(0), None if a is None else tuple(a[:-1]) + (ctx.attr("N"),))]
+
+
 @shape_rule("DynamicQuantizeMatMul", domain=MS)
 def _dyn_quant_matmul(ctx):
     return [TensorType(ctx.dtype(0), matmul_shape(ctx.shape(0), ctx.shape(1)))]

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import time_interleaved  # noqa: E402 - the shared interleaved timer
+from tuili.bench.timing import time_interleaved
 
 DEFAULT_MODELS = ["digits_cnn", "glyphs_cnn", "resnet18", "mobilenet_v2"]
 TRAINED = {"digits_cnn", "glyphs_cnn"}

@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per throughput cell")
     p.add_argument("--warmup", type=float, default=1.5)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--no-overload", action="store_true", help="skip the 10x overload part")
     p.add_argument("--service-ms", type=float, default=20.0, help="time the overloaded model takes per request")
     p.add_argument("--overload-seconds", type=float, default=4.0)
     p.add_argument("--deadline-ms", type=float, default=250.0, help="the timeout each overload request carries")
@@ -168,7 +170,8 @@ def main(argv=None) -> int:
         proc, ports = start_server(repo, workdir)
         url = f"127.0.0.1:{ports['grpc']}"
         try:
-            for model, (shape, _) in MODELS.items():
+            for model in args.models:
+                shape = MODELS[model][0]
                 for c in args.concurrency:
                     r = {}
                     for isolation in ("thread", "process", "thread", "process"):  # interleaved: drift hits both alike
@@ -176,9 +179,10 @@ def main(argv=None) -> int:
                         r.setdefault(isolation, []).append(
                             asyncio.run(closed_loop(url, f"{model}_{isolation}", shape, c, args.seconds / 2, args.warmup)))
                     rows.append((model, c, float(np.mean(r["thread"])), float(np.mean(r["process"]))))
-            rate = 10 * 1000 / args.service_ms
-            print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
-            lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
+            if not args.no_overload:
+                rate = 10 * 1000 / args.service_ms
+                print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
+                lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -89,8 +89,26 @@ def build_repo(root: str, service_s: float) -> str:
     return os.path.join(root, "repo")
 
 
-async def closed_loop(url: str, model: str, shape, concurrency: int, seconds: float, warmup: float) -> float:
-    """Inferences per second with ``concurrency`` clients each sending the next request on an answer."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and of every process below it (the server's workers)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for children in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{children}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+async def closed_loop(url: str, model: str, shape, concurrency: int, seconds: float, warmup: float, server_pid: int):
+    """(inferences per second, server CPU seconds per inference) with ``concurrency`` clients each
+    sending the next request on an answer."""
     import tritonclient.grpc.aio as tc
 
     client = tc.InferenceServerClient(url)
@@ -107,9 +125,27 @@ async def closed_loop(url: str, model: str, shape, concurrency: int, seconds: fl
             if t >= t_measure and time.perf_counter() <= t_end:
                 done += 1
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    async def cpu_meter():
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        start = cpu_seconds(server_pid)
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        return cpu_seconds(server_pid) - start
+
+    cpu, *_ = await asyncio.gather(cpu_meter(), *(worker() for _ in range(concurrency)))
     await client.close()
-    return done / seconds
+    return done / seconds, cpu / max(done, 1)
+
+
+def executions(url: str, model: str) -> np.ndarray:
+    """(executions, inferences, nanoseconds inside the backend's infer call) the server counted so far."""
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    client.close()
+    n = sum(int(b["compute_infer"].get("count", 0)) for b in stats.get("batch_stats", []))
+    ns = sum(int(b["compute_infer"].get("ns", 0)) for b in stats.get("batch_stats", []))
+    return np.array([n, int(stats.get("inference_count", 0)), ns], dtype=np.int64)
 
 
 async def overload(url: str, rate: float, seconds: float, deadline_us: int) -> dict:
@@ -156,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per throughput cell")
     p.add_argument("--warmup", type=float, default=1.5)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--rounds", type=int, default=2, help="thread/process alternations per cell (the cell's seconds split)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--no-overload", action="store_true", help="skip the 10x overload part")
     p.add_argument("--service-ms", type=float, default=20.0, help="time the overloaded model takes per request")
@@ -173,12 +210,14 @@ def main(argv=None) -> int:
             for model in args.models:
                 shape = MODELS[model][0]
                 for c in args.concurrency:
-                    r = {}
-                    for isolation in ("thread", "process", "thread", "process"):  # interleaved: drift hits both alike
+                    r: dict[str, list] = {"thread": [], "process": []}
+                    for isolation in ("thread", "process") * args.rounds:  # interleaved: drift hits both alike
                         print(f"{model} {isolation} concurrency {c} ...", file=sys.stderr)
-                        r.setdefault(isolation, []).append(
-                            asyncio.run(closed_loop(url, f"{model}_{isolation}", shape, c, args.seconds / 2, args.warmup)))
-                    rows.append((model, c, float(np.mean(r["thread"])), float(np.mean(r["process"]))))
+                        before = executions(url, f"{model}_{isolation}")
+                        rate, cpu = asyncio.run(closed_loop(url, f"{model}_{isolation}", shape, c, args.seconds / args.rounds,
+                                                            args.warmup, proc.pid))
+                        r[isolation].append((rate, cpu, executions(url, f"{model}_{isolation}") - before))
+                    rows.append((model, c, r))
             if not args.no_overload:
                 rate = 10 * 1000 / args.service_ms
                 print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
@@ -195,11 +234,19 @@ def main(argv=None) -> int:
     from tuili.runtime import cpu
 
     print(f"\n### Process-isolated vs thread instances: one instance, onnxruntime backend, gRPC, {cpu.info().describe()}\n")
-    print("| model | concurrency | thread (infer/s) | process (infer/s) | process / thread | goal |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | concurrency | thread (infer/s) | process (infer/s) | process / thread | goal | "
+          "server CPU ms/infer, thread / process | infer call us, thread / process | batch, thread / process |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     goals = {"resnet18": 0.9, "digits_cnn": 0.7}
-    for model, c, t, pr in rows:
-        print(f"| {model} | {c} | {t:.1f} | {pr:.1f} | {pr / t:.2f} | >= {goals[model]} |")
+    for model, c, r in rows:
+        rate = {k: float(np.mean([x[0] for x in v])) for k, v in r.items()}
+        cpu = {k: 1000 * float(np.mean([x[1] for x in v])) for k, v in r.items()}
+        ex = {k: sum(x[2] for x in v) for k, v in r.items()}
+        call_us = {k: e[2] / max(e[0], 1) / 1000 for k, e in ex.items()}
+        batch = {k: e[1] / max(e[0], 1) for k, e in ex.items()}
+        t, pr = rate["thread"], rate["process"]
+        print(f"| {model} | {c} | {t:.1f} | {pr:.1f} | {pr / t:.2f} | >= {goals[model]} | {cpu['thread']:.2f} / {cpu['process']:.2f} | "
+              f"{call_us['thread']:.0f} / {call_us['process']:.0f} | {batch['thread']:.2f} / {batch['process']:.2f} |")
     if lat is not None:
         total = sum(len(v) for v in lat.values())
         print(f"\n### 10x overload: {10 * 1000 / args.service_ms:.0f} requests/s for {args.overload_seconds:.0f} s to a python model "

@@ -58,8 +58,8 @@ _STOP_WAIT_S = 10.0
 #: How long a call of an idempotent model waits for its dead worker's replacement before it fails.
 _RETRY_WAIT_S = 30.0
 #: How long the server spins for a worker's reply, and a worker for the next call, before blocking.
-_SPIN_REPLY_S = float(os.environ.get("XSPIN_REPLY", "200e-6"))
-_SPIN_NEXT_S = float(os.environ.get("XSPIN_NEXT", "100e-6"))
+_SPIN_REPLY_S = 200e-6
+_SPIN_NEXT_S = 100e-6
 _READ = 1 << 16
 
 
@@ -103,9 +103,9 @@ def idempotent(config) -> bool:
     if raw is None or raw == "":
         return False
     value = raw.strip().lower()
-    if value not in ("true", "false"):
+    if value not in ("true", "false", "1", "0"):
         raise ConfigError(f"model {config.name!r}: parameter idempotent is {raw!r}; use \"true\" or \"false\"")
-    return value == "true"
+    return value in ("true", "1")
 
 
 # --------------------------------------------------------------------------- tensors in shared memory

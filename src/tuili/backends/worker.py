@@ -375,14 +375,17 @@ def _serve(fd: int, backend: Backend) -> None:
 
 # --------------------------------------------------------------------------- the server side
 class _Link:
-    """A running worker: its process, the socket to it (closed with the link), and which start of the
-    instance it is."""
+    """A running worker: its process, the socket to it (closed with the link), which start of the
+    instance it is, and once the supervisor reaped it, its exit code. Only the supervisor reaps
+    (joins) the process: two threads waiting for the same child race, and the loser is told the
+    child is still running."""
 
-    __slots__ = ("proc", "conn", "fd", "poller", "generation")
+    __slots__ = ("proc", "conn", "fd", "poller", "generation", "reaped", "exitcode")
 
     def __init__(self, proc, conn, generation: int):
         self.proc, self.conn, self.fd, self.generation = proc, conn, conn.fileno(), generation
         self.poller = _poller(self.fd)
+        self.reaped, self.exitcode = False, None
 
 
 class _Died(WorkerDiedError):
@@ -449,7 +452,7 @@ class ProcessInstance(Backend):
             proc.join(_STOP_WAIT_S)
             conn.close()
             if frame is None:
-                raise WorkerDiedError(f"model {self.model_name!r} instance {self.instance_index}: the worker process {_exit_text(proc)} "
+                raise WorkerDiedError(f"model {self.model_name!r} instance {self.instance_index}: the worker process {_exit_text(proc.exitcode)} "
                                       f"while loading the model; see the log above")
             raise _rebuild_error(self.model_name, frame[1])
         _, inputs, outputs, self.wants_request_list = frame
@@ -460,6 +463,7 @@ class ProcessInstance(Backend):
         with self._cond:
             if self._stopping:  # unloaded while this worker started: it never serves
                 proc.kill()
+                proc.join()
                 conn.close()
                 return None
             self._starts += 1
@@ -474,13 +478,15 @@ class ProcessInstance(Backend):
             link.proc.join()  # reap it: the exit code says how it died
             with self._cond:
                 self._link = None
+                link.reaped, link.exitcode = True, link.proc.exitcode
                 reason, self._death_reason = self._death_reason, ""
+                self._cond.notify_all()
                 if self._stopping:
                     return
             # The socket is not closed here: a call may still be reading it, and a closed descriptor's number
             # can be reused at once. It closes when the last holder lets go of the link (refcounting).
             log.error("model %s instance %d: worker process %d %s%s; restarting it in %.1f s", self.model_name, self.instance_index,
-                      link.proc.pid, _exit_text(link.proc), f" ({reason})" if reason else "", self._backoff)
+                      link.proc.pid, _exit_text(link.exitcode), f" ({reason})" if reason else "", self._backoff)
             while not self._stop_event.wait(self._backoff):
                 self._backoff = min(2 * self._backoff, _BACKOFF_MAX)
                 try:
@@ -505,7 +511,7 @@ class ProcessInstance(Backend):
         """Kill the worker (it restarts unless the instance is unloading); the call in flight fails."""
         with self._cond:
             link = self._link
-            if link is None or not link.proc.is_alive():
+            if link is None:  # down already
                 return
             self._death_reason = reason
         link.proc.kill()
@@ -523,15 +529,16 @@ class ProcessInstance(Backend):
                     _recv(link.fd)
             except (OSError, EOFError):
                 pass
-            link.proc.join(_STOP_WAIT_S)
-            if link.proc.is_alive():
+        if self._supervisor is not None:  # it reaps the worker, and then returns
+            self._supervisor.join(_STOP_WAIT_S)
+            if self._supervisor.is_alive():
                 log.warning("model %s instance %d: the worker did not stop within %.0f s; killing it", self.model_name,
                             self.instance_index, _STOP_WAIT_S)
-                link.proc.kill()
-                link.proc.join()
+                if link is not None:
+                    link.proc.kill()
+                self._supervisor.join()
+        if link is not None:
             link.conn.close()
-        if self._supervisor is not None:
-            self._supervisor.join()
         self._requests.close()
         self._results.close()
 
@@ -582,8 +589,9 @@ class ProcessInstance(Backend):
                 frame = self._reply(link, where)
         except (OSError, EOFError):
             # Only the worker holds the other end of the socket: its death is an EOF here, no sentinel needed.
-            link.proc.join(1.0)
-            raise _Died(f"{where}: the worker process {_exit_text(link.proc)} while running the request; "
+            with self._cond:  # the supervisor reaps it: then the exit code says how it died
+                self._cond.wait_for(lambda: link.reaped, 1.0)
+            raise _Died(f"{where}: the worker process {_exit_text(link.exitcode)} while running the request; "
                         f"it restarts, retry the request", link.generation, True) from None
         _, out_metas, errs = frame
         buf = self._results.buf
@@ -603,8 +611,7 @@ class ProcessInstance(Backend):
         return _recv(link.fd)
 
 
-def _exit_text(proc) -> str:
-    code = proc.exitcode
+def _exit_text(code: int | None) -> str:
     if code is None:
         return "stopped answering"
     if code < 0:

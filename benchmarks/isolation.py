@@ -136,6 +136,36 @@ async def closed_loop(url: str, model: str, shape, concurrency: int, seconds: fl
     return done / seconds, cpu / max(done, 1)
 
 
+def direct_calls(repo: str, model: str, shape, calls: int) -> dict[str, np.ndarray]:
+    """Microseconds per ``infer`` call of one instance, thread vs process, called back to back from
+    this process (no server, no client): what crossing to the worker process costs per call."""
+    from tuili.backends.base import create_backend
+    from tuili.backends.worker import ProcessInstance
+    from tuili.model_config import parse_model_config
+
+    d = os.path.join(repo, f"{model}_thread")
+    with open(os.path.join(d, "config.pbtxt")) as f:
+        config = parse_model_config(f.read(), validate=False)
+    feeds = {"input": np.random.rand(*shape).astype(np.float32)}
+    instances = {"thread": create_backend("onnxruntime"), "process": ProcessInstance("onnxruntime")}
+    times: dict[str, list[float]] = {k: [] for k in instances}
+    try:
+        for b in instances.values():
+            b.model_name = model
+            b.load(d, os.path.join(d, "1"), config)
+            for _ in range(3):
+                b.infer(feeds)
+        for _ in range(calls):
+            for kind, b in instances.items():  # interleaved: drift hits both alike
+                t0 = time.perf_counter()
+                b.infer(feeds)
+                times[kind].append((time.perf_counter() - t0) * 1e6)
+    finally:
+        for b in instances.values():
+            b.unload()
+    return {k: np.array(v) for k, v in times.items()}
+
+
 def executions(url: str, model: str) -> np.ndarray:
     """(executions, inferences, nanoseconds inside the backend's infer call) the server counted so far."""
     import tritonclient.grpc as tc
@@ -195,15 +225,20 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="thread/process alternations per cell (the cell's seconds split)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--no-overload", action="store_true", help="skip the 10x overload part")
+    p.add_argument("--direct-calls", type=int, default=2000, help="back-to-back calls per model in the direct-call part "
+                                                                   "(a tenth for ResNet-18; 0 skips it)")
     p.add_argument("--service-ms", type=float, default=20.0, help="time the overloaded model takes per request")
     p.add_argument("--overload-seconds", type=float, default=4.0)
     p.add_argument("--deadline-ms", type=float, default=250.0, help="the timeout each overload request carries")
     args = p.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="tuili-bench-isolation-")
-    rows, lat = [], None
+    rows, lat, direct = [], None, {}
     try:
         repo = build_repo(workdir, args.service_ms / 1000)
+        for model in args.models if args.direct_calls else []:
+            print(f"{model} direct calls ...", file=sys.stderr)
+            direct[model] = direct_calls(repo, model, MODELS[model][0], args.direct_calls // (10 if model == "resnet18" else 1))
         proc, ports = start_server(repo, workdir)
         url = f"127.0.0.1:{ports['grpc']}"
         try:
@@ -233,6 +268,14 @@ def main(argv=None) -> int:
 
     from tuili.runtime import cpu
 
+    if direct:
+        print(f"\n### Direct calls of one instance, back to back, no server: microseconds per call, {cpu.info().describe()}\n")
+        print("| model | calls | thread p50 | process p50 | thread p90 | process p90 | process - thread (p50) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for model, t in direct.items():
+            th, pr = t["thread"], t["process"]
+            print(f"| {model} | {len(th)} | {np.median(th):.0f} | {np.median(pr):.0f} | {np.percentile(th, 90):.0f} | "
+                  f"{np.percentile(pr, 90):.0f} | {np.median(pr) - np.median(th):.0f} |")
     print(f"\n### Process-isolated vs thread instances: one instance, onnxruntime backend, gRPC, {cpu.info().describe()}\n")
     print("| model | concurrency | thread (infer/s) | process (infer/s) | process / thread | goal | "
           "server CPU ms/infer, thread / process | infer call us, thread / process | batch, thread / process |")

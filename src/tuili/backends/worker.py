@@ -32,6 +32,7 @@ import ctypes
 import dataclasses
 import logging
 import marshal
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -258,19 +259,18 @@ def _poller(fd: int) -> select.poll:
 
 def _wait_readable(poller: select.poll, spin_s: float, timeout_s: float | None) -> bool:
     """Whether the socket has a frame (or its end: EOF) within ``timeout_s`` (None: no limit):
-    polled without blocking for ``spin_s``, yielding the core on every turn, then waited for."""
+    polled without blocking for up to ``spin_s``, yielding the core on every turn, then waited for."""
     if poller.poll(0):
         return True
-    end = time.perf_counter() + spin_s
-    while not poller.poll(0):
-        if time.perf_counter() >= end:
-            break
+    start = time.perf_counter()
+    end = start + (spin_s if timeout_s is None else min(spin_s, timeout_s))
+    while time.perf_counter() < end:
         os.sched_yield()
-    else:
-        return True
+        if poller.poll(0):
+            return True
     if timeout_s is None:
         return bool(poller.poll())
-    return bool(poller.poll(max(0, int((timeout_s - spin_s) * 1000))))
+    return bool(poller.poll(max(0, math.ceil((start + timeout_s - time.perf_counter()) * 1000))))
 
 
 # --------------------------------------------------------------------------- errors across the socket
@@ -552,6 +552,10 @@ class ProcessInstance(Backend):
     def infer_many(self, requests: list[dict[str, np.ndarray]]) -> list:
         return self._call(True, requests)
 
+    @property
+    def _where(self) -> str:
+        return f"model {self.model_name!r} instance {self.instance_index}"
+
     def _call(self, many: bool, requests: list[dict[str, np.ndarray]]) -> list:
         try:
             return self._round_trip(many, requests)
@@ -574,24 +578,23 @@ class ProcessInstance(Backend):
         with self._cond:
             link = self._link
             generation = self._starts
-        where = f"model {self.model_name!r} instance {self.instance_index}"
         if link is None:
-            raise _Died(f"{where}: the worker process is restarting; retry the request", generation, True)
+            raise _Died(f"{self._where}: the worker process is restarting; retry the request", generation, True)
         metas, writes, need = layout(requests)
         self._requests.ensure(need)
         write(self._requests.buf, writes)
         try:
             _send(link.fd, "run", many, self._requests.name, self._results.name, self._results.size, metas)
-            frame = self._reply(link, where)
+            frame = self._reply(link)
             if frame[0] == "grow":  # the results do not fit: a larger region, and the worker writes them there
                 self._results.ensure(frame[1])
                 _send(link.fd, "results", self._results.name, self._results.size)
-                frame = self._reply(link, where)
+                frame = self._reply(link)
         except (OSError, EOFError):
             # Only the worker holds the other end of the socket: its death is an EOF here, no sentinel needed.
             with self._cond:  # the supervisor reaps it: then the exit code says how it died
                 self._cond.wait_for(lambda: link.reaped, 1.0)
-            raise _Died(f"{where}: the worker process {_exit_text(link.exitcode)} while running the request; "
+            raise _Died(f"{self._where}: the worker process {_exit_text(link.exitcode)} while running the request; "
                         f"it restarts, retry the request", link.generation, True) from None
         _, out_metas, errs = frame
         buf = self._results.buf
@@ -601,12 +604,12 @@ class ProcessInstance(Backend):
         self._backoff = _BACKOFF_FIRST  # it works: the next crash restarts at once again
         return results
 
-    def _reply(self, link: _Link, where: str) -> tuple:
+    def _reply(self, link: _Link) -> tuple:
         """The worker's next frame; a worker past ``execution_timeout_ms`` is killed."""
         if not _wait_readable(link.poller, _SPIN_REPLY_S, self.timeout_s or None):
             ms = int(self.timeout_s * 1000)
             self.kill(f"no answer within execution_timeout_ms={ms}")
-            raise _Died(f"{where}: the model did not answer within execution_timeout_ms={ms}; its worker was killed and "
+            raise _Died(f"{self._where}: the model did not answer within execution_timeout_ms={ms}; its worker was killed and "
                         f"restarts", link.generation, False)
         return _recv(link.fd)
 

@@ -1,15 +1,21 @@
 """Worker-process isolation and backpressure (issue 11): what they cost and what they buy.
 
-1. Throughput of one process-isolated instance (``instance_isolation: process``: the model runs in
+1. Direct calls: one instance of each model called back to back from this process, as a thread
+   backend and as a process instance (``ProcessInstance``), interleaved: what crossing to the worker
+   process costs per call, with no server or client in the way.
+2. Throughput of one process-isolated instance (``instance_isolation: process``: the model runs in
    a worker process, tensors cross through shared memory) beside one in-process thread instance of
    the same model, served by the same `tuili serve`, over gRPC: ResNet-18 and the digits CNN.
-   Goals: >= 0.9x on ResNet-18, >= 0.7x on the digits CNN.
-2. A 10x overload: open-loop requests at ten times what a model can serve, with a bounded queue
+   Goals: >= 0.9x on ResNet-18, >= 0.7x on the digits CNN. Beside the rates: the server's CPU time
+   per inference (server and worker processes, from /proc), the time inside the backend's infer
+   call and the mean batch, from the server's statistics.
+3. A 10x overload: open-loop requests at ten times what a model can serve, with a bounded queue
    and a per-request deadline; the latency of the refusals (goal p99 < 10 ms), and whether the
    accepted requests met their deadline.
 
-    .venv/bin/python benchmarks/isolation.py            # ~2 minutes
-    .venv/bin/python benchmarks/isolation.py --seconds 3 --concurrency 1
+    .venv/bin/python benchmarks/isolation.py                          # ~2.5 minutes
+    .venv/bin/python benchmarks/isolation.py --seconds 12 --rounds 4  # steadier on a shared machine
+    .venv/bin/python benchmarks/isolation.py --models digits_cnn --concurrency 1 4 8 --no-overload
 
 The load generator runs in this process (asyncio, tritonclient's gRPC aio client) on the same
 cores as the server. Prints markdown tables.

@@ -122,13 +122,15 @@ def test_idempotent_config():
 
 
 def test_tensors_cross_the_region_unchanged():
-    """Every layout the hot path copies: contiguous or not, odd dtypes, empty, 0-d, BYTES, str items."""
+    """Every layout the hot path copies: contiguous or not, odd dtypes, empty, 0-d, BYTES, str and
+    other plain items; an object tensor of anything else is refused, naming the type."""
     rng = np.random.default_rng(1)
     grid = rng.standard_normal((4, 6)).astype(np.float32)
     sets = [{"f32": grid, "strided": grid[:, ::2], "fortran": np.asfortranarray(grid), "f16": grid.astype(np.float16),
              "bool": grid > 0, "i8": np.arange(-3, 3, dtype=np.int8), "empty": np.zeros((0, 5), np.float64),
              "scalar": np.array(7, np.int64), "big_endian": grid.astype(">f4")},
             {"bytes": np.array([b"a", b"", b"\x00\xff"], dtype=object), "str": np.array(["x", "yz"], dtype=object),
+             "mixed": np.array([[1, None], [2.5, np.float32(0.5)]], dtype=object), "no_items": np.empty((2, 0), object),
              "list": [[1, 2], [3, 4]]}]
     metas, writes, need = layout(sets)
     buf = memoryview(bytearray(need))
@@ -140,6 +142,8 @@ def test_tensors_cross_the_region_unchanged():
             want = np.asarray(want)
             assert got[k].dtype == want.dtype and got[k].shape == want.shape, k
             assert got[k].tolist() == want.tolist(), k
+    with pytest.raises(TypeError, match="items of type object"):
+        layout([{"odd": np.array([object()], dtype=object)}])
 
 
 # ----------------------------------------------------------------------------- load/unload cycles

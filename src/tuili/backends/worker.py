@@ -35,7 +35,6 @@ import marshal
 import math
 import multiprocessing as mp
 import os
-import pickle
 import select
 import signal
 import threading
@@ -110,25 +109,29 @@ def idempotent(config) -> bool:
 
 
 # --------------------------------------------------------------------------- tensors in shared memory
-# A tensor's descriptor: (name, dtype.str | "bytes" | "pickle", shape, offset, nbytes), plain values.
-# BYTES tensors (object arrays of bytes) are stored as 4-byte little-endian lengths + data, like the V2
-# binary form; other object arrays (rare: str items) as a pickle inside the region.
+# A tensor's descriptor: (name, dtype.str | "objects", shape, offset, nbytes), plain values. Object
+# arrays (BYTES tensors: bytes items, sometimes str) are stored as the marshalled list of their items:
+# plain values only, and 4-14x quicker both ways than a length-prefixed loop in Python.
 
-def _encode_objects(arr: np.ndarray) -> tuple[str, bytes]:
-    flat = arr.reshape(-1)
-    if all(isinstance(x, bytes) for x in flat):
-        return "bytes", b"".join(len(x).to_bytes(4, "little") + x for x in flat)
-    return "pickle", pickle.dumps(arr, protocol=5)
+_PLAIN = (bytes, str, int, float, bool, complex, type(None))
 
 
-def _decode_bytes(mv: memoryview, shape) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
-    out = np.empty(count, dtype=object)
-    pos = 0
-    for i in range(count):
-        n = int.from_bytes(mv[pos:pos + 4], "little")
-        out[i] = bytes(mv[pos + 4:pos + 4 + n])
-        pos += 4 + n
+def _encode_objects(arr: np.ndarray) -> bytes:
+    items = arr.reshape(-1).tolist()
+    if not all(type(x) is bytes for x in items):  # BYTES tensors, the common case, need no look at each item
+        # marshal would store any other buffer (a numpy scalar) as its raw bytes: plain values only
+        items = [x.item() if isinstance(x, np.generic) else bytes(x) if isinstance(x, bytearray) else x for x in items]
+        odd = sorted({type(x).__name__ for x in items if not isinstance(x, _PLAIN)})
+        if odd:
+            raise TypeError(f"an object tensor holds items of type {', '.join(odd)}; give bytes or str (a BYTES tensor) "
+                            f"or numbers")
+    return marshal.dumps(items)
+
+
+def _decode_objects(data: memoryview, shape) -> np.ndarray:
+    items = marshal.loads(data)
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
     return out.reshape(shape)
 
 
@@ -141,7 +144,7 @@ def layout(tensor_sets: list[dict[str, np.ndarray]]) -> tuple[list[list[tuple]],
             if type(arr) is not np.ndarray:
                 arr = np.asarray(arr)
             if arr.dtype.hasobject:
-                kind, data = _encode_objects(arr)
+                kind, data = "objects", _encode_objects(arr)
                 nbytes = len(data)
             else:
                 kind, data, nbytes = arr.dtype.str, arr, arr.nbytes
@@ -167,10 +170,8 @@ def read(buf: memoryview, meta: list[tuple], copy: bool) -> dict[str, np.ndarray
     """The tensors one descriptor list names; views into ``buf`` unless ``copy``."""
     out = {}
     for name, kind, shape, offset, nbytes in meta:
-        if kind == "bytes":
-            out[name] = _decode_bytes(buf[offset:offset + nbytes], shape)
-        elif kind == "pickle":
-            out[name] = pickle.loads(buf[offset:offset + nbytes])
+        if kind == "objects":
+            out[name] = _decode_objects(buf[offset:offset + nbytes], shape)
         else:
             arr = np.ndarray(shape, kind, buffer=buf, offset=offset)
             out[name] = arr.copy() if copy else arr

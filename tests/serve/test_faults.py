@@ -50,6 +50,34 @@ class TritonPythonModel:
         return out
 '''
 
+# An idempotent model: every run is logged (pid and X) in the file "runs" beside its config.
+RETRIED_PY = '''
+import os
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.runs = os.path.join(args["model_repository"], "runs")
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            what = int(x.reshape(-1)[0])
+            with open(self.runs, "a") as f:
+                f.write(f"{os.getpid()} {what}\\n")
+            if what == 2:
+                os._exit(3)
+            if what == 4:
+                time.sleep(3600)
+            if what == 5:
+                time.sleep(0.5)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+        return out
+'''
+
 WAIT_S = 5.0  # every request must be answered within this (a hang fails the test)
 
 
@@ -63,6 +91,16 @@ def build_faulty_repository(root: str) -> str:
         input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
         output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
         dynamic_batching { max_queue_delay_microseconds: 20000 }
+        parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }
+    """)
+    _write(f"{root}/retried/1/model.py", RETRIED_PY)
+    _write(f"{root}/retried/config.pbtxt", """
+        name: "retried"
+        backend: "python"
+        max_batch_size: 0
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
+        parameters { key: "idempotent" value: { string_value: "true" } }
         parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }
     """)
     _save(add_sub_model(), f"{root}/add_sub/1/model.onnx")
@@ -189,3 +227,59 @@ def test_health_follows_the_workers(faulty):
     assert serves_again(srv.http)
     row = next(m for m in c.get_model_repository_index() if m["name"] == "faulty")
     assert row["state"] == "READY"
+
+
+# ----------------------------------------------------------------------------- idempotent models
+def retried_outcome(url: str, value: float):
+    """The answer of the idempotent model, or (status, message); a rerun waits for a restart, hence
+    the longer client timeout."""
+    c = th.InferenceServerClient(url, network_timeout=30.0, connection_timeout=30.0)
+    i = th.InferInput("X", [1], "FP32")
+    i.set_data_from_numpy(np.full(1, value, np.float32))
+    try:
+        return c.infer("retried", [i]).as_numpy("Y")
+    except InferenceServerException as e:
+        if e.status() is None:
+            raise
+        return int(e.status()), e.message()
+    finally:
+        c.close()
+
+
+def runs(repo: str, value: int) -> list[int]:
+    """The pids of the workers that ran X == value, in order."""
+    path = os.path.join(repo, "retried", "runs")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(pid) for pid, what in (line.split() for line in f) if int(what) == value]
+
+
+def test_an_idempotent_request_whose_worker_is_killed_runs_again_on_the_restarted_worker(faulty):
+    srv, repo = faulty
+    with cf.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(retried_outcome, srv.http, 5)
+        for _ in range(500):  # until the request is inside the model (it then sleeps 0.5 s)
+            if runs(repo, 5):
+                break
+            time.sleep(0.01)
+        first = runs(repo, 5)
+        assert first, "the request never reached the model"
+        os.kill(first[0], signal.SIGKILL)
+        result = fut.result(timeout=60)
+    np.testing.assert_array_equal(result, [10.0])  # answered, not 503
+    pids = runs(repo, 5)
+    assert len(pids) == 2 and pids[1] != pids[0], pids  # run twice, on two workers
+    assert f"worker process {pids[0]} was killed by SIGKILL" in srv.log()
+    assert "the model is idempotent: running the 1 request(s) once more" in srv.log()
+
+
+@pytest.mark.parametrize("value, times, death", [(2, 2, "exited with code 3"), (4, 1, "execution_timeout_ms=1000")])
+def test_an_idempotent_request_runs_at_most_twice_and_a_hang_not_again(faulty, value, times, death):
+    """A request that kills every worker it runs on is rerun once, then answered 503; one that hangs
+    past the execution timeout is not rerun (it would hang again)."""
+    srv, repo = faulty
+    status, msg = retried_outcome(srv.http, value)
+    assert status == 503 and death in msg, msg
+    assert len(runs(repo, value)) == times
+    np.testing.assert_array_equal(retried_outcome(srv.http, 0), [0.0])  # serves again

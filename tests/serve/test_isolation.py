@@ -13,7 +13,7 @@ import tritonclient.http as th
 
 from tests.serve.repo_builder import UPPER_PY, _save, _write, add_sub_model
 from tuili.backends.base import create_backend
-from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
+from tuili.backends.worker import ProcessInstance, execution_timeout_s, idempotent, instance_isolation, layout, read, write
 from tuili.errors import ConfigError, InvalidInputError
 from tuili.model_config import parse_model_config
 
@@ -104,6 +104,46 @@ def test_isolation_config():
     with pytest.raises(ConfigError, match="whole number of milliseconds"):
         execution_timeout_s(parse_model_config('name: "o" parameters { key: "execution_timeout_ms" value: { string_value: "-1" } }',
                                                validate=False))
+
+
+def test_idempotent_config():
+    def config(value: str, isolation: str = "process"):
+        return parse_model_config(f'name: "o" parameters {{ key: "idempotent" value: {{ string_value: "{value}" }} }} '
+                                  f'parameters {{ key: "instance_isolation" value: {{ string_value: "{isolation}" }} }}', validate=False)
+
+    assert idempotent(config("true")) and idempotent(config("1")) and not idempotent(config("false"))
+    assert not idempotent(parse_model_config('name: "o"', validate=False))
+    assert instance_isolation(config("true"), "onnxruntime") == "process"
+    with pytest.raises(ConfigError, match="idempotent needs instance_isolation"):
+        instance_isolation(config("true", "thread"), "onnxruntime")
+    assert instance_isolation(config("false", "thread"), "onnxruntime") == "thread"
+    with pytest.raises(ConfigError, match="parameter idempotent is 'yes'"):
+        idempotent(config("yes"))
+
+
+def test_tensors_cross_the_region_unchanged():
+    """Every layout the hot path copies: contiguous or not, odd dtypes, empty, 0-d, BYTES, str and
+    other plain items; an object tensor of anything else is refused, naming the type."""
+    rng = np.random.default_rng(1)
+    grid = rng.standard_normal((4, 6)).astype(np.float32)
+    sets = [{"f32": grid, "strided": grid[:, ::2], "fortran": np.asfortranarray(grid), "f16": grid.astype(np.float16),
+             "bool": grid > 0, "i8": np.arange(-3, 3, dtype=np.int8), "empty": np.zeros((0, 5), np.float64),
+             "scalar": np.array(7, np.int64), "big_endian": grid.astype(">f4")},
+            {"bytes": np.array([b"a", b"", b"\x00\xff"], dtype=object), "str": np.array(["x", "yz"], dtype=object),
+             "mixed": np.array([[1, None], [2.5, np.float32(0.5)]], dtype=object), "no_items": np.empty((2, 0), object),
+             "list": [[1, 2], [3, 4]]}]
+    metas, writes, need = layout(sets)
+    buf = memoryview(bytearray(need))
+    write(buf, writes)
+    for tensors, meta in zip(sets, metas):
+        got = read(buf, meta, copy=True)
+        assert got.keys() == tensors.keys()
+        for k, want in tensors.items():
+            want = np.asarray(want)
+            assert got[k].dtype == want.dtype and got[k].shape == want.shape, k
+            assert got[k].tolist() == want.tolist(), k
+    with pytest.raises(TypeError, match="items of type object"):
+        layout([{"odd": np.array([object()], dtype=object)}])
 
 
 # ----------------------------------------------------------------------------- load/unload cycles

@@ -106,7 +106,7 @@ REFUSED: dict[str, str] = {
 }
 
 #: config parameters the server itself reads, whatever the backend (process isolation of instances)
-SERVER_PARAMETERS: frozenset[str] = frozenset({"instance_isolation", "execution_timeout_ms"})
+SERVER_PARAMETERS: frozenset[str] = frozenset({"instance_isolation", "execution_timeout_ms", "idempotent"})
 
 
 def _set_fields(msg: Message, path: str, pattern: str) -> Iterator[tuple[str, str, FieldDescriptor, object]]:

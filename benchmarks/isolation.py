@@ -26,16 +26,13 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve import start_server  # noqa: E402  (benchmarks/serve.py: a `tuili serve` subprocess on free ports)
+from tuili.bench.server import start_server, stop_server
 
 MODELS = {  # zoo name -> (input shape of one request, classes)
     "resnet18": ((1, 3, 224, 224), 1000),
@@ -264,11 +261,7 @@ def main(argv=None) -> int:
                 print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
                 lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

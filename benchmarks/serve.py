@@ -17,13 +17,13 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from tuili.bench.server import start_server, stop_server
 
 SPIN = ""  # set from --allow-spinning
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,28 +66,6 @@ def build_repo(workdir: str, model: str, max_batch: int, instances: int, preferr
             spin = f'parameters {{ key: "allow_spinning" value: {{ string_value: "{SPIN}" }} }}' if SPIN else ""
             f.write(CONFIG.format(name=name, max_batch=max_batch, instances=instances, batching=batching, spin=spin))
     return repo
-
-
-def start_server(repo: str, workdir: str):
-    return start_server_args(repo, workdir, [])
-
-
-def start_server_args(repo: str, workdir: str, extra: list[str]):
-    ready = os.path.join(workdir, "ready.json")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
-    log = open(os.path.join(workdir, "server.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tuili.cli", "serve", "--model-repository", repo, "--http-port", "0",
-                             "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 180
-    while not os.path.exists(ready):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start; see {log.name}")
-        time.sleep(0.1)
-    with open(ready) as f:
-        ports = json.load(f)
-    return proc, ports
 
 
 def in_process_limit(model: str, seconds: float, batches=(1, 2, 4, 8, 16)) -> tuple[int, float, dict]:
@@ -171,7 +149,7 @@ def load_unload_growth(model: str, workdir: str, cycles: int) -> tuple[float, fl
 
     repo = build_repo(os.path.join(workdir, "lu"), model, 16, 1)
     lu_dir = os.path.join(workdir, "lu")
-    proc, ports = start_server_args(repo, lu_dir, ["--model-control-mode", "explicit"])
+    proc, ports = start_server(repo, lu_dir, ["--model-control-mode", "explicit"])
     try:
         c = th.InferenceServerClient(f"127.0.0.1:{ports['http']}")
         x = np.random.rand(1, 3, 224, 224).astype(np.float32)
@@ -188,11 +166,7 @@ def load_unload_growth(model: str, workdir: str, cycles: int) -> tuple[float, fl
         last = rss_mb(proc.pid)
         c.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return start, first, last
 
 
@@ -252,11 +226,7 @@ def main(argv=None) -> int:
                     r.update(stats_delta(before, server_stats(ports["http"], name)))
                     rows.append((protocol, batching, c, r))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     growth = None
     try:
         if args.load_unload > 0:

@@ -22,6 +22,20 @@ def _write(path: str, text: str) -> None:
         f.write(textwrap.dedent(text).lstrip())
 
 
+def python_model(root: str, name: str, source: str, extra_config: str = "", max_batch_size: int = 0) -> None:
+    """A python-backend model ``name`` in ``root``: ``source`` as its model.py, one FP32 [1] input X and
+    output Y, and ``extra_config`` (batching, instance groups, parameters) appended to its config."""
+    _write(f"{root}/{name}/1/model.py", source)
+    _write(f"{root}/{name}/config.pbtxt", f"""
+        name: "{name}"
+        backend: "python"
+        max_batch_size: {max_batch_size}
+        input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+        {extra_config}
+    """)
+
+
 def add_sub_model(n: int = 16, batch: bool = True, dtype=TensorProto.FLOAT) -> onnx.ModelProto:
     shape = ["N", n] if batch else [n]
     a = helper.make_tensor_value_info("INPUT0", dtype, shape)

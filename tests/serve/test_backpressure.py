@@ -13,7 +13,7 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from tests.serve.repo_builder import SLEEPY_PY, _write
+from tests.serve.repo_builder import SLEEPY_PY, python_model
 
 WAIT_S = 10.0
 
@@ -21,15 +21,8 @@ WAIT_S = 10.0
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, server_factory):
     root = str(tmp_path_factory.mktemp("backpressure_repo"))
-    _write(f"{root}/slow/1/model.py", SLEEPY_PY)  # sleeps X seconds, then echoes X
-    _write(f"{root}/slow/config.pbtxt", """
-        name: "slow"
-        backend: "python"
-        max_batch_size: 0
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        dynamic_batching { default_queue_policy { max_queue_size: 4 } }
-    """)
+    # sleeps X seconds, then echoes X
+    python_model(root, "slow", SLEEPY_PY, "dynamic_batching { default_queue_policy { max_queue_size: 4 } }")
     s = server_factory(root)
     yield s
     s.stop()

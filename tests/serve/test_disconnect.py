@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 
-from tests.serve.repo_builder import SLEEPY_PY, _write
+from tests.serve.repo_builder import SLEEPY_PY, python_model
 
 WAIT_S = 30.0
 
@@ -20,15 +20,8 @@ WAIT_S = 30.0
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory, server_factory):
     root = str(tmp_path_factory.mktemp("disconnect_repo"))
-    _write(f"{root}/slow/1/model.py", SLEEPY_PY)  # sleeps X seconds, then echoes X
-    _write(f"{root}/slow/config.pbtxt", """
-        name: "slow"
-        backend: "python"
-        max_batch_size: 0
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        instance_group [ { count: 1 kind: KIND_CPU } ]
-    """)
+    # sleeps X seconds, then echoes X
+    python_model(root, "slow", SLEEPY_PY, "instance_group [ { count: 1 kind: KIND_CPU } ]")
     s = server_factory(root)
     yield s
     s.stop()

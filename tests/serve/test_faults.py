@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from tests.serve.repo_builder import _save, _write, add_sub_model
+from tests.serve.repo_builder import _save, _write, add_sub_model, python_model
 
 # X picks what the model does: 0 echo, 1 raise, 2 os._exit, 3 segfault, 4 hang, 5 echo after 0.5 s (once per batch).
 FAULTY_PY = '''
@@ -82,27 +82,11 @@ WAIT_S = 5.0  # every request must be answered within this (a hang fails the tes
 
 
 def build_faulty_repository(root: str) -> str:
-    _write(f"{root}/faulty/1/model.py", FAULTY_PY)
+    timeout = 'parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }'
+    python_model(root, "faulty", FAULTY_PY, "dynamic_batching { max_queue_delay_microseconds: 20000 } " + timeout,
+                 max_batch_size=8)
     _write(f"{root}/faulty/healthy", "")
-    _write(f"{root}/faulty/config.pbtxt", """
-        name: "faulty"
-        backend: "python"
-        max_batch_size: 8
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        dynamic_batching { max_queue_delay_microseconds: 20000 }
-        parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }
-    """)
-    _write(f"{root}/retried/1/model.py", RETRIED_PY)
-    _write(f"{root}/retried/config.pbtxt", """
-        name: "retried"
-        backend: "python"
-        max_batch_size: 0
-        input [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
-        parameters { key: "idempotent" value: { string_value: "true" } }
-        parameters { key: "execution_timeout_ms" value: { string_value: "1000" } }
-    """)
+    python_model(root, "retried", RETRIED_PY, 'parameters { key: "idempotent" value: { string_value: "true" } } ' + timeout)
     _save(add_sub_model(), f"{root}/add_sub/1/model.onnx")
     _write(f"{root}/add_sub/config.pbtxt", """
         name: "add_sub"

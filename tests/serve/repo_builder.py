@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
+import urllib.request
 
 import numpy as np
 import onnx
@@ -246,3 +248,21 @@ def build_test_repository(root: str) -> dict:
     """)
     return {"classifier_w": w, "classifier_b": b,
             "torch_w": lin.weight.detach().numpy().copy(), "torch_b": lin.bias.detach().numpy().copy()}
+
+
+def pending_requests(server, model: str) -> int:
+    """The server's nv_inference_pending_request_count for ``model`` (0 when it has none)."""
+    text = urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'nv_inference_pending_request_count{{model="{model}"'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def wait_for(cond, tries: int = 400) -> None:
+    """Poll ``cond`` every 25 ms until it holds (10 s by default); fail the test if it never does."""
+    for _ in range(tries):
+        if cond():
+            return
+        time.sleep(0.025)
+    raise AssertionError("condition never held")

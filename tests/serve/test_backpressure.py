@@ -4,8 +4,6 @@ slot, a negative timeout is the client's error (400), and a 10x overload is answ
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from tests.serve.repo_builder import SLEEPY_PY, python_model
+from tests.serve.repo_builder import SLEEPY_PY, pending_requests, python_model, wait_for
 
 WAIT_S = 10.0
 
@@ -52,21 +50,13 @@ def test_expired_request_is_dropped_before_it_runs(srv):
     before = executions(srv.http)
     with cf.ThreadPoolExecutor(2) as pool:
         busy = pool.submit(call, srv.http, 1.0)
-        _wait_for(lambda: _pending(srv) >= 1)  # `busy` holds the only instance
+        wait_for(lambda: pending_requests(srv, "slow") >= 1)  # `busy` holds the only instance
         late = pool.submit(call, srv.http, 0.0, 100_000)
         status, msg = late.result(WAIT_S)
         assert status == 504 and "did not run" in msg, msg
         assert not busy.done()  # answered while the model was still busy: it waited no longer than its deadline
         assert busy.result(WAIT_S)[0] == 200
     assert executions(srv.http) == before + 1  # only `busy` ran
-
-
-def _pending(srv) -> int:
-    text = urllib.request.urlopen(f"http://{srv.metrics}/metrics", timeout=WAIT_S).read().decode()
-    for line in text.splitlines():
-        if line.startswith('nv_inference_pending_request_count{model="slow"'):
-            return int(float(line.split()[-1]))
-    return 0
 
 
 def test_negative_timeout_is_a_client_error(srv):
@@ -78,7 +68,7 @@ def test_a_client_that_gives_up_frees_its_queue_slot(srv):
     """The queue holds 4; 4 gRPC clients give up while queued; 4 new requests then fit."""
     with cf.ThreadPoolExecutor(10) as pool:
         busy = pool.submit(call, srv.http, 1.5)
-        _wait_for(lambda: _pending(srv) >= 1)
+        wait_for(lambda: pending_requests(srv, "slow") >= 1)
         g = tg.InferenceServerClient(srv.grpc)
 
         def impatient():
@@ -88,7 +78,7 @@ def test_a_client_that_gives_up_frees_its_queue_slot(srv):
                 g.infer("slow", [i], client_timeout=0.3)
 
         list(pool.map(lambda _: impatient(), range(4)))
-        _wait_for(lambda: _pending(srv) == 1)  # their requests left the queue; only `busy` is left
+        wait_for(lambda: pending_requests(srv, "slow") == 1)  # their requests left the queue; only `busy` is left
         later = [pool.submit(call, srv.http, 0.0) for _ in range(4)]
         assert [f.result(WAIT_S)[0] for f in later] == [200] * 4
         assert busy.result(WAIT_S)[0] == 200
@@ -104,12 +94,4 @@ def test_ten_times_overload_is_refused_fast_and_never_hangs(srv):
     assert statuses.count(503) >= 10 and statuses.count(200) >= 1
     assert all("is full" in m for s, m in results if s == 503)
     assert srv.proc.poll() is None
-
-
-def _wait_for(cond, tries: int = 200) -> None:
-    for _ in range(tries):
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition never held")
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import socket
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.http as th
 
-from tests.serve.repo_builder import SLEEPY_PY, python_model
+from tests.serve.repo_builder import SLEEPY_PY, pending_requests, python_model, wait_for
 
 WAIT_S = 30.0
 
@@ -51,11 +49,11 @@ def test_a_disconnected_clients_queued_request_never_runs(srv):
     before = _executions(srv)
     with cf.ThreadPoolExecutor(1) as pool:
         busy = pool.submit(infer, srv.http, 2.0)  # holds the only instance
-        _wait_for(lambda: _pending(srv) == 1)
+        wait_for(lambda: pending_requests(srv, "slow") == 1)
         sock = send_and_leave_open(srv.http, 0.0)
-        _wait_for(lambda: _pending(srv) == 2)  # queued behind `busy`
+        wait_for(lambda: pending_requests(srv, "slow") == 2)  # queued behind `busy`
         sock.close()
-        _wait_for(lambda: _pending(srv) == 1)  # it left the queue...
+        wait_for(lambda: pending_requests(srv, "slow") == 1)  # it left the queue...
         assert not busy.done()  # ...while `busy` still ran, so it did not leave by running
         assert busy.result(WAIT_S) == 2.0
     assert infer(srv.http, 0.0) == 0.0  # FIFO, one instance: a request still queued would run first
@@ -64,27 +62,11 @@ def test_a_disconnected_clients_queued_request_never_runs(srv):
 
 def test_a_client_that_disconnects_while_its_request_runs_leaves_the_server_serving(srv):
     sock = send_and_leave_open(srv.http, 0.3)
-    _wait_for(lambda: _pending(srv) == 1)
+    wait_for(lambda: pending_requests(srv, "slow") == 1)
     sock.close()
-    _wait_for(lambda: _pending(srv) == 0)
+    wait_for(lambda: pending_requests(srv, "slow") == 0)
     assert infer(srv.http, 0.0) == 0.0
 
 
 def _executions(srv) -> int:
     return th.InferenceServerClient(srv.http).get_inference_statistics("slow")["model_stats"][0]["execution_count"]
-
-
-def _pending(srv) -> int:
-    text = urllib.request.urlopen(f"http://{srv.metrics}/metrics", timeout=WAIT_S).read().decode()
-    for line in text.splitlines():
-        if line.startswith('nv_inference_pending_request_count{model="slow"'):
-            return int(float(line.split()[-1]))
-    return 0
-
-
-def _wait_for(cond, tries: int = 400) -> None:
-    for _ in range(tries):
-        if cond():
-            return
-        time.sleep(0.025)
-    raise AssertionError("condition never held")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import time
-import urllib.request
 import uuid
 
 import grpc
@@ -19,6 +17,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests.serve.conftest import copy_repo
+from tests.serve.repo_builder import pending_requests, wait_for
 
 F32 = 16 * 4  # bytes of one [1, 16] FP32 tensor
 
@@ -197,7 +196,7 @@ def test_output_region_unregistered_while_the_request_runs(server, clients, regi
     y.set_shared_memory("mid", 4)
     with cf.ThreadPoolExecutor(1) as pool:
         running = pool.submit(_error, lambda: th.InferenceServerClient(server.http).infer("sleepy", [x], outputs=[y]))
-        _wait_for(lambda: _pending(server, "sleepy") >= 1)
+        wait_for(lambda: pending_requests(server, "sleepy") >= 1)
         h.unregister_system_shared_memory("mid")
         msg = running.result(30)
     assert "'mid' was unregistered while the request ran" in msg and "'Y'" in msg
@@ -244,19 +243,3 @@ def test_cuda_shared_memory_is_refused(server, clients):
 def _mapped(server) -> str:
     with open(f"/proc/{server.proc.pid}/maps") as f:
         return f.read()
-
-
-def _pending(server, model: str) -> int:
-    text = urllib.request.urlopen(f"http://{server.metrics}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f'nv_inference_pending_request_count{{model="{model}"'):
-            return int(float(line.split()[-1]))
-    return 0
-
-
-def _wait_for(cond, tries: int = 400) -> None:
-    for _ in range(tries):
-        if cond():
-            return
-        time.sleep(0.025)
-    raise AssertionError("condition never held")

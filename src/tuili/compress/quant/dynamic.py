@@ -118,19 +118,17 @@ def _rewrite(graph: Graph, node: Node, ws: WeightSettings, activations: dict) ->
     else:
         scaled = Node("Mul", [cast.outputs[0], s.outputs[0]], [graph.new_value(fresh_name(graph, f"{base}_scaled"))],
                       name=fresh_name(graph, f"{base}_Mul"), graph=graph)
-        beta = float(node.attrs.get("beta", 1.0))
-        if beta == 1.0:
-            bias = c
-        elif const_of(c) is not None:
-            bias = graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), (const_of(c) * np.float32(beta)).astype(np.float32))
-        else:
-            bias = _scaled(graph, c, beta, new)
+        bias = gemm_bias(graph, c, float(node.attrs.get("beta", 1.0)), new)
         new += [scaled, Node("Add", [scaled.outputs[0], bias], [out], name=fresh_name(graph, f"{base}_Add"), graph=graph)]
     graph.replace_nodes([node], new)
 
 
-def _scaled(graph: Graph, c: Value, beta: float, new: list[Node]) -> Value:
-    """beta * c for a bias computed at run time (a node appended to ``new``)."""
+def gemm_bias(graph: Graph, c: Value, beta: float, new: list[Node]) -> Value:
+    """Gemm's ``beta * C`` as one value: C itself, a folded constant, or a Mul appended to ``new``."""
+    if beta == 1.0:
+        return c
+    if const_of(c) is not None:
+        return graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), (const_of(c) * np.float32(beta)).astype(np.float32))
     k = graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), np.asarray(beta, np.float32))
     n = Node("Mul", [c, k], [graph.new_value(fresh_name(graph, f"{c.name}_times_beta"))], graph=graph,
              name=fresh_name(graph, f"{c.name}_beta_Mul"))

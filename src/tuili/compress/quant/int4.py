@@ -30,7 +30,7 @@ from tuili.passes.base import const_of
 
 from .blocks import SYMMETRIC_ZERO, BlockWeights, blocks_of, check_block_size, pack_int4, quantize_blocks
 from .calibrate import DEFAULT_BATCH, collect, model_inputs, reader_for
-from .dynamic import DYNAMIC_OPS, _why_float
+from .dynamic import DYNAMIC_OPS, _why_float, gemm_bias
 from .gptq import DEFAULT_DAMP, HessianObserver, gptq_blocks
 from .prepare import model_size, prepare
 from .ptq import _label, check_paths
@@ -155,7 +155,6 @@ def _rewrite_dq(graph: Graph, node: Node, bw: BlockWeights, _accuracy_level: int
 
 def _rewrite_nbits(graph: Graph, node: Node, bw: BlockWeights, accuracy_level: int) -> None:
     """MatMul/Gemm -> com.microsoft MatMulNBits [-> Add(beta * C)]."""
-    from .dynamic import _scaled
 
     w_val, out = node.inputs[1], node.outputs[0]
     base = node.name or out.name
@@ -174,13 +173,7 @@ def _rewrite_nbits(graph: Graph, node: Node, bw: BlockWeights, accuracy_level: i
     new.append(Node("MatMulNBits", inputs, [y], domain="com.microsoft", attrs=attrs,
                     name=fresh_name(graph, f"{base}_MatMulNBits"), graph=graph))
     if c is not None:
-        beta = float(node.attrs.get("beta", 1.0))
-        if beta == 1.0:
-            bias = c
-        elif const_of(c) is not None:
-            bias = graph.add_initializer(fresh_name(graph, f"{c.name}_beta"), (const_of(c) * np.float32(beta)).astype(np.float32))
-        else:
-            bias = _scaled(graph, c, beta, new)
+        bias = gemm_bias(graph, c, float(node.attrs.get("beta", 1.0)), new)
         new.append(Node("Add", [y, bias], [out], name=fresh_name(graph, f"{base}_Add"), graph=graph))
     graph.replace_nodes([node], new)
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean
+.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean perf-analyzer
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ test-explore: $(STAMP)
 
 conformance: $(STAMP)
 	$(PY) -m tests.conformance.runner
+
+# Triton's perf_analyzer (C++), for benchmarks/perf_agreement.py: tritonclient 2.45.0's wheel ships the
+# binary; it needs Debian's libb64-0d and the CUDA runtime library from a wheel (no GPU is used).
+PA_VENV := .venv-perf-analyzer
+perf-analyzer:
+	$(PYTHON) -m venv $(PA_VENV)
+	$(PA_VENV)/bin/pip install --quiet 'tritonclient[all]==2.45.0' nvidia-cuda-runtime-cu12
+	@ldconfig -p | grep -q libb64 || echo "perf_analyzer also needs libb64: apt-get install libb64-0d"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

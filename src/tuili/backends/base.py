@@ -126,6 +126,7 @@ _BACKENDS = {
     "pytorch": ("tuili.backends.torch", "TorchBackend"),
     "python": ("tuili.backends.python", "PythonBackend"),
     "tuili": ("tuili.backends.tuili", "TuiliBackend"),
+    "openvino": ("tuili.backends.openvino", "OpenVINOBackend"),
 }
 # Triton platform names -> backend name
 PLATFORMS = {
@@ -135,7 +136,8 @@ PLATFORMS = {
     "torch_exported_program": "pytorch",
 }
 # backend name -> platform reported in model metadata
-BACKEND_PLATFORM = {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch", "python": "python", "tuili": "tuili_onnx"}
+BACKEND_PLATFORM = {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch", "python": "python", "tuili": "tuili_onnx",
+                    "openvino": "openvino"}
 BACKEND_ALIASES = {"torch": "pytorch", "libtorch": "pytorch", "onnx": "onnxruntime", "ort": "onnxruntime"}
 
 
@@ -162,9 +164,11 @@ def resolve_backend_name(backend: str, platform: str, version_dir: str | None = 
             return "python"
         if any(f.endswith((".pt", ".pt2", ".pth")) for f in files):
             return "pytorch"
+        if "model.xml" in files:
+            return "openvino"
     raise ConfigError(
         f"cannot tell which backend runs the model in {version_dir}: set backend: \"onnxruntime\"|\"pytorch\"|"
-        f"\"python\"|\"tuili\" (or platform) in config.pbtxt"
+        f"\"python\"|\"tuili\"|\"openvino\" (or platform) in config.pbtxt"
     )
 
 

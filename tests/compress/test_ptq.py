@@ -186,7 +186,7 @@ def test_cli_quantize(cnn, tmp_path, capsys):
     assert main(["quantize", cnn, "-o", str(out), "--mode", "dynamic", "--calib", "c.npz"]) == 2
     assert "are for static quantization" in capsys.readouterr().err
     assert main(["quantize", cnn, "-o", str(out), "--mode", "dynamic", "--no-bias-correction"]) == 2
-    assert "--no-bias-correction is for static quantization" in capsys.readouterr().err
+    assert "--no-bias-correction are for static quantization" in capsys.readouterr().err
     assert main(["quantize", cnn, "-o", str(out), "--calib", str(tmp_path / "c.npz"), "--no-bias-correction"]) == 0
     assert "bias_correction=False" in capsys.readouterr().out
     np.savez(tmp_path / "bad.npz", image=np.zeros((2, 1, 8, 8), np.float32))

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["mse", "entropy", "percentile", "minmax"],
                    help="how activation ranges are chosen from the calibration statistics (static; default mse)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
+    p.add_argument("--smoothquant", type=float, nargs="?", const=0.5, metavar="ALPHA",
+                   help="static: migrate activation outliers into MatMul/Gemm weights first (SmoothQuant; alpha "
+                        "default 0.5) — for Transformers whose activations have outlier channels")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="static: leave biases as they are (default: each Conv/Gemm bias absorbs the mean shift its "
                         "weights' rounding causes, measured on the calibration data)")
@@ -68,8 +71,10 @@ def quantize_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"option(s) {', '.join(mixed)} are for static quantization with --accuracy-budget N")
     if int4 and args.mode != "int4":
         raise ConfigError(f"option(s) {', '.join(int4)} are for --mode int4")
-    if not args.bias_correction and args.mode != "static":
-        raise ConfigError("--no-bias-correction is for static quantization: dynamic and int4 modes keep biases float")
+    static_only = [o for o, given in (("--no-bias-correction", not args.bias_correction),
+                                      ("--smoothquant", args.smoothquant is not None)) if given]
+    if static_only and args.mode != "static":
+        raise ConfigError(f"option(s) {', '.join(static_only)} are for static quantization (--mode static)")
     if args.mode == "int4":
         report = _int4(args)
     elif args.mode == "dynamic":
@@ -117,7 +122,7 @@ def _static(args: argparse.Namespace):
     calib = _calib_reader(args, "static quantization")
     kw = dict(method=args.method or DEFAULT_METHOD, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
               exclude=args.exclude, batch_size=args.batch or DEFAULT_BATCH, samples=args.samples,
-              bias_correction=args.bias_correction)
+              bias_correction=args.bias_correction, smooth_alpha=args.smoothquant)
     with tqdm(desc="calibrate", unit="sample", total=calib.samples) as bar:
         if args.accuracy_budget is None:
             return quantize_static(args.model, args.output, calib, progress=bar.update, **kw)

@@ -122,6 +122,10 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
         out = tmp / f"{name}.tuili-{method}.onnx"
         quantize_static(src, out, calib, method=method, batch_size=args.calib_batch, reduce_range=reduce_range)
         variants[f"tuili {method}"] = out
+    out = tmp / f"{name}.tuili-{args.methods[0]}-nobc.onnx"  # what bias correction is worth
+    quantize_static(src, out, calib, method=args.methods[0], batch_size=args.calib_batch, reduce_range=reduce_range,
+                    bias_correction=False)
+    variants[f"tuili {args.methods[0]}, no bias correction"] = out
     out = tmp / f"{name}.ort.onnx"
     ort_quantize(src, out, calib, args.calib_batch, reduce_range)
     variants["onnxruntime minmax"] = out

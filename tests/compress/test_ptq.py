@@ -185,6 +185,10 @@ def test_cli_quantize(cnn, tmp_path, capsys):
     assert "needs calibration data" in capsys.readouterr().err
     assert main(["quantize", cnn, "-o", str(out), "--mode", "dynamic", "--calib", "c.npz"]) == 2
     assert "are for static quantization" in capsys.readouterr().err
+    assert main(["quantize", cnn, "-o", str(out), "--mode", "dynamic", "--no-bias-correction"]) == 2
+    assert "--no-bias-correction are for static quantization" in capsys.readouterr().err
+    assert main(["quantize", cnn, "-o", str(out), "--calib", str(tmp_path / "c.npz"), "--no-bias-correction"]) == 0
+    assert "bias_correction=False" in capsys.readouterr().out
     np.savez(tmp_path / "bad.npz", image=np.zeros((2, 1, 8, 8), np.float32))
     assert main(["quantize", cnn, "-o", str(out), "--calib", str(tmp_path / "bad.npz")]) == 2
     assert "unknown input(s) ['image']" in capsys.readouterr().err

@@ -27,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["mse", "entropy", "percentile", "minmax"],
                    help="how activation ranges are chosen from the calibration statistics (static; default mse)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor instead of per output channel")
+    p.add_argument("--smoothquant", type=float, nargs="?", const=0.5, metavar="ALPHA",
+                   help="static: migrate activation outliers into MatMul/Gemm weights first (SmoothQuant; alpha "
+                        "default 0.5) — for Transformers whose activations have outlier channels")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="static: leave biases as they are (default: each Conv/Gemm bias absorbs the mean shift its "
+                        "weights' rounding causes, measured on the calibration data)")
     rr = p.add_mutually_exclusive_group()
     rr.add_argument("--reduce-range", dest="reduce_range", action="store_const", const=True,
                     help="7-bit weights (default where the CPU has no VNNI/AMX: onnxruntime's u8s8 kernels saturate)")
@@ -65,6 +71,10 @@ def quantize_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"option(s) {', '.join(mixed)} are for static quantization with --accuracy-budget N")
     if int4 and args.mode != "int4":
         raise ConfigError(f"option(s) {', '.join(int4)} are for --mode int4")
+    static_only = [o for o, given in (("--no-bias-correction", not args.bias_correction),
+                                      ("--smoothquant", args.smoothquant is not None)) if given]
+    if static_only and args.mode != "static":
+        raise ConfigError(f"option(s) {', '.join(static_only)} are for static quantization (--mode static)")
     if args.mode == "int4":
         report = _int4(args)
     elif args.mode == "dynamic":
@@ -111,7 +121,8 @@ def _static(args: argparse.Namespace):
     check_paths(args.model, args.output)
     calib = _calib_reader(args, "static quantization")
     kw = dict(method=args.method or DEFAULT_METHOD, per_channel=not args.per_tensor, reduce_range=args.reduce_range,
-              exclude=args.exclude, batch_size=args.batch or DEFAULT_BATCH, samples=args.samples)
+              exclude=args.exclude, batch_size=args.batch or DEFAULT_BATCH, samples=args.samples,
+              bias_correction=args.bias_correction, smooth_alpha=args.smoothquant)
     with tqdm(desc="calibrate", unit="sample", total=calib.samples) as bar:
         if args.accuracy_budget is None:
             return quantize_static(args.model, args.output, calib, progress=bar.update, **kw)

@@ -9,7 +9,7 @@ Two formats for each MatMul/Gemm with a constant 2-D weight:
          included, and onnxruntime fuses DequantizeLinear -> MatMul into its MatMulNBits kernel
          (computing with int8 activations, its accuracy_level 4).
   nbits  com.microsoft MatMulNBits (bits=4): codes packed [N, blocks, block_size/2], scales [N, blocks],
-         zero points packed [N, ceil(blocks/2)]; onnxruntime only (tuili's engine has no kernel for it).
+         zero points packed [N, ceil(blocks/2)]; onnxruntime and tuili's engine (ops/matmul.py) run it.
 Rounding: ``rtn`` (round to nearest) or ``gptq`` (error-compensating, needs calibration data; see gptq).
 The report gives the bytes of the quantized weights before and after.
 """

@@ -16,13 +16,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
+
 from tuili.errors import ConfigError
-from tuili.ir import Graph
+from tuili.ir import Graph, infer_shapes
 from tuili.passes import copy_graph
 
-from . import qdq
+from . import qdq, smooth
+from .biascorrect import MeanObserver, Tee, input_axis
 from .calibrate import DEFAULT_BATCH, collect, model_inputs, reader_for
-from .observers import OBSERVERS, make_observer
+from .observers import OBSERVERS, MinMaxObserver, make_observer
 from .prepare import model_size, prepare
 from .qparams import qtype, scale_zero_point
 from .report import Report
@@ -58,7 +61,8 @@ class Calibrated:
                  activation_type: str = "uint8", weight_type: str = "int8", symmetric_activations: bool = False,
                  reduce_range: bool | None = None, op_types=qdq.COMPUTE, batch_size: int = DEFAULT_BATCH,
                  samples: int | None = None, progress: Callable[[int], None] | None = None,
-                 observer_options: dict | None = None):
+                 observer_options: dict | None = None, bias_correction: bool = True,
+                 smooth_alpha: float | None = None):
         if method not in OBSERVERS:
             raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(OBSERVERS)}")
         unknown = set(op_types) - set(qdq.COMPUTE)
@@ -77,24 +81,55 @@ class Calibrated:
             if not node.name:
                 node.name = self.graph.unique_name(node.op_type)
         self.reader = reader_for(calib, model_inputs(self.graph), batch_size, samples)
+        self.smooth_alpha = smooth_alpha
+        self.smoothed = self._smooth(smooth_alpha) if smooth_alpha is not None else []
         self.act: dict[str, tuple] = {}
+        self.bias_correction = bias_correction
+        self.means: dict[str, np.ndarray] = {}  # float input of a Conv/Gemm -> per-channel mean
         self.samples = 0
         self.full = self.plan()
-        self._calibrate(self.full.observed, progress)
+        self._calibrate(self.full.observed, progress, self._mean_axes(self.full))
 
     def plan(self, exclude=()) -> qdq.Plan:
         return qdq.plan(self.graph, op_types=self.op_types, exclude=exclude,
                         fold_activations=not self.symmetric_activations)
 
-    def _calibrate(self, tensors, progress=None) -> None:
-        observers = {t: make_observer(self.method, **self.observer_options) for t in tensors if t not in self.act}
-        if not observers:
+    def _smooth(self, alpha: float) -> list[str]:
+        """SmoothQuant on the prepared graph (smooth.py), from one calibration pass of per-channel
+        ranges; returns the activations smoothed."""
+        if not 0.0 < alpha <= 1.0:
+            raise ConfigError(f"SmoothQuant alpha must be in (0, 1], got {alpha}")
+        groups = smooth.groups(self.graph)
+        if not groups:
+            return []
+        observers = {g.x.name: MinMaxObserver(axis=-1) for g in groups}
+        collect(self.graph, observers, self.reader)
+        for g in groups:
+            o = observers[g.x.name]
+            smooth.apply(self.graph, g, smooth.scales(g, np.maximum(np.abs(o.min), np.abs(o.max)), alpha))
+        self.graph.topological_sort()
+        infer_shapes(self.graph)
+        return [g.x.name for g in groups]
+
+    def _mean_axes(self, p: qdq.Plan) -> dict[str, int]:
+        """Tensors whose per-channel mean bias correction needs, with their channel axis."""
+        if not self.bias_correction:
+            return {}
+        axes = {n.inputs[0].name: input_axis(n) for n in p.compute}
+        return {t: a for t, a in axes.items() if a is not None and t not in self.means}
+
+    def _calibrate(self, tensors, progress=None, mean_axes: dict[str, int] | None = None) -> None:
+        ranges = {t: make_observer(self.method, **self.observer_options) for t in tensors if t not in self.act}
+        means = {t: MeanObserver(a) for t, a in (mean_axes or {}).items()}
+        if not ranges and not means:
             return
+        observers = {t: Tee(*[o for o in (ranges.get(t), means.get(t)) if o is not None]) for t in {**ranges, **means}}
         seen = collect(self.graph, observers, self.reader, progress)
         self.samples = max(self.samples, seen)
         sym = self.symmetric_activations
-        for t, obs in observers.items():
+        for t, obs in ranges.items():
             self.act[t] = scale_zero_point(*obs.range(self.act_qt, sym), self.act_qt, symmetric=sym)
+        self.means.update({t: m.mean for t, m in means.items()})
 
     def build(self, exclude=()) -> tuple[Graph, qdq.Plan]:
         """A QDQ copy of the graph with the nodes named in ``exclude`` kept float, and its plan."""
@@ -104,35 +139,41 @@ class Calibrated:
     def rewrite(self, g: Graph, exclude=()) -> qdq.Plan:
         """Quantize ``g`` in place with these ranges (``g``: this graph or a part of it, same tensor names)."""
         p = qdq.plan(g, op_types=self.op_types, exclude=exclude, fold_activations=not self.symmetric_activations)
-        self._calibrate(p.observed)
-        qdq.rewrite(g, p, {t: self.act[t] for t in p.observed}, self.ws)
+        self._calibrate(p.observed, mean_axes=self._mean_axes(p))
+        qdq.rewrite(g, p, {t: self.act[t] for t in p.observed}, self.ws, self.means if self.bias_correction else None)
         g.producer_name = "tuili.compress.quant"
         return p
 
     def settings(self) -> dict:
         return {"method": self.method, "per_channel": self.ws.per_channel,
                 "activations": self.act_qt.name + (" symmetric" if self.symmetric_activations else " asymmetric"),
-                "weights": f"{self.ws.qtype.name} symmetric" + (" 7-bit (reduce_range)" if self.reduce_range else "")}
+                "weights": f"{self.ws.qtype.name} symmetric" + (" 7-bit (reduce_range)" if self.reduce_range else ""),
+                "bias_correction": self.bias_correction,
+                "smoothquant": f"alpha {self.smooth_alpha}, {len(self.smoothed)} activations" if self.smoothed else "off"}
 
 
 def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, per_channel: bool = True, *,
                     activation_type: str = "uint8", weight_type: str = "int8", symmetric_activations: bool = False,
                     reduce_range: bool | None = None, op_types=qdq.COMPUTE, exclude=(), batch_size: int = DEFAULT_BATCH,
                     samples: int | None = None, progress: Callable[[int], None] | None = None,
-                    observer_options: dict | None = None) -> Report:
+                    observer_options: dict | None = None, bias_correction: bool = True,
+                    smooth_alpha: float | None = None) -> Report:
     """Quantize ``model_in`` (path, bytes, ModelProto or Graph) to a QDQ model written to ``model_out``.
 
     ``calib``: an .npz path (one array per input), a dict of arrays, a calibration Reader or an
     iterable of feed dicts; ``samples`` caps how many samples are used. ``method`` picks the observer
     of activation ranges (minmax, percentile, entropy, mse; ``observer_options`` go to it).
     ``reduce_range=None`` decides by the CPU (see the module doc). ``op_types`` restricts the
-    compute ops quantized, ``exclude`` names nodes to keep float. ``progress(n)`` is called after each
+    compute ops quantized, ``exclude`` names nodes to keep float. ``bias_correction`` adds back to each
+    Conv/Gemm bias the mean shift its weights' rounding causes (biascorrect.py). ``smooth_alpha``
+    migrates activation outliers into MatMul/Gemm weights first (SmoothQuant, smooth.py). ``progress(n)`` is called after each
     calibration batch with its sample count."""
     t0 = time.perf_counter()
     check_paths(model_in, model_out)
     cal = Calibrated(model_in, calib, method, per_channel, activation_type=activation_type, weight_type=weight_type,
                      symmetric_activations=symmetric_activations, reduce_range=reduce_range, op_types=op_types,
-                     batch_size=batch_size, samples=samples, progress=progress, observer_options=observer_options)
+                     batch_size=batch_size, samples=samples, progress=progress, observer_options=observer_options,
+                     bias_correction=bias_correction, smooth_alpha=smooth_alpha)
     graph, p = cal.build(exclude)
     graph.save(str(model_out))
     report = static_report(model_in, model_out, p, cal)

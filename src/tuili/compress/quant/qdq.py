@@ -24,7 +24,8 @@ import onnx
 from tuili.ir import Graph, Node, Value, infer_shapes
 from tuili.passes.base import const_of
 
-from .qparams import QType, channel_minmax, quantize, scale_zero_point
+from .biascorrect import output_shift
+from .qparams import QType, channel_minmax, dequantize, quantize, scale_zero_point
 from .report import FloatNode
 
 FLOAT = onnx.TensorProto.FLOAT
@@ -208,9 +209,13 @@ def weight_params(w: np.ndarray, axis: int | None, ws: WeightSettings,
     return scale, zp
 
 
-def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]], ws: WeightSettings) -> None:
-    """Insert the plan's Q/DQ with ``act`` (observed tensor -> (scale, zero point)) and quantize the weights."""
+def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]], ws: WeightSettings,
+            input_means: dict[str, np.ndarray] | None = None) -> None:
+    """Insert the plan's Q/DQ with ``act`` (observed tensor -> (scale, zero point)) and quantize the weights.
+    ``input_means`` (float input tensor -> per-channel mean) turns on bias correction (biascorrect.py)
+    for the Conv and Gemm nodes whose input it names."""
     ids = p.quantized_ids()
+    x_names = {id(n): n.inputs[0].name for n in p.compute}
     params = {t: act[src] for t, src in p.tensors.items()}
     x_scales = {id(n): float(params[n.inputs[0].name][0]) for n in p.compute if n.op_type in ("Conv", "MatMul", "Gemm")}
     # activations
@@ -236,7 +241,19 @@ def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]]
         x_scale = x_scales[id(node)]
         scale, zp = weight_params(w, axis, ws, b, x_scale)
         ch_axis = axis if ws.per_channel else None
-        wq = graph.add_initializer(fresh_name(graph, f"{w_val.name}_quantized"), quantize(w, scale, zp, ch_axis))
+        w_int = quantize(w, scale, zp, ch_axis)
+        x_mean = (input_means or {}).get(x_names[id(node)])
+        if x_mean is not None and (b is not None or node.op_type == "Conv") and float(node.attrs.get("beta", 1.0)):
+            shift = output_shift(node, w, dequantize(w_int, scale, zp, ch_axis), x_mean)
+            b = (np.zeros(w.shape[0], np.float32) if b is None else b) + shift.astype(np.float32)
+            if b_val is None:  # a Conv without bias gets one to carry the correction
+                b_val = graph.add_initializer(fresh_name(graph, f"{node.name}_bias"), b)
+                if len(node.inputs) < 3:
+                    node.inputs.append(None)
+                node.set_input(2, b_val)
+            scale, zp = weight_params(w, axis, ws, b, x_scale)  # the int32 range check sees the new bias
+            w_int = quantize(w, scale, zp, ch_axis)
+        wq = graph.add_initializer(fresh_name(graph, f"{w_val.name}_quantized"), w_int)
         node.set_input(1, _qdq(graph, wq, scale, zp, ch_axis, quantize_node=False))
         if b is not None:
             bscale = (np.float32(x_scale) * scale).astype(np.float32)

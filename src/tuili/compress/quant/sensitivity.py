@@ -161,7 +161,8 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
                    per_channel: bool = True, reduce_range: bool | None = None, exclude=(),
                    batch_size: int = DEFAULT_BATCH, samples: int | None = None,
                    progress: Callable[[int], None] | None = None, measure_latency: bool = True, repeat: int = 40,
-                   budget_s: float = 0.3) -> MixedResult:
+                   budget_s: float = 0.3, bias_correction: bool = True,
+                   smooth_alpha: float | None = None) -> MixedResult:
     """Static int8 with the layers that cost the most accuracy per millisecond saved kept float, until
     ``budget`` is met (see the module doc); writes ``model_out``. ``eval_data`` (default: ``calib``)
     feeds the score; ``metric`` is a function or "module:function". ``measure_latency=False`` ranks by
@@ -173,7 +174,7 @@ def quantize_mixed(model_in, model_out, calib, budget: float, *, metric: Metric 
     if latency_batch < 1:
         raise ConfigError(f"latency batch {latency_batch}: give at least 1")
     cal = Calibrated(model_in, calib, method, per_channel, reduce_range=reduce_range, batch_size=batch_size,
-                     samples=samples, progress=progress)
+                     samples=samples, progress=progress, bias_correction=bias_correction, smooth_alpha=smooth_alpha)
     feeds = list(reader_for(eval_data if eval_data is not None else calib, model_inputs(cal.graph), batch_size, samples))
     scorer = Scorer(cal.graph, feeds, metric)
     fixed = set(exclude)

@@ -26,6 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_command)
 
+    p = sub.add_parser("info", help="this machine as the engine sees it: CPU features, math libraries, peers",
+                       description="CPU model, cores and ISA features (after TUILI_CPU_MASK), whether bf16 and int8 "
+                                   "dot products are native, and the versions and thread counts of the libraries "
+                                   "tuili's kernels call (BLAS, numba, torch/oneDNN) and of its peers.")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(func=info_command)
     p = sub.add_parser("ops", help="list the ops tuili's engine implements")
     p.set_defaults(func=ops_command)
 
@@ -131,3 +137,13 @@ def ops_command(args: argparse.Namespace) -> int:
         print(line)
     return 0
 
+
+
+def info_command(args: argparse.Namespace) -> int:
+    import json
+
+    from tuili.runtime import sysinfo
+
+    facts = sysinfo.collect()
+    print(json.dumps(facts, indent=1) if args.json else sysinfo.render(facts))
+    return 0

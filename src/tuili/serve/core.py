@@ -25,6 +25,7 @@ from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
+from tuili.serve.sequence import sequence_flags
 from tuili.serve.shm import SharedMemoryRegistry
 from tuili.serve.stats import Metrics
 from tuili.serve.types import InferRequest, InferResponse
@@ -283,7 +284,7 @@ class InferenceServer:
             destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
-            out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"))
+            out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"), sequence_flags(params))
             outputs = response_outputs(mv.name, mv.spec, out, req.outputs)
             self.shared_memory.write_outputs(destinations, outputs)
         return InferResponse(mv.name, mv.version, req.id, outputs)

@@ -28,6 +28,7 @@ from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
+from tuili.serve.sequence import SequenceBatcher, SequenceFlags, SequenceSettings
 from tuili.serve.stats import Metrics, ModelStats
 from tuili.serve.validation import model_feeds
 
@@ -71,9 +72,14 @@ class ModelVersion:
         """Whether it can serve now (False while all its instance workers are down)."""
         return self.runner.healthy
 
-    async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Outputs:
-        """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps)."""
+    async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0,
+                  sequence: SequenceFlags | None = None) -> Outputs:
+        """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps);
+        ``sequence``: the request's correlation id and flags, for a model with sequence batching (others
+        ignore it, as Triton does)."""
         checked, batch = model_feeds(self.name, self.spec, feeds)
+        if self.runner.takes_sequences:
+            return await self.runner.enqueue(checked, batch, priority, timeout_us, sequence=sequence)
         return await self.runner.enqueue(checked, batch, priority, timeout_us)
 
 
@@ -237,7 +243,11 @@ class ModelLifecycle:
                 else:
                     config, instances = await asyncio.to_thread(self._load_instances, plan, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
-                    runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
+                    if config.HasField("sequence_batching"):
+                        settings = SequenceSettings(config, plan.model_dir, plan.allow_paths_outside)
+                        runner = SequenceBatcher(plan.name, v, config, instances, stats, loop, self.max_queue_size, settings)
+                    else:
+                        runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
                 spec = ModelSpec(config, plan.model_dir, allow_paths_outside=plan.allow_paths_outside)
                 versions[v] = ModelVersion(plan.name, v, config, spec, stats, runner,
                                            plan.platform, plan.backend, plan.model_dir)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from tuili.backends.base import BACKEND_PLATFORM, Backend, backend_class, create_backend, resolve_backend_name
 from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError
 from tuili.model_config.paths import resolve_inside
+from tuili.serve.sequence import SequenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,14 @@ class ModelRepository:
             first = _new_instance(new_backend, plan, version_dir, config, 0, count)
             instances.append(first)
             supports_batching = plan.backend in ("onnxruntime", "tuili", "pytorch")
-            config = cfg.autocomplete(config, first.inputs, first.outputs, supports_batching, model_dir=plan.model_dir,
+            inputs, outputs = first.inputs, first.outputs
+            if config.HasField("sequence_batching"):  # the batcher's tensors are not the client's: kept out of the config
+                settings = SequenceSettings(config, plan.model_dir, plan.allow_paths_outside)
+                if plan.backend != "python":  # a python model takes whatever tensors it is given
+                    settings.check_model(plan.name, inputs, outputs)
+                inputs = [s for s in inputs if s.name not in settings.hidden_inputs]
+                outputs = [s for s in outputs if s.name not in settings.hidden_outputs]
+            config = cfg.autocomplete(config, inputs, outputs, supports_batching, model_dir=plan.model_dir,
                                       allow_paths_outside=plan.allow_paths_outside)
             if not config.backend and not config.platform:
                 config.backend = plan.backend

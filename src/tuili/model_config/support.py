@@ -60,6 +60,8 @@ IMPLEMENTED: frozenset[str] = frozenset({
     *(f"sequence_batching.control_input[].control[].{f}" for f in _CONTROL),
     "sequence_batching.state", *(f"sequence_batching.state[].{f}" for f in _STATE),
     "sequence_batching.state[].initial_state", *(f"sequence_batching.state[].initial_state[].{f}" for f in _INITIAL),
+    # decoupled python models (tuili.serve.streaming); other backends are refused at load
+    "model_transaction_policy.decoupled",
     # containers whose fields are checked one by one (an explicit `decoupled: false` is fine)
     "optimization", "model_transaction_policy", "response_cache",
 })
@@ -116,8 +118,6 @@ REFUSED: dict[str, str] = {
     "instance_group[].host_policy": "host policies are not implemented; remove it",
     "model_warmup": "warm-up samples are not run; remove model_warmup (the first requests then warm the model)",
     "model_operations": "custom operation libraries are not loaded; remove model_operations",
-    "model_transaction_policy.decoupled": "decoupled models (zero or many responses per request) are not "
-                                          "implemented: every request gets exactly one response",
     "model_repository_agents": "repository agents (checksum, encryption) are not run; remove them",
     "model_metrics": "per-model metric settings are not implemented; the server's metrics are fixed",
     "metric_tags": "metric tags are not added to the metrics; remove them",

@@ -256,6 +256,10 @@ class ModelRepository:
             raise ConfigError(f"model {name!r}: version_policy selects no version (available: {sorted(versions)})")
         backend = resolve_backend_name(config.backend, config.platform, versions[chosen[-1]])
         warnings = check_supported(config, backend_class(backend).parameter_keys, source=source, text=text)
+        if config.model_transaction_policy.decoupled and backend != "python":
+            raise ConfigError(f"model {name!r}: field 'model_transaction_policy.decoupled': decoupled is not implemented "
+                              f"by the {backend} backend, which answers every request once (python models answer through a "
+                              f"response sender); remove it")
         platform = config.platform or BACKEND_PLATFORM.get(backend, backend)
         return LoadPlan(name, d, config, [(str(v), versions[v]) for v in chosen], backend, platform, False, [], sig,
                         bool(config_json), _warned(name, warnings), outside)

@@ -44,7 +44,7 @@ STOP_GRACE_S = 30.0
 
 
 class Pending:
-    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error")
+    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error", "stream")
 
     def __init__(self, feeds, batch, fut, t_enqueue, deadline, level):
         self.feeds = feeds
@@ -57,6 +57,7 @@ class Pending:
         self.timer = None
         self.result = None
         self.error = None
+        self.stream = None  # a decoupled model's ResponseStream (serve.streaming)
 
 
 class QueuePolicy:
@@ -120,6 +121,7 @@ class Scheduler(Runner):
         self._queued = 0
         self._stopping = False
         self.wants_request_list = bool(instances and instances[0].wants_request_list)
+        self.decoupled = bool(instances and instances[0].decoupled)
         self.threads = [
             threading.Thread(target=self._worker, args=(i, b), name=f"tuili-{model}-v{version}-{i}", daemon=True)
             for i, b in enumerate(instances)
@@ -128,10 +130,12 @@ class Scheduler(Runner):
             t.start()
 
     # ------------------------------------------------------------------ event-loop side
-    def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
+    def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0,
+                stream=None) -> asyncio.Future:
         """Queue one request; refusals raise at once, the future holds the outputs or the error of running it.
 
-        ``timeout_us``: the request's deadline from now in microseconds (0 = the policy's default)."""
+        ``timeout_us``: the request's deadline from now in microseconds (0 = the policy's default).
+        ``stream``: where a decoupled model's responses go (its future then holds ``{}`` once it is done)."""
         if priority and self.has_priorities:
             if not 1 <= priority <= self.levels:
                 raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
@@ -141,6 +145,7 @@ class Scheduler(Runner):
         now = _now()
         timeout_ns = self._timeout_ns(level, timeout_us)
         item = Pending(feeds, batch, self.loop.create_future(), now, now + timeout_ns if timeout_ns else 0, level)
+        item.stream = stream
         limit = self.max_queued[level]
         with self._lock:
             if self._stopping:
@@ -364,7 +369,14 @@ class Scheduler(Runner):
         queue_ns = [t0 - it.t_enqueue for it in batch]
         total = sum(it.batch for it in batch)
         try:
-            if self.wants_request_list:
+            if self.decoupled:
+                t1 = t0
+                backend.infer_decoupled([it.feeds for it in batch], lambda i, *response: batch[i].stream.push(*response),
+                                        lambda i: batch[i].stream.cancelled)
+                t2 = t3 = _now()
+                for it in batch:
+                    it.result = {}
+            elif self.wants_request_list:
                 t1 = t0
                 results = backend.infer_many([it.feeds for it in batch])
                 t2 = _now()

@@ -269,7 +269,8 @@ class SequenceBatcher(Scheduler):
         return min(1.0, max(0.001, self.settings.idle_ns / 4e9))
 
     # ------------------------------------------------------------------ event-loop side
-    def enqueue(self, feeds, batch: int, priority: int = 0, timeout_us: int = 0, sequence: SequenceFlags | None = None):
+    def enqueue(self, feeds, batch: int, priority: int = 0, timeout_us: int = 0, stream=None,
+                sequence: SequenceFlags | None = None):
         m = clip(self.model)
         if sequence is None:
             raise InvalidInputError(f"inference request to model '{m}' must specify a non-zero or non-empty correlation ID: "
@@ -279,7 +280,7 @@ class SequenceBatcher(Scheduler):
         now = _now()
         timeout_ns = self._timeout_ns(0, timeout_us)
         item = SeqPending(feeds, batch, self.loop.create_future(), now, now + timeout_ns if timeout_ns else 0, 0)
-        item.flags = sequence
+        item.flags, item.stream = sequence, stream
         corrid = sequence.corrid
         with self._lock:
             if self._stopping:

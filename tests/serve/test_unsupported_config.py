@@ -203,7 +203,7 @@ def test_server_refuses_unimplemented_config_and_reports_warnings(test_repo, ser
     c = th.InferenceServerClient(srv.http) if protocol == "http" else tg.InferenceServerClient(srv.grpc)
     base = {"name": "add_sub", "backend": "onnxruntime", "max_batch_size": 8}
     try:
-        for extra, field in [({"sequence_batching": {"max_sequence_idle_microseconds": 5000000}}, "sequence_batching"),
+        for extra, field in [({"sequence_batching": {"iterative_sequence": True}}, "sequence_batching.iterative_sequence"),
                              ({"model_transaction_policy": {"decoupled": True}}, "model_transaction_policy.decoupled"),
                              ({"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}},
                               "optimization.execution_accelerators")]:

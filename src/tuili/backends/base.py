@@ -35,6 +35,8 @@ class Backend:
     name = "base"
     default_filename = "model"
     wants_request_list = False
+    #: responses go through a response sender, zero or many per request (model_transaction_policy.decoupled)
+    decoupled = False
     #: keys of the config's ``parameters`` this backend reads; any other key is refused at load
     #: (tuili.model_config.support). None: every key is the model's own (a python model.py reads
     #: its parameters from args["model_config"]).
@@ -67,6 +69,12 @@ class Backend:
             except Exception as e:  # one bad request must not fail the others
                 out.append(e)
         return out
+
+    def infer_decoupled(self, requests: list[dict[str, np.ndarray]], emit, cancelled) -> None:
+        """Run the requests of a decoupled model (``decoupled`` True): each gets zero or more responses through
+        ``emit(index, outputs | None, error | None, final)``, the last with ``final`` True; returns once every
+        request had its final one. ``cancelled(index)`` says whether that request's client went away."""
+        raise NotImplementedError(f"the {self.name} backend has no decoupled models")
 
     def unload(self) -> None:
         pass

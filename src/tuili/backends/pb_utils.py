@@ -59,13 +59,15 @@ class Tensor:
 
 
 class InferenceRequest:
-    __slots__ = ("_inputs", "_requested", "_id", "_params")
+    __slots__ = ("_inputs", "_requested", "_id", "_params", "_sender", "_cancelled")
 
     def __init__(self, inputs: list[Tensor], requested_output_names=(), request_id: str = "", parameters=None, **_):
         self._inputs = list(inputs)
         self._requested = list(requested_output_names)
         self._id = request_id
         self._params = parameters or {}
+        self._sender: InferenceResponseSender | None = None  # set by the backend for a decoupled model
+        self._cancelled = _never
 
     def inputs(self) -> list[Tensor]:
         return self._inputs
@@ -82,7 +84,44 @@ class InferenceRequest:
         return json.dumps(self._params)
 
     def is_cancelled(self) -> bool:
-        return False
+        """Whether the client gave up on this request (its stream or connection closed)."""
+        return self._cancelled()
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        """The sender of a decoupled model's responses to this request (Triton's decoupled mode)."""
+        if self._sender is None:
+            raise TritonModelException("get_response_sender() is for decoupled models: set model_transaction_policy "
+                                       "{ decoupled: true } in config.pbtxt, or return the responses from execute()")
+        return self._sender
+
+
+def _never() -> bool:
+    return False
+
+
+class InferenceResponseSender:
+    """Sends zero or more responses to one request of a decoupled model; the last send carries
+    ``flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL`` (with a response or None). Thread-safe: a model may
+    send from threads of its own, while ``execute`` runs."""
+
+    __slots__ = ("_emit", "_final", "_cancelled")
+
+    def __init__(self, emit, cancelled=_never):
+        self._emit = emit  # emit(response | None, final: bool)
+        self._final = False
+        self._cancelled = cancelled
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self._final:
+            raise TritonModelException("this request's final response was already sent; nothing can follow it")
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if response is None and not final:
+            raise TritonModelException("send() needs a response, or flags=TRITONSERVER_RESPONSE_COMPLETE_FINAL")
+        self._final = final
+        self._emit(response, final)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled()
 
 
 class InferenceResponse:

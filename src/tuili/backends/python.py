@@ -87,6 +87,7 @@ class PythonBackend(Backend):
         self.inputs, self.outputs = list(spec.inputs.values()), list(spec.outputs.values())
         self._output_names = [o.name for o in self.outputs]
         self._path = path
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         r = self.infer_many([feeds])[0]
@@ -112,6 +113,48 @@ class PythonBackend(Backend):
             else:
                 out.append({t.name(): t.as_numpy() for t in resp.output_tensors()})
         return out
+
+    def infer_decoupled(self, requests, emit, cancelled) -> None:
+        """Triton's decoupled mode: ``execute`` returns None and answers through each request's response sender,
+        from execute or from threads of the model's own; this returns once every request had its final response."""
+        done = threading.Condition()
+        finals = [False] * len(requests)
+
+        def sender(i: int) -> pb_utils.InferenceResponseSender:
+            def send(resp, final: bool) -> None:
+                if resp is None:
+                    emit(i, None, None, final)
+                elif resp.has_error():
+                    emit(i, None, _error_from(self.model_name, resp.error()), final)
+                else:
+                    emit(i, {t.name(): t.as_numpy() for t in resp.output_tensors()}, None, final)
+                if final:
+                    with done:
+                        finals[i] = True
+                        done.notify_all()
+            return pb_utils.InferenceResponseSender(send, lambda: cancelled(i))
+
+        reqs = []
+        for i, f in enumerate(requests):
+            r = pb_utils.InferenceRequest([pb_utils.Tensor(k, v) for k, v in f.items()], self._output_names)
+            r._sender, r._cancelled = sender(i), (lambda i=i: cancelled(i))
+            reqs.append(r)
+        try:
+            returned = self.model.execute(reqs)
+            failure = None if returned is None else KernelError(
+                f"model {self.model_name!r} is decoupled: execute() must return None and send the responses through "
+                f"request.get_response_sender()")
+        except Exception as e:
+            failure = _error_from(self.model_name, e)
+        if failure is not None:  # the requests not answered in full get the error as their final response
+            for i, r in enumerate(reqs):
+                with done:
+                    if finals[i]:
+                        continue
+                    finals[i] = r._sender._final = True
+                emit(i, None, failure, True)
+        with done:
+            done.wait_for(lambda: all(finals))
 
     def unload(self) -> None:
         fin = getattr(getattr(self, "model", None), "finalize", None)

@@ -349,6 +349,10 @@ def _serve(fd: int, backend: Backend) -> None:
             backend.unload()
             _send(fd, "stopped")
             return
+        if frame[0] == "stream":
+            if not _stream(fd, backend, regions, frame):
+                return
+            continue
         _, many, req_name, res_name, res_size, metas = frame
         buf = regions.buf("requests", req_name)
         feeds = [read(buf, m, copy=False) for m in metas]
@@ -372,6 +376,45 @@ def _serve(fd: int, backend: Backend) -> None:
                 return
         write(regions.buf("results", res_name), writes)
         _send(fd, "done", out_metas, errs)
+
+
+def _stream(fd: int, backend: Backend, regions: _Mapped, frame: tuple) -> bool:
+    """A decoupled model's call: each response crosses as it is sent (a ("resp", ...) frame the server
+    acknowledges, telling which requests were cancelled meanwhile), then ("done", ...). False if the
+    server went away."""
+    _, req_name, res_name, res_size, metas = frame
+    buf = regions.buf("requests", req_name)
+    feeds = [read(buf, m, copy=False) for m in metas]
+    lock = threading.Lock()  # a model may send from threads of its own: one exchange at a time
+    results = [res_name, res_size]
+    cancelled: set[int] = set()
+
+    def emit(i: int, outputs, error, final: bool) -> None:
+        with lock:
+            try:
+                out_metas, writes, need = layout([outputs or {}])
+            except Exception as e:  # noqa: BLE001 - outputs that are not tensors
+                error = KernelError(f"the model sent outputs that are not tensors: {e}")
+                out_metas, writes, need = [[]], [], 0
+            if need > results[1]:
+                _send(fd, "grow", need)
+                _, results[0], results[1] = _recv(fd)
+            write(regions.buf("results", results[0]), writes)
+            meta = None if outputs is None and error is None else out_metas[0]  # None: a final response without one
+            _send(fd, "resp", i, meta, None if error is None else _error_payload(error), final)
+            cancelled.update(_recv(fd)[1])
+
+    errs = {}
+    try:
+        backend.infer_decoupled(feeds, emit, cancelled.__contains__)
+    except (EOFError, OSError):
+        return False
+    except Exception as e:  # noqa: BLE001 - the whole call failed
+        errs = {i: _error_payload(e) for i in range(len(feeds))}
+    n = len(feeds)
+    del feeds, buf
+    _send(fd, "done", [[] for _ in range(n)], errs)
+    return True
 
 
 # --------------------------------------------------------------------------- the server side
@@ -420,6 +463,7 @@ class ProcessInstance(Backend):
     # -- lifecycle --------------------------------------------------------------------------------
     def load(self, model_dir: str, version_dir: str, config) -> None:
         self.idempotent = idempotent(config)
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
         self._args = (self.backend_name, self.model_name, model_dir, version_dir, config.SerializeToString(),
                       self.instance_index, self.instance_count, self.allow_paths_outside,
                       logging.getLogger("tuili").getEffectiveLevel())
@@ -553,6 +597,19 @@ class ProcessInstance(Backend):
     def infer_many(self, requests: list[dict[str, np.ndarray]]) -> list:
         return self._call(True, requests)
 
+    def infer_decoupled(self, requests: list[dict[str, np.ndarray]], emit, cancelled) -> None:
+        """A decoupled model's call: responses are handed to ``emit`` as they arrive. Never run twice (its
+        responses may have been sent already)."""
+        def on_response(frame: tuple) -> list[int]:
+            _, i, meta, error, final = frame
+            outputs = None if error is not None or meta is None else read(self._results.buf, meta, copy=True)
+            emit(i, outputs, None if error is None else _rebuild_error(self.model_name, error), final)
+            return [j for j in range(len(requests)) if cancelled(j)]
+
+        failed = [r for r in self._round_trip(True, requests, on_response) if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+
     @property
     def _where(self) -> str:
         return f"model {self.model_name!r} instance {self.instance_index}"
@@ -575,7 +632,9 @@ class ProcessInstance(Backend):
             self._cond.wait_for(lambda: self._stopping or (self._link is not None and self._link.generation > generation), timeout)
             return not self._stopping and self._link is not None and self._link.generation > generation
 
-    def _round_trip(self, many: bool, requests: list[dict[str, np.ndarray]]) -> list:
+    def _round_trip(self, many: bool, requests: list[dict[str, np.ndarray]], on_response=None) -> list:
+        """One call: the requests in, their results out. ``on_response``: a decoupled call, whose responses
+        come one by one (it returns the indexes of the requests cancelled so far, for the worker)."""
         with self._cond:
             link = self._link
             generation = self._starts
@@ -585,11 +644,17 @@ class ProcessInstance(Backend):
         self._requests.ensure(need)
         write(self._requests.buf, writes)
         try:
-            _send(link.fd, "run", many, self._requests.name, self._results.name, self._results.size, metas)
+            if on_response is None:
+                _send(link.fd, "run", many, self._requests.name, self._results.name, self._results.size, metas)
+            else:
+                _send(link.fd, "stream", self._requests.name, self._results.name, self._results.size, metas)
             frame = self._reply(link)
-            if frame[0] == "grow":  # the results do not fit: a larger region, and the worker writes them there
-                self._results.ensure(frame[1])
-                _send(link.fd, "results", self._results.name, self._results.size)
+            while frame[0] != "done":
+                if frame[0] == "grow":  # the results do not fit: a larger region, and the worker writes them there
+                    self._results.ensure(frame[1])
+                    _send(link.fd, "results", self._results.name, self._results.size)
+                else:  # "resp": one response of a decoupled call
+                    _send(link.fd, "ack", on_response(frame))
                 frame = self._reply(link)
         except (OSError, EOFError):
             # Only the worker holds the other end of the socket: its death is an EOF here, no sentinel needed.

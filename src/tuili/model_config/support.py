@@ -30,6 +30,11 @@ from tuili.model_config.protos import model_config_pb2 as mc
 
 _QUEUE_POLICY = ("timeout_action", "default_timeout_microseconds", "allow_timeout_override", "max_queue_size")
 _TENSOR = ("name", "data_type", "dims", "reshape", "reshape.shape")
+_DIRECT = ("max_queue_delay_microseconds", "minimum_slot_utilization")
+_OLDEST = ("max_candidate_sequences", "preferred_batch_size", "max_queue_delay_microseconds")
+_CONTROL = ("kind", "int32_false_true", "fp32_false_true", "bool_false_true", "data_type")
+_STATE = ("input_name", "output_name", "data_type", "dims")
+_INITIAL = ("data_type", "dims", "zero_data", "data_file", "name")
 
 IMPLEMENTED: frozenset[str] = frozenset({
     "name", "platform", "backend", "max_batch_size", "default_model_filename",
@@ -47,6 +52,16 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "ensemble_scheduling.step[].output_map",
     "instance_group", "instance_group[].name", "instance_group[].count", "instance_group[].kind",
     "parameters", "parameters{}.string_value",
+    # the sequence batcher (tuili.serve.sequence)
+    "sequence_batching", "sequence_batching.max_sequence_idle_microseconds",
+    "sequence_batching.direct", *(f"sequence_batching.direct.{f}" for f in _DIRECT),
+    "sequence_batching.oldest", *(f"sequence_batching.oldest.{f}" for f in _OLDEST),
+    "sequence_batching.control_input", "sequence_batching.control_input[].name", "sequence_batching.control_input[].control",
+    *(f"sequence_batching.control_input[].control[].{f}" for f in _CONTROL),
+    "sequence_batching.state", *(f"sequence_batching.state[].{f}" for f in _STATE),
+    "sequence_batching.state[].initial_state", *(f"sequence_batching.state[].initial_state[].{f}" for f in _INITIAL),
+    # decoupled python models (tuili.serve.streaming); other backends are refused at load
+    "model_transaction_policy.decoupled",
     # containers whose fields are checked one by one (an explicit `decoupled: false` is fine)
     "optimization", "model_transaction_policy", "response_cache",
 })
@@ -87,8 +102,13 @@ REFUSED: dict[str, str] = {
     "optimization.eager_batching": "eager batching is not implemented; remove it",
     "dynamic_batching.preserve_ordering": "responses are sent as each request finishes, not in arrival order; "
                                           "remove it",
-    "sequence_batching": "there is no sequence batcher: correlation ids, control inputs and implicit state would "
-                         "be ignored and give wrong answers; serve a stateless model instead",
+    "sequence_batching.oldest.preserve_ordering": "responses are sent as each request finishes, not in arrival "
+                                                  "order; remove it",
+    "sequence_batching.iterative_sequence": "iterative sequences (the model rescheduling a request) are not "
+                                            "implemented; remove it",
+    "sequence_batching.state[].use_same_buffer_for_input_output": "state buffers are host arrays kept per sequence; "
+                                                                  "remove it",
+    "sequence_batching.state[].use_growable_memory": "growable state memory is a GPU allocation option; remove it",
     "ensemble_scheduling.max_inflight_requests": "an ensemble's in-flight requests are not limited; remove it",
     "ensemble_scheduling.step[].model_namespace": "model namespaces are not implemented; remove it",
     "instance_group[].gpus": _NO_GPU,
@@ -98,8 +118,6 @@ REFUSED: dict[str, str] = {
     "instance_group[].host_policy": "host policies are not implemented; remove it",
     "model_warmup": "warm-up samples are not run; remove model_warmup (the first requests then warm the model)",
     "model_operations": "custom operation libraries are not loaded; remove model_operations",
-    "model_transaction_policy.decoupled": "decoupled models (zero or many responses per request) are not "
-                                          "implemented: every request gets exactly one response",
     "model_repository_agents": "repository agents (checksum, encryption) are not run; remove them",
     "model_metrics": "per-model metric settings are not implemented; the server's metrics are fixed",
     "metric_tags": "metric tags are not added to the metrics; remove them",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 
 from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
 from tuili.serve.errors import clip
@@ -25,8 +26,10 @@ from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
-from tuili.serve.shm import SharedMemoryRegistry
+from tuili.serve.sequence import sequence_flags
+from tuili.serve.shm import SharedMemoryRegistry, in_shared_memory
 from tuili.serve.stats import Metrics
+from tuili.serve.streaming import ResponseStream, StreamedResponse
 from tuili.serve.types import InferRequest, InferResponse
 from tuili.serve.validation import check_request, int_param, request_feeds
 
@@ -283,7 +286,49 @@ class InferenceServer:
             destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
-            out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"))
+            out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"), sequence_flags(params))
             outputs = response_outputs(mv.name, mv.spec, out, req.outputs)
             self.shared_memory.write_outputs(destinations, outputs)
         return InferResponse(mv.name, mv.version, req.id, outputs)
+
+    def is_decoupled(self, name: str, version: str = "") -> bool:
+        return self.get_model(name, version).decoupled
+
+    async def infer_stream(self, req: InferRequest) -> AsyncIterator[StreamedResponse]:
+        """The responses of a decoupled model to ``req``, as they come (a model that is not decoupled gives
+        its one response). Closing the iterator early cancels the request: the model's ``is_cancelled()``
+        turns true and its further responses are dropped."""
+        mv = self.get_model(req.model_name, req.model_version)
+        if not mv.decoupled:
+            yield StreamedResponse(await self.infer(req), None, True)
+            return
+        if self._stopping:
+            raise ServerBusyError("the server is shutting down; retry on another instance")
+        check_request(req)
+        if any(in_shared_memory(t.parameters) for t in [*req.inputs, *(req.outputs or ())]):
+            raise InvalidInputError(f"model {req.model_name!r} is decoupled: its inputs and outputs cannot be in shared memory")
+        feeds = request_feeds(mv.name, mv.spec, req)
+        params = req.parameters
+        stream = ResponseStream(asyncio.get_running_loop())
+        fut = mv.enqueue(feeds, int_param(params, "priority"), int_param(params, "timeout"), sequence_flags(params), stream)
+        fut.add_done_callback(lambda f: stream.end(None if f.cancelled() else f.exception()))
+        final = False
+        try:
+            while not final:
+                item = await stream.queue.get()
+                final = item.final
+                if item.error is not None:
+                    yield StreamedResponse(None, item.error, final)
+                elif item.outputs is not None:
+                    try:
+                        outputs = response_outputs(mv.name, mv.spec, item.outputs, req.outputs)
+                    except TuiliError as e:
+                        yield StreamedResponse(None, e, final)
+                        continue
+                    yield StreamedResponse(InferResponse(mv.name, mv.version, req.id, outputs), None, final)
+                elif final:
+                    yield StreamedResponse(None, None, True)
+        finally:
+            if not final:  # the client went away: the model sees is_cancelled(), a queued request leaves the queue
+                stream.cancelled = True
+                fut.cancel()

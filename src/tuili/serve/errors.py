@@ -39,6 +39,10 @@ class RequestTimeoutError(InvalidInputError):
     """A request body did not arrive in time (``--body-timeout-secs``): the client stalled."""
 
 
+class DecoupledModelError(InvalidInputError):
+    """A decoupled model asked through an endpoint that answers exactly once (Triton: UNSUPPORTED)."""
+
+
 #: The longest error message sent to a client; the rest is cut (the log keeps the whole).
 MAX_MESSAGE_CHARS = 1000
 
@@ -66,6 +70,7 @@ STATUS: dict[type[BaseException], ErrorStatus] = {
     InvalidInputError: BAD_REQUEST,
     RequestTooLargeError: ErrorStatus(413, "RESOURCE_EXHAUSTED"),
     RequestTimeoutError: ErrorStatus(408, "DEADLINE_EXCEEDED"),  # HTTP only: gRPC bodies are framed by grpc
+    DecoupledModelError: ErrorStatus(400, "UNIMPLEMENTED"),  # as Triton answers it over HTTP and gRPC
     ConfigError: BAD_REQUEST,
     # A model that cannot be loaded is the load request's argument gone wrong (Triton: INVALID_ARG);
     # at inference time these come from the request's shapes, also the client's to fix.

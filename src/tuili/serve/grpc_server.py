@@ -311,18 +311,40 @@ class GRPCInferenceService:
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 
+        def error(exc: BaseException, msg) -> pb.ModelStreamInferResponse:
+            log_failure(exc, f"gRPC ModelStreamInfer on model {clip(msg.model_name)!r}")
+            err = pb.ModelStreamInferResponse(error_message=message_of(exc))
+            err.infer_response.model_name = msg.model_name
+            err.infer_response.id = msg.id
+            return err
+
         async def one(data: bytes) -> None:
             msg = pb.ModelInferRequest()
             try:
                 msg = parse_request(pb.ModelInferRequest, data)
-                resp = response_to_proto(await self.core.infer(request_from_proto(msg)))
-                await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
+                req = request_from_proto(msg)
+                if not self.core.is_decoupled(req.model_name, req.model_version):
+                    resp = response_to_proto(await self.core.infer(req))
+                    await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
+                    return
+                # a decoupled model: each response as it comes, flagged triton_final_response; an empty final
+                # one only when the request asks for it (triton_enable_empty_final_response), as Triton does
+                empty_final = req.parameters.get("triton_enable_empty_final_response") is True
+                async for r in self.core.infer_stream(req):
+                    if r.error is not None:
+                        await queue.put(error(r.error, msg))
+                        continue
+                    if r.response is None:
+                        if not empty_final:
+                            continue
+                        resp = pb.ModelInferResponse(model_name=msg.model_name, id=msg.id,
+                                                     model_version=self.core.get_model(msg.model_name, msg.model_version).version)
+                    else:
+                        resp = response_to_proto(r.response)
+                    resp.parameters["triton_final_response"].bool_param = r.final
+                    await queue.put(pb.ModelStreamInferResponse(infer_response=resp))
             except Exception as exc:  # reported in-band; the stream stays open
-                log_failure(exc, f"gRPC ModelStreamInfer on model {clip(msg.model_name)!r}")
-                err = pb.ModelStreamInferResponse(error_message=message_of(exc))
-                err.infer_response.model_name = msg.model_name
-                err.infer_response.id = msg.id
-                await queue.put(err)
+                await queue.put(error(exc, msg))
 
         async def reader() -> None:
             tasks = set()
@@ -332,6 +354,8 @@ class GRPCInferenceService:
                 if tasks:
                     await asyncio.gather(*tasks)
             finally:
+                for t in tasks:  # the client closed the stream: its requests are cancelled (decoupled models see it)
+                    t.cancel()
                 await queue.put(done)
 
         feeder = asyncio.ensure_future(reader())

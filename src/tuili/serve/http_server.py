@@ -22,11 +22,12 @@ import zlib
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tuili.errors import InvalidInputError, TuiliError
 from tuili.serve.errors import RequestTimeoutError, RequestTooLargeError, clip, log_failure, message_of, status_of
+from tuili.serve.generate import generate_request, generate_response, sse_event
 from tuili.serve.shm import NO_GPU, in_shared_memory
 from tuili.serve.types import (
     InferInput,
@@ -441,6 +442,43 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float
     async def infer(request: Request):  # reached for non-POST methods only (405): FastInfer serves POST
         return await infer_response(core, request.scope, request.receive, max_body_bytes, *_mv(request), body_timeout)
 
+    async def generate(request: Request):
+        name, version = _mv(request)
+        req = generate_request(name, version, core.get_model(name, version).spec, await _body_json(request, "generate request"))
+        answers = []
+        async for r in core.infer_stream(req):
+            if r.error is not None:
+                raise r.error
+            if r.response is not None:
+                answers.append(r.response)
+        if len(answers) != 1:
+            raise InvalidInputError(f"model {clip(name)!r} sent {len(answers)} responses; /generate answers with exactly "
+                                    f"one: use /generate_stream")
+        return json_response(generate_response(answers[0]))
+
+    async def generate_stream(request: Request):
+        name, version = _mv(request)
+        req = generate_request(name, version, core.get_model(name, version).spec, await _body_json(request, "generate request"))
+        responses = core.infer_stream(req)
+        first = await anext(responses)  # errors before the first response are the request's status
+
+        async def events():
+            try:
+                r = first
+                while True:
+                    if r.error is not None:
+                        log_failure(r.error, f"POST {clip(request.url.path)}")
+                        yield sse_event({"error": message_of(r.error)})
+                    elif r.response is not None:
+                        yield sse_event(generate_response(r.response))
+                    r = await anext(responses, None)
+                    if r is None:
+                        return
+            finally:  # the client went away (starlette cancels this) or the stream ended
+                await responses.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream; charset=utf-8")
+
     async def repo_index(request: Request):
         doc = await _body_json(request, "repository index request")
         return json_response(core.repository_index(_flag(doc, "ready", "repository index request")))
@@ -522,6 +560,8 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float
             Route(base + "/config", model_config, methods=["GET"]),
             Route(base + "/stats", model_stats, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
+            Route(base + "/generate", generate, methods=["POST"]),
+            Route(base + "/generate_stream", generate_stream, methods=["POST"]),
         ]
     handlers = {TuiliError: on_error, Exception: on_bug, 404: not_found, 405: bad_method}
     app = Starlette(routes=routes, exception_handlers=handlers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,9 @@ from tuili.serve.ensemble import EnsembleRunner
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
+from tuili.serve.sequence import SequenceBatcher, SequenceFlags, SequenceSettings
 from tuili.serve.stats import Metrics, ModelStats
+from tuili.serve.streaming import ResponseStream, refuse_unary
 from tuili.serve.validation import model_feeds
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,27 @@ class ModelVersion:
         """Whether it can serve now (False while all its instance workers are down)."""
         return self.runner.healthy
 
-    async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0) -> Outputs:
-        """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps)."""
+    @property
+    def decoupled(self) -> bool:
+        """Zero or many responses per request (serve.streaming): only ``stream`` runs it."""
+        return bool(self.config.model_transaction_policy.decoupled)
+
+    async def run(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0,
+                  sequence: SequenceFlags | None = None) -> Outputs:
+        """Check ``feeds`` against the model's spec and run them (client requests and ensemble steps);
+        ``sequence``: the request's correlation id and flags, for a model with sequence batching (others
+        ignore it, as Triton does)."""
+        if self.decoupled:
+            raise refuse_unary(self.name)
+        return await self.enqueue(feeds, priority, timeout_us, sequence)
+
+    def enqueue(self, feeds: dict[str, np.ndarray], priority: int = 0, timeout_us: int = 0,
+                sequence: SequenceFlags | None = None, stream: ResponseStream | None = None) -> Awaitable[Outputs]:
         checked, batch = model_feeds(self.name, self.spec, feeds)
-        return await self.runner.enqueue(checked, batch, priority, timeout_us)
+        extra = {"stream": stream} if stream is not None else {}
+        if self.runner.takes_sequences:
+            extra["sequence"] = sequence
+        return self.runner.enqueue(checked, batch, priority, timeout_us, **extra)
 
 
 class Model:
@@ -237,7 +257,11 @@ class ModelLifecycle:
                 else:
                     config, instances = await asyncio.to_thread(self._load_instances, plan, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
-                    runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
+                    if config.HasField("sequence_batching"):
+                        settings = SequenceSettings(config, plan.model_dir, plan.allow_paths_outside)
+                        runner = SequenceBatcher(plan.name, v, config, instances, stats, loop, self.max_queue_size, settings)
+                    else:
+                        runner = Scheduler(plan.name, v, config, instances, stats, loop, self.max_queue_size)
                 spec = ModelSpec(config, plan.model_dir, allow_paths_outside=plan.allow_paths_outside)
                 versions[v] = ModelVersion(plan.name, v, config, spec, stats, runner,
                                            plan.platform, plan.backend, plan.model_dir)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from tuili.backends.base import BACKEND_PLATFORM, Backend, backend_class, create_backend, resolve_backend_name
 from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError
 from tuili.model_config.paths import resolve_inside
+from tuili.serve.sequence import SequenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,10 @@ class ModelRepository:
             raise ConfigError(f"model {name!r}: version_policy selects no version (available: {sorted(versions)})")
         backend = resolve_backend_name(config.backend, config.platform, versions[chosen[-1]])
         warnings = check_supported(config, backend_class(backend).parameter_keys, source=source, text=text)
+        if config.model_transaction_policy.decoupled and backend != "python":
+            raise ConfigError(f"model {name!r}: field 'model_transaction_policy.decoupled': decoupled is not implemented "
+                              f"by the {backend} backend, which answers every request once (python models answer through a "
+                              f"response sender); remove it")
         platform = config.platform or BACKEND_PLATFORM.get(backend, backend)
         return LoadPlan(name, d, config, [(str(v), versions[v]) for v in chosen], backend, platform, False, [], sig,
                         bool(config_json), _warned(name, warnings), outside)
@@ -271,7 +276,14 @@ class ModelRepository:
             first = _new_instance(new_backend, plan, version_dir, config, 0, count)
             instances.append(first)
             supports_batching = plan.backend in ("onnxruntime", "tuili", "pytorch")
-            config = cfg.autocomplete(config, first.inputs, first.outputs, supports_batching, model_dir=plan.model_dir,
+            inputs, outputs = first.inputs, first.outputs
+            if config.HasField("sequence_batching"):  # the batcher's tensors are not the client's: kept out of the config
+                settings = SequenceSettings(config, plan.model_dir, plan.allow_paths_outside)
+                if plan.backend != "python":  # a python model takes whatever tensors it is given
+                    settings.check_model(plan.name, inputs, outputs)
+                inputs = [s for s in inputs if s.name not in settings.hidden_inputs]
+                outputs = [s for s in outputs if s.name not in settings.hidden_outputs]
+            config = cfg.autocomplete(config, inputs, outputs, supports_batching, model_dir=plan.model_dir,
                                       allow_paths_outside=plan.allow_paths_outside)
             if not config.backend and not config.platform:
                 config.backend = plan.backend

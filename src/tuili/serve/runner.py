@@ -22,6 +22,9 @@ Outputs = dict[str, np.ndarray]
 class Runner(ABC):
     """Base of the runners: the in-flight count and waiting for it to reach zero live here."""
 
+    #: whether ``enqueue`` takes the request's ``sequence`` (correlation id and flags; serve.sequence)
+    takes_sequences = False
+
     def __init__(self) -> None:
         self._inflight = 0  # touched on the event loop only
         self._idle: asyncio.Event | None = None

@@ -44,7 +44,7 @@ STOP_GRACE_S = 30.0
 
 
 class Pending:
-    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error")
+    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error", "stream")
 
     def __init__(self, feeds, batch, fut, t_enqueue, deadline, level):
         self.feeds = feeds
@@ -57,6 +57,7 @@ class Pending:
         self.timer = None
         self.result = None
         self.error = None
+        self.stream = None  # a decoupled model's ResponseStream (serve.streaming)
 
 
 class QueuePolicy:
@@ -120,34 +121,31 @@ class Scheduler(Runner):
         self._queued = 0
         self._stopping = False
         self.wants_request_list = bool(instances and instances[0].wants_request_list)
+        self.decoupled = bool(instances and instances[0].decoupled)
         self.threads = [
-            threading.Thread(target=self._worker, args=(b,), name=f"tuili-{model}-v{version}-{i}", daemon=True)
+            threading.Thread(target=self._worker, args=(i, b), name=f"tuili-{model}-v{version}-{i}", daemon=True)
             for i, b in enumerate(instances)
         ]
         for t in self.threads:
             t.start()
 
     # ------------------------------------------------------------------ event-loop side
-    def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0) -> asyncio.Future:
+    def enqueue(self, feeds: dict[str, np.ndarray], batch: int, priority: int = 0, timeout_us: int = 0,
+                stream=None) -> asyncio.Future:
         """Queue one request; refusals raise at once, the future holds the outputs or the error of running it.
 
-        ``timeout_us``: the request's deadline from now in microseconds (0 = the policy's default)."""
-        if timeout_us < 0:
-            raise InvalidInputError(f"request to model {self.model!r}: timeout {timeout_us} is negative; give microseconds >= 0 "
-                                    f"(0 = the model's default)")
+        ``timeout_us``: the request's deadline from now in microseconds (0 = the policy's default).
+        ``stream``: where a decoupled model's responses go (its future then holds ``{}`` once it is done)."""
         if priority and self.has_priorities:
             if not 1 <= priority <= self.levels:
                 raise InvalidInputError(f"model {self.model!r}: priority {priority} is out of range; this model has priority levels 1..{self.levels}")
             level = priority - 1
         else:
             level = self.default_level
-        pol = self.policies[level]
         now = _now()
-        timeout_ns = pol.default_timeout_ns
-        if timeout_us and (pol.allow_override or not timeout_ns):
-            timeout_ns = int(timeout_us) * 1000
-        fut = self.loop.create_future()
-        item = Pending(feeds, batch, fut, now, now + timeout_ns if timeout_ns else 0, level)
+        timeout_ns = self._timeout_ns(level, timeout_us)
+        item = Pending(feeds, batch, self.loop.create_future(), now, now + timeout_ns if timeout_ns else 0, level)
+        item.stream = stream
         limit = self.max_queued[level]
         with self._lock:
             if self._stopping:
@@ -164,12 +162,27 @@ class Scheduler(Runner):
                 self._form.notify()
             else:
                 self._work.notify()
+        return self._track(item, timeout_ns)
+
+    def _timeout_ns(self, level: int, timeout_us: int) -> int:
+        """The deadline of a request at ``level`` from now in ns (0: none): its own timeout, else the policy's."""
+        if timeout_us < 0:
+            raise InvalidInputError(f"request to model {self.model!r}: timeout {timeout_us} is negative; give microseconds >= 0 "
+                                    f"(0 = the model's default)")
+        pol = self.policies[level]
+        timeout_ns = pol.default_timeout_ns
+        if timeout_us and (pol.allow_override or not timeout_ns):
+            timeout_ns = int(timeout_us) * 1000
+        return timeout_ns
+
+    def _track(self, item: Pending, timeout_ns: int) -> asyncio.Future:
+        """Count a queued request in flight, arm its deadline timer, and clean up once it is answered."""
         self._accepted()
         self.stats.pending += 1
-        if item.deadline and self.policies[level].reject_on_timeout:
+        if item.deadline and self.policies[item.level].reject_on_timeout:
             item.timer = self.loop.call_later(timeout_ns / 1e9, self._deadline_passed, item)
-        fut.add_done_callback(lambda f: self._answered(item))
-        return fut
+        item.fut.add_done_callback(lambda f: self._answered(item))
+        return item.fut
 
     def _unqueue(self, item: Pending) -> bool:
         """Take a request out of its queue if it is still there (event loop side)."""
@@ -332,7 +345,7 @@ class Scheduler(Runner):
             finally:
                 self._forming = False
 
-    def _worker(self, backend) -> None:
+    def _worker(self, index: int, backend) -> None:
         wait_ready = getattr(backend, "wait_ready", None)  # an instance in a worker process that may restart
         while True:
             while wait_ready is not None and not backend.ready and not self._stopping:
@@ -356,7 +369,14 @@ class Scheduler(Runner):
         queue_ns = [t0 - it.t_enqueue for it in batch]
         total = sum(it.batch for it in batch)
         try:
-            if self.wants_request_list:
+            if self.decoupled:
+                t1 = t0
+                backend.infer_decoupled([it.feeds for it in batch], lambda i, *response: batch[i].stream.push(*response),
+                                        lambda i: batch[i].stream.cancelled)
+                t2 = t3 = _now()
+                for it in batch:
+                    it.result = {}
+            elif self.wants_request_list:
                 t1 = t0
                 results = backend.infer_many([it.feeds for it in batch])
                 t2 = _now()
@@ -392,9 +412,13 @@ class Scheduler(Runner):
             err = e if isinstance(e, TuiliError) else KernelError(f"model {self.model!r}: {type(e).__name__}: {e}")
             for it in batch:
                 it.error = err
-            self.loop.call_soon_threadsafe(_set_results, batch)
+            self._finish(batch)
             return
         ok = sum(1 for it in batch if it.error is None)
         if ok:
             self.stats.record_execution(total, ok, [q for q, it in zip(queue_ns, batch) if it.error is None], t1 - t0, t2 - t1, t3 - t2)
+        self._finish(batch)
+
+    def _finish(self, batch: list[Pending]) -> None:
+        """Hand the answers of an executed batch to the event loop (worker side)."""
         self.loop.call_soon_threadsafe(_set_results, batch)

@@ -42,8 +42,9 @@ def _numpy() -> dict:
 def _numba() -> dict:
     import numba
 
-    return {"version": numba.__version__, "threads": numba.config.NUMBA_NUM_THREADS,
-            "threading_layer": getattr(numba.config, "THREADING_LAYER", "default")}
+    config = numba.config  # its settings are set at import time: mypy cannot see them
+    return {"version": numba.__version__, "threads": getattr(config, "NUMBA_NUM_THREADS", None),
+            "threading_layer": getattr(config, "THREADING_LAYER", "default")}
 
 
 def _torch() -> dict:

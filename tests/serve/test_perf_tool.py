@@ -96,3 +96,39 @@ def test_unknown_model_is_a_clear_error(server):
     r = subprocess.run([sys.executable, "-m", "tuili.cli", "perf", "-m", "no_such_model", "-u", server.http],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no_such_model" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def stateful_server(tmp_path_factory, server_factory):
+    """A sequence model (implicit state; it refuses requests without sequence flags) and a
+    decoupled one (several responses per request)."""
+    from tests.serve.test_decoupled import WORDS_PY, _model
+    from tests.serve.test_sequence import _state
+
+    root = str(tmp_path_factory.mktemp("perf_stateful"))
+    _state(root, "acc", "onnxruntime", "direct { }", "")
+    _model(root, "words", WORDS_PY)
+    return server_factory(root)
+
+
+@pytest.mark.parametrize("proto, streaming", [("http", False), ("grpc", False), ("grpc", True)])
+def test_sequences(stateful_server, proto, streaming):
+    res = run_sync(_opts(stateful_server, proto, model="acc", levels=[2], sequence_length=3, streaming=streaming))
+    p = res.points[0]
+    assert p.requests > 0 and p.errors == 0, p.errors_seen
+
+
+def test_sequence_model_without_sequences_is_refused_up_front(stateful_server):
+    from tuili.bench.perf.transport import RequestFailed
+
+    with pytest.raises(RequestFailed, match="correlation ID"):  # the first request already says why
+        run_sync(_opts(stateful_server, "http", model="acc"))
+
+def test_streaming_a_decoupled_model(stateful_server):
+    p = run_sync(_opts(stateful_server, "grpc", model="words", streaming=True)).points[0]
+    assert p.requests > 0 and p.errors == 0, p.errors_seen
+
+
+def test_streaming_needs_grpc(stateful_server):
+    with pytest.raises(InvalidInputError, match="-i grpc"):
+        run_sync(_opts(stateful_server, "http", model="words", streaming=True))

@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dims of an input with variable dims, without the batch dimension (repeatable)")
     p.add_argument("--shared-memory", choices=["none", "system"], default="none",
                    help="system: inputs and outputs live in POSIX shared memory registered with the server")
+    p.add_argument("--sequence-length", type=int, default=0, metavar="N",
+                   help="send sequences of N requests (uint64 sequence_id, sequence_start on the first, "
+                        "sequence_end on the last), one sequence at a time per in-flight slot")
+    p.add_argument("--streaming", action="store_true",
+                   help="gRPC ModelStreamInfer, one stream per in-flight slot (decoupled models: a request "
+                        "completes with its final response)")
     p.add_argument("-f", "--csv", metavar="FILE", help="write the rows as CSV")
     p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="plot latency against throughput")
@@ -91,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
                    batch=args.batch_size, shapes=dict(args.shape), input_data=args.input_data, mode=mode,
                    levels=levels, poisson=args.request_distribution == "poisson", shared_memory=args.shared_memory,
                    max_in_flight=args.max_in_flight, max_seconds=args.max_seconds,
+                   sequence_length=args.sequence_length, streaming=args.streaming,
                    settings=Settings(window_s=args.measurement_interval / 1e3, stability=args.stability_percentage / 100,
                                      max_windows=args.max_trials, warmup_s=args.warmup))
     with tqdm(total=len(levels), desc="levels", unit="level") as bar:

@@ -112,8 +112,9 @@ def _raw(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).tobytes()
 
 
-def encode_http(p: Payload, host: str) -> bytes:
-    """The whole HTTP/1.1 request (head and body) of one inference, binary tensor extension."""
+def encode_http(p: Payload, host: str, params: dict | None = None) -> bytes:
+    """The whole HTTP/1.1 request (head and body) of one inference, binary tensor extension;
+    ``params``: request parameters (e.g. sequence_id, sequence_start, sequence_end)."""
     inputs, blobs = [], []
     for name, a in p.tensors.items():
         entry = {"name": name, "shape": list(a.shape), "datatype": p.model.inputs[name][0]}
@@ -132,7 +133,8 @@ def encode_http(p: Payload, host: str) -> bytes:
             outputs.append({"name": name, "parameters": {"shared_memory_region": region, "shared_memory_byte_size": size}})
         else:
             outputs.append({"name": name, "parameters": {"binary_data": True}})
-    header = json.dumps({"inputs": inputs, "outputs": outputs}, separators=(",", ":")).encode()
+    doc = {"inputs": inputs, "outputs": outputs} | ({"parameters": params} if params else {})
+    header = json.dumps(doc, separators=(",", ":")).encode()
     body = header + b"".join(blobs)
     path = f"/v2/models/{p.model.name}" + (f"/versions/{p.model.version}" if p.model.version else "") + "/infer"
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
@@ -140,11 +142,18 @@ def encode_http(p: Payload, host: str) -> bytes:
     return head.encode() + body
 
 
-def encode_grpc(p: Payload) -> bytes:
-    """One serialized ``inference.ModelInferRequest``."""
+def encode_grpc(p: Payload, params: dict | None = None) -> bytes:
+    """One serialized ``inference.ModelInferRequest`` (``params`` as for ``encode_http``)."""
     from tritonclient.grpc import service_pb2
 
     req = service_pb2.ModelInferRequest(model_name=p.model.name, model_version=p.model.version)
+    for key, value in (params or {}).items():
+        if isinstance(value, bool):
+            req.parameters[key].bool_param = value
+        elif isinstance(value, int):
+            req.parameters[key].uint64_param = value
+        else:
+            req.parameters[key].string_param = str(value)
     for name, a in p.tensors.items():
         t = req.inputs.add(name=name, datatype=p.model.inputs[name][0], shape=list(a.shape))
         if name in p.shm:
@@ -160,3 +169,22 @@ def encode_grpc(p: Payload) -> bytes:
             o.parameters["shared_memory_region"].string_param = region
             o.parameters["shared_memory_byte_size"].int64_param = size
     return req.SerializeToString()
+
+
+def sequences(encode, first_id: int, stride: int, length: int):
+    """Endless requests of sequences of ``length`` (START on the first, END on the last), ids
+    ``first_id``, ``first_id + stride``, ...: three encodings per sequence, whatever its length."""
+    def flags(seq_id: int, start: bool, end: bool) -> bytes:
+        return encode({"sequence_id": seq_id, "sequence_start": start, "sequence_end": end})
+
+    seq_id = first_id
+    while True:
+        if length == 1:
+            yield flags(seq_id, True, True)
+        else:
+            yield flags(seq_id, True, False)
+            middle = flags(seq_id, False, False) if length > 2 else b""
+            for _ in range(length - 2):
+                yield middle
+            yield flags(seq_id, False, True)
+        seq_id += stride

@@ -3,13 +3,14 @@ registration, and a sender of pre-encoded inference requests — over HTTP or gR
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from tuili import dtypes
 from tuili.bench.perf.payload import ModelInputs, Payload, encode_grpc, encode_http
-from tuili.bench.perf.transport import GrpcClient, HttpConnection, RequestFailed
+from tuili.bench.perf.transport import GrpcClient, GrpcStream, HttpConnection, RequestFailed
 from tuili.errors import InvalidInputError
 
 
@@ -51,14 +52,14 @@ class HttpTarget:
     async def unregister_shm(self, region: str) -> None:
         await self._call("POST", f"/v2/systemsharedmemory/region/{region}/unregister")
 
-    def encode(self, p: Payload) -> bytes:
-        return encode_http(p, f"{self.host}:{self.port}")
+    def encode(self, p: Payload, params: dict | None = None) -> bytes:
+        return encode_http(p, f"{self.host}:{self.port}", params)
 
-    def sender(self, request: bytes):
+    def sender(self, requests: Iterator[bytes]):
         conn = HttpConnection(self.host, self.port)
-        return lambda: conn.send(request)
+        return lambda: conn.send(next(requests))
 
-    async def output_types(self, request: bytes) -> dict[str, tuple[str, list[int]]]:
+    async def output_types(self, request: bytes, streaming: bool = False) -> dict[str, tuple[str, list[int]]]:
         body = await HttpConnection(self.host, self.port).send(request)
         header, _ = json.JSONDecoder().raw_decode(body.decode("latin-1"))
         return {o["name"]: (o["datatype"], o["shape"]) for o in header["outputs"]}
@@ -97,17 +98,30 @@ class GrpcTarget:
     async def unregister_shm(self, region: str) -> None:
         await self._client.unregister_system_shared_memory(region)
 
-    def encode(self, p: Payload) -> bytes:
-        return encode_grpc(p)
+    def encode(self, p: Payload, params: dict | None = None) -> bytes:
+        return encode_grpc(p, params)
 
-    def sender(self, request: bytes):
-        return lambda: self._infer.send(request)
+    def sender(self, requests: Iterator[bytes]):
+        return lambda: self._infer.send(next(requests))
 
-    async def output_types(self, request: bytes) -> dict[str, tuple[str, list[int]]]:
+    def stream_sender(self, requests: Iterator[bytes]):
+        """Requests over one ModelStreamInfer stream (opened on first use); a send completes with
+        the request's final response (decoupled models may send several)."""
+        stream = GrpcStream(self._infer)
+        return lambda: stream.send(next(requests))
+
+    async def output_types(self, request: bytes, streaming: bool = False) -> dict[str, tuple[str, list[int]]]:
         from tritonclient.grpc import service_pb2
 
-        resp = service_pb2.ModelInferResponse.FromString(await self._infer.send(request))
-        return {o.name: (o.datatype, list(o.shape)) for o in resp.outputs}
+        if streaming:
+            stream = GrpcStream(self._infer)
+            try:
+                resp = await stream.send(request)
+            finally:
+                await stream.close()
+        else:
+            resp = service_pb2.ModelInferResponse.FromString(await self._infer.send(request))
+        return {o.name: (o.datatype, list(o.shape)) for o in resp.outputs} if resp is not None else {}
 
     async def close(self) -> None:
         await self._client.close()

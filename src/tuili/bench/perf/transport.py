@@ -81,6 +81,7 @@ class GrpcClient:
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self._channel = grpc.aio.insecure_channel(url, options=opts)
         self._infer = self._channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        self.open_stream = self._channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
 
     async def send(self, request: bytes) -> bytes:
         try:
@@ -90,3 +91,46 @@ class GrpcClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class GrpcStream:
+    """One ModelStreamInfer stream, one request in flight: ``send`` returns once the request's final
+    response arrived (``triton_final_response``; a response without the flag is final, as for a
+    model that is not decoupled)."""
+
+    def __init__(self, client: GrpcClient):
+        import grpc
+        from tritonclient.grpc import service_pb2
+
+        self._client, self._call = client, None
+        self._eof, self._rpc_error, self._parse = grpc.aio.EOF, grpc.aio.AioRpcError, service_pb2.ModelStreamInferResponse.FromString
+
+    async def send(self, request: bytes):
+        """Returns the request's first response that carries outputs (an ``inference.ModelInferResponse``),
+        or None when none did."""
+        first = None
+        if self._call is None:
+            self._call = self._client.open_stream()
+        try:
+            await self._call.write(request)
+            while True:
+                raw = await self._call.read()
+                if raw is self._eof:
+                    self._call = None
+                    raise RequestFailed("the server closed the stream")
+                resp = self._parse(raw)
+                if resp.error_message:
+                    raise RequestFailed(f"gRPC stream: {resp.error_message}")
+                if first is None and resp.infer_response.outputs:
+                    first = resp.infer_response
+                final = resp.infer_response.parameters.get("triton_final_response")
+                if final is None or final.bool_param:
+                    return first
+        except self._rpc_error as e:
+            self._call = None
+            raise RequestFailed(f"gRPC {e.code().name}: {e.details()}") from None
+
+    async def close(self) -> None:
+        if self._call is not None:
+            await self._call.done_writing()
+            self._call = None

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean perf-analyzer
+.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean perf-analyzer peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ perf-analyzer:
 	$(PYTHON) -m venv $(PA_VENV)
 	$(PA_VENV)/bin/pip install --quiet 'tritonclient[all]==2.45.0' nvidia-cuda-runtime-cu12
 	@ldconfig -p | grep -q libb64 || echo "perf_analyzer also needs libb64: apt-get install libb64-0d"
+
+# LitServe and MLServer for benchmarks/serve_peers.py, in their own venv (their pins differ from tuili's)
+PEERS_VENV := .venv-peers
+peers:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet litserve mlserver onnxruntime numpy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -187,3 +187,14 @@ def test_end_profiling_writes_a_chrome_trace(tmp_path):
     events = json.load(open(path))
     assert {e["cat"] for e in events} == {"Session", "Node"}
     assert any(e["args"].get("op_name") == "Relu" for e in events if e["cat"] == "Node")
+
+
+def test_negative_dim_values_are_dynamic_as_in_onnxruntime():
+    m = _model()
+    m.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1  # how some exporters say "dynamic"
+    sess, ref = tuili.InferenceSession(m), ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == [None, 4]
+    for n in (1, 5):
+        x = np.ones((n, 4), np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0], rtol=1e-6)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from tuili.errors import ConfigError, InvalidGraphError
 from tuili.ir import Graph
 
+from .activation_fusion import FuseActivations, FuseActivationsContrib
+from .attention_fusion import FuseAttention
 from .base import TUILI_DOMAIN, Pass
 from .batchnorm import FoldBatchNorm
 from .constant_folding import ConstantFolding
@@ -37,6 +39,7 @@ from .eliminate import EliminateDeadNodes, EliminateNoOps
 from .gemm_weights import PrecomputeGemmWeights
 from .layout import CollapseReshapes, CollapseTransposes
 from .matmul_fusion import FuseGemm, FuseMatMulAdd
+from .reshape_shape import ConstantReshapeShape
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,9 @@ MAX_ROUNDS = 20
 PASSES: tuple[type[Pass], ...] = (
     EliminateNoOps, ConstantFolding, CommonSubexpressionElimination,
     CollapseTransposes, CollapseReshapes,
-    FoldBatchNorm, FoldConvAffine, FuseConv, FuseGemm, FuseMatMulAdd, PrecomputeGemmWeights,
+    ConstantReshapeShape,
+    FoldBatchNorm, FoldConvAffine, FuseActivations, FuseConv, FuseActivationsContrib,
+    FuseAttention, FuseGemm, FuseMatMulAdd, PrecomputeGemmWeights,
     EliminateDeadNodes,
 )
 

@@ -37,8 +37,10 @@ from .conv_fusion import FuseConv
 from .cse import CommonSubexpressionElimination
 from .eliminate import EliminateDeadNodes, EliminateNoOps
 from .gemm_weights import PrecomputeGemmWeights
+from .layernorm_fusion import FuseLayerNorm
 from .layout import CollapseReshapes, CollapseTransposes
 from .matmul_fusion import FuseGemm, FuseMatMulAdd
+from .pad_conv import FoldPadConv
 from .reshape_shape import ConstantReshapeShape
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ MAX_ROUNDS = 20
 PASSES: tuple[type[Pass], ...] = (
     EliminateNoOps, ConstantFolding, CommonSubexpressionElimination,
     CollapseTransposes, CollapseReshapes,
-    ConstantReshapeShape,
+    ConstantReshapeShape, FuseLayerNorm, FoldPadConv,
     FoldBatchNorm, FoldConvAffine, FuseActivations, FuseConv, FuseActivationsContrib,
     FuseAttention, FuseGemm, FuseMatMulAdd, PrecomputeGemmWeights,
     EliminateDeadNodes,

@@ -8,8 +8,12 @@ Levels (each includes the one below; a pass's class says its level, see ``PASSES
   O0  nothing
   O1  eliminate no-ops, constant folding, common subexpressions, dead nodes   (standard ONNX ops only)
   O2  + fold BatchNormalization into Conv/ConvTranspose/Gemm, fold constant Mul/Add into Conv,
-        Conv + Add/activation -> tuili::FusedConv, MatMul + Add -> Gemm / tuili::FusedMatMul,
-        Gemm's constant B pre-transposed and alpha/beta pre-scaled
+        constant Reshape targets (the run-time shape computation dies), LayerNormalization from
+        primitives, constant zero Pad into Conv, HardSigmoid/HardSwish (and Gelu/Swish where the
+        opset has them) from primitives, Conv + Add/activation -> tuili::FusedConv, Gelu/SiLU ->
+        com.microsoft Gelu/FastGelu/QuickGelu, MatMul/Softmax attention -> tuili::Attention,
+        MatMul + Add -> Gemm / tuili::FusedMatMul, Gemm's constant B pre-transposed and alpha/beta
+        pre-scaled
   O3  + layout: collapse Transpose/Transpose and Reshape/Reshape chains
 
 Managers nest: a manager is a pass, so pipelines compose, and the report keeps every inner pass

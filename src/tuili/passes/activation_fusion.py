@@ -85,7 +85,7 @@ def _cube_ok(m: Match) -> bool:
     a, b = cube.inputs
     sq = b if a is x else a if b is x else None
     p = None if sq is None else sq.producer
-    return (p is not None and p.op_type == "Mul" and list(p.inputs) == [x, x] and len(sq.uses) == 1
+    return (sq is not None and p is not None and p.op_type == "Mul" and list(p.inputs) == [x, x] and len(sq.uses) == 1
             and p.graph is m.graph and p not in m.nodes and _absorb(m, p))
 
 

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def _last_axis_softmax(node: Node) -> bool:
     axis = attr(node, "axis", -1 if node.opset >= 13 else 1)
-    rank = None if node.inputs[0].shape is None else len(node.inputs[0].shape)
+    x = node.inputs[0]
+    rank = None if x is None or x.shape is None else len(x.shape)
     return axis == -1 or (rank is not None and axis == rank - 1)
 
 
@@ -52,7 +53,10 @@ def _pattern(scores: Pat) -> Pat:
 def _fuse(m: Match) -> list[Node] | None:
     scale = 1.0
     if "scaled" in m.bound:
-        c = float(const_of(m["c"]).reshape(-1)[0])
+        c_arr = const_of(m["c"])
+        if c_arr is None:
+            return None
+        c = float(c_arr.reshape(-1)[0])
         if m["scaled"].op_type == "Div":
             if c == 0.0:
                 return None

@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def _last_axis_mean(node: Node) -> bool:
+    axes: list[int] | None
     if node.opset >= 18:
-        axes = const_of(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-        axes = None if axes is None else [int(a) for a in axes.reshape(-1)]
+        c = const_of(node.inputs[1]) if len(node.inputs) > 1 else None
+        axes = None if c is None else [int(a) for a in c.reshape(-1)]
     else:
         axes = attr(node, "axes")
-    rank = None if node.inputs[0].shape is None else len(node.inputs[0].shape)
+    x = node.inputs[0]
+    rank = None if x is None or x.shape is None else len(x.shape)
     return (axes is not None and len(axes) == 1 and attr(node, "keepdims", 1) == 1
             and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1)))
 
@@ -69,7 +71,10 @@ def _fuse(m: Match) -> list[Node] | None:
     if x.shape is None or not isinstance(x.shape[-1], int):
         return None
     width = x.shape[-1]
-    dtype = const_of(m["eps"]).dtype
+    eps_c = const_of(m["eps"])
+    if eps_c is None:
+        return None
+    dtype = eps_c.dtype
     for c in (gamma, beta):
         if c is not None and (c.dtype != dtype or c.size not in (1, width) or c.ndim > 1 and c.shape[:-1] != (1,) * (c.ndim - 1)):
             return None
@@ -79,7 +84,7 @@ def _fuse(m: Match) -> list[Node] | None:
     inputs = [x, scale]
     if beta is not None:
         inputs.append(add_const(g, "ln_bias", np.broadcast_to(beta.reshape(-1), (width,)).copy()))
-    eps = float(const_of(m["eps"]).reshape(-1)[0])
+    eps = float(eps_c.reshape(-1)[0])
     return [rebuilt(m.root, op_type="LayerNormalization", inputs=inputs, outputs=[m.root.outputs[0]], axis=-1,
                     epsilon=eps)]
 

@@ -42,7 +42,8 @@ def _constant_shape(m: Match):
     node = m.root
     if attr(node, "allowzero", 0) or const_of(node.inputs[1]) is not None:
         return None
-    target = constant_target(node.inputs[0].shape, node.outputs[0].shape)
+    x = node.inputs[0]
+    target = None if x is None else constant_target(x.shape, node.outputs[0].shape)
     if target is None:
         return None
     shape = add_const(m.graph, (node.name or "reshape") + "_shape", np.array(target, np.int64))

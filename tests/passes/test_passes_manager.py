@@ -168,7 +168,8 @@ def test_levels_come_from_pass_metadata():
         names = [p.name for p in passes_for_level(level)]
         assert names == [cls.name for cls in PASSES if cls.level <= level]
     o2 = passes_for_level(2)
-    assert {p.name for p in o2 if p.emits_custom_ops} == {"fuse-conv", "fuse-matmul-add"}
+    assert {p.name for p in o2 if p.emits_custom_ops} == {"fuse-conv", "fuse-matmul-add", "fuse-attention",
+                                                          "fuse-activations-contrib"}
     portable = passes_for_level(3, allow_custom_ops=False)
     assert portable and not any(p.emits_custom_ops for p in portable)
     assert "fuse-gemm" in [p.name for p in portable]  # standard ops: kept for --target onnx

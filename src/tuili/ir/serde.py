@@ -135,7 +135,8 @@ def _set_type(v: Value, tp: onnx.TypeProto) -> None:
 
 def _dim(d: onnx.TensorShapeProto.Dimension):
     if d.HasField("dim_value"):
-        return d.dim_value
+        # some exporters write a dynamic dim as -1: unknown, as onnxruntime reads it
+        return d.dim_value if d.dim_value >= 0 else None
     if d.HasField("dim_param"):
         return d.dim_param
     return None

@@ -353,3 +353,25 @@ def swiglu(a, b, *, alpha=1.0):
     al = a.dtype.type(alpha)
     sig = np.ones((), a.dtype) / (np.ones((), a.dtype) + np.exp(-(al * a)))
     return (a * sig * b).astype(a.dtype, copy=False)
+
+
+@register("Attention", domain="tuili", since=1)
+def fused_attention(q, k_t, v, bias=None, *, scale=1.0):
+    """``tuili::Attention(Q, Kᵀ, V, bias?)``: ``Softmax(scale * Q @ Kᵀ + bias) @ V`` over the last axis,
+    the MatMul/Softmax pattern tuili's optimizer fuses (passes/attention_fusion.py). The scores are
+    one temporary, scaled, biased and normalized in place (a fully masked row is NaN, as Softmax gives)."""
+    scores = np.matmul(q, k_t)
+    if scores is q or scores is k_t:  # never for matmul, but keep the inputs untouched
+        scores = scores.copy()
+    dt = scores.dtype.type
+    if scale != 1.0:
+        scores *= dt(scale)
+    if bias is not None:
+        if np.broadcast_shapes(scores.shape, bias.shape) == scores.shape:
+            scores += bias.astype(scores.dtype, copy=False)
+        else:
+            scores = scores + bias
+    scores -= np.max(scores, axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= np.sum(scores, axis=-1, keepdims=True)
+    return np.matmul(scores, v)

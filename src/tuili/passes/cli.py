@@ -7,15 +7,16 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("optimize", help="run tuili's graph optimizer on an ONNX model",
                        description="Optimize an ONNX graph (folding, fusion, elimination) and save the result. "
-                                   "Fused ops live in domain 'tuili' and run on tuili's engine; --target onnx "
-                                   "keeps standard ONNX ops only.")
+                                   "Fused ops live in domains 'tuili' and 'com.microsoft' and run on tuili's "
+                                   "engine; --target onnx keeps standard ONNX ops only (the result runs in "
+                                   "onnxruntime).")
     p.add_argument("model", help="path to an .onnx file")
     p.add_argument("-o", "--output", required=True, help="where to write the optimized .onnx")
     p.add_argument("-O", "--level", type=int, default=2, choices=[0, 1, 2, 3], help="optimization level (default 2)")
     p.add_argument("--report", action="store_true", help="print a before/after table of op counts and the passes")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target", choices=["tuili", "onnx"],
-                        help="engine the output is for: tuili (default; fused tuili-domain ops) or onnx "
+                        help="engine the output is for: tuili (default; fused tuili/com.microsoft ops) or onnx "
                              "(standard ops only: runs on any ONNX engine, e.g. onnxruntime)")
     target.add_argument("--portable", dest="target", action="store_const", const="onnx", help="same as --target onnx")
     p.set_defaults(func=optimize_command)

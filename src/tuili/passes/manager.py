@@ -8,8 +8,12 @@ Levels (each includes the one below; a pass's class says its level, see ``PASSES
   O0  nothing
   O1  eliminate no-ops, constant folding, common subexpressions, dead nodes   (standard ONNX ops only)
   O2  + fold BatchNormalization into Conv/ConvTranspose/Gemm, fold constant Mul/Add into Conv,
-        Conv + Add/activation -> tuili::FusedConv, MatMul + Add -> Gemm / tuili::FusedMatMul,
-        Gemm's constant B pre-transposed and alpha/beta pre-scaled
+        constant Reshape targets (the run-time shape computation dies), LayerNormalization from
+        primitives, constant zero Pad into Conv, HardSigmoid/HardSwish (and Gelu/Swish where the
+        opset has them) from primitives, Conv + Add/activation -> tuili::FusedConv, Gelu/SiLU ->
+        com.microsoft Gelu/FastGelu/QuickGelu, MatMul/Softmax attention -> tuili::Attention,
+        MatMul + Add -> Gemm / tuili::FusedMatMul, Gemm's constant B pre-transposed and alpha/beta
+        pre-scaled
   O3  + layout: collapse Transpose/Transpose and Reshape/Reshape chains
 
 Managers nest: a manager is a pass, so pipelines compose, and the report keeps every inner pass
@@ -27,6 +31,8 @@ from dataclasses import dataclass, field
 from tuili.errors import ConfigError, InvalidGraphError
 from tuili.ir import Graph
 
+from .activation_fusion import FuseActivations, FuseActivationsContrib
+from .attention_fusion import FuseAttention
 from .base import TUILI_DOMAIN, Pass
 from .batchnorm import FoldBatchNorm
 from .constant_folding import ConstantFolding
@@ -35,8 +41,11 @@ from .conv_fusion import FuseConv
 from .cse import CommonSubexpressionElimination
 from .eliminate import EliminateDeadNodes, EliminateNoOps
 from .gemm_weights import PrecomputeGemmWeights
+from .layernorm_fusion import FuseLayerNorm
 from .layout import CollapseReshapes, CollapseTransposes
 from .matmul_fusion import FuseGemm, FuseMatMulAdd
+from .pad_conv import FoldPadConv
+from .reshape_shape import ConstantReshapeShape
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,9 @@ MAX_ROUNDS = 20
 PASSES: tuple[type[Pass], ...] = (
     EliminateNoOps, ConstantFolding, CommonSubexpressionElimination,
     CollapseTransposes, CollapseReshapes,
-    FoldBatchNorm, FoldConvAffine, FuseConv, FuseGemm, FuseMatMulAdd, PrecomputeGemmWeights,
+    ConstantReshapeShape, FuseLayerNorm, FoldPadConv,
+    FoldBatchNorm, FoldConvAffine, FuseActivations, FuseConv, FuseActivationsContrib,
+    FuseAttention, FuseGemm, FuseMatMulAdd, PrecomputeGemmWeights,
     EliminateDeadNodes,
 )
 

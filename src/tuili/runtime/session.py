@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ import onnx
 from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError
 from tuili.ir import Graph, Value, infer_shapes, load
+from tuili.runtime import ort_api
 
 if TYPE_CHECKING:
     from tuili.runtime.executor import StepHook
@@ -129,7 +130,11 @@ class InferenceSession:
         optimized graph is saved there) and enable_profiling (``end_profiling()`` writes a Chrome
         trace) take effect and any other field set away from its default is a ConfigError naming it.
         Settings added through SessionOptions methods (session config entries, initializers, custom
-        op libraries) cannot be read back from it and are not checked."""
+        op libraries) cannot be read back from it and are not checked.
+
+        onnxruntime's positional form ``InferenceSession(path, sess_options, providers)`` works too."""
+        engine, opt_level, threads, sess_options, providers, provider_options = ort_api.positional_arguments(
+            engine, opt_level, threads, sess_options, providers, provider_options)
         if engine not in ENGINES:
             raise ConfigError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
         _check_providers(providers, provider_options)
@@ -186,8 +191,15 @@ class InferenceSession:
     def get_outputs(self) -> list[NodeArg]:
         return [_node_arg(v) for v in self._outputs]
 
-    def get_modelmeta(self) -> dict[str, str]:
-        return dict(self.graph.metadata_props)
+    def get_modelmeta(self) -> ort_api.ModelMetadata:
+        """onnxruntime's ModelMetadata fields (producer_name, graph_name, ..., custom_metadata_map)."""
+        return ort_api.ModelMetadata.of(self.graph)
+
+    def io_binding(self) -> ort_api.IOBinding:
+        return ort_api.IOBinding(self)
+
+    def run_with_iobinding(self, iobinding: ort_api.IOBinding, run_options: Any = None) -> None:
+        iobinding.run(run_options)
 
     def end_profiling(self) -> str:
         """Write the profile of the runs so far (SessionOptions.enable_profiling) as a Chrome trace,
@@ -199,18 +211,23 @@ class InferenceSession:
         path, self._trace = self._trace.write(), _Trace(self._trace.prefix)
         return path
 
-    def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any], run_options: Any = None) -> list[Any]:
-        if run_options is not None:
-            raise ConfigError("run_options is not supported by tuili's InferenceSession; call run() without it")
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], run_options: Any = None) -> list[Any]:
+        """onnxruntime's ``run``: ``run_options`` is a tuili or onnxruntime RunOptions (see ort_api.RunOptions);
+        a feed may be an array or an OrtValue-like object (one with ``.numpy()``)."""
+        feeds = {k: ort_api.as_array(v) for k, v in input_feed.items()}
+        settings = ort_api.run_settings(run_options)
         names = list(output_names) if output_names else [v.name for v in self._outputs]
         unknown = [n for n in names if n not in self._output_index]
         if unknown:
             raise InvalidInputError(f"requested output(s) {unknown} do not exist; the model's outputs are "
                                     f"{[v.name for v in self._outputs]}")
         if self._plan is None:
-            return self._ort.run(names, self._check_feeds(feeds))
+            return self._ort.run(names, self._check_feeds(feeds), ort_api.ort_run_options(run_options))
         ordered = self._ordered_feeds(feeds)
-        results = self._execute(self._plan, ordered)
+        if run_options is None:
+            results = self._execute(self._plan, ordered)
+        else:
+            results = self._execute_with_options(self._plan, ordered, settings)
         # Kernels may return views (Reshape, Identity, ...): an output must never alias a feed or a
         # weight, or the caller's next write would change the other.
         protected = self._const_roots | {id(_root(v)) for v in ordered if isinstance(v, np.ndarray)}
@@ -221,6 +238,21 @@ class InferenceSession:
         return out
 
     # ----- the tuili engine
+    def _execute_with_options(self, plan: Plan, ordered: list[Any], settings: ort_api.RunSettings) -> list[Any]:
+        """A run under RunOptions: logged with its tag, stopped between steps once ``terminate`` is set."""
+        settings.check_terminate("before it started")
+        settings.log("start: %d steps", len(plan.steps))
+        t0 = time.perf_counter()
+        with self._trace.run() if self._trace is not None else nullcontext() as trace_hook:
+            def hook(step, inputs: tuple, result: Any, seconds: float) -> None:
+                if trace_hook is not None:
+                    trace_hook(step, inputs, result, seconds)
+                settings.check_terminate(f"after node {step.node_name or step.op_type!r}")
+
+            results = self._execute(plan, ordered, hook)
+        settings.log("done in %.3f ms", (time.perf_counter() - t0) * 1e3)
+        return results
+
     @property
     def plan(self) -> Plan | None:
         """The executable plan (tuili engine; None on onnxruntime)."""

@@ -63,10 +63,14 @@ class PackedConv2d:
     (``fits(x, z)``)."""
 
     def __init__(self, torch: Any, packed: Any, bias: Any, pad: list[int], stride: list[int], dil: list[int],
-                 group: int, kernel: tuple[int, int], m: int, unary: str, scalars: list):
+                 group: int, kernel: tuple[int, int], m: int, unary: str, scalars: list,
+                 post: Callable[[np.ndarray], np.ndarray] | None):
         self.torch, self.packed, self.bias = torch, packed, bias
         self.pad, self.stride, self.dil, self.group = pad, stride, dil, group
         self.kernel, self.m, self.unary, self.scalars = kernel, m, unary, scalars
+        # oneDNN fuses only ReLU after the residual add; other activations run as ``post`` (in place)
+        self.add_unary = None if unary == "none" else unary if unary == "relu" else None
+        self.post = None if unary in ("none", "relu") else post  # None: no residual add (see fits)
         self._conv = torch.ops.mkldnn._convolution_pointwise.default
         self._conv_add = torch.ops.mkldnn._convolution_pointwise.binary
 
@@ -76,8 +80,10 @@ class PackedConv2d:
         return (x_shape[0], self.m) + sp
 
     def fits(self, x: np.ndarray, z: np.ndarray) -> bool:
-        """True if ``z`` can be the fused addend: float32 and exactly the output's shape."""
-        return z.dtype == np.float32 and z.shape == self.out_shape(x.shape)
+        """True if ``z`` can be the fused addend: float32, exactly the output's shape, and an
+        activation oneDNN fuses after the add or a ``post`` to apply it."""
+        return (z.dtype == np.float32 and z.shape == self.out_shape(x.shape)
+                and (self.unary in ("none", "relu") or self.post is not None))
 
     def __call__(self, x: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
         with self.torch.inference_mode():
@@ -86,15 +92,20 @@ class PackedConv2d:
                                self.unary, self.scalars, "")
             else:
                 y = self._conv_add(_view(x), _view(z), self.packed, self.bias, self.pad, self.stride, self.dil,
-                                   self.group, "add", None, self.unary, self.scalars, "")
+                                   self.group, "add", None, self.add_unary, self.scalars if self.add_unary else [],
+                                   "")
+                if self.post is not None:
+                    return self.post(y.numpy())
             return y.numpy()
 
 
 def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides: list[int], dilations: list[int],
                   group: int, in_shape: tuple | None, activation: str = "",
-                  activation_params: list | None = None) -> PackedConv2d | None:
+                  activation_params: list | None = None,
+                  post: Callable[[np.ndarray], np.ndarray] | None = None) -> PackedConv2d | None:
     """``w`` (M, C/group, kh, kw) float32 packed for oneDNN now, or None where oneDNN cannot run the
-    convolution (asymmetric pads, an activation it has no post-op for, no oneDNN)."""
+    convolution (asymmetric pads, an activation it has no post-op for, no oneDNN). ``post(y)``
+    applies the activation in place where oneDNN cannot fuse it after a residual add."""
     torch = torch_or_none()
     if torch is None or w.dtype != np.float32 or w.ndim != 4 or activation not in _UNARY:
         return None
@@ -108,4 +119,4 @@ def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides:
                                                                dil, group, size)
     bias = None if b is None else torch.from_numpy(np.array(b, dtype=np.float32, copy=True, order="C"))
     return PackedConv2d(torch, packed, bias, pad, stride, dil, int(group), (w.shape[2], w.shape[3]), w.shape[0],
-                        unary, scalars)
+                        unary, scalars, post)

@@ -391,7 +391,7 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return y.astype(x.dtype, copy=False)
 
 
-def packed_conv(info: NodeInfo, activation: str = "", activation_params=None):
+def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, post=None):
     """Plan time: Conv/FusedConv on a constant float32 4-D weight, packed for oneDNN (``ops._torch``),
     or None to keep the numpy kernel (weight computed at run time, no oneDNN, pads it cannot take)."""
     from tuili.ops._torch import packed_conv2d
@@ -421,7 +421,7 @@ def packed_conv(info: NodeInfo, activation: str = "", activation_params=None):
         pads = resolve_pads("Conv", spatial or (0, 0), list(w.shape[2:]), strides, dilations, a.get("pads"), auto_pad)
     except (KernelError, ShapeInferenceError):
         return None
-    return packed_conv2d(w, b, pads, strides, dilations, group, x_shape, activation, activation_params)
+    return packed_conv2d(w, b, pads, strides, dilations, group, x_shape, activation, activation_params, post)
 
 
 @prepares(conv)

@@ -92,7 +92,8 @@ def fused_conv(x, w, b=None, z=None, *, activation="", activation_params=None, a
 def prepare_fused_conv(info: NodeInfo):
     """Plan time: the whole fused node (bias, residual addend, activation) as one oneDNN call on a
     packed weight, where oneDNN can run it (``conv.packed_conv``)."""
-    packed = packed_conv(info, info.attrs.get("activation", ""), info.attrs.get("activation_params"))
+    activation, params = info.attrs.get("activation", ""), info.attrs.get("activation_params")
+    packed = packed_conv(info, activation, params, post=lambda y: apply_activation(y, activation, params))
     if packed is None:
         return None
 

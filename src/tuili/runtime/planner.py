@@ -55,9 +55,11 @@ class Plan:
 class Planner:
     """Builds the Plan of one graph (and, recursively, of its subgraphs)."""
 
-    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH):
+    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True):
+        """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed)."""
         self.graph = graph
         self.scratch = scratch
+        self.prepare = prepare
         self.slot_of: dict[int, int] = {}   # id(Value) -> slot
         self.n_slots = 0
         self.captures: list[Value] = []
@@ -119,7 +121,7 @@ class Planner:
                 raise UnsupportedOpError(f"{label}: kernel {kernel.name} takes subgraphs but no context")
             bodies = {}
             for sub in subgraphs:
-                sub_plan = Planner(sub, self.scratch).build()
+                sub_plan = Planner(sub, self.scratch, self.prepare).build()
                 index = []
                 for v in sub_plan.captures:
                     captures.append(self.slot(v))
@@ -128,7 +130,7 @@ class Planner:
         if kernel.wants_ctx:
             ctx = KernelContext(node.op_type, node.opset, node.name, len(node.outputs))
         fn = kernel.fn
-        prepare = preparer(fn) if bodies is None else None
+        prepare = preparer(fn) if bodies is None and self.prepare else None
         if prepare is not None:  # pre-pack weights / pick a library for this node, once
             fn = prepare(node_info(node)) or fn
         return Step(fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,

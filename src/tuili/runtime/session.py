@@ -214,7 +214,9 @@ class InferenceSession:
         out = []
         for n in names:
             r = results[self._output_index[n]]
-            out.append(r.copy() if isinstance(r, np.ndarray) and id(_root(r)) in protected else r)
+            if isinstance(r, np.ndarray) and (id(_root(r)) in protected or not r.flags.c_contiguous):
+                r = np.ascontiguousarray(r) if not r.flags.c_contiguous else r.copy()  # oneDNN's are NHWC-strided
+            out.append(r)
         return out
 
     # ----- the tuili engine

@@ -1,6 +1,8 @@
 """runtime.threads: one thread count for BLAS, torch and numba; the default never oversubscribes."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import threadpoolctl
@@ -27,6 +29,7 @@ def test_limit_sets_blas_and_torch_together_and_restores():
 
 
 def test_default_never_exceeds_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(threads_mod, "_RECHECK", 0.0)  # every call reads the (patched) load
     t = Threads(None)
     assert t.cap == available_cores() >= 1
     assert 1 <= t.now() <= t.cap
@@ -36,12 +39,16 @@ def test_default_never_exceeds_the_cores_this_process_may_use(monkeypatch):
     assert Threads(None).now() == available_cores()
     monkeypatch.setattr(threads_mod, "runnable_elsewhere", lambda: None)  # unreadable: the cap
     assert Threads(None).now() == available_cores()
-    assert Threads(3).now() == 3  # an explicit count is kept, busy or not
+    monkeypatch.setattr(threads_mod, "runnable_elsewhere", lambda: 0)
+    assert Threads(64).now() == min(64, os.cpu_count())  # an explicit count is a cap, never above the machine
+    monkeypatch.setattr(threads_mod, "runnable_elsewhere", lambda: 10_000)
+    assert Threads(3).now() == 1  # ... and also leaves busy cores alone
 
 
 def test_runnable_elsewhere_reads_the_kernel_count():
     n = threads_mod.runnable_elsewhere()
     assert n is None or n >= 0
+    assert threads_mod._own_running() >= 1  # at least the caller
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
@@ -61,9 +68,9 @@ def test_session_threads_and_session_options_map_to_it(tmp_path):
     model.ir_version = 8
     a = np.ones((64, 64), np.float32)
     sess = tuili.InferenceSession(model, threads=1)
-    assert sess._threads.now() == 1
+    assert sess._threads.cap == 1
     np.testing.assert_allclose(sess.run(None, {"a": a})[0], a @ a)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    assert tuili.InferenceSession(model, sess_options=so)._threads.now() == 1
+    assert tuili.InferenceSession(model, sess_options=so)._threads.cap == 1
     assert tuili.InferenceSession(model)._threads.fixed is None

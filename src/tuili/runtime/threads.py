@@ -4,12 +4,12 @@ The kernels run on three thread pools: OpenBLAS (numpy's matmuls, through thread
 intra-op pool (oneDNN convolutions, OpenMP) and numba's (parallel loops, when one is up).
 ``Threads(n).limit()`` sets all of them for the calling thread's run and restores them after.
 
-The default never oversubscribes: at most the cores this process may run on
-(``os.sched_getaffinity``), and with ``threads=None`` each run also leaves out the cores other
-processes are busy on (the kernel's instantaneous count of runnable tasks, /proc/loadavg). The
-pools split work statically, so a pool of N threads on fewer free cores waits at every barrier for
-the thread that was preempted: measured on 2 cores with one competing CPU-bound process, a
-2-thread run of ResNet-18 was several times slower than a 1-thread run (see docs/engine.md).
+Nothing oversubscribes: a session uses at most ``threads`` (default: the cores this process may
+run on, ``os.sched_getaffinity``), and each run leaves out the cores other processes are busy on
+right now (the kernel's instantaneous count of runnable tasks, /proc/loadavg, minus this process's
+own). OpenBLAS and OpenMP split work statically, so a pool of N threads on fewer free cores waits
+at every barrier for its preempted thread: measured on 2 shared cores under load, ResNet-18 b1 ran
+in 611 ms with 2 threads and 164-186 ms with 1 (onnxruntime, 2 threads: 261 ms).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,18 +37,49 @@ def available_cores() -> int:
 
 
 def runnable_elsewhere() -> int | None:
-    """Tasks runnable right now on the machine besides the caller (None where it cannot be read)."""
+    """Tasks of other processes runnable right now (None where it cannot be read). This process's own
+    threads do not count: the pools' workers still spinning after the previous run are not load."""
     try:
         with open(_LOADAVG, "rb") as f:
             running = int(f.read().split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
         return None
-    return max(0, running - 1)
+    if running <= 1:  # only the caller: the common quiet case costs one read
+        return 0
+    return max(0, running - _own_running())
+
+
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable), the caller included."""
+    n = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R":
+            n += 1
+    return max(n, 1)
+
+
+_RECHECK = 0.005  # seconds a reading of the machine's load stays good (it costs ~0.2 ms when busy)
+_last = (-1.0, 0)   # (monotonic time, runnable_elsewhere) of the last reading, shared by all sessions
 
 
 def idle_cores(cap: int) -> int:
     """How many of ``cap`` threads would find a core nobody else is running on (at least 1)."""
-    busy = runnable_elsewhere()
+    global _last
+    now = time.monotonic()
+    if now - _last[0] < _RECHECK:
+        busy: int | None = _last[1]
+    else:
+        busy = runnable_elsewhere()
+        _last = (now, busy)
     if busy is None:
         return cap
     machine = os.cpu_count() or cap
@@ -57,8 +89,11 @@ def idle_cores(cap: int) -> int:
 class Threads:
     """The thread count of one session's runs.
 
-    ``Threads(n)``: every run uses ``n`` threads in every pool. ``Threads(None)``: each run uses the
-    idle cores among those available (``idle_cores``), re-read per run (~10 µs)."""
+    ``Threads(n)``: runs use up to ``n`` threads in every pool; ``Threads(None)``: up to the cores
+    this process may run on. Each run takes as many as find an idle core (``idle_cores``, re-read
+    per run: one /proc read when the machine is quiet), never fewer than one: a pool wider than the
+    free cores stalls at every barrier behind its preempted thread, while onnxruntime's pool, whose
+    caller and workers claim chunks of work dynamically, degrades gracefully."""
 
     def __init__(self, threads: int | None = None):
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
@@ -73,7 +108,7 @@ class Threads:
 
     def now(self) -> int:
         """The thread count the next run uses."""
-        return self.fixed or idle_cores(self.cap)
+        return idle_cores(self.cap)
 
     def _blas_controller(self) -> Any:
         # found once (per session): threadpool_limits() rescans the loaded libraries on every call (~0.7 ms)

@@ -68,7 +68,7 @@ def _own_running() -> int:
 
 
 _RECHECK = 0.005  # seconds a reading of the machine's load stays good (it costs ~0.2 ms when busy)
-_last = (-1.0, 0)   # (monotonic time, runnable_elsewhere) of the last reading, shared by all sessions
+_last: tuple[float, int | None] = (-1.0, 0)  # (monotonic time, runnable_elsewhere) of the last reading, shared by all sessions
 
 
 def idle_cores(cap: int) -> int:

@@ -144,7 +144,7 @@ class InferenceSession:
         self.threads = threads
         self._trace: _Trace | None = None
         # BLAS, torch and numba threads of this session's runs, set together (runtime.threads)
-        self._threads = Threads(threads if engine == "tuili" else 1)
+        self._threads = Threads(threads if engine == "tuili" else None)
         self._inputs = [v for v in self.graph.inputs if not v.is_initializer]
         self._input_names = {v.name for v in self.graph.inputs}
         self._outputs = list(self.graph.outputs)

@@ -18,6 +18,11 @@ shared machine even when the absolute times do not. onnx's ReferenceEvaluator ru
 in a child process with a ``--ref-timeout`` deadline; a cell that does not finish in time shows
 "skipped (too slow)".
 
+Peak RSS (``--rss``, on by default) is each engine's session, built and run 3 times in a fresh
+process, minus that process's RSS before. ``--busy`` models are timed again with one more
+CPU-bound process on the machine: the busy/quiet factor shows how each engine degrades under
+contention.
+
 ``--profile`` times each step of tuili's plan (``tuili.runtime.profile``, through the executor's
 step hook) and sums by op type; onnxruntime's own per-node profile
 (``SessionOptions.enable_profiling``) is summed the same way beside it.
@@ -201,6 +206,9 @@ def bench_model(name: str, batches: list[int], args, workdir: Path, log) -> list
             row["reference"] = time_reference(str(path), feeds, args.repeat, args.budget, args.ref_timeout)
         else:
             row["reference"] = "not run"
+        if args.rss:
+            for e in ("tuili", "onnxruntime"):
+                row[f"rss {e}"] = peak_rss_mb(e, str(path), name, batch, args.threads)
         log(f"{name} b{batch}: " + ", ".join(f"{e}={_fmt_ms(row.get(e))}" for e in ENGINES)
             + f", diff={row.get('diff', float('nan')):.2e}")
         rows.append(row)
@@ -228,6 +236,9 @@ def table(rows: list[dict], engines: tuple[str, ...]) -> str:
     cols = ["model", "batch", "tuili/ort", "tuili/torch"] + [f"{e} ms" for e in engines if e != "reference"]
     if "reference" in engines:
         cols.append("reference ms")
+    rss = any("rss tuili" in r for r in rows)
+    if rss:
+        cols += ["peak RSS MB tuili / ort"]
     cols += ["max abs diff tuili vs ort"]
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 1 else "---:" for i in range(len(cols))) + "|"]
     for r in rows:
@@ -236,6 +247,9 @@ def table(rows: list[dict], engines: tuple[str, ...]) -> str:
         cells += [_fmt_ms(r.get(e)) for e in engines if e != "reference"]
         if "reference" in engines:
             cells.append(_fmt_ms(r.get("reference")))
+        if rss:
+            a, b = r.get("rss tuili"), r.get("rss onnxruntime")
+            cells.append(" / ".join(f"{v:.0f}" if isinstance(v, float) else str(v or "-") for v in (a, b)))
         cells.append(f"{r['diff']:.1e}" if "diff" in r else "-")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -250,6 +264,96 @@ def summary(rows: list[dict]) -> str:
             geo = float(np.exp(np.mean(np.log(ratios))))
             lines.append(f"- geometric mean tuili/{e}: {geo:.2f}x over {len(ratios)} cells "
                          f"(best {min(ratios):.2f}x, worst {max(ratios):.2f}x)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- peak memory
+def _rss_child(engine: str, path: str, name: str, batch: int, threads, conn) -> None:
+    """Runs in a fresh process: peak RSS growth (MB) from building ``engine``'s session and running it."""
+    try:
+        import onnxruntime as ort
+        import torch  # noqa: F401 - imported before the baseline, as both engines' processes would
+
+        import tuili
+        import tuili.zoo as zoo
+
+        feeds = zoo.example_inputs(name, batch=batch)
+        base = _status_kb("VmRSS")
+        if engine == "tuili":
+            sess = tuili.InferenceSession(path, threads=threads)
+        else:
+            so = ort.SessionOptions()
+            if threads:
+                so.intra_op_num_threads = threads
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            sess.run(None, feeds)
+        conn.send((_status_kb("VmHWM") - base) / 1024)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        conn.send(f"error ({type(e).__name__})")
+    finally:
+        conn.close()
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mb(engine: str, path: str, name: str, batch: int, threads) -> float | str:
+    """Peak RSS growth of one session (load + 3 runs) in a fresh process, in MB."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_rss_child, args=(engine, path, name, batch, threads, send), daemon=True)
+    proc.start()
+    send.close()
+    value = recv.recv() if recv.poll(600) else "timeout"
+    proc.join(10)
+    return value
+
+
+# ------------------------------------------------------------------------ quiet vs busy machine
+def busy_slowdown(models: list[str], batch: int, args, workdir: Path, log) -> str:
+    """Each engine's latency with the machine as it is, then with one more CPU-bound process
+    (``python -c "while True: pass"``, ended by its pid); the factor busy/quiet per engine."""
+    import subprocess
+
+    import onnxruntime as ort
+
+    import tuili
+    import tuili.zoo as zoo
+
+    timing = dict(warmup=args.warmup, repeat=args.repeat, min_repeat=args.min_repeat, budget=args.budget,
+                  settle=args.settle)
+    lines = ["| model | batch | tuili busy/quiet | onnxruntime busy/quiet | tuili quiet ms | tuili busy ms | "
+             "ort quiet ms | ort busy ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in models:
+        path = workdir / f"{name}.onnx"
+        if not path.exists():
+            zoo.export(name, path)
+        feeds = zoo.example_inputs(name, batch=batch)
+        so = ort.SessionOptions()
+        if args.threads:
+            so.intra_op_num_threads = args.threads
+        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        tsess = tuili.InferenceSession(str(path), threads=args.threads, opt_level=args.opt_level)
+        fns = {"tuili": partial(tsess.run, None, feeds), "onnxruntime": partial(osess.run, None, feeds)}
+        quiet = time_interleaved(fns, **timing)
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.5)
+            busy = time_interleaved(fns, **timing)
+        finally:
+            hog.kill()
+            hog.wait()
+        log(f"busy/quiet {name} b{batch}: tuili {_fmt_ms(quiet['tuili'])} -> {_fmt_ms(busy['tuili'])}, "
+            f"onnxruntime {_fmt_ms(quiet['onnxruntime'])} -> {_fmt_ms(busy['onnxruntime'])}")
+        lines.append(f"| {name} | {batch} | {_ratio(busy['tuili'], quiet['tuili'])} | "
+                     f"{_ratio(busy['onnxruntime'], quiet['onnxruntime'])} | {_fmt_ms(quiet['tuili'])} | "
+                     f"{_fmt_ms(busy['tuili'])} | {_fmt_ms(quiet['onnxruntime'])} | {_fmt_ms(busy['onnxruntime'])} |")
     return "\n".join(lines)
 
 
@@ -398,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-batch", type=int, default=1)
     p.add_argument("--profile-rounds", type=int, default=10)
     p.add_argument("--top", type=int, default=8, help="op types shown per profiled model")
+    p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
+                   help="peak RSS of each engine's session per cell, in a fresh process (default: on)")
+    p.add_argument("--busy", default="resnet18,mobilenet_v2",
+                   help="models timed with and without a competing CPU-bound process, at batch 1 "
+                        "('' to skip; default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     args.engines = tuple(e for e in ENGINES if e in args.engines.split(",") or e in ("tuili", "onnxruntime"))
@@ -447,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
             print(table(rows, args.engines))
             print()
             print(summary(rows))
+            busy = [m for m in args.busy.split(",") if m in known]
+            if busy:
+                print("\nSlowdown with one competing CPU-bound process (busy/quiet latency, same engines "
+                      "interleaved; goal: tuili <= onnxruntime's + 50%):\n")
+                print(busy_slowdown(busy, 1, args, work, log))
     print(f"\n(wall time {time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -7,6 +7,9 @@ Strategy (NCHW, any number of spatial dims):
   kernels for 2-D float32/float64 (3x3 and 5x5 specialised with unrolled taps,
   stride 2 via contiguous stride-1 rows; a generic tap loop otherwise), vectorized
   numpy multiply-adds over the taps for other ranks/dtypes.
+* 2-D float32 convolutions with constant weights run on oneDNN through torch (``ops._torch``)
+  where it is available: the planner calls ``prepare_conv`` once, which packs the weight in
+  oneDNN's layout; the run itself passes zero-copy views.
 * everything else is im2col on a zero-padded copy (a strided window view
   materialized once into a scratch buffer, reused across runs) followed by one matmul per
   group (batched over groups).
@@ -23,7 +26,7 @@ import numpy as np
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
 from tuili.ops._numba import numba
-from tuili.ops.registry import register, scratch
+from tuili.ops.registry import NodeInfo, prepares, register, scratch
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +389,53 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     y = conv_core(xc, wc, strides, dilations, pads, int(group))
     _add_bias(y, None if b is None else b.astype(cdt, copy=False))  # y is always a fresh array
     return y.astype(x.dtype, copy=False)
+
+
+def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, post=None):
+    """Plan time: Conv/FusedConv on a constant float32 4-D weight, packed for oneDNN (``ops._torch``),
+    or None to keep the numpy kernel (weight computed at run time, no oneDNN, pads it cannot take)."""
+    from tuili.ops._torch import packed_conv2d
+
+    w = info.consts[1]
+    b_given = len(info.given) > 2 and info.given[2]
+    b = info.consts[2] if b_given else None
+    if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype != np.float32 or (b_given and b is None):
+        return None
+    if info.dtypes[0] not in (None, np.dtype(np.float32)):
+        return None
+    a = info.attrs
+    x_shape = info.shapes[0]
+    spatial = tuple(x_shape[2:]) if x_shape is not None and len(x_shape) == 4 else None
+    auto_pad = a.get("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and (spatial is None or not all(isinstance(d, int) for d in spatial)):
+        return None  # the pads depend on a size known only at run time
+    kernel_shape = a.get("kernel_shape")
+    if kernel_shape and list(kernel_shape) != list(w.shape[2:]):
+        return None  # the generic kernel raises the error
+    strides = _ints(a.get("strides"), 2, 1)
+    dilations = _ints(a.get("dilations"), 2, 1)
+    group = int(a.get("group", 1))
+    if w.shape[1] * group == 0 or w.shape[0] % group:
+        return None
+    try:
+        pads = resolve_pads("Conv", spatial or (0, 0), list(w.shape[2:]), strides, dilations, a.get("pads"), auto_pad)
+    except (KernelError, ShapeInferenceError):
+        return None
+    return packed_conv2d(w, b, pads, strides, dilations, group, x_shape, activation, activation_params, post)
+
+
+@prepares(conv)
+def prepare_conv(info: NodeInfo):
+    packed = packed_conv(info)
+    if packed is None:
+        return None
+
+    def conv_onednn(x, w, b=None, **attrs):
+        if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group:
+            return conv(x, w, b, **attrs)  # the generic kernel explains the mismatch
+        return packed(x)
+
+    return conv_onednn
 
 
 # ----------------------------------------------------------------------------- ConvTranspose

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from tuili.errors import KernelError
-from tuili.ops.conv import conv
+from tuili.ops.conv import conv, packed_conv
 from tuili.ops.matmul import matmul
-from tuili.ops.registry import register
+from tuili.ops.registry import NodeInfo, prepares, register
 
 DOMAIN = "tuili"
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Swish")
@@ -86,6 +86,24 @@ def fused_conv(x, w, b=None, z=None, *, activation="", activation_params=None, a
         else:  # Z broadcasts to a larger shape: the Add's output is that shape
             y = np.add(y, z)
     return apply_activation(y, activation, activation_params)
+
+
+@prepares(fused_conv)
+def prepare_fused_conv(info: NodeInfo):
+    """Plan time: the whole fused node (bias, residual addend, activation) as one oneDNN call on a
+    packed weight, where oneDNN can run it (``conv.packed_conv``)."""
+    activation, params = info.attrs.get("activation", ""), info.attrs.get("activation_params")
+    packed = packed_conv(info, activation, params, post=lambda y: apply_activation(y, activation, params))
+    if packed is None:
+        return None
+
+    def fused_conv_onednn(x, w, b=None, z=None, **attrs):
+        if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group or (
+                z is not None and not packed.fits(x, z)):
+            return fused_conv(x, w, b, z, **attrs)
+        return packed(x, z)
+
+    return fused_conv_onednn
 
 
 @register("FusedMatMul", domain=DOMAIN, since=1)

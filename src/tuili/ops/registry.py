@@ -17,6 +17,10 @@ A kernel is a plain function over numpy arrays::
 * Temporaries a kernel never returns (padded copies, im2col matrices) come from ``scratch()``:
   the runtime binds a reusing allocator while it runs a plan; called directly, a kernel gets
   fresh arrays.
+* A kernel may also have a *preparer* (``@prepares(kernel)``), called once at plan time with what is
+  known then (``NodeInfo``: constant inputs, static shapes, attributes); it returns a specialised
+  callable with the kernel's calling convention (weights pre-packed, a library chosen for the
+  shape and CPU) or None to keep the generic kernel.
 * ``since`` is the first opset the implementation is valid for; it holds until
   the next registration of the same op. Register a new range only where the
   op's semantics changed.
@@ -66,6 +70,39 @@ class Scratch:
 
     def buffer(self, key: Hashable, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, bool]:
         return np.empty(shape, dtype=dtype), True
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What is known about a node at plan time, for a kernel's preparer."""
+
+    op_type: str
+    opset: int
+    node_name: str
+    given: tuple[bool, ...]                 # per input: False for an omitted optional input
+    consts: tuple[Any, ...]                 # per input: its constant value, or None (computed at run time)
+    shapes: tuple[tuple | None, ...]        # per input: static shape (int or None per dim), None unknown
+    dtypes: tuple[np.dtype | None, ...]     # per input: numpy dtype, None unknown
+    attrs: dict[str, Any]
+
+
+#: kernel function -> its preparer(NodeInfo) -> callable | None
+_PREPARERS: dict[Callable, Callable[[NodeInfo], Callable | None]] = {}
+
+
+def prepares(kernel_fn: Callable) -> Callable:
+    """Decorator registering ``fn(info: NodeInfo) -> callable | None`` as ``kernel_fn``'s preparer."""
+
+    def deco(fn: Callable[[NodeInfo], Callable | None]) -> Callable:
+        _PREPARERS[kernel_fn] = fn
+        return fn
+
+    return deco
+
+
+def preparer(kernel_fn: Callable) -> Callable[[NodeInfo], Callable | None] | None:
+    """The preparer of a kernel function, or None."""
+    return _PREPARERS.get(kernel_fn)
 
 
 _FRESH = Scratch()

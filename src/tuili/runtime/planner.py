@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from tuili import dtypes
 from tuili.errors import UnsupportedOpError
 from tuili.ir import Graph, Node, OpFunction, Value, op_function
-from tuili.ops.registry import KernelContext, Scratch, get_kernel, lookup
+from tuili.ops.registry import KernelContext, NodeInfo, Scratch, get_kernel, lookup, preparer
 from tuili.runtime import executor
 from tuili.runtime.memory import SHARED_SCRATCH, plan_releases
 
@@ -54,9 +55,11 @@ class Plan:
 class Planner:
     """Builds the Plan of one graph (and, recursively, of its subgraphs)."""
 
-    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH):
+    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True):
+        """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed)."""
         self.graph = graph
         self.scratch = scratch
+        self.prepare = prepare
         self.slot_of: dict[int, int] = {}   # id(Value) -> slot
         self.n_slots = 0
         self.captures: list[Value] = []
@@ -118,7 +121,7 @@ class Planner:
                 raise UnsupportedOpError(f"{label}: kernel {kernel.name} takes subgraphs but no context")
             bodies = {}
             for sub in subgraphs:
-                sub_plan = Planner(sub, self.scratch).build()
+                sub_plan = Planner(sub, self.scratch, self.prepare).build()
                 index = []
                 for v in sub_plan.captures:
                     captures.append(self.slot(v))
@@ -126,8 +129,32 @@ class Planner:
                 bodies[id(sub)] = (sub_plan, tuple(index))
         if kernel.wants_ctx:
             ctx = KernelContext(node.op_type, node.opset, node.name, len(node.outputs))
-        return Step(kernel.fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,
+        fn = kernel.fn
+        prepare = preparer(fn) if bodies is None and self.prepare else None
+        if prepare is not None:  # pre-pack weights / pick a library for this node, once
+            fn = prepare(node_info(node)) or fn
+        return Step(fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,
                     node_name=node.name)
+
+
+def node_info(node: Node) -> NodeInfo:
+    """What a kernel's preparer may specialise on: constant inputs, static shapes and dtypes."""
+
+    def dtype(v: Value | None) -> np.dtype | None:
+        try:
+            return dtypes.from_onnx(v.dtype).to_numpy() if v is not None and v.dtype else None
+        except dtypes.UnknownDTypeError:
+            return None
+
+    inputs = node.inputs
+    return NodeInfo(
+        node.op_type, node.opset, node.name,
+        given=tuple(v is not None for v in inputs),
+        consts=tuple(v.const if v is not None and v.tensor is not None else None for v in inputs),
+        shapes=tuple(None if v is None or v.shape is None else tuple(v.shape) for v in inputs),
+        dtypes=tuple(dtype(v) for v in inputs),
+        attrs=dict(node.attrs),
+    )
 
 
 class FunctionCall:

@@ -23,6 +23,7 @@ from tuili import dtypes
 from tuili.errors import ConfigError, InvalidInputError
 from tuili.ir import Graph, Value, infer_shapes, load
 from tuili.runtime import ort_api
+from tuili.runtime.threads import Threads
 
 if TYPE_CHECKING:
     from tuili.runtime.executor import StepHook
@@ -146,13 +147,9 @@ class InferenceSession:
         self.engine = engine
         self.graph = model if isinstance(model, Graph) else load(model)
         self.threads = threads
-        self._blas = None
         self._trace: _Trace | None = None
-        if threads and engine == "tuili":
-            from threadpoolctl import ThreadpoolController
-
-            # found once: threadpool_limits() rescans the loaded libraries on every call (~0.7 ms)
-            self._blas = ThreadpoolController().select(user_api="blas")
+        # BLAS, torch and numba threads of this session's runs, set together (runtime.threads)
+        self._threads = Threads(threads if engine == "tuili" else None)
         self._inputs = [v for v in self.graph.inputs if not v.is_initializer]
         self._input_names = {v.name for v in self.graph.inputs}
         self._outputs = list(self.graph.outputs)
@@ -234,7 +231,9 @@ class InferenceSession:
         out = []
         for n in names:
             r = results[self._output_index[n]]
-            out.append(r.copy() if isinstance(r, np.ndarray) and id(_root(r)) in protected else r)
+            if isinstance(r, np.ndarray) and (id(_root(r)) in protected or not r.flags.c_contiguous):
+                r = np.ascontiguousarray(r) if not r.flags.c_contiguous else r.copy()  # oneDNN's are NHWC-strided
+            out.append(r)
         return out
 
     # ----- the tuili engine
@@ -264,14 +263,12 @@ class InferenceSession:
         return [checked.get(v.name) for v in self.graph.inputs]
 
     def _execute(self, plan: Plan, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
-        """Run this session's ``plan`` on feeds in graph-input order, BLAS limited to ``threads``."""
+        """Run this session's ``plan`` on feeds in graph-input order, its kernels' threads limited."""
         if hook is None and self._trace is not None:
             with self._trace.run() as hook:
                 return self._execute(plan, ordered, hook)
-        if self._blas is not None:
-            with self._blas.limit(limits=self.threads):
-                return self._run_plan(plan, ordered, hook=hook)
-        return self._run_plan(plan, ordered, hook=hook)
+        with self._threads.limit():
+            return self._run_plan(plan, ordered, hook=hook)
 
     # ----- feed validation: name, dtype, rank and fixed dims, consistent symbolic dims
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:

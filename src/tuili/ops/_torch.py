@@ -1,0 +1,122 @@
+"""torch's ATen/oneDNN kernels on zero-copy views of numpy arrays, for the shapes where they win.
+
+The engine stays tuili's: the planner decides at plan time which nodes run here, their weights are
+packed once into oneDNN's blocked layout (``mkldnn._reorder_convolution_weight``), and a run hands
+oneDNN ``torch.from_numpy`` views and takes its result back as a numpy view (no copies either way).
+oneDNN returns channels-last (NHWC-strided) float32 arrays; numpy kernels read them through their
+strides, and the next oneDNN convolution takes them without a reorder.
+
+torch is imported on first use (``torch_or_none``); without it, or without oneDNN, every caller
+keeps its numpy kernel.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: tuili::FusedConv activation -> (oneDNN post-op name, how its scalars come from activation_params)
+_UNARY: dict[str, tuple[str, Callable[[list], list]]] = {
+    "": ("none", lambda p: []),
+    "Relu": ("relu", lambda p: []),
+    "Sigmoid": ("sigmoid", lambda p: []),
+    "Tanh": ("tanh", lambda p: []),
+    "HardSwish": ("hardswish", lambda p: []),
+    "Swish": ("swish", lambda p: []),
+    "LeakyRelu": ("leaky_relu", lambda p: [p[0] if p else 0.01]),
+    "Clip": ("hardtanh", lambda p: [p[0] if len(p) > 0 else float("-inf"), p[1] if len(p) > 1 else float("inf")]),
+}
+
+
+@functools.cache
+def torch_or_none() -> Any:
+    """The torch module if its oneDNN convolution ops can run here, else None."""
+    try:
+        import torch
+
+        if not torch.backends.mkldnn.is_available():
+            return None
+        torch.ops.mkldnn._convolution_pointwise  # noqa: B018 - raises if this build lacks the op
+        return torch
+    except Exception as e:  # noqa: BLE001 - any failure means: keep the numpy kernels
+        log.info("torch/oneDNN kernels unavailable (%s: %s); numpy kernels only", type(e).__name__, e)
+        return None
+
+
+def _view(x: np.ndarray) -> Any:
+    """A torch tensor over x's memory (a copy only when x has negative or unaligned strides)."""
+    torch = torch_or_none()
+    try:
+        return torch.from_numpy(x)
+    except (ValueError, TypeError, RuntimeError):
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class PackedConv2d:
+    """A 2-D float32 convolution whose weight was packed for oneDNN once (``packed_conv2d``):
+    ``conv(x, z=None) -> act(conv(x) + b + z)`` as a numpy array; ``z`` must have the output's shape
+    (``fits(x, z)``)."""
+
+    def __init__(self, torch: Any, packed: Any, bias: Any, pad: list[int], stride: list[int], dil: list[int],
+                 group: int, kernel: tuple[int, int], m: int, unary: str, scalars: list,
+                 post: Callable[[np.ndarray], np.ndarray] | None):
+        self.torch, self.packed, self.bias = torch, packed, bias
+        self.pad, self.stride, self.dil, self.group = pad, stride, dil, group
+        self.kernel, self.m, self.unary, self.scalars = kernel, m, unary, scalars
+        # oneDNN fuses only ReLU after the residual add; other activations run as ``post`` (in place)
+        self.add_unary = None if unary == "none" else unary if unary == "relu" else None
+        self.post = None if unary in ("none", "relu") else post  # None: no residual add (see fits)
+        self._conv = torch.ops.mkldnn._convolution_pointwise.default
+        self._conv_add = torch.ops.mkldnn._convolution_pointwise.binary
+
+    def out_shape(self, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+        sp = tuple((x_shape[2 + i] + 2 * self.pad[i] - self.dil[i] * (self.kernel[i] - 1) - 1) // self.stride[i] + 1
+                   for i in range(2))
+        return (x_shape[0], self.m) + sp
+
+    def fits(self, x: np.ndarray, z: np.ndarray) -> bool:
+        """True if ``z`` can be the fused addend: float32, exactly the output's shape, and an
+        activation oneDNN fuses after the add or a ``post`` to apply it."""
+        return (z.dtype == np.float32 and z.shape == self.out_shape(x.shape)
+                and (self.unary in ("none", "relu") or self.post is not None))
+
+    def __call__(self, x: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        with self.torch.inference_mode():
+            if z is None:
+                y = self._conv(_view(x), self.packed, self.bias, self.pad, self.stride, self.dil, self.group,
+                               self.unary, self.scalars, "")
+            else:
+                y = self._conv_add(_view(x), _view(z), self.packed, self.bias, self.pad, self.stride, self.dil,
+                                   self.group, "add", None, self.add_unary, self.scalars if self.add_unary else [],
+                                   "")
+                if self.post is not None:
+                    return self.post(y.numpy())
+            return y.numpy()
+
+
+def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides: list[int], dilations: list[int],
+                  group: int, in_shape: tuple | None, activation: str = "",
+                  activation_params: list | None = None,
+                  post: Callable[[np.ndarray], np.ndarray] | None = None) -> PackedConv2d | None:
+    """``w`` (M, C/group, kh, kw) float32 packed for oneDNN now, or None where oneDNN cannot run the
+    convolution (asymmetric pads, an activation it has no post-op for, no oneDNN). ``post(y)``
+    applies the activation in place where oneDNN cannot fuse it after a residual add."""
+    torch = torch_or_none()
+    if torch is None or w.dtype != np.float32 or w.ndim != 4 or activation not in _UNARY:
+        return None
+    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0:
+        return None
+    unary, scalars = _UNARY[activation][0], _UNARY[activation][1](list(activation_params or []))
+    pad, stride, dil = [int(p) for p in pads[:2]], [int(s) for s in strides], [int(d) for d in dilations]
+    size = list(in_shape) if in_shape is not None and all(isinstance(d, int) for d in in_shape) else None
+    with torch.inference_mode():
+        packed = torch.ops.mkldnn._reorder_convolution_weight(torch.from_numpy(np.array(w, copy=True, order="C")), pad, stride,
+                                                               dil, group, size)
+    bias = None if b is None else torch.from_numpy(np.array(b, dtype=np.float32, copy=True, order="C"))
+    return PackedConv2d(torch, packed, bias, pad, stride, dil, int(group), (w.shape[2], w.shape[3]), w.shape[0],
+                        unary, scalars, post)

@@ -75,7 +75,7 @@ def bench_kernel(args) -> str:
         sess = {"binary (tuili)": tuili_session(bconv), "float (tuili)": tuili_session(conv), "float (onnxruntime)": ort_session(conv)}
         outs = {k: s.run(None, {"x": x})[0] for k, s in sess.items()}
         assert np.allclose(outs["binary (tuili)"], outs["float (onnxruntime)"], rtol=1e-4, atol=1e-2), "binary conv differs"
-        res = time_interleaved({k: (lambda s=s: s.run(None, {"x": x})) for k, s in sess.items()}, warmup=3,
+        res = time_interleaved({k: (lambda s=s, x=x: s.run(None, {"x": x})) for k, s in sess.items()}, warmup=3,
                                repeat=20 if args.quick else 60, min_repeat=10, budget=1.0 if args.quick else 3.0, settle=0.05)
         t = {k: v[0] * 1e3 for k, v in res.items()}
         b = t["binary (tuili)"]
@@ -98,7 +98,7 @@ def latency(path, x, engines, args) -> dict:
     for batch in (1, 8):
         feeds = {"input": np.ascontiguousarray(x[:batch])}
         sess = {e: (ort_session if e == "onnxruntime" else tuili_session)(path) for e in engines}
-        res = time_interleaved({e: (lambda s=s: s.run(None, feeds)) for e, s in sess.items()}, warmup=3,
+        res = time_interleaved({e: (lambda s=s, f=feeds: s.run(None, f)) for e, s in sess.items()}, warmup=3,
                                repeat=30 if args.quick else 100, min_repeat=10, budget=0.5 if args.quick else 2.0, settle=0.05)
         for e in engines:
             out[(e, batch)] = res[e][0] * 1e3 if isinstance(res[e], tuple) else float("nan")

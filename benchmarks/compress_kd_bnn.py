@@ -14,7 +14,7 @@ Part 2, models (fixed seeds; test split = glyph faces never seen in training):
 Accuracy is measured on the exported ONNX models (onnxruntime); latency at batch 1 and 8.
 
     .venv/bin/python benchmarks/compress_kd_bnn.py              # full (8 epochs; long on 2 shared cores)
-    .venv/bin/python benchmarks/compress_kd_bnn.py --quick      # 1 epoch on a training subset, fewer repeats
+    .venv/bin/python benchmarks/compress_kd_bnn.py --quick      # 2 epochs on 6000 training samples, fewer repeats
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 epoch on 4000 training samples, fewer timing repeats")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 6000 training samples, fewer timing repeats")
     p.add_argument("--epochs", type=int, help="training epochs (default 8; --quick 1)")
     p.add_argument("--skip-models", action="store_true", help="kernel micro-benchmark only")
     p.add_argument("--out", type=Path, help="directory for the models and the plot (default: a temporary one)")
@@ -166,9 +166,9 @@ def main(argv=None) -> int:
     from tuili.zoo.training import glyphs_data
 
     out = args.out or Path(tempfile.mkdtemp(prefix="kd_bnn_"))
-    epochs = args.epochs or (1 if args.quick else 8)
+    epochs = args.epochs or (2 if args.quick else 8)
     ds = glyphs_data()
-    train_ds = subset(ds, train=4000) if args.quick else ds
+    train_ds = subset(ds, train=6000) if args.quick else ds
     kd = distill_zoo("glyphs_cnn", "glyphs_cnn", teacher_width=2.0, student_width=1.0, data=train_ds, epochs=epochs,
                      out_dir=out / "kd")
     bnn = binarize_zoo("glyphs_cnn", width=2.0, data=train_ds, epochs=epochs, out_dir=out / "bnn")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             row("float twin glyphs_cnn x2", bnn.float_onnx, ds, both, args),
             row("binary x2 (Sign + Conv)", bnn.onnx_path, ds, both, args),
             row("binary x2 (tuili::BinaryConv)", bnn.tuili_onnx, ds, ("tuili",), args)]
-    print(f"## Distillation and binarization on glyphs ({epochs} epochs{', 4000 training samples' if args.quick else ''}; "
+    print(f"## Distillation and binarization on glyphs ({epochs} epochs{', 6000 training samples' if args.quick else ''}; "
           "test = unseen faces)\n")
     print(table(rows), "\n")
     t, b, s = (rows[i]["acc"] * 100 for i in range(3))

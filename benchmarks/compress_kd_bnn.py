@@ -149,8 +149,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 epoch on 6000 training samples, fewer timing repeats")
-    p.add_argument("--epochs", type=int, help="training epochs (default 8; --quick 1)")
+    p.add_argument("--quick", action="store_true", help="2 epochs on 6000 training samples, fewer timing repeats")
+    p.add_argument("--epochs", type=int, help="training epochs (default 8; --quick 2)")
     p.add_argument("--skip-models", action="store_true", help="kernel micro-benchmark only")
     p.add_argument("--out", type=Path, help="directory for the models and the plot (default: a temporary one)")
     args = p.parse_args(argv)

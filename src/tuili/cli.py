@@ -12,8 +12,19 @@ import sys
 from tuili.errors import TuiliError
 
 # Modules contributing verbs, in help order.
-VERB_MODULES = ["tuili.zoo.cli", "tuili.passes.cli", "tuili.compress.cli", "tuili.runtime.cli", "tuili.serve.cli",
-                "tuili.bench.cli"]
+VERB_MODULES = [
+    "tuili.zoo.cli",
+    "tuili.nas.cli",
+    "tuili.passes.cli",
+    "tuili.compress.cli",
+    "tuili.compress.prune.cli",
+    "tuili.compress.distill.cli",
+    "tuili.compress.binary.cli",
+    "tuili.runtime.cli",
+    "tuili.serve.cli",
+    "tuili.bench.cli",
+    "tuili.deploy.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import sys
 from tuili.errors import TuiliError
 
 # Modules contributing verbs, in help order.
-VERB_MODULES = ["tuili.zoo.cli", "tuili.passes.cli", "tuili.compress.cli", "tuili.runtime.cli", "tuili.serve.cli"]
+VERB_MODULES = ["tuili.zoo.cli", "tuili.passes.cli", "tuili.compress.cli", "tuili.runtime.cli", "tuili.serve.cli", "tuili.deploy.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -274,4 +274,32 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
     for name in names:
         d = plan_deployment(repository, name)
         bound[name] = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order)
-    return V2Ingress.options(name=INGRESS, num_replicas=ingress_replicas).bind(bound, request_timeout_s, retries)
+    # The ingress reserves no CPU (as Ray's own proxies): the models' replicas hold the reservations.
+    return V2Ingress.options(name=INGRESS, num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0}) \
+        .bind(bound, request_timeout_s, retries)
+
+
+def deploy(repository: str, models: list[str] | None = None, *, address: str | None = "auto", app_name: str = DEFAULT_APP,
+           route_prefix: str = "/", host: str = "127.0.0.1", http_port: int = 8000, ingress_replicas: int = 1,
+           request_timeout_s: float = 60.0, wait: bool = True) -> None:
+    """Deploy ``repository`` on the Ray cluster at ``address`` (None: start a local one) as the Serve
+    application ``app_name``; with ``wait``, serve until SIGINT / SIGTERM, then delete the application."""
+    import signal
+    import threading
+
+    import ray
+
+    app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s)
+    ray.init(address=address, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": http_port})
+    serve.run(app, name=app_name, route_prefix=route_prefix)
+    log.info("tuili on Ray: application %r serves %s at http://%s:%d%s", app_name, os.path.abspath(repository), host,
+             http_port, route_prefix)
+    if not wait:
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("tuili on Ray: deleting application %r", app_name)
+    serve.delete(app_name)

@@ -1,0 +1,115 @@
+"""Scale-out benchmark (issue 15): ResNet-18 through the Ray ingress, 2 replicas on 2 Ray nodes, beside
+`tuili serve` on the same machine. Throughput over HTTP (the official tritonclient, binary tensors),
+closed loop at each concurrency; the ratio Ray / tuili serve first.
+
+    .venv/bin/python -m benchmarks.scaleout                  # ~4 minutes; needs root (namespaces) and the ray extra
+    .venv/bin/python -m benchmarks.scaleout --seconds 10 --concurrency 4
+
+The Ray cluster (two `ray start` node processes, 1 CPU each, so the two replicas land on different
+nodes) runs inside private network and pid namespaces (tuili.deploy.local): the script re-runs
+itself there, and so does `tuili serve`, so both are measured the same way. Every replica and
+instance runs onnxruntime with one intra-op thread; `tuili serve` is measured with two instances
+(the same compute as two replicas) and with one instance of two threads.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+
+from benchmarks.serve import load, resnet18_onnx
+from tuili.bench.server import start_server, stop_server
+
+CONFIG = """
+name: "resnet18"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ {{ name: "input" data_type: TYPE_FP32 dims: [ 3, 224, 224 ] }} ]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 1000 ] }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+dynamic_batching {{ }}
+parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}
+{extra}
+"""
+RAY_BLOCK = """parameters { key: "ray" value: { string_value: '{"num_replicas": 2, "num_cpus": 1}' } }"""
+
+
+def repository(root: str, model: str, instances: int, threads: int, extra: str = "") -> str:
+    d = os.path.join(root, "resnet18")
+    os.makedirs(os.path.join(d, "1"))
+    os.symlink(model, os.path.join(d, "1", "model.onnx"))
+    with open(os.path.join(d, "config.pbtxt"), "w") as f:
+        f.write(CONFIG.format(instances=instances, threads=threads, extra=extra))
+    return root
+
+
+def measure(url: str, concurrency: list[int], seconds: float) -> dict[int, dict]:
+    return {c: asyncio.run(load("http", url, "resnet18", c, seconds, warmup=3.0)) for c in concurrency}
+
+
+def run(args) -> None:
+    import ray
+    from ray import serve
+
+    from tuili.deploy.local import LocalRayCluster
+    from tuili.deploy.ray import build_app
+    from tuili.runtime import cpu
+
+    results: dict[str, dict[int, dict]] = {}
+    with tempfile.TemporaryDirectory() as work:
+        model = resnet18_onnx(work)
+        for label, instances, threads in (("tuili serve, 2 instances x 1 thread", 2, 1),
+                                          ("tuili serve, 1 instance x 2 threads", 1, 2)):
+            repo = repository(os.path.join(work, f"serve{instances}"), model, instances, threads)
+            proc, ports = start_server(repo, work)
+            try:
+                results[label] = measure(f"127.0.0.1:{ports['http']}", args.concurrency, args.seconds)
+            finally:
+                stop_server(proc)
+        repo = repository(os.path.join(work, "ray"), model, 1, 1, RAY_BLOCK)
+        with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+            ray.init(address=cluster.address, log_to_driver=False)
+            serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+            serve.run(build_app(repo), name="tuili", route_prefix="/")
+            nodes = {r["node_id"] for r in ray.util.state.list_actors(filters=[("class_name", "=", "ServeReplica:tuili:resnet18")])
+                     if r["state"] == "ALIVE"}
+            ray_label = f"Ray Serve, 2 replicas on {len(nodes)} nodes"
+            results[ray_label] = measure("127.0.0.1:8000", args.concurrency, args.seconds)
+            serve.shutdown()
+            ray.shutdown()
+
+    best = {c: max(results[k][c]["throughput"] for k in results if k.startswith("tuili")) for c in args.concurrency}
+    print(f"CPU: {cpu.info().describe()}; measured under load (other work shared the cores)\n")
+    print("| concurrency | Ray / best tuili serve (goal >= 0.8) |")
+    print("|---:|---:|")
+    for c in args.concurrency:
+        print(f"| {c} | {results[ray_label][c]['throughput'] / best[c]:.2f} |")
+    print("\n| server | concurrency | infer/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, by_c in results.items():
+        for c, r in by_c.items():
+            print(f"| {label} | {c} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per point (after 3 s of warm-up)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[4, 8])
+    args = p.parse_args()
+    from tuili.deploy.local import ISOLATED_ENV, isolated
+
+    if os.environ.get(ISOLATED_ENV) == "1":
+        run(args)
+        return
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:  # re-run inside the namespaces, print its table
+        status = isolated([sys.executable, "-m", "benchmarks.scaleout", *sys.argv[1:]], timeout=3600, log_path=log.name)
+        text = log.read()
+    table = text[text.find("CPU: "):] if status == 0 and "CPU: " in text else text[-6000:]
+    print(table)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """The Ray scenario the ray tests check, run as one program inside private namespaces
 (tuili.deploy.local.isolated): a 2-node cluster on 127.0.0.1, a repository deployed, the shared
-tritonclient script through the ingress, a replica killed under load, scale up and down.
+tritonclient script through the ingress, a replica killed under load, a model update rolled out
+under load, scale up and down.
 
     python -m tests.deploy.ray_scenario OUT_DIR      # writes OUT_DIR/result.json
 """
@@ -16,10 +17,11 @@ import time
 
 import numpy as np
 
-from tests.deploy.v2_client import MODEL, add_sub_inputs, check_v2
+from tests.deploy.v2_client import MODEL, add_sub_inputs, check_v2, check_v2_grpc
 from tests.serve.repo_builder import _save, _write, add_sub_model, python_model
 
 HTTP = "127.0.0.1:8000"
+GRPC = ("127.0.0.1", 8001)  # served by the ingress replica
 SLOW = "slow"
 SLOW_SOURCE = """
 import time
@@ -67,25 +69,23 @@ def replica_pids(app: str, deployment: str, want: int, tries: int = 200) -> set[
     return pids
 
 
-def kill_under_load(app: str, seconds: float = 6.0, clients: int = 4) -> dict:
-    """Clients send add_sub requests for ``seconds``; one replica is SIGKILLed after a second. Every
-    request must end (answered or an error) within the client's timeout."""
+def under_load(during, settle: float = 2.0, clients: int = 4) -> dict:
+    """Clients send add_sub requests while ``during()`` runs and ``settle`` seconds after. Every request
+    must end (answered or an error) within the client's timeout: counts of the outcomes."""
     import tritonclient.http as httpclient
 
-    victim = sorted(replica_pids(app, MODEL, 2))[0]
     outcomes: list[str] = []
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    done = threading.Event()
     x = np.ones((1, 16), np.float32)
 
     def client():
         c = httpclient.InferenceServerClient(HTTP, network_timeout=30, connection_timeout=10)
-        while time.monotonic() < stop:
+        while not done.is_set():
             t0 = time.monotonic()
             try:
                 r = c.infer(MODEL, add_sub_inputs(x, x))
-                ok = bool(np.all(r.as_numpy("OUTPUT0") == 2))
-                outcome = "ok" if ok else "wrong answer"
+                outcome = "ok" if np.all(r.as_numpy("OUTPUT0") == 2) else "wrong answer"
             except Exception as e:  # an error answer: its status, or the exception type (a timeout = hung)
                 status = getattr(e, "status", lambda: None)()
                 outcome = f"error {status}" if status else f"exception {type(e).__name__}: {e}"
@@ -98,16 +98,46 @@ def kill_under_load(app: str, seconds: float = 6.0, clients: int = 4) -> dict:
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    os.kill(victim, signal.SIGKILL)
+    try:
+        time.sleep(1.0)
+        during()
+        time.sleep(settle)
+    finally:
+        done.set()
     for t in threads:
         t.join(90)
-    hung = sum(t.is_alive() for t in threads)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o] = counts.get(o, 0) + 1
-    after = replica_pids(app, MODEL, 2, tries=400)
-    return {"victim": victim, "counts": counts, "hung_clients": hung, "pids_after": sorted(after)}
+    return {"counts": counts, "hung_clients": sum(t.is_alive() for t in threads)}
+
+
+def kill_under_load(app: str) -> dict:
+    """One of add_sub's two replicas SIGKILLed while clients send requests."""
+    victim = sorted(replica_pids(app, MODEL, 2))[0]
+    result = under_load(lambda: os.kill(victim, signal.SIGKILL), settle=5.0)
+    return {**result, "victim": victim, "pids_after": sorted(replica_pids(app, MODEL, 2, tries=400))}
+
+
+def update_under_load(app: str, repo: str) -> dict:
+    """add_sub's model file changes and the application is deployed again while clients send requests:
+    Ray Serve rolls new replicas out; no request may fail."""
+    from ray import serve
+
+    from tuili.deploy.ray import build_app
+
+    handle = serve.get_deployment_handle(MODEL, app_name=app)
+    before = handle.get_revision.remote().result(timeout_s=30)
+    old_pids = replica_pids(app, MODEL, 2)
+
+    def redeploy():
+        os.utime(f"{repo}/{MODEL}/1/model.onnx")
+        serve.run(build_app(repo, grpc=GRPC), name=app, route_prefix="/")
+
+    result = under_load(redeploy)
+    revisions = {handle.get_revision.remote().result(timeout_s=30) for _ in range(20)}
+    return {**result, "revision_before": before, "revisions_after": sorted(revisions),
+            "old_pids": sorted(old_pids), "pids_after": sorted(replica_pids(app, MODEL, 2, tries=400))}
 
 
 def scale_up_and_down(app: str, clients: int = 4, timeout: float = 90.0) -> dict:
@@ -160,11 +190,13 @@ def main(out_dir: str) -> None:
     with LocalRayCluster(nodes=2, cpus_per_node=2) as cluster:
         ray.init(address=cluster.address, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-        serve.run(build_app(repo), name="tuili", route_prefix="/")
+        serve.run(build_app(repo, grpc=GRPC), name="tuili", route_prefix="/")
         result["listening"] = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
         result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
-        for key, step in (("client", lambda: check_v2(HTTP)), ("kill", lambda: kill_under_load("tuili")),
-                          ("scale", lambda: scale_up_and_down("tuili"))):
+        steps = (("client", lambda: check_v2(HTTP)), ("grpc", lambda: check_v2_grpc(f"{GRPC[0]}:{GRPC[1]}")),
+                 ("kill", lambda: kill_under_load("tuili")),
+                 ("update", lambda: update_under_load("tuili", repo)), ("scale", lambda: scale_up_and_down("tuili")))
+        for key, step in steps:
             print(f"scenario: {key} ...", file=sys.stderr, flush=True)
             result[key] = step()
             print(f"scenario: {key}: {result[key]}", file=sys.stderr, flush=True)

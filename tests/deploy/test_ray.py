@@ -3,7 +3,8 @@ namespaces (tests/deploy/ray_scenario.py runs there, once, for all of these). `m
 
 Checked: the same tritonclient script as against `tuili serve` passes through the Ray ingress; a
 replica SIGKILLed under load costs no hung request (each one answered or an error, within the
-client's timeout) and is replaced; an autoscaled model goes up to two replicas under load and back
+client's timeout) and is replaced; a changed model file redeployed under load is rolled out
+with no failed request; an autoscaled model goes up to two replicas under load and back
 to one when idle."""
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def test_same_client_script_passes_through_the_ingress(scenario):
     assert errors["bad shape"][0] == "400"
 
 
+def test_grpc_through_the_ingress_replica(scenario):
+    assert scenario["grpc"]["unknown model"][0] == "StatusCode.NOT_FOUND"  # as `tuili serve` answers
+
+
 def test_killed_replica_costs_no_hung_request(scenario):
     kill = scenario["kill"]
     assert kill["hung_clients"] == 0
@@ -51,6 +56,13 @@ def test_killed_replica_costs_no_hung_request(scenario):
     assert all(k == "ok" or k.startswith("error 50") for k in kill["counts"]), kill["counts"]
     assert kill["counts"].get("ok", 0) > 0
     assert kill["victim"] not in kill["pids_after"] and len(kill["pids_after"]) == 2  # replaced
+
+
+def test_update_rolls_out_without_failed_requests(scenario):
+    update = scenario["update"]
+    assert update["hung_clients"] == 0 and set(update["counts"]) == {"ok"}, update["counts"]
+    assert update["revisions_after"] != [update["revision_before"]] and len(update["revisions_after"]) == 1
+    assert not set(update["pids_after"]) & set(update["old_pids"])  # new replicas serve
 
 
 def test_autoscaling_goes_up_and_down(scenario):

@@ -1,6 +1,8 @@
 """Building the Ray Serve application (tuili.deploy.ray.build_app): no cluster needed, only Ray."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.serve.repo_builder import _save, _write, add_sub_model
@@ -27,7 +29,13 @@ def test_one_deployment_per_model_behind_the_ingress(tmp_path):
     handles = ingress.init_args[0]
     assert sorted(handles) == ["a", "b"]
     assert handles["a"]._bound_deployment.name == "a"
-    assert handles["a"]._bound_deployment.init_args[1:] == ("a", [("a", None)])
+    args = handles["a"]._bound_deployment.init_args
+    assert args[1:3] == ("a", [("a", None)])
+    # the revision follows the model's files: a redeploy after a change rolls new replicas out
+    os.utime(f"{tmp_path}/a/1/model.onnx", ns=(1, 1))
+    again = build_app(str(tmp_path))._bound_deployment.init_args[0]
+    assert again["a"]._bound_deployment.init_args[3] != args[3]
+    assert again["b"]._bound_deployment.init_args[3] == handles["b"]._bound_deployment.init_args[3]
 
 
 def test_unknown_model_and_reserved_name_are_refused(tmp_path):

@@ -51,3 +51,33 @@ def check_v2(url: str) -> dict:
         return {"metadata": md, "errors": errors}
     finally:
         c.close()
+
+
+def check_v2_grpc(url: str) -> dict:
+    """The same checks over gRPC (tritonclient.grpc)."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(url)
+    try:
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)
+        md = c.get_model_metadata(MODEL, as_json=True)
+        assert [i["name"] for i in md["inputs"]] == ["INPUT0", "INPUT1"], md
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((2, 16)).astype(np.float32)
+        y = rng.standard_normal((2, 16)).astype(np.float32)
+        inputs = [grpcclient.InferInput("INPUT0", [2, 16], "FP32"), grpcclient.InferInput("INPUT1", [2, 16], "FP32")]
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(y)
+        r = c.infer(MODEL, inputs, client_timeout=60)
+        np.testing.assert_allclose(r.as_numpy("OUTPUT0"), x + y, rtol=1e-6)
+        np.testing.assert_allclose(r.as_numpy("OUTPUT1"), x - y, rtol=1e-6)
+        try:
+            c.infer("no_such_model", inputs, client_timeout=60)
+        except InferenceServerException as e:
+            error = (e.status(), e.message())
+        else:
+            raise AssertionError("unknown model: no error")
+        assert error[1].startswith("Request for unknown model: 'no_such_model'"), error
+        return {"unknown model": error}
+    finally:
+        c.close()

@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--route-prefix", default="/", help="HTTP route prefix of the application (default /)")
     s.add_argument("--host", default="127.0.0.1", help="address Ray Serve's HTTP proxies bind (default 127.0.0.1)")
     s.add_argument("--http-port", type=int, default=8000, help="port of Ray Serve's HTTP proxies (default 8000)")
+    s.add_argument("--grpc-port", type=int, default=-1, help="also serve V2 gRPC on this port from the ingress "
+                   "replica, on the node it runs on (0 = any free port; default -1: off; needs one ingress replica)")
     s.add_argument("--ingress-replicas", type=int, default=1, help="replicas of the V2 ingress (default 1)")
     s.add_argument("--request-timeout-secs", type=float, default=60.0,
                    help="longest a request may wait for a model replica before a 504 (default 60)")
@@ -33,5 +35,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     deploy(args.repository, models=args.model, address=None if args.address == "local" else args.address,
            app_name=args.name, route_prefix=args.route_prefix, host=args.host, http_port=args.http_port,
+           grpc_port=args.grpc_port,
            ingress_replicas=args.ingress_replicas, request_timeout_s=args.request_timeout_secs, wait=not args.detach)
     return 0

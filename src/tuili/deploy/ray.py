@@ -14,12 +14,14 @@ very code `tuili serve` uses, so clients cannot tell the two apart; requests cro
 
 A replica that dies while running a request (node lost, process killed) costs that request one
 retry on another replica, then a 503; every request is bounded by ``request_timeout_s`` (504), so
-none hangs. Redeploying the application (``tuili ray serve`` again after the repository changed)
-is Ray Serve's rolling update: new replicas start before old ones drain.
+none hangs. Each replica carries its model files' revision (sizes and modification times), so
+redeploying after the repository changed (``tuili ray serve`` again) is Ray Serve's rolling update:
+new replicas start before old ones drain.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 
@@ -57,13 +59,14 @@ _REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
 class ModelReplica:
     """One replica of a model: tuili's serving core with this model (and an ensemble's steps) loaded."""
 
-    async def __init__(self, repository: str, model: str, load_order: list[tuple[str, str | None]]):
+    async def __init__(self, repository: str, model: str, load_order: list[tuple[str, str | None]], revision: str = ""):
         self.model = model
+        self.revision = revision  # changes with the model's files: a redeploy then rolls new replicas out
         self.core = InferenceServer(repository, "explicit", strict_readiness=False)
         await self.core.start()
         for name, config_json in load_order:
             await self.core.load_model(name, config_json)
-        log.info("replica of model %s ready in process %d", model, os.getpid())
+        log.info("replica of model %s (revision %s) ready in process %d", model, revision, os.getpid())
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.core.infer(request)
@@ -79,6 +82,9 @@ class ModelReplica:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def get_revision(self) -> str:
+        return self.revision
 
     def check_health(self) -> None:
         """Ray's health check: a replica whose model is down (its workers restarting) is replaced."""
@@ -244,23 +250,42 @@ class RayCore:
 @serve.deployment
 @serve.ingress()
 class V2Ingress:
-    """The HTTP ingress: tuili's V2 HTTP adapter over a RayCore."""
+    """The ingress: tuili's V2 HTTP adapter over a RayCore, served by Ray Serve's proxies; with
+    ``grpc`` (host, port) also tuili's gRPC adapter over the same RayCore, served by this replica
+    itself (Ray Serve's own gRPC proxy would need a servicer per method)."""
 
-    async def __init__(self, handles: dict, request_timeout_s: float = 60.0, retries: int = 1):
+    async def __init__(self, handles: dict, request_timeout_s: float = 60.0, retries: int = 1,
+                       grpc: tuple[str, int] | None = None):
         self.core = RayCore(handles, request_timeout_s=request_timeout_s, retries=retries)
         await self.core.refresh()
         self.core.start_polling()
+        self.grpc_server = None
+        if grpc is not None:
+            from tuili.serve.grpc_server import start_grpc_server
+
+            self.grpc_server = await start_grpc_server(self.core, *grpc)
+            log.info("tuili on Ray: gRPC on %s:%d", grpc[0], self.grpc_server.bound_port)
+
+    async def __del__(self):
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(10)
+        await super().__del__()  # Ray Serve's ASGI wrapper ends the app's lifespan
 
     def __serve_build_asgi_app__(self):
         return create_app(self.core)
 
 
 def build_app(repository: str, models: list[str] | None = None, *, ingress_replicas: int = 1,
-              request_timeout_s: float = 60.0, retries: int = 1):
+              request_timeout_s: float = 60.0, retries: int = 1, grpc: tuple[str, int] | None = None):
     """The Ray Serve application of ``repository`` (every model, or ``models``): one deployment per
-    model, named as the model, and the V2 ingress (INGRESS). Run it with ``serve.run(app, ...)``."""
+    model, named as the model, and the V2 ingress (INGRESS); ``grpc`` (host, port): the ingress
+    also serves V2 gRPC there (one ingress replica then). Run it with ``serve.run(app, ...)``."""
+    if grpc is not None and ingress_replicas != 1:
+        raise ConfigError(f"the gRPC endpoint is served by the ingress replica itself: ask for one ingress "
+                          f"replica, not {ingress_replicas}, or no gRPC port")
     repository = os.path.abspath(repository)
-    known = ModelRepository([repository]).scan()
+    repo = ModelRepository([repository])
+    known = repo.scan()
     names = list(models or known)
     missing = [n for n in names if n not in known]
     if missing:
@@ -273,23 +298,26 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
     bound = {}
     for name in names:
         d = plan_deployment(repository, name)
-        bound[name] = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order)
+        revision = hashlib.sha1(repr([repo.signature(n) for n, _ in d.load_order]).encode()).hexdigest()[:12]
+        bound[name] = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order, revision)
     # The ingress reserves no CPU (as Ray's own proxies): the models' replicas hold the reservations.
     return V2Ingress.options(name=INGRESS, num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0}) \
-        .bind(bound, request_timeout_s, retries)
+        .bind(bound, request_timeout_s, retries, grpc)
 
 
 def deploy(repository: str, models: list[str] | None = None, *, address: str | None = "auto", app_name: str = DEFAULT_APP,
-           route_prefix: str = "/", host: str = "127.0.0.1", http_port: int = 8000, ingress_replicas: int = 1,
-           request_timeout_s: float = 60.0, wait: bool = True) -> None:
+           route_prefix: str = "/", host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = -1,
+           ingress_replicas: int = 1, request_timeout_s: float = 60.0, wait: bool = True) -> None:
     """Deploy ``repository`` on the Ray cluster at ``address`` (None: start a local one) as the Serve
-    application ``app_name``; with ``wait``, serve until SIGINT / SIGTERM, then delete the application."""
+    application ``app_name`` (gRPC too when ``grpc_port`` >= 0); with ``wait``, serve until SIGINT /
+    SIGTERM, then delete the application."""
     import signal
     import threading
 
     import ray
 
-    app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s)
+    app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s,
+                    grpc=(host, grpc_port) if grpc_port >= 0 else None)
     ray.init(address=address, log_to_driver=False)
     serve.start(http_options={"host": host, "port": http_port})
     serve.run(app, name=app_name, route_prefix=route_prefix)

@@ -73,8 +73,8 @@ def run(args) -> None:
             ray.init(address=cluster.address, log_to_driver=False)
             serve.start(http_options={"host": "127.0.0.1", "port": 8000})
             serve.run(build_app(repo), name="tuili", route_prefix="/")
-            nodes = {r["node_id"] for r in ray.util.state.list_actors(filters=[("class_name", "=", "ServeReplica:tuili:resnet18")])
-                     if r["state"] == "ALIVE"}
+            handle = serve.get_deployment_handle("resnet18", app_name="tuili")
+            nodes = {handle.node_id.remote().result(timeout_s=60) for _ in range(20)}
             ray_label = f"Ray Serve, 2 replicas on {len(nodes)} nodes"
             results[ray_label] = measure("127.0.0.1:8000", args.concurrency, args.seconds)
             serve.shutdown()

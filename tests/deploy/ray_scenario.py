@@ -192,6 +192,7 @@ def main(out_dir: str) -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})
         serve.run(build_app(repo, grpc=GRPC), name="tuili", route_prefix="/")
         result["listening"] = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        result["interfaces"] = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
         steps = (("client", lambda: check_v2(HTTP)), ("grpc", lambda: check_v2_grpc(f"{GRPC[0]}:{GRPC[1]}")),
                  ("kill", lambda: kill_under_load("tuili")),

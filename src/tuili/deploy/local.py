@@ -75,6 +75,10 @@ class LocalRayCluster:
         return self
 
     def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():  # a driver left connected would abort this process once its cluster is gone
+            ray.shutdown()
         try:
             self._ray("stop", "--force")  # in our pid namespace: only this cluster's processes
         finally:

@@ -83,6 +83,11 @@ class ModelReplica:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def get_revision(self) -> str:
         return self.revision
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 
@@ -39,7 +40,10 @@ RAY_BLOCK = """parameters { key: "ray" value: { string_value: '{"num_replicas": 
 def repository(root: str, model: str, instances: int, threads: int, extra: str = "") -> str:
     d = os.path.join(root, "resnet18")
     os.makedirs(os.path.join(d, "1"))
-    os.symlink(model, os.path.join(d, "1", "model.onnx"))
+    try:  # a symlink out of the model directory would be refused
+        os.link(model, os.path.join(d, "1", "model.onnx"))
+    except OSError:  # another file system
+        shutil.copyfile(model, os.path.join(d, "1", "model.onnx"))
     with open(os.path.join(d, "config.pbtxt"), "w") as f:
         f.write(CONFIG.format(instances=instances, threads=threads, extra=extra))
     return root

@@ -75,3 +75,13 @@ def test_ensemble_replicas_load_its_steps_first(tmp_path):
     assert [n for n, _ in d.load_order] == ["step", "ens"]
     assert d.load_order[0][1] is not None and d.load_order[1][1] is None  # the step's ray key taken out
     assert d.options["num_replicas"] == 1
+
+
+def test_replica_memory_is_measured_in_a_fresh_process(tmp_path):
+    from tuili.deploy.footprint import HEADROOM, replica_memory
+
+    _model(tmp_path, "m", _ray({"num_cpus": 1}))
+    d = plan_deployment(str(tmp_path), "m")
+    reserved = replica_memory(str(tmp_path), d.load_order)
+    # a Python process with numpy, onnxruntime and the serving core loaded: tens of MB at least, not GBs
+    assert 30 * 2**20 * HEADROOM < reserved < 4 * 2**30

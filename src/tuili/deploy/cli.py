@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--ingress-replicas", type=int, default=1, help="replicas of the V2 ingress (default 1)")
     s.add_argument("--request-timeout-secs", type=float, default=60.0,
                    help="longest a request may wait for a model replica before a 504 (default 60)")
+    s.add_argument("--measure-memory", action="store_true",
+                   help="load each model once here first and let its replicas reserve the memory measured "
+                        "(unless its ray parameter names memory): Ray then places replicas where they fit")
     s.add_argument("--detach", action="store_true", help="deploy and exit; the application keeps running on the cluster")
     s.set_defaults(func=_serve)
 
@@ -35,6 +38,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     deploy(args.repository, models=args.model, address=None if args.address == "local" else args.address,
            app_name=args.name, route_prefix=args.route_prefix, host=args.host, http_port=args.http_port,
-           grpc_port=args.grpc_port,
+           grpc_port=args.grpc_port, measure_memory=args.measure_memory,
            ingress_replicas=args.ingress_replicas, request_timeout_s=args.request_timeout_secs, wait=not args.detach)
     return 0

@@ -281,10 +281,13 @@ class V2Ingress:
 
 
 def build_app(repository: str, models: list[str] | None = None, *, ingress_replicas: int = 1,
-              request_timeout_s: float = 60.0, retries: int = 1, grpc: tuple[str, int] | None = None):
+              request_timeout_s: float = 60.0, retries: int = 1, grpc: tuple[str, int] | None = None,
+              measure_memory: bool = False):
     """The Ray Serve application of ``repository`` (every model, or ``models``): one deployment per
     model, named as the model, and the V2 ingress (INGRESS); ``grpc`` (host, port): the ingress
-    also serves V2 gRPC there (one ingress replica then). Run it with ``serve.run(app, ...)``."""
+    also serves V2 gRPC there (one ingress replica then); ``measure_memory``: each model is loaded
+    once here, in a fresh process, and its replicas reserve the memory measured
+    (tuili.deploy.footprint) unless its ``ray`` block names ``memory``. Run it with ``serve.run(app, ...)``."""
     if grpc is not None and ingress_replicas != 1:
         raise ConfigError(f"the gRPC endpoint is served by the ingress replica itself: ask for one ingress "
                           f"replica, not {ingress_replicas}, or no gRPC port")
@@ -303,6 +306,12 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
     bound = {}
     for name in names:
         d = plan_deployment(repository, name)
+        if measure_memory and "memory" not in d.options["ray_actor_options"]:
+            from tuili.deploy.footprint import replica_memory
+
+            d.options["ray_actor_options"]["memory"] = replica_memory(repository, d.load_order)
+            log.info("model %s: a replica holds %.0f MB (measured, with headroom)", name,
+                     d.options["ray_actor_options"]["memory"] / 2**20)
         revision = hashlib.sha1(repr([repo.signature(n) for n, _ in d.load_order]).encode()).hexdigest()[:12]
         bound[name] = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order, revision)
     # The ingress reserves no CPU (as Ray's own proxies): the models' replicas hold the reservations.
@@ -312,7 +321,8 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
 
 def deploy(repository: str, models: list[str] | None = None, *, address: str | None = "auto", app_name: str = DEFAULT_APP,
            route_prefix: str = "/", host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = -1,
-           ingress_replicas: int = 1, request_timeout_s: float = 60.0, wait: bool = True) -> None:
+           ingress_replicas: int = 1, request_timeout_s: float = 60.0, measure_memory: bool = False,
+           wait: bool = True) -> None:
     """Deploy ``repository`` on the Ray cluster at ``address`` (None: start a local one) as the Serve
     application ``app_name`` (gRPC too when ``grpc_port`` >= 0); with ``wait``, serve until SIGINT /
     SIGTERM, then delete the application."""
@@ -322,7 +332,7 @@ def deploy(repository: str, models: list[str] | None = None, *, address: str | N
     import ray
 
     app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s,
-                    grpc=(host, grpc_port) if grpc_port >= 0 else None)
+                    grpc=(host, grpc_port) if grpc_port >= 0 else None, measure_memory=measure_memory)
     ray.init(address=address, log_to_driver=False)
     serve.start(http_options={"host": host, "port": http_port})
     serve.run(app, name=app_name, route_prefix=route_prefix)

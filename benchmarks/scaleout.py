@@ -2,14 +2,15 @@
 `tuili serve` on the same machine. Throughput over HTTP (the official tritonclient, binary tensors),
 closed loop at each concurrency; the ratio Ray / tuili serve first.
 
-    .venv/bin/python -m benchmarks.scaleout                  # ~4 minutes; needs root (namespaces) and the ray extra
-    .venv/bin/python -m benchmarks.scaleout --seconds 10 --concurrency 4
+    .venv/bin/python -m benchmarks.scaleout                  # ~5 minutes; needs root (namespaces) and the ray extra
+    .venv/bin/python -m benchmarks.scaleout --seconds 5 --concurrency 4 --rounds 1
 
 The Ray cluster (two `ray start` node processes, 1 CPU each, so the two replicas land on different
 nodes) runs inside private network and pid namespaces (tuili.deploy.local): the script re-runs
 itself there, and so does `tuili serve`, so both are measured the same way. Every replica and
 instance runs onnxruntime with one intra-op thread; `tuili serve` is measured with two instances
-(the same compute as two replicas) and with one instance of two threads.
+(the same compute as two replicas) and with one instance of two threads. All three servers run for
+the whole benchmark and are measured in turn, round after round.
 """
 from __future__ import annotations
 
@@ -49,10 +50,6 @@ def repository(root: str, model: str, instances: int, threads: int, extra: str =
     return root
 
 
-def measure(url: str, concurrency: list[int], seconds: float) -> dict[int, dict]:
-    return {c: asyncio.run(load("http", url, "resnet18", c, seconds, warmup=3.0)) for c in concurrency}
-
-
 def run(args) -> None:
     import ray
     from ray import serve
@@ -61,46 +58,54 @@ def run(args) -> None:
     from tuili.deploy.ray import build_app
     from tuili.runtime import cpu
 
-    results: dict[str, dict[int, dict]] = {}
-    with tempfile.TemporaryDirectory() as work:
+    urls: dict[str, str] = {}
+    servers = []
+    with tempfile.TemporaryDirectory() as work, LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
         model = resnet18_onnx(work)
-        for label, instances, threads in (("tuili serve, 2 instances x 1 thread", 2, 1),
-                                          ("tuili serve, 1 instance x 2 threads", 1, 2)):
-            repo = repository(os.path.join(work, f"serve{instances}"), model, instances, threads)
-            proc, ports = start_server(repo, work)
-            try:
-                results[label] = measure(f"127.0.0.1:{ports['http']}", args.concurrency, args.seconds)
-            finally:
-                stop_server(proc)
-        repo = repository(os.path.join(work, "ray"), model, 1, 1, RAY_BLOCK)
-        with LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+        try:
+            for label, instances, threads in (("tuili serve, 2 instances x 1 thread", 2, 1),
+                                              ("tuili serve, 1 instance x 2 threads", 1, 2)):
+                repo = repository(os.path.join(work, f"serve{instances}", "repo"), model, instances, threads)
+                proc, ports = start_server(repo, os.path.dirname(repo))
+                servers.append(proc)
+                urls[label] = f"127.0.0.1:{ports['http']}"
+            repo = repository(os.path.join(work, "ray"), model, 1, 1, RAY_BLOCK)
             ray.init(address=cluster.address, log_to_driver=False)
             serve.start(http_options={"host": "127.0.0.1", "port": 8000})
             serve.run(build_app(repo), name="tuili", route_prefix="/")
             handle = serve.get_deployment_handle("resnet18", app_name="tuili")
             nodes = {handle.node_id.remote().result(timeout_s=60) for _ in range(20)}
             ray_label = f"Ray Serve, 2 replicas on {len(nodes)} nodes"
-            results[ray_label] = measure("127.0.0.1:8000", args.concurrency, args.seconds)
+            urls[ray_label] = "127.0.0.1:8000"
+            # interleaved, round after round: the load other work puts on the machine drifts
+            results = {(label, c, r): asyncio.run(load("http", url, "resnet18", c, args.seconds, warmup=2.0))
+                       for r in range(args.rounds) for c in args.concurrency for label, url in urls.items()}
             serve.shutdown()
-            ray.shutdown()
+        finally:
+            for proc in servers:
+                stop_server(proc)
 
-    best = {c: max(results[k][c]["throughput"] for k in results if k.startswith("tuili")) for c in args.concurrency}
     print(f"CPU: {cpu.info().describe()}; measured under load (other work shared the cores)\n")
-    print("| concurrency | Ray / best tuili serve (goal >= 0.8) |")
+    rounds = " / ".join(f"round {r + 1}" for r in range(args.rounds))
+    print(f"| concurrency | Ray / best tuili serve, {rounds} (goal >= 0.8) |")
     print("|---:|---:|")
     for c in args.concurrency:
-        print(f"| {c} | {results[ray_label][c]['throughput'] / best[c]:.2f} |")
-    print("\n| server | concurrency | infer/s | p50 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, by_c in results.items():
-        for c, r in by_c.items():
-            print(f"| {label} | {c} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
+        ratios = []
+        for r in range(args.rounds):
+            best = max(results[label, c, r]["throughput"] for label in urls if label.startswith("tuili"))
+            ratios.append(f"{results[ray_label, c, r]['throughput'] / best:.2f}" if best else "-")
+        print(f"| {c} | {' / '.join(ratios)} |")
+    print("\n| server | concurrency | round | infer/s | p50 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for (label, c, r), m in results.items():
+        print(f"| {label} | {c} | {r + 1} | {m['throughput']:.1f} | {m['p50']:.1f} | {m['p99']:.1f} | {m['errors']} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per point (after 3 s of warm-up)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point (after 2 s of warm-up)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--rounds", type=int, default=2, help="measure every server this many times, interleaved")
     args = p.parse_args()
     from tuili.deploy.local import ISOLATED_ENV, isolated
 

@@ -143,7 +143,8 @@ class RayCore:
                 async with asyncio.timeout(max(self.poll_s, 5.0)):
                     self._snapshots[name] = await handle.snapshot.remote()
             except Exception as e:  # no replica answers: the model is not ready
-                if self._snapshots.pop(name, "gone") != "gone" or name not in self._failed:
+                was_ready = self._snapshots.pop(name, None) is not None
+                if was_ready or name not in self._failed:
                     log.warning("model %s: no replica answers (%s: %s); not ready", name, type(e).__name__, e)
                 self._failed.add(name)
 
@@ -160,10 +161,13 @@ class RayCore:
     def _version(self, name: str, version: str) -> dict:
         self.get_model(name, version)
         snap = self._snapshots.get(name)
-        entry = snap and snap["versions"].get(version)
+        if snap is None:  # Triton's words for a model without a ready version, then why
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' has no available versions; "
+                                     f"no replica of it answers now (starting, or failing: see the replicas' logs)")
+        entry = snap["versions"].get(version)
         if entry is None:
-            what = f"version {version} of model {name!r}" if version else f"model {name!r}"
-            raise ModelNotFoundError(f"Request for unknown model: {what} has no ready replica; retry later")
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' version {version} is not found; "
+                                     f"the replicas serve version(s) {', '.join(v for v in snap['versions'] if v)}")
         return entry
 
     # ------------------------------------------------------------------ the facade

@@ -41,6 +41,7 @@ from tuili.errors import (
 )
 from tuili.model_config import ModelConfig
 from tuili.serve.core import EXTENSIONS, SERVER_NAME, InferenceServer
+from tuili.serve.errors import clip
 from tuili.serve.http_server import create_app
 from tuili.serve.repository import ModelRepository
 from tuili.serve.types import InferRequest, InferResponse
@@ -166,7 +167,7 @@ class RayCore:
                                      f"no replica of it answers now (starting, or failing: see the replicas' logs)")
         entry = snap["versions"].get(version)
         if entry is None:
-            raise ModelNotFoundError(f"Request for unknown model: '{name}' version {version} is not found; "
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' version {clip(version)} is not found; "
                                      f"the replicas serve version(s) {', '.join(v for v in snap['versions'] if v)}")
         return entry
 
@@ -182,7 +183,7 @@ class RayCore:
 
     def get_model(self, name: str, version: str = ""):
         if name not in self.handles:
-            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found; this Ray application serves "
+            raise ModelNotFoundError(f"Request for unknown model: '{clip(name)}' is not found; this Ray application serves "
                                      f"{', '.join(sorted(self.handles))}")
         return name
 

@@ -58,8 +58,12 @@ def replicas(app: str, deployment: str) -> int:
 
 
 def replica_pids(app: str, deployment: str, want: int, tries: int = 200) -> set[int]:
+    """The process ids of ``want`` running replicas (waits up to 2 minutes for them to run)."""
     from ray import serve
 
+    deadline = time.monotonic() + 120
+    while replicas(app, deployment) < want and time.monotonic() < deadline:
+        time.sleep(0.5)
     handle = serve.get_deployment_handle(deployment, app_name=app)
     pids: set[int] = set()
     for _ in range(tries):
@@ -116,7 +120,7 @@ def kill_under_load(app: str) -> dict:
     """One of add_sub's two replicas SIGKILLed while clients send requests."""
     victim = sorted(replica_pids(app, MODEL, 2))[0]
     result = under_load(lambda: os.kill(victim, signal.SIGKILL), settle=5.0)
-    return {**result, "victim": victim, "pids_after": sorted(replica_pids(app, MODEL, 2, tries=400))}
+    return {**result, "victim": victim, "pids_after": sorted(replica_pids(app, MODEL, 2))}
 
 
 def update_under_load(app: str, repo: str) -> dict:
@@ -137,7 +141,7 @@ def update_under_load(app: str, repo: str) -> dict:
     result = under_load(redeploy)
     revisions = {handle.get_revision.remote().result(timeout_s=30) for _ in range(20)}
     return {**result, "revision_before": before, "revisions_after": sorted(revisions),
-            "old_pids": sorted(old_pids), "pids_after": sorted(replica_pids(app, MODEL, 2, tries=400))}
+            "old_pids": sorted(old_pids), "pids_after": sorted(replica_pids(app, MODEL, 2))}
 
 
 def scale_up_and_down(app: str, clients: int = 4, timeout: float = 90.0) -> dict:

@@ -57,19 +57,22 @@ def replicas(app: str, deployment: str) -> int:
     return status.replica_states.get("RUNNING", 0)
 
 
-def replica_pids(app: str, deployment: str, want: int, tries: int = 200) -> set[int]:
-    """The process ids of ``want`` running replicas (waits up to 2 minutes for them to run)."""
+def replica_pids(app: str, deployment: str, want: int, exclude: set[int] = frozenset(), timeout: float = 120.0) -> set[int]:
+    """Process ids of ``want`` live replicas, none of ``exclude`` (waits up to ``timeout`` s for them)."""
     from ray import serve
 
-    deadline = time.monotonic() + 120
-    while replicas(app, deployment) < want and time.monotonic() < deadline:
-        time.sleep(0.5)
     handle = serve.get_deployment_handle(deployment, app_name=app)
     pids: set[int] = set()
-    for _ in range(tries):
-        pids.add(handle.pid.remote().result(timeout_s=30))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pids.add(handle.pid.remote().result(timeout_s=30))
+        except Exception:  # a replica that died under us
+            pass
+        pids -= exclude
         if len(pids) >= want:
             break
+        time.sleep(0.05)
     return pids
 
 
@@ -120,7 +123,7 @@ def kill_under_load(app: str) -> dict:
     """One of add_sub's two replicas SIGKILLed while clients send requests."""
     victim = sorted(replica_pids(app, MODEL, 2))[0]
     result = under_load(lambda: os.kill(victim, signal.SIGKILL), settle=5.0)
-    return {**result, "victim": victim, "pids_after": sorted(replica_pids(app, MODEL, 2))}
+    return {**result, "victim": victim, "pids_after": sorted(replica_pids(app, MODEL, 2, exclude={victim}))}
 
 
 def update_under_load(app: str, repo: str) -> dict:
@@ -141,7 +144,7 @@ def update_under_load(app: str, repo: str) -> dict:
     result = under_load(redeploy)
     revisions = {handle.get_revision.remote().result(timeout_s=30) for _ in range(20)}
     return {**result, "revision_before": before, "revisions_after": sorted(revisions),
-            "old_pids": sorted(old_pids), "pids_after": sorted(replica_pids(app, MODEL, 2))}
+            "old_pids": sorted(old_pids), "pids_after": sorted(replica_pids(app, MODEL, 2, exclude=old_pids))}
 
 
 def scale_up_and_down(app: str, clients: int = 4, timeout: float = 90.0) -> dict:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run lint test test-fast test-slow test-explore conformance bench demo clean perf-analyzer peers
+.PHONY: run lint test test-fast test-slow test-explore test-ray conformance bench demo clean perf-analyzer peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test-slow: $(STAMP)
 # `make test` replays hypothesis's examples (derandomized) so a green run repeats; this explores new ones.
 test-explore: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -m "not slow" -q --hypothesis-profile=explore --hypothesis-seed=$$RANDOM
+
+# tuili on a 2-node Ray cluster on this machine (in private namespaces: needs root); installs the ray extra
+test-ray: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[ray,test]'
+	$(PY) -m pytest -m ray -q tests/deploy
 
 conformance: $(STAMP)
 	$(PY) -m tests.conformance.runner

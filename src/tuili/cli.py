@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:
-                continue  # verb not built yet
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
+                continue  # verb (or its package) not built yet
             raise
         module.add_parser(sub)
     return parser

@@ -10,6 +10,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
+from tuili.serve.canary import CanaryMetrics
+
 _LABELS = ("model", "version")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf"))
 
@@ -59,6 +61,7 @@ class Metrics:
         self.batch_time_p99 = Gauge("tuili_batch_time_p99_seconds", "p99 batch service time over the AIMD window",
                                     _LABELS, registry=r)
         self.slo = Gauge("tuili_slo_seconds", "Latency objective (slo_ms) of the model", _LABELS, registry=r)
+        self.canary = CanaryMetrics(r)
 
     def add(self, stats: ModelStats) -> None:
         self._stats[(stats.model, stats.version)] = stats

@@ -123,8 +123,15 @@ REFUSED: dict[str, str] = {
     "metric_tags": "metric tags are not added to the metrics; remove them",
 }
 
-#: config parameters the server itself reads, whatever the backend (process isolation of instances)
-SERVER_PARAMETERS: frozenset[str] = frozenset({"instance_isolation", "execution_timeout_ms", "idempotent"})
+#: config parameters the server itself reads, whatever the backend: process isolation of instances
+#: (backends/worker.py), the latency objective (serve/batching.py), an ensemble's aggregation policy
+#: (serve/ensemble.py), canary releases (serve/canary.py). Where one does not apply to a model (a canary
+#: on an ensemble, an aggregation policy on a plain model) the server refuses it when it loads the model.
+SERVER_PARAMETERS: frozenset[str] = frozenset({
+    "instance_isolation", "execution_timeout_ms", "idempotent", "slo_ms", "aggregation_policy",
+    "canary_version", "canary_weight", "canary_shadow", "canary_min_requests", "canary_error_margin",
+    "canary_latency_margin",
+})
 
 
 def _set_fields(msg: Message, path: str, pattern: str) -> Iterator[tuple[str, str, FieldDescriptor, object]]:

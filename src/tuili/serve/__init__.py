@@ -3,8 +3,9 @@
     request -> http_server.py / grpc_server.py (protocol adapters, types.py; errors.py: one
                status table for both)
             -> core.InferenceServer (the facade: validation.py, outputs.py, statistics, model control)
-            -> a runner.Runner per model version: scheduler.Scheduler (priority queues, dynamic
-               batcher, one thread per instance) or ensemble.EnsembleRunner
+            -> a runner.Runner per model version: scheduler.Scheduler (queues.py: priority levels,
+               earliest deadline first; batching.py: fixed or SLO-adaptive batch sizes; one thread
+               per instance) or ensemble.EnsembleRunner; canary.py splits traffic between versions
             -> tuili.backends (onnxruntime, tuili, pytorch, python)
 
 lifecycle.py keeps model states and loads / unloads / retires versions; repository.py reads

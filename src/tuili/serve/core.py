@@ -19,8 +19,10 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
-from tuili.errors import ConfigError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
+from tuili.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
+from tuili.serve.ensemble import PartialOutputs
 from tuili.serve.errors import clip
 from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
@@ -30,7 +32,7 @@ from tuili.serve.sequence import sequence_flags
 from tuili.serve.shm import SharedMemoryRegistry, in_shared_memory
 from tuili.serve.stats import Metrics
 from tuili.serve.streaming import ResponseStream, StreamedResponse
-from tuili.serve.types import InferRequest, InferResponse
+from tuili.serve.types import InferRequest, InferResponse, RequestedOutput
 from tuili.serve.validation import check_request, int_param, request_feeds
 
 log = logging.getLogger(__name__)
@@ -276,9 +278,16 @@ class InferenceServer:
         self.repository.release(name)
 
     # ------------------------------------------------------------------ inference
+    def route(self, name: str, version: str = "") -> tuple[ModelVersion, AbstractContextManager]:
+        """The version that runs a request (a canary split picks one for requests naming none) and the
+        context recording its outcome for the split; errors as ``get_model``."""
+        self.get_model(name, version)  # Triton's error messages
+        return self.models.route(name, version)
+
     async def infer(self, req: InferRequest) -> InferResponse:
-        mv = self.get_model(req.model_name, req.model_version)
-        with mv.stats.request():
+        mv, watch = self.route(req.model_name, req.model_version)
+        parameters = {}
+        with mv.stats.request(), watch:
             if self._stopping:
                 raise ServerBusyError("the server is shutting down; retry on another instance")
             check_request(req)
@@ -286,10 +295,23 @@ class InferenceServer:
             destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
-            out = await mv.run(feeds, int_param(params, "priority"), int_param(params, "timeout"), sequence_flags(params))
-            outputs = response_outputs(mv.name, mv.spec, out, req.outputs)
+            priority, timeout = int_param(params, "priority"), int_param(params, "timeout")
+            canary = None if req.model_version else self.models.canary(mv.name)
+            shadow = canary.shadow(feeds, priority, timeout) if canary is not None else None
+            out = await mv.run(feeds, priority, timeout, sequence_flags(params))
+            if shadow is not None:
+                canary.compare(shadow, out)
+            requested = req.outputs
+            if isinstance(out, PartialOutputs):  # an ensemble step missed the deadline (aggregation_policy partial)
+                parameters["missing_outputs"] = ",".join(out.missing)
+                wanted = requested or [RequestedOutput(n) for n in mv.spec.outputs]
+                requested = [o for o in wanted if o.name not in out.missing]
+                if not requested:
+                    raise DeadlineExceededError(f"ensemble {mv.name!r}: the outputs asked for ({', '.join(o.name for o in wanted)}) "
+                                                f"were not produced before the deadline; retry, or raise the timeout")
+            outputs = response_outputs(mv.name, mv.spec, out, requested)
             self.shared_memory.write_outputs(destinations, outputs)
-        return InferResponse(mv.name, mv.version, req.id, outputs)
+        return InferResponse(mv.name, mv.version, req.id, outputs, parameters)
 
     def is_decoupled(self, name: str, version: str = "") -> bool:
         return self.get_model(name, version).decoupled
@@ -298,7 +320,7 @@ class InferenceServer:
         """The responses of a decoupled model to ``req``, as they come (a model that is not decoupled gives
         its one response). Closing the iterator early cancels the request: the model's ``is_cancelled()``
         turns true and its further responses are dropped."""
-        mv = self.get_model(req.model_name, req.model_version)
+        mv, _ = self.route(req.model_name, req.model_version)
         if not mv.decoupled:
             yield StreamedResponse(await self.infer(req), None, True)
             return

@@ -11,6 +11,9 @@ replaced ones: requests in flight finish on the version they started on.
 Instances run as threads of the server or each in a worker process (``instance_isolation``,
 tuili.backends.worker); a loaded version whose workers are all down is listed UNAVAILABLE (with
 the reason) until they are back, and ``ready`` says so.
+
+``route`` picks the version that runs a request: the one it names, else the newest, or, for a
+model with a canary release (serve/canary.py), the stable or the canary version by weight.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +29,9 @@ import numpy as np
 from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
 from tuili.model_config import ModelSpec
-from tuili.serve.ensemble import EnsembleRunner
+from tuili.serve.batching import slo_ns
+from tuili.serve.canary import Canary, CanarySettings, canary_settings
+from tuili.serve.ensemble import EnsembleRunner, aggregation_policy
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
@@ -109,6 +115,7 @@ class Model:
         self.lock = asyncio.Lock()  # one load or unload at a time
         self.signature = None  # the files of the loaded versions (poll mode compares it)
         self.failed_signature = None  # the files of the last failed load (poll mode retries only after a change)
+        self.canary: Canary | None = None  # a traffic split between two of its versions
 
     def move(self, state: ModelState, reason: str = "") -> None:
         if state not in _NEXT[self.state]:
@@ -167,6 +174,19 @@ class ModelLifecycle:
                 f"model {name!r} has no ready version {version!r}; ready versions: {', '.join(sorted(model.versions, key=int))}")
         return mv
 
+    def route(self, name: str, version: str = "") -> tuple[ModelVersion, AbstractContextManager]:
+        """(the version that runs a request for ``name``, a context that records the request's outcome for
+        the model's canary split): a request naming a version bypasses the split."""
+        if not version:
+            model = self.models.get(name)
+            if model is not None and model.canary is not None and model.versions:
+                return model.canary.pick()
+        return self.get(name, version), nullcontext()
+
+    def canary(self, name: str) -> Canary | None:
+        model = self.models.get(name)
+        return model.canary if model is not None else None
+
     def ready(self, name: str, version: str = "") -> bool:
         """Whether ``name`` (``""`` = its newest version) is loaded and can serve now."""
         try:
@@ -216,6 +236,7 @@ class ModelLifecycle:
             model.move(ModelState.LOADING)
             try:
                 plan = await asyncio.to_thread(self.repository.plan, name, config_json)
+                split = _scheduling_parameters(plan)
                 if plan.is_ensemble:
                     await self._load_dependencies(plan, _chain + (name,))
                 new_versions = await self._build_versions(plan)
@@ -228,6 +249,9 @@ class ModelLifecycle:
                 # a bug or an unexpected library error: reported, never crashes the server
                 raise ModelLoadError(f"loading model {name!r} failed: {reason}") from e
             old = model.versions
+            if model.canary is not None:
+                model.canary.close()
+            model.canary = self._canary(name, split, new_versions)
             model.set_versions(new_versions)
             model.signature, model.failed_signature = plan.signature, None
             model.move(ModelState.READY, "; ".join(plan.warnings))
@@ -236,6 +260,12 @@ class ModelLifecycle:
         for v, mv in old.items():
             if new_versions.get(v) is not mv:
                 await self._retire(mv)
+
+    def _canary(self, name: str, split: CanarySettings | None, versions: dict[str, ModelVersion]) -> Canary | None:
+        if split is None:
+            return None
+        stable = max((v for v in versions if v != split.version), key=int)
+        return Canary(name, split, versions[stable], versions[split.version], self.metrics.canary)
 
     async def _load_dependencies(self, plan: LoadPlan, chain: tuple[str, ...]) -> None:
         self.dependencies.set(plan.name, plan.dependencies)
@@ -294,6 +324,9 @@ class ModelLifecycle:
         async with model.lock:
             old = model.versions
             model.set_versions({})
+            if model.canary is not None:
+                model.canary.close()
+                model.canary = None
             model.move(ModelState.UNLOADING)
             for mv in old.values():
                 await self._retire(mv)
@@ -332,3 +365,32 @@ class ModelLifecycle:
                 model = self.models.get(name)
                 if model is not None:
                     model.failed_signature = await asyncio.to_thread(self.repository.signature, name)
+
+
+def _scheduling_parameters(plan: LoadPlan) -> CanarySettings | None:
+    """Check the server's scheduling parameters against the model they are on (before any version loads):
+    ``slo_ms``, ``aggregation_policy`` (ensembles only) and the canary's; returns the canary settings."""
+    config = plan.config
+    slo_ns(config)
+    aggregation_policy(config)
+    split = canary_settings(config)
+    if config.HasField("sequence_batching") and config_has(config, "slo_ms"):
+        raise ConfigError(f"model {plan.name!r}: parameter slo_ms is not implemented for sequence batching (a sequence's "
+                          f"requests cannot be dropped or reordered); remove it")
+    if split is None:
+        return None
+    why = ("an ensemble (route its models' canaries instead)" if plan.is_ensemble else
+           "a sequence model (a sequence's requests must all run on one version)" if config.HasField("sequence_batching") else
+           "a decoupled model" if config.model_transaction_policy.decoupled else "")
+    if why:
+        raise ConfigError(f"model {plan.name!r}: canary parameters are not implemented for {why}; remove them")
+    loaded = [v for v, _ in plan.versions]
+    if split.version not in loaded or len(loaded) < 2:
+        raise ConfigError(f"model {plan.name!r}: canary_version {split.version} needs that version and a stable one "
+                          f"loaded, but version_policy selects {', '.join(loaded)}; set version_policy to load both, e.g. "
+                          f"version_policy: {{ specific: {{ versions: [1, {split.version}] }} }}")
+    return split
+
+
+def config_has(config, key: str) -> bool:
+    return key in config.parameters and config.parameters[key].string_value != ""

@@ -6,16 +6,19 @@ queues under one lock, runs it and hands all results of the batch back to the lo
 ``call_soon_threadsafe``. So a request crosses threads exactly twice.
 
 Dynamic batching (Triton's knobs): ``max_batch_size``, ``preferred_batch_size``,
-``max_queue_delay_microseconds``. Requests of different batch sizes are concatenated along
-dim 0 and the results split back. With zero delay a free instance takes *everything already
-queued* (up to max_batch_size) rather than the first request alone.
+``max_queue_delay_microseconds``; the batch-size policy (serve/batching.py) decides how large a
+batch may be and when to form it: fixed, or adapted to the model's ``slo_ms`` (AIMD). Requests of
+different batch sizes are concatenated along dim 0 and the results split back. With zero delay a
+free instance takes *everything already queued* (up to the cap) rather than the first request alone.
 
 Backpressure and deadlines: every queue is bounded (the queue policy's ``max_queue_size``, else
 the server's default; unbounded only when the server is told so) and a full queue refuses at
 once with ServerBusyError. A request's deadline (its ``timeout`` parameter in microseconds, else
-the policy's ``default_timeout_microseconds``) is enforced on the loop by a timer and again when a
-batch is formed: an expired request never runs and gets DeadlineExceededError. A request whose
-client went away (its awaiting task cancelled) leaves the queue at once.
+the policy's ``default_timeout_microseconds``, else the model's ``slo_ms``) orders its priority
+level's queue (earliest deadline first, serve/queues.py) and is enforced on the loop by a timer
+and again when a batch is formed: a request past its deadline, or with less time left than the
+model's typical batch takes, never runs and gets DeadlineExceededError. A request whose client
+went away (its awaiting task cancelled) leaves the queue at once.
 
 Instances in worker processes (tuili.backends.worker) may die and restart: an instance thread
 waits for its worker to be back before it takes work, a batch in flight on a dying worker fails
@@ -27,60 +30,22 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 
 import numpy as np
 
-from tuili.errors import DeadlineExceededError, InvalidInputError, KernelError, ServerBusyError, TuiliError, WorkerDiedError
+from tuili.errors import InvalidInputError, KernelError, ServerBusyError, TuiliError, WorkerDiedError
+from tuili.serve.batching import FixedBatching, ServiceTimes, SloBatching, slo_ns
+from tuili.serve.queues import DEFAULT_MAX_QUEUE_SIZE, Pending, QueuePolicy, RequestQueue, deadline_error, set_results
 from tuili.serve.runner import Runner
+
+__all__ = ["DEFAULT_MAX_QUEUE_SIZE", "Pending", "QueuePolicy", "Scheduler", "STOP_GRACE_S"]
 
 log = logging.getLogger(__name__)
 _now = time.monotonic_ns
+_set_results = set_results  # the name serve.sequence uses
 
-#: Requests one priority level of a model may hold queued when its config sets no max_queue_size.
-DEFAULT_MAX_QUEUE_SIZE = 256
 #: How long stop() lets accepted requests finish before it refuses the queued ones and kills workers.
 STOP_GRACE_S = 30.0
-
-
-class Pending:
-    __slots__ = ("feeds", "batch", "fut", "t_enqueue", "deadline", "level", "queued", "timer", "result", "error", "stream")
-
-    def __init__(self, feeds, batch, fut, t_enqueue, deadline, level):
-        self.feeds = feeds
-        self.batch = batch
-        self.fut = fut
-        self.t_enqueue = t_enqueue
-        self.deadline = deadline
-        self.level = level
-        self.queued = True  # False once a worker took it or it left the queue
-        self.timer = None
-        self.result = None
-        self.error = None
-        self.stream = None  # a decoupled model's ResponseStream (serve.streaming)
-
-
-class QueuePolicy:
-    __slots__ = ("reject_on_timeout", "default_timeout_ns", "allow_override", "max_queue_size")
-
-    def __init__(self, msg=None):
-        if msg is None:
-            self.reject_on_timeout, self.default_timeout_ns, self.allow_override, self.max_queue_size = True, 0, False, 0
-        else:
-            self.reject_on_timeout = int(msg.timeout_action) == 0  # REJECT
-            self.default_timeout_ns = int(msg.default_timeout_microseconds) * 1000
-            self.allow_override = bool(msg.allow_timeout_override)
-            self.max_queue_size = int(msg.max_queue_size)
-
-
-def _set_results(items: list[Pending]) -> None:
-    for it in items:
-        if it.fut.done():  # the client went away
-            continue
-        if it.error is not None:
-            it.fut.set_exception(it.error)
-        else:
-            it.fut.set_result(it.result)
 
 
 class Scheduler(Runner):
@@ -97,8 +62,16 @@ class Scheduler(Runner):
         self.max_batch = int(config.max_batch_size)
         self.dynamic = config.HasField("dynamic_batching") and self.max_batch > 0
         db = config.dynamic_batching
-        self.preferred = sorted({int(p) for p in db.preferred_batch_size if 0 < int(p) <= self.max_batch}) if self.dynamic else []
-        self.delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self.dynamic else 0
+        preferred = sorted({int(p) for p in db.preferred_batch_size if 0 < int(p) <= self.max_batch}) if self.dynamic else []
+        delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self.dynamic else 0
+        self.slo_ns = slo_ns(config)  # the latency objective: the default deadline, and AIMD's target
+        if self.dynamic and self.slo_ns:
+            self.policy: FixedBatching = SloBatching(self.max_batch, preferred, delay_ns, self.slo_ns,
+                                                     f"model {model!r} version {version}", stats.record_batching)
+            stats.record_batching(self.policy)
+        else:
+            self.policy = FixedBatching(max(1, self.max_batch), preferred, delay_ns)
+        self.service = ServiceTimes()  # recent batch times: who can still make their deadline
         levels = int(db.priority_levels) if config.HasField("dynamic_batching") else 0
         self.levels = max(1, levels)
         self.has_priorities = levels > 0
@@ -113,7 +86,7 @@ class Scheduler(Runner):
         # the bound of each level's queue (0 = unbounded)
         self.max_queued = [p.max_queue_size or default_max_queue_size for p in self.policies]
         self.stop_grace_s = STOP_GRACE_S
-        self.queues: list[deque[Pending]] = [deque() for _ in range(self.levels)]
+        self.queues: list[RequestQueue] = [RequestQueue() for _ in range(self.levels)]
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle workers wait here
         self._form = threading.Condition(self._lock)  # the worker forming a delayed batch waits here
@@ -156,7 +129,7 @@ class Scheduler(Runner):
                     f"queue of model {self.model!r} (priority level {level + 1}) is full: {len(q)} requests, "
                     f"max_queue_size {limit}; retry later or raise max_queue_size"
                 )
-            q.append(item)
+            q.push(item, self.policies[level].reject_on_timeout)
             self._queued += 1
             if self._forming:
                 self._form.notify()
@@ -165,7 +138,8 @@ class Scheduler(Runner):
         return self._track(item, timeout_ns)
 
     def _timeout_ns(self, level: int, timeout_us: int) -> int:
-        """The deadline of a request at ``level`` from now in ns (0: none): its own timeout, else the policy's."""
+        """The deadline of a request at ``level`` from now in ns (0: none): its own timeout, else the policy's,
+        else the model's latency objective."""
         if timeout_us < 0:
             raise InvalidInputError(f"request to model {self.model!r}: timeout {timeout_us} is negative; give microseconds >= 0 "
                                     f"(0 = the model's default)")
@@ -173,7 +147,7 @@ class Scheduler(Runner):
         timeout_ns = pol.default_timeout_ns
         if timeout_us and (pol.allow_override or not timeout_ns):
             timeout_ns = int(timeout_us) * 1000
-        return timeout_ns
+        return timeout_ns or self.slo_ns
 
     def _track(self, item: Pending, timeout_ns: int) -> asyncio.Future:
         """Count a queued request in flight, arm its deadline timer, and clean up once it is answered."""
@@ -196,13 +170,7 @@ class Scheduler(Runner):
 
     def _deadline_passed(self, item: Pending) -> None:
         if self._unqueue(item) and not item.fut.done():
-            item.fut.set_exception(self._deadline_error(item, _now()))
-
-    def _deadline_error(self, item: Pending, now: int) -> DeadlineExceededError:
-        return DeadlineExceededError(
-            f"request to model {self.model!r} waited {(now - item.t_enqueue) // 1000} us in the queue, past its deadline of "
-            f"{(item.deadline - item.t_enqueue) // 1000} us; it did not run. Retry, or raise the timeout / "
-            f"default_timeout_microseconds")
+            item.fut.set_exception(deadline_error(self.model, item, _now()))
 
     def _answered(self, item: Pending) -> None:
         if item.fut.cancelled():  # the client went away: its request leaves the queue
@@ -260,7 +228,7 @@ class Scheduler(Runner):
             self._form.notify_all()
         for it in queued:
             it.error = ServerBusyError(f"model {self.model!r} version {self.version} is unloading; retry the request")
-        _set_results(queued)
+        set_results(queued)
         for b in self.instances:
             kill = getattr(b, "kill", None)
             if kill is not None:
@@ -268,58 +236,47 @@ class Scheduler(Runner):
 
     # ------------------------------------------------------------------ worker side
     def _expire(self, now: int, rejected: list[Pending]) -> None:
-        """Move the requests past their deadline (policy REJECT) from the queues to ``rejected``."""
+        """Move the requests that cannot make their deadline (policy REJECT) from the queues to ``rejected``:
+        past it, or with less time left than the model's typical batch takes."""
+        typical = self.service.typical()
+        cutoff = now + typical
         for lvl, q in enumerate(self.queues):
             if not q or not self.policies[lvl].reject_on_timeout:
                 continue
-            if any(it.deadline and it.deadline <= now for it in q):
-                keep = deque()
+            if any(it.deadline and it.deadline <= cutoff for it in q):
+                keep = []
                 for it in q:
-                    if it.deadline and it.deadline <= now:
+                    if it.deadline and it.deadline <= cutoff:
                         it.queued = False
-                        it.error = self._deadline_error(it, now)
+                        it.error = deadline_error(self.model, it, now, typical)
                         rejected.append(it)
                         self._queued -= 1
                     else:
                         keep.append(it)
-                self.queues[lvl] = keep
+                q.keep(keep)
 
-    def _candidates(self) -> tuple[list[tuple[int, int]], int]:
-        """(level, index) of the requests that fit in one batch, in priority/FIFO order, and their total size."""
-        out, total = [], 0
-        for lvl, q in enumerate(self.queues):
-            for i, it in enumerate(q):
-                if total + it.batch > self.max_batch:
-                    return out, total
-                out.append((lvl, i))
+    def _candidates(self) -> list[Pending]:
+        """The requests that fit in one batch under the policy's cap, in priority / deadline order."""
+        out, total, cap = [], 0, self.policy.cap
+        for q in self.queues:
+            for it in q:
+                if total + it.batch > cap:
+                    return out
+                out.append(it)
                 total += it.batch
-        return out, total
+        return out
 
     def _take(self, n: int) -> list[Pending]:
-        """Pop the first n requests in priority order."""
+        """Pop the first n requests in priority / deadline order."""
         taken = []
         for q in self.queues:
-            while q and len(taken) < n:
-                it = q.popleft()
-                it.queued = False
-                taken.append(it)
             if len(taken) == n:
                 break
+            taken += q.pop_front(n - len(taken))
+        for it in taken:
+            it.queued = False
         self._queued -= len(taken)
         return taken
-
-    def _preferred_cut(self, cands, total) -> int:
-        """Number of candidates forming the largest preferred batch size, or 0."""
-        if not self.preferred:
-            return 0
-        sizes, acc = [], 0
-        for lvl, i in cands:
-            acc += self.queues[lvl][i].batch
-            sizes.append(acc)
-        for k in range(len(sizes) - 1, -1, -1):
-            if sizes[k] in self.preferred:
-                return k + 1
-        return 0
 
     def _next_batch(self, rejected: list[Pending]) -> list[Pending]:
         """Called with the lock held and at least one request queued."""
@@ -331,17 +288,18 @@ class Scheduler(Runner):
             self._expire(now, rejected)
             if not self._queued:
                 return []
-            cands, total = self._candidates()
-            if not cands:  # the head request alone is larger than max_batch (validated earlier, but be safe)
+            cands = self._candidates()
+            if not cands:  # the head request alone is larger than the cap: it runs alone
                 return self._take(1)
-            full = total >= self.max_batch or (self.preferred and total >= self.preferred[-1])
-            oldest = min(q[0].t_enqueue for q in self.queues if q)
-            if full or self.delay_ns == 0 or now >= oldest + self.delay_ns or self._stopping:
-                cut = self._preferred_cut(cands, total)
-                return self._take(cut or len(cands))
+            deadlines = [it.deadline for it in cands if it.deadline and self.policies[it.level].reject_on_timeout]
+            latest_start = min(deadlines) - self.service.typical() if deadlines else 0
+            oldest = min(q.oldest() for q in self.queues if q)
+            n, until = self.policy.decide([it.batch for it in cands], oldest, latest_start, now, self._stopping)
+            if n:
+                return self._take(n)
             self._forming = True
             try:
-                self._form.wait((oldest + self.delay_ns - now) / 1e9)
+                self._form.wait(max(0, until - now) / 1e9)
             finally:
                 self._forming = False
 
@@ -360,7 +318,7 @@ class Scheduler(Runner):
                 if self._queued:  # more than one batch is waiting: wake another idle instance
                     self._work.notify()
             if rejected:
-                self.loop.call_soon_threadsafe(_set_results, rejected)
+                self.loop.call_soon_threadsafe(set_results, rejected)
             if batch:
                 self._execute(backend, batch)
 
@@ -415,10 +373,13 @@ class Scheduler(Runner):
             self._finish(batch)
             return
         ok = sum(1 for it in batch if it.error is None)
+        with self._lock:
+            self.service.add(t3 - t0)
+            self.policy.observe(total, t3 - t0)
         if ok:
             self.stats.record_execution(total, ok, [q for q, it in zip(queue_ns, batch) if it.error is None], t1 - t0, t2 - t1, t3 - t2)
         self._finish(batch)
 
     def _finish(self, batch: list[Pending]) -> None:
         """Hand the answers of an executed batch to the event loop (worker side)."""
-        self.loop.call_soon_threadsafe(_set_results, batch)
+        self.loop.call_soon_threadsafe(set_results, batch)

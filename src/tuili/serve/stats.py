@@ -8,7 +8,9 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+from tuili.serve.canary import CanaryMetrics
 
 _LABELS = ("model", "version")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, float("inf"))
@@ -53,6 +55,13 @@ class Metrics:
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tuili_inference_batch_size", "Batch size of model executions", _LABELS,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, float("inf")), registry=r)
+        # SLO-adaptive batching (serve/batching.py): only models with slo_ms and dynamic batching
+        self.batch_cap = Gauge("tuili_batch_cap", "Current batch-size cap set by SLO-adaptive batching (AIMD)", _LABELS,
+                               registry=r)
+        self.batch_time_p99 = Gauge("tuili_batch_time_p99_seconds", "p99 batch service time over the AIMD window",
+                                    _LABELS, registry=r)
+        self.slo = Gauge("tuili_slo_seconds", "Latency objective (slo_ms) of the model", _LABELS, registry=r)
+        self.canary = CanaryMetrics(r)
 
     def add(self, stats: ModelStats) -> None:
         self._stats[(stats.model, stats.version)] = stats
@@ -63,7 +72,7 @@ class Metrics:
         if self._stats.get((model, version)) is not stats:
             return
         del self._stats[(model, version)]
-        for m in (self.latency, self.queue_latency, self.batch_size):
+        for m in (self.latency, self.queue_latency, self.batch_size, self.batch_cap, self.batch_time_p99, self.slo):
             try:
                 m.remove(model, version)
             except KeyError:
@@ -109,6 +118,8 @@ class ModelStats:
         self.last_inference_ms = 0
         self.batch: dict[int, list[_Dur]] = {}
         self.pending = 0
+        self.batching = None  # an SLO-adaptive batch policy, reported in json() and the metrics
+        self._metrics = metrics
         lv = (model, version)
         self._p_latency = metrics.latency.labels(*lv)
         self._p_qlat = metrics.queue_latency.labels(*lv)
@@ -136,6 +147,14 @@ class ModelStats:
         for q in queue_ns:
             self._p_qlat.observe(q / 1e9)
 
+    def record_batching(self, policy) -> None:
+        """The batch policy adapted its cap (serve/batching.SloBatching.observe, the scheduler's lock held)."""
+        if self.batching is None:
+            self.batching = policy
+            self._metrics.slo.labels(self.model, self.version).set(policy.slo_ns / 1e9)
+        self._metrics.batch_cap.labels(self.model, self.version).set(policy.cap)
+        self._metrics.batch_time_p99.labels(self.model, self.version).set(policy.p99_ns / 1e9)
+
     # called from the event loop -------------------------------------------------------------
     def record_request(self, ok: bool, duration_ns: int) -> None:
         with self._lock:
@@ -157,7 +176,7 @@ class ModelStats:
 
     def json(self) -> dict:
         with self._lock:
-            return {
+            out = {
                 "name": self.model,
                 "version": self.version,
                 "last_inference": self.last_inference_ms,
@@ -175,6 +194,9 @@ class ModelStats:
                 ],
                 "memory_usage": [],
             }
+        if self.batching is not None:  # tuili's own (gRPC clients, bound to Triton's schema, do not see it)
+            out["slo_batching"] = self.batching.describe()
+        return out
 
 
 class _RequestTimer:

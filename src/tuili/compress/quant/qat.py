@@ -75,7 +75,7 @@ def _module_classes():
     class WeightFakeQuant(nn.Module):
         """Symmetric per-output-channel weight quantizer with learned scales (LSQ)."""
 
-        def __init__(self, weight: torch.Tensor, qt: QType, init: str = "lsq"):
+        def __init__(self, weight: torch.Tensor, qt: QType, init: str = "mse"):
             super().__init__()
             self.qmin, self.qmax = qt.qmin, qt.qmax
             w = weight.detach().reshape(weight.shape[0], -1)
@@ -253,7 +253,7 @@ def _batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def prepare_qat(model, calib, *, weight_bits: int = 8, activation_bits: int = 8, weight_type: str = "int8",
-                method: str = DEFAULT_METHOD, weight_init: str = "lsq", reduce_range: bool | None = None,
+                method: str = DEFAULT_METHOD, weight_init: str = "mse", reduce_range: bool | None = None,
                 batch_size: int = 64, samples: int | None = 512):
     """A fake-quant deep copy of torch ``model`` (never modified) for quantization-aware training.
 

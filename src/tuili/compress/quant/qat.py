@@ -8,8 +8,9 @@ What the fake-quant copy simulates, so that training sees the numbers the export
 - BatchNorm folded into the Conv before it (its running statistics), as the exported model has it:
   the weights QAT quantizes are the weights exported. Other BatchNorms stay, frozen in eval mode.
 - weights of every Conv/Linear: symmetric, per output channel, on ``weight_bits`` (2..8) bits
-  ([-7, 7] for 4 bits), with a learned scale per channel (LSQ, Esser et al. 2020): initialised to
-  2 mean|w| / sqrt(Qp), its gradient scaled by 1 / sqrt(N Qp) (N: weights per channel).
+  ([-7, 7] for 4 bits), with a learned scale per channel (LSQ, Esser et al. 2020), its gradient scaled
+  by 1 / sqrt(N Qp) (N: weights per channel); initialised at the clipping with the least squared error
+  (``weight_init="mse"``; LSQ's 2 mean|w| / sqrt(Qp) is ``"lsq"``, worse for short fine-tunes).
 - the input of every Conv/Linear: per tensor, unsigned asymmetric (uint8, or uint4 for 4 bits) with a
   learned scale (LSQ gradient scaling, N: features per sample) and zero point (LSQ+, Bhalgat et al.
   2020), both initialised by a short calibration with tuili's observers (MSE by default). The zero
@@ -260,6 +261,7 @@ def prepare_qat(model, calib, *, weight_bits: int = 8, activation_bits: int = 8,
     ``calib``: samples (array or tensor, samples along axis 0; or {input name: array}) that initialise the
     activation quantizers with observer ``method`` (at most ``samples`` of them). ``weight_bits`` 2..8,
     ``activation_bits`` 8 or 4; ``weight_type`` "int8" (default) or "int4" stores the weights on export.
+    ``weight_init``: "mse" (each channel's least-error clipping, default) or "lsq" (2 mean|w| / sqrt(Qp)).
     ``reduce_range=None`` keeps 7-bit weights at 8 bits where the CPU lacks VNNI/AMX, as quantize_static."""
     import torch
     from torch import nn

@@ -19,6 +19,15 @@ and onnxruntime latency at batch 1. ``--suite mixed`` (glyphs_cnn: top-1 budget 
 mobilenet_v2: SNR budget): per-layer sensitivity and latency, the layers kept float and the model's latency.
 
     .venv/bin/python benchmarks/quantize.py --suite int4,mixed
+
+``--suite qat`` (glyphs_cnn by default): for each bit setting (``--qat-bits W/A``: weight / activation bits,
+default 8/8, 4/8, 4/4), PTQ (quantize_static, same calibration data; 4-bit weights in int8, 4-bit
+activations uint4) beside QAT (tuili.compress.quant.qat: fine-tuned ``--qat-epochs`` epochs on the train
+split from the trained model, exported with its learned scales): top-1 on the TEST split in onnxruntime
+(uint4 activations at graph optimization level basic), size, and the largest difference between tuili's
+engine and onnxruntime on the QAT model (relative to the largest logit).
+
+    .venv/bin/python benchmarks/quantize.py --suite qat
 """
 from __future__ import annotations
 
@@ -237,6 +246,70 @@ def bench_mixed(name: str, args, tmp: Path):
                           latency_batch=args.latency_batch, threads=args.threads)
 
 
+def bench_qat(name: str, args, tmp: Path) -> list[dict]:
+    """fp32 / PTQ / QAT top-1 and size of trained zoo CNN ``name`` at each --qat-bits setting."""
+    import time
+
+    import onnxruntime as ort
+
+    import tuili
+    from tuili.compress.quant import export_qat, finetune_qat, prepare_qat, quantize_static
+    from tuili.zoo.training import load_checkpoint
+
+    src, data = trained_model(name)
+    rng = np.random.default_rng(0)
+    calib = data.x_train[np.sort(rng.permutation(len(data.x_train))[:args.calib_samples])]
+
+    def top1(path, basic: bool = False) -> float:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if basic:  # onnxruntime's QDQ fusion turns uint4 activations into an invalid QLinearConv
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        out = np.concatenate([sess.run(None, {"input": data.x_test[i:i + 512]})[0]
+                              for i in range(0, len(data.x_test), 512)])
+        return 100 * float((out.argmax(1) == data.y_test).mean())
+
+    rows = [{"model": name, "bits": "32/32", "variant": "fp32", "size": os.path.getsize(src), "top1": top1(src)}]
+    for setting in args.qat_bits:
+        wb, ab = (int(b) for b in setting.split("/"))
+        four_act = ab == 4
+        ptq = tmp / f"{name}.ptq.w{wb}a{ab}.onnx"
+        quantize_static(src, ptq, {"input": calib}, batch_size=args.calib_batch, weight_bits=wb,
+                        activation_type="uint4" if four_act else "uint8", reduce_range=False if wb < 8 else None)
+        rows.append({"model": name, "bits": setting, "variant": "PTQ (quantize_static)", "size": os.path.getsize(ptq),
+                     "top1": top1(ptq, four_act)})
+        t0 = time.perf_counter()
+        qm = prepare_qat(load_checkpoint(src.with_suffix(".pt")), calib, weight_bits=wb, activation_bits=ab)
+        finetune_qat(qm, data, epochs=args.qat_epochs, samples=args.qat_samples, lr=args.qat_lr, seed=0)
+        qat = tmp / f"{name}.qat.w{wb}a{ab}.onnx"
+        export_qat(qm, qat, calib, batch_size=args.calib_batch)
+        x = data.x_test[:256]
+        fused = session(qat).run(None, {"input": x})[0] if not four_act else None
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        ref = ort.InferenceSession(str(qat), so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        mine = tuili.InferenceSession(str(qat)).run(None, {"input": x})[0]
+        scale = float(np.abs(ref).max())
+        agree = f"{np.abs(mine - ref).max() / scale:.1e}"
+        if fused is not None:
+            agree += f" / {np.abs(mine - fused).max() / scale:.1e}"
+        rows.append({"model": name, "bits": setting, "variant": f"QAT ({args.qat_epochs} ep)", "size": os.path.getsize(qat),
+                     "top1": top1(qat, four_act), "agree": agree, "seconds": time.perf_counter() - t0})
+    return rows
+
+
+def qat_table(rows: list[dict]) -> str:
+    head = ["model", "W/A bits", "variant", "size kB", "top-1 %", "drop pt", "tuili vs ort exact / fused", "QAT s"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * 3 + "---|---:|"]
+    base = {r["model"]: r["top1"] for r in rows if r["variant"] == "fp32"}
+    for r in rows:
+        drop = "" if r["variant"] == "fp32" else f"{base[r['model']] - r['top1']:.2f}"
+        lines.append("| " + " | ".join([r["model"], r["bits"], r["variant"], f"{r['size'] / 1e3:.1f}", f"{r['top1']:.2f}",
+                                        drop, r.get("agree", ""), f"{r['seconds']:.0f}" if "seconds" in r else ""]) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], batches: list[int]) -> str:
     head = ["model", "quantizer", "size MB", "top-1 %", "drop pt", "SNR dB"]
     for b in batches:
@@ -274,11 +347,17 @@ def main(argv=None) -> int:
     ap.add_argument("--top1-budget", type=float, default=0.3, help="allowed top-1 drop (points), trained CNNs")
     ap.add_argument("--snr-budget", type=float, default=20.0, help="minimum SNR (dB), untrained CNNs")
     ap.add_argument("--latency-batch", type=int, default=1, help="deployment batch of the mixed-precision search")
+    ap.add_argument("--qat-models", default="glyphs_cnn")
+    ap.add_argument("--qat-bits", default="8/8,4/8,4/4", help="weight/activation bits, comma-separated (qat suite)")
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--qat-samples", type=int, help="training samples per QAT epoch (default: the whole train split)")
+    ap.add_argument("--qat-lr", type=float, default=5e-4)
     args = ap.parse_args(argv)
     suites = set(args.suite.split(","))
-    unknown = suites - {"static", "int4", "mixed"}
+    unknown = suites - {"static", "int4", "mixed", "qat"}
     if unknown:
-        ap.error(f"unknown suite(s) {sorted(unknown)}: use static, int4, mixed")
+        ap.error(f"unknown suite(s) {sorted(unknown)}: use static, int4, mixed, qat")
+    args.qat_bits = [b for b in args.qat_bits.split(",") if b]
     args.methods = [m for m in args.methods.split(",") if m]
     args.batch = [int(b) for b in args.batch.split(",")]
     import onnxruntime
@@ -308,6 +387,14 @@ def main(argv=None) -> int:
                 print(f"\n### {name}\n")
                 print("```\n" + result.summary() + "\n```\n")
                 print(result.layer_table())
+        if "qat" in suites:
+            rows = []
+            for name in args.qat_models.split(","):
+                if name not in TRAINED:
+                    ap.error(f"--qat-models: {name} is not one of the trained CNNs ({', '.join(sorted(TRAINED))})")
+                rows += bench_qat(name, args, Path(d))
+            print()
+            print(qat_table(rows))
     return 0
 
 

@@ -21,6 +21,7 @@ from tuili.passes import Report, copy_graph, optimize
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 13  # DequantizeLinear's per-channel axis
+FOUR_BIT_OPSET = 21  # int4 / uint4 QuantizeLinear and DequantizeLinear
 
 
 def load_model(model) -> Graph:

@@ -6,7 +6,9 @@
 Activations are uint8 asymmetric by default (per tensor: the int8 kernels take one scale per
 activation), weights int8 symmetric per output channel. On a CPU without an exact int8 dot product
 (no VNNI/AMX, ``tuili.runtime.cpu.exact_int8_dot() is None``) the weights keep 7 bits by default, so
-onnxruntime's u8s8 kernels cannot saturate. The input file is only read.
+onnxruntime's u8s8 kernels cannot saturate. ``weight_bits`` (2..8) narrows the weights' range inside
+their type (4-bit weights stored int8 still run on onnxruntime's int8 kernels); ``int4``/``uint4`` types
+store 4 bits (the model is raised to opset 21). The input file is only read.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from . import qdq, smooth
 from .biascorrect import MeanObserver, Tee, input_axis
 from .calibrate import DEFAULT_BATCH, collect, model_inputs, reader_for
 from .observers import OBSERVERS, MinMaxObserver, make_observer
-from .prepare import model_size, prepare
+from .prepare import FOUR_BIT_OPSET, MIN_OPSET, model_size, prepare
 from .qparams import qtype, scale_zero_point
 from .report import Report
 
@@ -62,7 +64,8 @@ class Calibrated:
                  reduce_range: bool | None = None, op_types=qdq.COMPUTE, batch_size: int = DEFAULT_BATCH,
                  samples: int | None = None, progress: Callable[[int], None] | None = None,
                  observer_options: dict | None = None, bias_correction: bool = True,
-                 smooth_alpha: float | None = None):
+                 smooth_alpha: float | None = None, weight_bits: int | None = None,
+                 act_params: dict[str, tuple] | None = None, weight_scales: dict[str, np.ndarray] | None = None):
         if method not in OBSERVERS:
             raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(OBSERVERS)}")
         unknown = set(op_types) - set(qdq.COMPUTE)
@@ -73,17 +76,23 @@ class Calibrated:
         self.reduce_range = default_reduce_range() if reduce_range is None else bool(reduce_range)
         self.symmetric_activations = symmetric_activations
         self.act_qt = qtype(activation_type, symmetric=symmetric_activations)
-        self.ws = qdq.WeightSettings(qtype(weight_type, symmetric=True, reduce_range=self.reduce_range), per_channel)
+        self.ws = qdq.WeightSettings(qtype(weight_type, symmetric=True, reduce_range=self.reduce_range,
+                                           bits=weight_bits), per_channel)
         if not self.ws.qtype.signed:
-            raise ConfigError(f"weight type {weight_type!r}: weights are quantized symmetric int8; use weight_type='int8'")
-        self.graph, _ = prepare(model_in)
+            raise ConfigError(f"weight type {weight_type!r}: weights are quantized symmetric; use weight_type='int8' "
+                              "or 'int4'")
+        four_bit = min(self.act_qt.storage_bits, self.ws.qtype.storage_bits) == 4
+        self.graph, _ = prepare(model_in, min_opset=FOUR_BIT_OPSET if four_bit else MIN_OPSET)
         for node in self.graph.nodes:  # layers are named in reports and exclude lists
             if not node.name:
                 node.name = self.graph.unique_name(node.op_type)
         self.reader = reader_for(calib, model_inputs(self.graph), batch_size, samples)
         self.smooth_alpha = smooth_alpha
         self.smoothed = self._smooth(smooth_alpha) if smooth_alpha is not None else []
-        self.act: dict[str, tuple] = {}
+        # ranges the caller already knows (QAT's learned ones) are used as given, never calibrated
+        self.act: dict[str, tuple] = {t: (np.float32(sc), np.asarray(zp).astype(self.act_qt.numpy))
+                                      for t, (sc, zp) in (act_params or {}).items()}
+        self.weight_scales = dict(weight_scales or {})
         self.bias_correction = bias_correction
         self.means: dict[str, np.ndarray] = {}  # float input of a Conv/Gemm -> per-channel mean
         self.samples = 0
@@ -140,14 +149,15 @@ class Calibrated:
         """Quantize ``g`` in place with these ranges (``g``: this graph or a part of it, same tensor names)."""
         p = qdq.plan(g, op_types=self.op_types, exclude=exclude, fold_activations=not self.symmetric_activations)
         self._calibrate(p.observed, mean_axes=self._mean_axes(p))
-        qdq.rewrite(g, p, {t: self.act[t] for t in p.observed}, self.ws, self.means if self.bias_correction else None)
+        qdq.rewrite(g, p, {t: self.act[t] for t in p.observed}, self.ws, self.means if self.bias_correction else None,
+                    self.weight_scales)
         g.producer_name = "tuili.compress.quant"
         return p
 
     def settings(self) -> dict:
         return {"method": self.method, "per_channel": self.ws.per_channel,
                 "activations": self.act_qt.name + (" symmetric" if self.symmetric_activations else " asymmetric"),
-                "weights": f"{self.ws.qtype.name} symmetric" + (" 7-bit (reduce_range)" if self.reduce_range else ""),
+                "weights": f"{self.ws.qtype.name} symmetric" + _bits_note(self.ws.qtype),
                 "bias_correction": self.bias_correction,
                 "smoothquant": f"alpha {self.smooth_alpha}, {len(self.smoothed)} activations" if self.smoothed else "off"}
 
@@ -157,7 +167,7 @@ def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, pe
                     reduce_range: bool | None = None, op_types=qdq.COMPUTE, exclude=(), batch_size: int = DEFAULT_BATCH,
                     samples: int | None = None, progress: Callable[[int], None] | None = None,
                     observer_options: dict | None = None, bias_correction: bool = True,
-                    smooth_alpha: float | None = None) -> Report:
+                    smooth_alpha: float | None = None, weight_bits: int | None = None) -> Report:
     """Quantize ``model_in`` (path, bytes, ModelProto or Graph) to a QDQ model written to ``model_out``.
 
     ``calib``: an .npz path (one array per input), a dict of arrays, a calibration Reader or an
@@ -166,14 +176,15 @@ def quantize_static(model_in, model_out, calib, method: str = DEFAULT_METHOD, pe
     ``reduce_range=None`` decides by the CPU (see the module doc). ``op_types`` restricts the
     compute ops quantized, ``exclude`` names nodes to keep float. ``bias_correction`` adds back to each
     Conv/Gemm bias the mean shift its weights' rounding causes (biascorrect.py). ``smooth_alpha``
-    migrates activation outliers into MatMul/Gemm weights first (SmoothQuant, smooth.py). ``progress(n)`` is called after each
+    migrates activation outliers into MatMul/Gemm weights first (SmoothQuant, smooth.py). ``weight_bits``
+    narrows the weights' range inside ``weight_type`` (see the module doc). ``progress(n)`` is called after each
     calibration batch with its sample count."""
     t0 = time.perf_counter()
     check_paths(model_in, model_out)
     cal = Calibrated(model_in, calib, method, per_channel, activation_type=activation_type, weight_type=weight_type,
                      symmetric_activations=symmetric_activations, reduce_range=reduce_range, op_types=op_types,
                      batch_size=batch_size, samples=samples, progress=progress, observer_options=observer_options,
-                     bias_correction=bias_correction, smooth_alpha=smooth_alpha)
+                     bias_correction=bias_correction, smooth_alpha=smooth_alpha, weight_bits=weight_bits)
     graph, p = cal.build(exclude)
     graph.save(str(model_out))
     report = static_report(model_in, model_out, p, cal)
@@ -189,6 +200,13 @@ def static_report(model_in, model_out, p: qdq.Plan, cal: Calibrated, mode: str =
                     p.float_nodes, samples=cal.samples, tensors=len(p.observed))
     report.settings = cal.settings()
     return report
+
+
+def _bits_note(qt) -> str:
+    bits = int(qt.qmax - qt.qmin).bit_length()
+    if qt.storage_bits == 8 and qt.qmax == 64:
+        return " 7-bit (reduce_range)"
+    return f" {bits}-bit in {qt.name}" if bits < qt.storage_bits else ""
 
 
 def _label(model) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from tuili.errors import ConfigError
 from tuili.ir import Graph, Node, Value, infer_shapes
 from tuili.passes.base import const_of
 
@@ -197,12 +198,20 @@ def _qdq(graph: Graph, x: Value, scale: np.ndarray, zp: np.ndarray, axis: int | 
                           output_names=[fresh_name(graph, f"{x.name}_dequantized")], attrs=attrs).outputs[0]
 
 
-def weight_params(w: np.ndarray, axis: int | None, ws: WeightSettings,
-                  bias: np.ndarray | None = None, x_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric (scale, zero point) of a weight, per channel along ``axis``; a channel's scale is raised
-    where its bias / (x_scale * w_scale) would overflow int32."""
+def weight_params(w: np.ndarray, axis: int | None, ws: WeightSettings, bias: np.ndarray | None = None,
+                  x_scale: float | None = None, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric (scale, zero point) of a weight, per channel along ``axis`` (min-max, unless ``scale`` is
+    given); a channel's scale is raised where its bias / (x_scale * w_scale) would overflow int32."""
     lo, hi = channel_minmax(w, axis if ws.per_channel else None)
-    scale, zp = scale_zero_point(lo, hi, ws.qtype, symmetric=True)
+    mm_scale, zp = scale_zero_point(lo, hi, ws.qtype, symmetric=True)
+    if scale is None:
+        scale = mm_scale
+    else:
+        scale = np.asarray(scale, np.float32)
+        if scale.size != np.size(mm_scale) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ConfigError(f"given weight scales {scale.shape}: need {np.size(mm_scale)} finite positive values "
+                              f"(one per output channel of a weight of shape {w.shape})")
+        scale = scale.reshape(np.shape(mm_scale))
     if bias is not None and x_scale is not None:
         need = np.abs(bias.astype(np.float64)) / (float(x_scale) * INT32_MAX)
         scale = np.maximum(scale, need.astype(np.float32) if ws.per_channel else np.float32(need.max()))
@@ -210,10 +219,13 @@ def weight_params(w: np.ndarray, axis: int | None, ws: WeightSettings,
 
 
 def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]], ws: WeightSettings,
-            input_means: dict[str, np.ndarray] | None = None) -> None:
+            input_means: dict[str, np.ndarray] | None = None,
+            weight_scales: dict[str, np.ndarray] | None = None) -> None:
     """Insert the plan's Q/DQ with ``act`` (observed tensor -> (scale, zero point)) and quantize the weights.
     ``input_means`` (float input tensor -> per-channel mean) turns on bias correction (biascorrect.py)
-    for the Conv and Gemm nodes whose input it names."""
+    for the Conv and Gemm nodes whose input it names. ``weight_scales`` (node name -> scale per output
+    channel) replaces the min-max scales of those nodes' weights (QAT's learned scales); weights are
+    clamped to ``ws.qtype``'s range either way."""
     ids = p.quantized_ids()
     x_names = {id(n): n.inputs[0].name for n in p.compute}
     params = {t: act[src] for t, src in p.tensors.items()}
@@ -239,9 +251,10 @@ def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]]
         b_val = node.inputs[2] if len(node.inputs) > 2 else None
         b = const_of(b_val) if b_val is not None else None
         x_scale = x_scales[id(node)]
-        scale, zp = weight_params(w, axis, ws, b, x_scale)
+        given = (weight_scales or {}).get(node.name)
+        scale, zp = weight_params(w, axis, ws, b, x_scale, given)
         ch_axis = axis if ws.per_channel else None
-        w_int = quantize(w, scale, zp, ch_axis)
+        w_int = _quantize_weight(w, scale, zp, ch_axis, ws.qtype)
         x_mean = (input_means or {}).get(x_names[id(node)])
         if x_mean is not None and (b is not None or node.op_type == "Conv") and float(node.attrs.get("beta", 1.0)):
             shift = output_shift(node, w, dequantize(w_int, scale, zp, ch_axis), x_mean)
@@ -251,8 +264,8 @@ def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]]
                 if len(node.inputs) < 3:
                     node.inputs.append(None)
                 node.set_input(2, b_val)
-            scale, zp = weight_params(w, axis, ws, b, x_scale)  # the int32 range check sees the new bias
-            w_int = quantize(w, scale, zp, ch_axis)
+            scale, zp = weight_params(w, axis, ws, b, x_scale, given)  # the int32 range check sees the new bias
+            w_int = _quantize_weight(w, scale, zp, ch_axis, ws.qtype)
         wq = graph.add_initializer(fresh_name(graph, f"{w_val.name}_quantized"), w_int)
         node.set_input(1, _qdq(graph, wq, scale, zp, ch_axis, quantize_node=False))
         if b is not None:
@@ -263,6 +276,12 @@ def rewrite(graph: Graph, p: Plan, act: dict[str, tuple[np.ndarray, np.ndarray]]
     drop_unused_initializers(graph)
     graph.topological_sort()
     infer_shapes(graph)
+
+
+def _quantize_weight(w: np.ndarray, scale, zp, axis: int | None, qt: QType) -> np.ndarray:
+    """QuantizeLinear clamped to ``qt``'s range (narrower than the storage type for 4-bit weights in int8
+    storage, and a learned scale may clip)."""
+    return np.clip(quantize(w, scale, zp, axis).astype(np.int32), qt.qmin, qt.qmax).astype(zp.dtype)
 
 
 def drop_unused_initializers(graph: Graph) -> None:

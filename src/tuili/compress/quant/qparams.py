@@ -8,14 +8,18 @@ Symmetric quantization centres the range: [-a, a] with a = max(|lo|, |hi|), zero
 128 (uint8). ``reduce_range`` keeps 7 bits of magnitude (int8 in [-64, 64]): onnxruntime's u8s8
 kernels on CPUs without VNNI add pairs of u8*s8 products into a saturating int16, and
 2 * 255 * 64 = 32640 still fits (README, "Every CPU").
+
+Types: int8/uint8, and int4/uint4 (ONNX opset 21). ``bits`` narrows a type's range to fewer bits inside
+the same storage (int8 storage of 4-bit weights in [-7, 7]: onnxruntime's int8 kernels still run them).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
-import onnx
 
+from tuili import dtypes
 from tuili.errors import ConfigError
 
 
@@ -23,33 +27,47 @@ from tuili.errors import ConfigError
 class QType:
     """An integer type as a quantizer sees it: its numpy dtype and the integer range used."""
 
-    name: str  # "int8" | "uint8"
+    name: str  # "int8" | "uint8" | "int4" | "uint4": the storage type
     qmin: int
     qmax: int
 
     @property
     def numpy(self) -> np.dtype:
-        return np.dtype(self.name)
+        return np.dtype(dtypes.from_name(self.name).numpy)
 
     @property
     def onnx(self) -> int:
-        return onnx.helper.np_dtype_to_tensor_dtype(self.numpy)
+        return dtypes.from_name(self.name).onnx
+
+    @property
+    def storage_bits(self) -> int:
+        return dtypes.from_name(self.name).bits
 
     @property
     def signed(self) -> bool:
         return self.qmin < 0
 
 
-def qtype(name: str, *, symmetric: bool = False, reduce_range: bool = False) -> QType:
-    """The integer range for ``name`` ("int8" / "uint8"). Symmetric int8 drops -128 so the range is
-    centred ([-127, 127]); ``reduce_range`` keeps 7 bits of magnitude."""
-    if name == "int8":
-        if reduce_range:
-            return QType("int8", -64, 64)
-        return QType("int8", -127 if symmetric else -128, 127)
-    if name == "uint8":
-        return QType("uint8", 0, 127 if reduce_range else 255)
-    raise ConfigError(f"quantized type {name!r} is not supported; use 'int8' or 'uint8'")
+STORAGE_BITS = {"int8": 8, "uint8": 8, "int4": 4, "uint4": 4}
+
+
+def qtype(name: str, *, symmetric: bool = False, reduce_range: bool = False, bits: int | None = None) -> QType:
+    """The integer range for ``name`` ("int8" / "uint8" / "int4" / "uint4"). Symmetric signed types drop
+    the most negative value so the range is centred ([-127, 127]); ``reduce_range`` keeps 7 bits of
+    magnitude of an 8-bit type. ``bits`` (2..storage bits) narrows the range inside the same storage;
+    below 8 bits ``reduce_range`` has nothing left to do (2 * 255 * 63 fits int16)."""
+    if name not in STORAGE_BITS:
+        raise ConfigError(f"quantized type {name!r} is not supported; use one of {', '.join(STORAGE_BITS)}")
+    width = STORAGE_BITS[name]
+    b = width if bits is None else int(bits)
+    if not 2 <= b <= width:
+        raise ConfigError(f"{b} bits do not fit quantized type {name!r}: use 2..{width} bits")
+    if name.startswith("u"):
+        return QType(name, 0, 127 if reduce_range and b == 8 else 2**b - 1)
+    if reduce_range and b == 8:
+        return QType(name, -64, 64)
+    half = 2 ** (b - 1)
+    return QType(name, -(half - 1) if symmetric else -half, half - 1)
 
 
 def scale_zero_point(lo, hi, qt: QType, *, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +103,7 @@ def _broadcast(p: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
 def quantize(x: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
     """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), per tensor or along ``axis``."""
     zp = np.asarray(zero_point)
-    info = np.iinfo(zp.dtype)
+    info = ml_dtypes.iinfo(zp.dtype)
     s = _broadcast(np.asarray(scale, np.float32), x.ndim, axis)
     z = _broadcast(zp.astype(np.int32), x.ndim, axis)
     q = np.rint(np.asarray(x, np.float32) / s) + z

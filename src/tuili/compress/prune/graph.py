@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from tuili.errors import UnsupportedModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -67,9 +69,15 @@ def trace(model, example) -> ChannelGraph:
     from torch import fx, nn
     from torch.fx.passes.shape_prop import ShapeProp
 
-    gm = fx.symbolic_trace(model)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
+    try:
+        gm = fx.symbolic_trace(model)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as e:  # fx's TraceError and whatever the model's own code raises on a Proxy
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnsupportedModelError(f"{type(model).__name__}: torch.fx cannot trace this model ({first}); structured "
+                                    "pruning needs a traceable forward (no control flow on tensor values); use "
+                                    "unstructured pruning instead") from e
     modules = dict(gm.named_modules())
     parent: list[int] = []
     blocked: set[int] = set()

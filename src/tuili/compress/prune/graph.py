@@ -63,21 +63,31 @@ def _fname(target) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
+def _symbolic_trace(model):
+    from torch import fx
+
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as e:  # fx's TraceError and whatever the model's own code raises on a Proxy
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnsupportedModelError(f"{type(model).__name__}: torch.fx cannot trace this model ({first}); structured "
+                                    "pruning and BatchNorm folding need a traceable forward (no control flow on tensor "
+                                    "values); use unstructured pruning instead") from e
+
+
 def trace(model, example) -> ChannelGraph:
     """Trace ``model`` on ``example`` (a batch of inputs) and build its channel graph."""
     import torch
     from torch import fx, nn
     from torch.fx.passes.shape_prop import ShapeProp
 
+    gm = _symbolic_trace(model)
     try:
-        gm = fx.symbolic_trace(model)
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
-    except Exception as e:  # fx's TraceError and whatever the model's own code raises on a Proxy
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedModelError(f"{type(model).__name__}: torch.fx cannot trace this model ({first}); structured "
-                                    "pruning needs a traceable forward (no control flow on tensor values); use "
-                                    "unstructured pruning instead") from e
+    except Exception as e:  # a wrong example shape, mostly
+        raise UnsupportedModelError(f"{type(model).__name__}: running the traced model on an example of shape "
+                                    f"{tuple(example.shape)} failed ({e}); give an example batch the model accepts") from e
     modules = dict(gm.named_modules())
     parent: list[int] = []
     blocked: set[int] = set()

@@ -101,7 +101,7 @@ def apply_masks(layers: dict, masks: dict) -> None:
     from torch.nn.utils import prune
 
     for n, m in layers.items():
-        if prune.is_pruned(m):
+        if hasattr(m, "weight_orig"):
             m.weight_mask.copy_(masks[n])
         else:
             prune.custom_from_mask(m, "weight", masks[n])
@@ -112,7 +112,7 @@ def finalize(model) -> None:
     from torch.nn.utils import prune
 
     for m in model.modules():
-        if prune.is_pruned(m):
+        if hasattr(m, "weight_orig"):
             prune.remove(m, "weight")
 
 

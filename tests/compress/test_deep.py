@@ -12,8 +12,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from tuili import zoo
-from tuili.compress.deep import MAGIC, compress, deep_compress, kmeans_1d, load, share_weights, unshare
-from tuili.compress.deep import huffman
+from tuili.compress.deep import MAGIC, compress, deep_compress, huffman, kmeans_1d, load, share_weights, unshare
 from tuili.compress.deep.fileformat import weight_names
 from tuili.compress.train import fine_tune, subset
 from tuili.errors import ConfigError, ModelLoadError

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tuili import zoo
-from tuili.compress.prune import (cubic_schedule, magnitude_masks, prune_channels, prune_unstructured, storage_bytes)
+from tuili.compress.prune import cubic_schedule, magnitude_masks, prune_channels, prune_unstructured, storage_bytes
 from tuili.compress.prune.graph import trace
 from tuili.compress.prune.unstructured import prunable_layers
 from tuili.compress.train import accuracy, export_onnx, fine_tune, subset

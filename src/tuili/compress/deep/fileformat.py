@@ -136,7 +136,6 @@ def compress(model, path, *, cluster_bits: dict | None = None, sparsity: float |
     from onnx import numpy_helper
 
     from tuili.compress.deep.sharing import DEFAULT_BITS, kmeans_1d
-
     from tuili.compress.prune.unstructured import check_sparsity
 
     bits = {**DEFAULT_BITS, **(cluster_bits or {})}

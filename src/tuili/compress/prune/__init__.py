@@ -8,8 +8,14 @@ channel pruning over a channel dependency graph traced with torch.fx.
 
 torch is imported by the functions, not by this package."""
 from tuili.compress.prune.structured import CRITERIA, StructuredResult, bn_l1_regularizer, flops, prune_channels
-from tuili.compress.prune.unstructured import (PruneResult, cubic_schedule, magnitude_masks, prune_unstructured,
-                                               sparsity_table, storage_bytes)
+from tuili.compress.prune.unstructured import (
+                                               PruneResult,
+                                               cubic_schedule,
+                                               magnitude_masks,
+                                               prune_unstructured,
+                                               sparsity_table,
+                                               storage_bytes,
+)
 
 __all__ = ["CRITERIA", "PruneResult", "StructuredResult", "bn_l1_regularizer", "cubic_schedule", "flops",
            "magnitude_masks", "prune_channels", "prune_unstructured", "sparsity_table", "storage_bytes"]

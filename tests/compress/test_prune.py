@@ -37,7 +37,7 @@ def _conv_linear_weights(model):
 def test_oneshot_reaches_the_sparsity_and_leaves_the_input_alone(scope):
     model = zoo.create("glyphs_cnn")
     before = _state(model)
-    result = prune_unstructured(model, 0.7, scope=scope, progress=False)
+    result = prune_unstructured(model, 0.7, scope=scope, dense_first=False, progress=False)
     assert _same_state(before, _state(model))
     ws = _conv_linear_weights(result.model)
     zeros = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
@@ -49,6 +49,14 @@ def test_oneshot_reaches_the_sparsity_and_leaves_the_input_alone(scope):
         assert len({round(r.sparsity, 2) for r in result.layers}) > 1
     # no pruning re-parametrization left behind
     assert not any(hasattr(m, "weight_orig") for m in result.model.modules())
+
+
+def test_first_layer_stays_dense_by_default():
+    model = zoo.create("glyphs_cnn")
+    result = prune_unstructured(model, 0.5, progress=False)
+    assert "features.0.0" not in {r.name for r in result.layers}
+    assert bool((result.model.features[0][0].weight != 0).all())
+    assert result.sparsity == pytest.approx(0.5, abs=1e-3)
 
 
 def test_masks_remove_the_smallest_weights():
@@ -68,7 +76,8 @@ def test_cubic_schedule_rises_fast_then_slowly():
 
 def test_gradual_keeps_masks_through_fine_tuning_and_exports_zeros(digits, tmp_path):
     model = zoo.create("digits_cnn", calibrate=False)
-    result = prune_unstructured(model, 0.8, schedule="gradual", steps=2, data=digits, epochs=0.5, progress=False)
+    result = prune_unstructured(model, 0.8, schedule="gradual", steps=2, data=digits, epochs=0.5, dense_first=False,
+                                progress=False)
     assert result.schedule == pytest.approx(cubic_schedule(0.8, 2))
     assert result.sparsity == pytest.approx(0.8, abs=1e-3)  # fine-tuning did not revive pruned weights
     assert len(result.history) == 2

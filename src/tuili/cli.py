@@ -18,6 +18,7 @@ VERB_MODULES = [
     "tuili.passes.cli",
     "tuili.compress.cli",
     "tuili.compress.prune.cli",
+    "tuili.compress.deep.cli",
     "tuili.compress.distill.cli",
     "tuili.compress.binary.cli",
     "tuili.runtime.cli",

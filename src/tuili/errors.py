@@ -53,3 +53,7 @@ class DeadlineExceededError(TuiliError):
 
 class WorkerDiedError(TuiliError):
     """The process running a model instance died or was killed (hang timeout) with the request in it."""
+
+
+class UnsupportedModelError(TuiliError):
+    """A model is built in a way a tool cannot handle (e.g. data-dependent control flow torch.fx cannot trace)."""

@@ -12,7 +12,8 @@ import sys
 from tuili.errors import TuiliError
 
 # Modules contributing verbs, in help order.
-VERB_MODULES = ["tuili.zoo.cli", "tuili.passes.cli", "tuili.compress.cli", "tuili.runtime.cli", "tuili.serve.cli"]
+VERB_MODULES = ["tuili.zoo.cli", "tuili.passes.cli", "tuili.compress.cli", "tuili.runtime.cli", "tuili.serve.cli",
+                "tuili.nas.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ def synflow(model: nn.Module, input_shape: tuple[int, ...]) -> float:
             p.abs_()
     net.zero_grad()
     net(torch.ones(1, *input_shape, dtype=torch.float64)).sum().backward()
-    score = sum(float((p * p.grad).abs().sum()) for p in net.parameters() if p.grad is not None)
+    score = sum(float((p.detach() * p.grad).abs().sum()) for p in net.parameters() if p.grad is not None)
     return float(np.log(score)) if score > 0 else float("-inf")
 
 

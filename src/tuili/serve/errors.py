@@ -24,6 +24,7 @@ from tuili.errors import (
     ServerBusyError,
     ShapeInferenceError,
     TuiliError,
+    UnsupportedModelError,
     UnsupportedOpError,
     WorkerDiedError,
 )
@@ -78,6 +79,7 @@ STATUS: dict[type[BaseException], ErrorStatus] = {
     InvalidGraphError: BAD_REQUEST,
     ShapeInferenceError: BAD_REQUEST,
     UnsupportedOpError: ErrorStatus(501, "UNIMPLEMENTED"),  # Triton's UNSUPPORTED
+    UnsupportedModelError: ErrorStatus(501, "UNIMPLEMENTED"),  # a tool cannot handle how the model is built
     ModelNotFoundError: ErrorStatus(404, "NOT_FOUND"),
     ServerBusyError: ErrorStatus(503, "UNAVAILABLE", retry_after=1),
     DeadlineExceededError: ErrorStatus(504, "DEADLINE_EXCEEDED"),

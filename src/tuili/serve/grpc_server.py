@@ -483,8 +483,19 @@ def _unary(name: str, req_t: type, fn: Callable) -> Callable:
 
 
 async def _no_gpu(data: bytes, context):
-    """The CUDA shared-memory calls: UNAVAILABLE, this server has no GPU."""
+    """CUDA shared-memory registration: UNAVAILABLE, this server has no GPU."""
     await context.abort(grpc.StatusCode.UNAVAILABLE, NO_GPU)
+
+
+def _no_cuda_regions(resp_t: type, name: str) -> Callable:
+    """CUDA shared-memory status (of all regions) and unregistration: there are none, so an empty
+    answer; a named region's status is not found."""
+    async def handler(data: bytes, context):
+        req = parse_request(_METHODS[name][0], data)
+        if name == "CudaSharedMemoryStatus" and req.name:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Unable to find cuda shared memory region: {NO_GPU}")
+        return resp_t()
+    return handler
 
 
 def build_handler(core: Any) -> grpc.GenericRpcHandler:
@@ -494,7 +505,8 @@ def build_handler(core: Any) -> grpc.GenericRpcHandler:
     handlers = {}
     for name, (req_t, resp_t, kind) in _METHODS.items():
         if kind == "cuda":
-            handlers[name] = grpc.unary_unary_rpc_method_handler(_no_gpu, response_serializer=resp_t.SerializeToString)
+            fn = _no_gpu if name == "CudaSharedMemoryRegister" else _no_cuda_regions(resp_t, name)
+            handlers[name] = grpc.unary_unary_rpc_method_handler(fn, response_serializer=resp_t.SerializeToString)
             continue
         fn = getattr(service, name)
         if kind == "unary":

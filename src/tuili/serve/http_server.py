@@ -323,8 +323,10 @@ def encode_infer_response(resp: InferResponse, req: InferRequest, binary_default
     for out in resp.outputs:
         arr = out.data
         d = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
-        if in_shared_memory(out.parameters):  # written into the client's region: no data here
-            d["parameters"] = out.parameters
+        if in_shared_memory(out.parameters):
+            # written into the client's region: no data and, as Triton, no parameters (Triton's C++
+            # client reads a "parameters" object of an output as binary data and needs binary_data_size)
+            pass
         elif want_binary.get(out.name, binary_default):
             if out.datatype == "BYTES":
                 buf = serialize_bytes_tensor(arr)
@@ -520,6 +522,15 @@ def create_app(core, max_body_bytes: int = DEFAULT_MAX_BODY, body_timeout: float
         return Response(status_code=200)
 
     async def no_cuda(request: Request):
+        # No GPU, so no CUDA region can exist: status lists none and unregistering (perf_analyzer's
+        # clean-up unregisters all) succeeds; registering is refused, naming the system alternative.
+        rest = request.path_params.get("rest", "")
+        if request.method == "POST":
+            await read_body(request.scope, request.receive, max_body_bytes, body_timeout)  # keep the connection usable
+        if rest == "status":
+            return json_response([])
+        if rest == "unregister" or (rest.startswith("region/") and rest.endswith("/unregister")):
+            return json_response({})
         return json_response({"error": NO_GPU}, 400)
 
     async def on_error(request: Request, exc: TuiliError):

@@ -266,14 +266,19 @@ def test_network_slimming_regularizer_shrinks_gammas(digits):
     assert g1 < g0
 
 
-def test_structured_fine_tune_recovers(digits):
+def test_structured_fine_tune_recovers():
+    """A trained model (not one near chance, where the comparison is noise) loses most of its accuracy
+    to 50% of its channels and regains much of it in one epoch of fine-tuning (measured: 94% ->
+    18% -> 83%)."""
+    data = zoo.digits_data("digits_cnn")
     model = zoo.create("digits_cnn", calibrate=False)
-    fine_tune(model, digits, 1, lr=3e-3, progress=False)
-    x = torch.from_numpy(digits.x_test[:2])
+    fine_tune(model, data, 3, lr=3e-3, progress=False)
+    x = torch.from_numpy(data.x_test[:2])
     pruned = prune_channels(model, x, ratio=0.5)
-    tuned = prune_channels(model, x, ratio=0.5, data=digits, epochs=1, lr=3e-3)
+    tuned = prune_channels(model, x, ratio=0.5, data=data, epochs=1, lr=3e-3)
     assert len(tuned.history) == 1
-    assert accuracy(tuned.model, digits) >= accuracy(pruned.model, digits) - 0.02
+    assert accuracy(model, data) > 0.8
+    assert accuracy(tuned.model, data) > accuracy(pruned.model, data) + 0.2
 
 
 def test_channel_graph_blocks_inputs_and_logits():

@@ -10,9 +10,10 @@
 * ``"auto"``: bf16 for the ops marked safe below, only on a CPU with native bf16; float32 elsewhere,
   with the reason.
 
-Only multiply-accumulate ops are marked safe: their operands are rounded to bf16 (relative error
-2^-9 each, 2^-8 per product) while the sums stay float32, so a dot product of length K drifts by
-about 2^-8 relative to its terms' magnitude, not K times that. Ops that divide, exponentiate or
+Only multiply-accumulate ops are marked safe: their operands are rounded to bf16 (8 significant
+bits, relative error u = 2^-8 each, ~2u per product) while the sums stay float32, so a dot product
+drifts by at most 2u * sum|x_i w_i| however long it is, plus u * |y| when oneDNN rounds its result
+to bf16 before the cast back to float32 (tests/ops/test_bf16_kernels.py checks exactly this bound). Ops that divide, exponentiate or
 normalize (Softmax, LayerNormalization, Attention's scores) stay float32. The model's input and
 output dtypes never change: each bf16 kernel casts at its own boundaries.
 """

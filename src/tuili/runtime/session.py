@@ -190,7 +190,7 @@ class InferenceSession:
             self._plan = Planner(plan_graph, bf16=bf16).build()
             if bf16 is not None:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
-                log.info("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,
+                log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,
                          self.bf16_nodes or "none")
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
             if settings.profile_prefix is not None:

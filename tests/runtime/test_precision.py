@@ -140,4 +140,4 @@ def test_run_cli_compares_bf16_with_fp32(model, capsys):
     assert main(["run", model, "--random", "--dim", "N=4", "--precision", "bf16", "--compare", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "precision bf16" in out and "tuili::FusedMatMul 1" in out
-    assert "|tuili bf16 - fp32| max" in out and "top-1 agreement" in out
+    assert "max |tuili bf16 - fp32| =" in out and "top-1 agreement" in out

@@ -122,11 +122,11 @@ def run_command(args: argparse.Namespace) -> int:
             ref = InferenceSession(args.model, engine="onnxruntime").run(None, feeds)
         else:
             ref = InferenceSession(args.model, engine=args.engine, opt_level=args.opt_level).run(None, feeds)
-        this = args.engine if args.engine == "onnxruntime" else f"tuili {sess.precision}"
+        this = "tuili" if sess.precision == "fp32" else f"tuili {sess.precision}"
         for name, a, b in zip(out_names, outputs, ref):
             d = drift(a, b)
             top1 = f", top-1 agreement {d['top1']:.1%}" if d["top1"] is not None else ""
-            print(f"  {name}: |{this} - {args.compare}| max {d['max']:.3g} (relative {d['rel']:.3g}), "
+            print(f"  {name}: max |{this} - {args.compare}| = {d['max']:.3g} (relative {d['rel']:.3g}), "
                   f"mean {d['mean']:.3g}{top1}")
     if args.output:
         np.savez(args.output, **dict(zip(out_names, outputs)))

@@ -6,6 +6,11 @@ oneDNN ``torch.from_numpy`` views and takes its result back as a numpy view (no 
 oneDNN returns channels-last (NHWC-strided) float32 arrays; numpy kernels read them through their
 strides, and the next oneDNN convolution takes them without a reorder.
 
+In bf16 (``bf16=True``, chosen per node by ``runtime.precision``) the weight is converted to bfloat16
+once, at packing; a run casts its float32 input to bfloat16 (channels-last for convolutions), oneDNN
+multiplies bf16 operands accumulating in float32, and the result is cast back to float32: the
+kernel's calling convention and dtypes are those of its float32 version.
+
 torch is imported on first use (``torch_or_none``); without it, or without oneDNN, every caller
 keeps its numpy kernel.
 """
@@ -48,6 +53,16 @@ def torch_or_none() -> Any:
         return None
 
 
+def bf16_available() -> str | None:
+    """None if oneDNN's bf16 convolution and linear kernels run here, else why not."""
+    torch = torch_or_none()
+    if torch is None:
+        return "torch with oneDNN is not available"
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return "this torch build lacks oneDNN's linear kernel (torch.ops.mkldnn._linear_pointwise)"
+    return None
+
+
 def _view(x: np.ndarray) -> Any:
     """A torch tensor over x's memory (a copy only when x has negative or unaligned strides)."""
     torch = torch_or_none()
@@ -64,8 +79,11 @@ class PackedConv2d:
 
     def __init__(self, torch: Any, packed: Any, bias: Any, pad: list[int], stride: list[int], dil: list[int],
                  group: int, kernel: tuple[int, int], m: int, unary: str, scalars: list,
-                 post: Callable[[np.ndarray], np.ndarray] | None):
+                 post: Callable[[np.ndarray], np.ndarray] | None, bf16: bool = False):
         self.torch, self.packed, self.bias = torch, packed, bias
+        self.bf16 = bf16
+        # oneDNN's residual-add convolution wants its bias in the input's dtype
+        self.add_bias = bias.to(torch.bfloat16) if bf16 and bias is not None else bias
         self.pad, self.stride, self.dil, self.group = pad, stride, dil, group
         self.kernel, self.m, self.unary, self.scalars = kernel, m, unary, scalars
         # oneDNN fuses only ReLU after the residual add; other activations run as ``post`` (in place)
@@ -85,27 +103,36 @@ class PackedConv2d:
         return (z.dtype == np.float32 and z.shape == self.out_shape(x.shape)
                 and (self.unary in ("none", "relu") or self.post is not None))
 
+    def _in(self, a: np.ndarray) -> Any:
+        t = _view(a)
+        if self.bf16:  # one pass: cast and go channels-last, the layout oneDNN's bf16 kernels run in
+            t = t.to(dtype=self.torch.bfloat16, memory_format=self.torch.channels_last)
+        return t
+
     def __call__(self, x: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
         with self.torch.inference_mode():
             if z is None:
-                y = self._conv(_view(x), self.packed, self.bias, self.pad, self.stride, self.dil, self.group,
+                y = self._conv(self._in(x), self.packed, self.bias, self.pad, self.stride, self.dil, self.group,
                                self.unary, self.scalars, "")
             else:
-                y = self._conv_add(_view(x), _view(z), self.packed, self.bias, self.pad, self.stride, self.dil,
-                                   self.group, "add", None, self.add_unary, self.scalars if self.add_unary else [],
-                                   "")
-                if self.post is not None:
-                    return self.post(y.numpy())
+                y = self._conv_add(self._in(x), self._in(z), self.packed, self.add_bias, self.pad, self.stride,
+                                   self.dil, self.group, "add", None, self.add_unary,
+                                   self.scalars if self.add_unary else [], "")
+            if self.bf16:
+                y = y.float()  # keeps the channels-last strides
+            if z is not None and self.post is not None:
+                return self.post(y.numpy())
             return y.numpy()
 
 
 def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides: list[int], dilations: list[int],
                   group: int, in_shape: tuple | None, activation: str = "",
                   activation_params: list | None = None,
-                  post: Callable[[np.ndarray], np.ndarray] | None = None) -> PackedConv2d | None:
+                  post: Callable[[np.ndarray], np.ndarray] | None = None, bf16: bool = False) -> PackedConv2d | None:
     """``w`` (M, C/group, kh, kw) float32 packed for oneDNN now, or None where oneDNN cannot run the
     convolution (asymmetric pads, an activation it has no post-op for, no oneDNN). ``post(y)``
-    applies the activation in place where oneDNN cannot fuse it after a residual add."""
+    applies the activation in place where oneDNN cannot fuse it after a residual add. ``bf16``:
+    packed as bfloat16, run on bf16 operands with float32 accumulation (float32 in and out)."""
     torch = torch_or_none()
     if torch is None or w.dtype != np.float32 or w.ndim != 4 or activation not in _UNARY:
         return None
@@ -115,8 +142,45 @@ def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides:
     pad, stride, dil = [int(p) for p in pads[:2]], [int(s) for s in strides], [int(d) for d in dilations]
     size = list(in_shape) if in_shape is not None and all(isinstance(d, int) for d in in_shape) else None
     with torch.inference_mode():
-        packed = torch.ops.mkldnn._reorder_convolution_weight(torch.from_numpy(np.array(w, copy=True, order="C")), pad, stride,
-                                                               dil, group, size)
+        weight = torch.from_numpy(np.array(w, copy=True, order="C"))
+        if bf16:
+            weight = weight.to(torch.bfloat16)
+        packed = torch.ops.mkldnn._reorder_convolution_weight(weight, pad, stride, dil, group, size)
     bias = None if b is None else torch.from_numpy(np.array(b, dtype=np.float32, copy=True, order="C"))
     return PackedConv2d(torch, packed, bias, pad, stride, dil, int(group), (w.shape[2], w.shape[3]), w.shape[0],
-                        unary, scalars, post)
+                        unary, scalars, post, bf16)
+
+
+#: activations oneDNN fuses into a linear (matmul) kernel, by tuili::FusedMatMul's activation name
+_LINEAR_UNARY = {"": "none", "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+
+
+class PackedLinearBf16:
+    """``x @ w + b`` (then an activation oneDNN fuses) on bf16 operands with float32 accumulation,
+    ``w`` (K, N) converted to bf16 and packed once (``packed_linear_bf16``); float32 in and out, any
+    leading dims on ``x``."""
+
+    def __init__(self, torch: Any, packed: Any, bias: Any, k: int, n: int, unary: str):
+        self.torch, self.packed, self.bias, self.k, self.n, self.unary = torch, packed, bias, k, n, unary
+        self._linear = torch.ops.mkldnn._linear_pointwise.default
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            t = _view(x).to(torch.bfloat16).contiguous()
+            y = self._linear(t.reshape(-1, self.k), self.packed, self.bias, self.unary, [], "")
+            return y.float().reshape(*x.shape[:-1], self.n).numpy()
+
+
+def packed_linear_bf16(w: np.ndarray, b: np.ndarray | None, activation: str = "") -> PackedLinearBf16 | None:
+    """``w`` (K, N) float32 (a MatMul's right operand) packed for oneDNN in bf16, ``b`` (N,) kept
+    float32, or None where it cannot run (no oneDNN, not 2-D, an activation it does not fuse)."""
+    torch = torch_or_none()
+    if (bf16_available() is not None or w.dtype != np.float32 or w.ndim != 2 or activation not in _LINEAR_UNARY
+            or (b is not None and (b.dtype != np.float32 or b.shape != (w.shape[1],)))):
+        return None
+    with torch.inference_mode():
+        weight = torch.from_numpy(np.ascontiguousarray(w.T)).to(torch.bfloat16)  # oneDNN's (N, K)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    bias = None if b is None else torch.from_numpy(np.array(b, copy=True, order="C"))
+    return PackedLinearBf16(torch, packed, bias, int(w.shape[0]), int(w.shape[1]), _LINEAR_UNARY[activation])

@@ -391,9 +391,10 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return y.astype(x.dtype, copy=False)
 
 
-def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, post=None):
-    """Plan time: Conv/FusedConv on a constant float32 4-D weight, packed for oneDNN (``ops._torch``),
-    or None to keep the numpy kernel (weight computed at run time, no oneDNN, pads it cannot take)."""
+def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, post=None, bf16: bool = False):
+    """Plan time: Conv/FusedConv on a constant float32 4-D weight, packed for oneDNN (``ops._torch``;
+    in bf16 with ``bf16``), or None to keep the numpy kernel (weight computed at run time, no oneDNN,
+    pads it cannot take)."""
     from tuili.ops._torch import packed_conv2d
 
     w = info.consts[1]
@@ -421,12 +422,13 @@ def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, po
         pads = resolve_pads("Conv", spatial or (0, 0), list(w.shape[2:]), strides, dilations, a.get("pads"), auto_pad)
     except (KernelError, ShapeInferenceError):
         return None
-    return packed_conv2d(w, b, pads, strides, dilations, group, x_shape, activation, activation_params, post)
+    return packed_conv2d(w, b, pads, strides, dilations, group, x_shape, activation, activation_params, post, bf16)
 
 
 @prepares(conv)
-def prepare_conv(info: NodeInfo):
-    packed = packed_conv(info)
+def prepare_conv(info: NodeInfo, bf16: bool = False):
+    """The oneDNN kernel of one Conv node (float32, or bf16 operands with ``bf16``), or None."""
+    packed = packed_conv(info, bf16=bf16)
     if packed is None:
         return None
 

@@ -89,11 +89,11 @@ def fused_conv(x, w, b=None, z=None, *, activation="", activation_params=None, a
 
 
 @prepares(fused_conv)
-def prepare_fused_conv(info: NodeInfo):
+def prepare_fused_conv(info: NodeInfo, bf16: bool = False):
     """Plan time: the whole fused node (bias, residual addend, activation) as one oneDNN call on a
-    packed weight, where oneDNN can run it (``conv.packed_conv``)."""
+    packed weight, where oneDNN can run it (``conv.packed_conv``; bf16 operands with ``bf16``)."""
     activation, params = info.attrs.get("activation", ""), info.attrs.get("activation_params")
-    packed = packed_conv(info, activation, params, post=lambda y: apply_activation(y, activation, params))
+    packed = packed_conv(info, activation, params, post=lambda y: apply_activation(y, activation, params), bf16=bf16)
     if packed is None:
         return None
 

@@ -20,7 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="tuili", choices=["tuili", "onnxruntime"])
     p.add_argument("-O", "--opt-level", type=int, default=None, choices=range(4),
                    help="graph optimization level 0-3 (default: 2 on tuili, onnxruntime's own default on onnxruntime)")
-    p.add_argument("--compare", action="store_true", help="also run onnxruntime and print the agreement")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                   help="tuili engine: run Conv/MatMul/Gemm in bf16 (bf16: refused without native bf16; auto: "
+                        "bf16 only where the CPU has it)")
+    p.add_argument("--compare", nargs="?", const="onnxruntime", default=None, choices=["onnxruntime", "fp32"],
+                   help="also run a reference and print the drift (max/mean abs diff, top-1 agreement): "
+                        "onnxruntime (the default) or tuili at fp32")
     p.add_argument("-o", "--output", help="save outputs to this .npz")
     p.add_argument("--repeat", type=int, default=1, help="run N times and print the mean latency")
     p.add_argument("--seed", type=int, default=0)
@@ -84,7 +89,7 @@ def run_command(args: argparse.Namespace) -> int:
     from tuili.runtime.session import InferenceSession
 
     t0 = time.perf_counter()
-    sess = InferenceSession(args.model, engine=args.engine, opt_level=args.opt_level)
+    sess = InferenceSession(args.model, engine=args.engine, opt_level=args.opt_level, precision=args.precision)
     load_ms = (time.perf_counter() - t0) * 1e3
     names = [a.name for a in sess.get_inputs()]
     dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}
@@ -98,6 +103,9 @@ def run_command(args: argparse.Namespace) -> int:
     out_names = [o.name for o in sess.get_outputs()]
     print(f"{args.model}: loaded in {load_ms:.0f} ms on engine {args.engine}; "
           f"run {1e3 * sorted(times)[len(times) // 2]:.2f} ms (median of {len(times)})")
+    if args.engine == "tuili" and args.precision != "fp32":
+        nodes = ", ".join(f"{op} {n}" for op, n in sess.bf16_nodes.items()) or "none"
+        print(f"precision {sess.precision} ({sess.precision_decision.reason}); bf16 nodes: {nodes}")
     for name, value in zip(out_names, outputs):
         arr = np.asarray(value) if not isinstance(value, list) else value
         if isinstance(arr, np.ndarray):
@@ -110,16 +118,33 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             print(f"  {name}: sequence of {len(arr)}")
     if args.compare:
-        ref = InferenceSession(args.model, engine="onnxruntime").run(None, feeds)
+        if args.compare == "onnxruntime":
+            ref = InferenceSession(args.model, engine="onnxruntime").run(None, feeds)
+        else:
+            ref = InferenceSession(args.model, engine=args.engine, opt_level=args.opt_level).run(None, feeds)
+        this = "tuili" if sess.precision == "fp32" else f"tuili {sess.precision}"
         for name, a, b in zip(out_names, outputs, ref):
-            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-            err = float(np.max(np.abs(a - b))) if a.size else 0.0
-            rel = err / max(float(np.max(np.abs(b))) if b.size else 1.0, 1e-12)
-            print(f"  {name}: max |tuili - onnxruntime| = {err:.3g} (relative {rel:.3g})")
+            d = drift(a, b)
+            top1 = f", top-1 agreement {d['top1']:.1%}" if d["top1"] is not None else ""
+            print(f"  {name}: max |{this} - {args.compare}| = {d['max']:.3g} (relative {d['rel']:.3g}), "
+                  f"mean {d['mean']:.3g}{top1}")
     if args.output:
         np.savez(args.output, **dict(zip(out_names, outputs)))
         print(f"saved outputs to {args.output}")
     return 0
+
+
+def drift(a, b) -> dict:
+    """How far output ``a`` is from reference ``b``: max and mean abs diff, max relative to b's largest
+    magnitude, and for float outputs of rank >= 2 the share of rows whose argmax (last axis) agrees."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = np.abs(a - b)
+    err = float(diff.max()) if diff.size else 0.0
+    rel = err / max(float(np.abs(b).max()) if b.size else 1.0, 1e-12)
+    top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if a.ndim >= 2 and a.size and a.shape[-1] > 1 else None
+    return {"max": err, "mean": float(diff.mean()) if diff.size else 0.0, "rel": rel, "top1": top1}
 
 
 def ops_command(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ from tuili.ir import Graph, Node, OpFunction, Value, op_function
 from tuili.ops.registry import KernelContext, NodeInfo, Scratch, get_kernel, lookup, preparer
 from tuili.runtime import executor
 from tuili.runtime.memory import SHARED_SCRATCH, plan_releases
+
+if TYPE_CHECKING:
+    from tuili.runtime.precision import Bf16Kernels
 
 
 @dataclass
@@ -55,11 +58,14 @@ class Plan:
 class Planner:
     """Builds the Plan of one graph (and, recursively, of its subgraphs)."""
 
-    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True):
-        """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed)."""
+    def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True,
+                 bf16: Bf16Kernels | None = None):
+        """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed).
+        ``bf16`` (``runtime.precision``) gives the bf16 kernels of the nodes the precision policy allows."""
         self.graph = graph
         self.scratch = scratch
         self.prepare = prepare
+        self.bf16 = bf16
         self.slot_of: dict[int, int] = {}   # id(Value) -> slot
         self.n_slots = 0
         self.captures: list[Value] = []
@@ -121,7 +127,7 @@ class Planner:
                 raise UnsupportedOpError(f"{label}: kernel {kernel.name} takes subgraphs but no context")
             bodies = {}
             for sub in subgraphs:
-                sub_plan = Planner(sub, self.scratch, self.prepare).build()
+                sub_plan = Planner(sub, self.scratch, self.prepare, self.bf16).build()
                 index = []
                 for v in sub_plan.captures:
                     captures.append(self.slot(v))
@@ -130,9 +136,13 @@ class Planner:
         if kernel.wants_ctx:
             ctx = KernelContext(node.op_type, node.opset, node.name, len(node.outputs))
         fn = kernel.fn
-        prepare = preparer(fn) if bodies is None and self.prepare else None
-        if prepare is not None:  # pre-pack weights / pick a library for this node, once
-            fn = prepare(node_info(node)) or fn
+        if bodies is None and self.prepare:  # pre-pack weights / pick a library for this node, once
+            prepare = preparer(fn)
+            info = node_info(node) if prepare is not None or self.bf16 is not None else None
+            special = self.bf16.prepare(node.op_type, node.domain, info) if self.bf16 is not None else None
+            if special is None and prepare is not None:
+                special = prepare(info)
+            fn = special or fn
         return Step(fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,
                     node_name=node.name)
 

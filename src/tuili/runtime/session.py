@@ -124,14 +124,19 @@ class InferenceSession:
     """Load once, plan once, run many times. Thread-safe: ``run`` keeps no state between calls."""
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
-                 opt_level: int | None = None, threads: int | None = None, *, sess_options: Any = None,
-                 providers: Sequence[Any] | None = None, provider_options: Sequence[Any] | None = None):
+                 opt_level: int | None = None, threads: int | None = None, *, precision: str = "fp32",
+                 sess_options: Any = None, providers: Sequence[Any] | None = None,
+                 provider_options: Sequence[Any] | None = None):
         """``sess_options`` (onnxruntime.SessionOptions): on engine="onnxruntime" it is onnxruntime's own;
         on tuili's engine intra_op_num_threads, graph_optimization_level, optimized_model_filepath (the
         optimized graph is saved there) and enable_profiling (``end_profiling()`` writes a Chrome
         trace) take effect and any other field set away from its default is a ConfigError naming it.
         Settings added through SessionOptions methods (session config entries, initializers, custom
         op libraries) cannot be read back from it and are not checked.
+
+        ``precision`` "fp32", "bf16" or "auto" (``runtime.precision``): in bf16, Conv and MatMul/Gemm with
+        constant weights run on bf16 operands with float32 accumulation (oneDNN); inputs and outputs keep
+        their dtypes. ``self.precision`` is what was chosen, ``self.bf16_nodes`` the bf16 nodes by op type.
 
         onnxruntime's positional form ``InferenceSession(path, sess_options, providers)`` works too."""
         engine, opt_level, threads, sess_options, providers, provider_options = ort_api.positional_arguments(
@@ -141,6 +146,14 @@ class InferenceSession:
         _check_providers(providers, provider_options)
         if opt_level is not None and opt_level not in _ORT_LEVELS.values():
             raise ConfigError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
+        from tuili.runtime import precision as precision_policy
+
+        if engine == "onnxruntime" and precision != "fp32":
+            raise ConfigError(f"precision {precision!r} is a tuili engine option; engine='onnxruntime' runs fp32 only")
+        #: what this session runs at ("fp32" or "bf16"), why, and its bf16 nodes per op type
+        self.precision_decision = precision_policy.decide(precision)
+        self.precision = self.precision_decision.precision
+        self.bf16_nodes: dict[str, int] = {}
         # onnxruntime takes its SessionOptions as they are (_ort_session)
         settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
         threads = settings.threads
@@ -173,7 +186,12 @@ class InferenceSession:
             plan_graph, self.optimization_report = optimized_copy(self.graph, settings.opt_level)
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
-            self._plan = Planner(plan_graph).build()
+            bf16 = precision_policy.planner_hook(self.precision_decision)
+            self._plan = Planner(plan_graph, bf16=bf16).build()
+            if bf16 is not None:
+                self.bf16_nodes = dict(sorted(bf16.counts.items()))
+                log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,
+                         self.bf16_nodes or "none")
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
             if settings.profile_prefix is not None:
                 self._trace = _Trace(settings.profile_prefix)

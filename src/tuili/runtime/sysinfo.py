@@ -25,9 +25,16 @@ def collect() -> dict:
                 "native_bf16": c.has("avx512_bf16") or c.has("amx_bf16"),
                 "exact_int8_dot": cpu.exact_int8_dot()},
         "numpy": _numpy(), "numba": _numba(), "torch": _torch(), "onnxruntime": _onnxruntime(),
-        "openvino": _openvino(),
+        "openvino": _openvino(), "precision_auto": _precision_auto(),
     }
     return out
+
+
+def _precision_auto() -> dict:
+    from tuili.runtime import precision
+
+    d = precision.decide("auto")
+    return {"precision": d.precision, "reason": d.reason, "bf16_ops": sorted(op for _, op in d.ops)}
 
 
 def _numpy() -> dict:
@@ -81,6 +88,8 @@ def render(facts: dict) -> str:
         lines.append(f"masked       {' '.join(c['masked'])} (by {cpu.MASK_ENV})")
     lines.append(f"bf16         {'native (AVX512_BF16/AMX)' if c['native_bf16'] else 'not native: bf16 would be emulated, slower than fp32'}")
     lines.append(f"int8 dot     {'exact int32 sums via ' + c['exact_int8_dot'] if c['exact_int8_dot'] else 'no VNNI/AMX: u8s8 kernels (vpmaddubsw) saturate at int16'}")
+    a = facts["precision_auto"]
+    lines.append(f"precision    auto -> {a['precision']} ({a['reason']})")
     n = facts["numpy"]
     for b in n["blas"] or [{"library": "unknown", "version": None, "threads": None, "architecture": None}]:
         lines.append(f"numpy        {n['version']}, BLAS {b['library']} {b['version'] or ''} ({b['architecture'] or '?'}), "

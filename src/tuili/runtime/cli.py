@@ -49,6 +49,8 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> None:
                    help="size of another symbolic dimension (default 1)")
     p.add_argument("--runs", type=int, default=10, help="timed runs (default 10; times are medians)")
     p.add_argument("--threads", type=int, default=None, help="threads of the session (default: the free cores)")
+    p.add_argument("-O", "--opt-level", type=int, default=None, choices=range(4),
+                   help="graph optimization level 0-3 (default 2)")
     p.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
     p.add_argument("--trace", metavar="TRACE.json", help="write a Chrome trace (Perfetto, chrome://tracing)")
     p.add_argument("--plot", metavar="ROOFLINE.png", help="write a roofline plot")
@@ -87,7 +89,7 @@ def profile_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--runs must be at least 1, got {args.runs}")
     if not Path(args.model).is_file():
         raise InvalidInputError(f"model file {args.model!r} does not exist")
-    sess = InferenceSession(args.model, threads=args.threads)
+    sess = InferenceSession(args.model, opt_level=args.opt_level, threads=args.threads)
     dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}
     prof = profile(sess, batch_inputs(sess, args.batch, dims), runs=args.runs)
     peaks = roofline.machine_peaks(args.threads, refresh=args.remeasure_peaks)

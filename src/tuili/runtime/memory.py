@@ -31,7 +31,6 @@ import numpy as np
 from tuili.ops.registry import Scratch
 
 if TYPE_CHECKING:
-    from tuili.ir import Graph
     from tuili.runtime.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -270,19 +269,3 @@ def trim_heap() -> bool:
     libc.malloc_trim(0)
     return True
 
-
-def release_weights(graph: Graph) -> int:
-    """Drop the constant data of ``graph``'s initializers (and its subgraphs'), keeping its
-    structure, names, shapes and metadata; returns the bytes of TensorProto data released. For a
-    graph nothing will plan from again: a session's loaded graph once the optimizer's copy holds
-    the weights."""
-    released = 0
-    for v in graph.initializers.values():
-        if v.tensor is not None:
-            proto = v.tensor.proto
-            released += proto.ByteSize() if proto is not None else v.tensor.numpy().nbytes
-            v.tensor = None
-    for node in graph.nodes:
-        for sub in node.subgraphs():
-            released += release_weights(sub)
-    return released

@@ -159,7 +159,7 @@ class InferenceSession:
         else:
             # the planner pulls in every kernel: only the tuili engine imports it
             from tuili.runtime import executor
-            from tuili.runtime.memory import release_weights, trim_heap
+            from tuili.runtime.memory import trim_heap
             from tuili.runtime.planner import Planner
 
             self._run_plan = executor.run
@@ -174,10 +174,6 @@ class InferenceSession:
             plan_graph, self.optimization_report = optimized_copy(self.graph, settings.opt_level)
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
-            if plan_graph is not self.graph and not isinstance(model, Graph):
-                # the optimized copy holds the weights now; the session keeps the loaded graph for
-                # its inputs, outputs and metadata only (a caller's Graph is never changed)
-                log.debug("released %d bytes of the loaded graph's weights", release_weights(self.graph))
             self._plan = Planner(plan_graph).build()
             del plan_graph  # the plan holds what it runs on
             trim_heap()  # planning's temporaries (decoded and folded weights) go back to the OS

@@ -1,4 +1,5 @@
-"""`tuili run` (one inference from .npy/.npz or random inputs) and `tuili ops` (supported ops)."""
+"""`tuili run` (one inference from .npy/.npz or random inputs), `tuili ops` (supported ops) and
+`tuili profile` (per-op times, roofline, memory plan, Chrome trace)."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,104 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=info_command)
     p = sub.add_parser("ops", help="list the ops tuili's engine implements")
     p.set_defaults(func=ops_command)
+    add_profile_parser(sub)
+
+
+def add_profile_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="per-op times, roofline and memory plan of a model on tuili's engine",
+                       description="Run a model on random inputs and report each op's time and share, achieved "
+                                   "GFLOP/s and GB/s, whether it is memory- or compute-bound against this machine's "
+                                   "measured peaks, and the memory plan (arena, lower bound, largest tensors).")
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("--batch", type=int, default=1, help="size of the inputs' first (batch) dimension (default 1)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another symbolic dimension (default 1)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs (default 10; times are medians)")
+    p.add_argument("--threads", type=int, default=None, help="threads of the session (default: the free cores)")
+    p.add_argument("-O", "--opt-level", type=int, default=None, choices=range(4),
+                   help="graph optimization level 0-3 (default 2)")
+    p.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
+    p.add_argument("--trace", metavar="TRACE.json", help="write a Chrome trace (Perfetto, chrome://tracing)")
+    p.add_argument("--plot", metavar="ROOFLINE.png", help="write a roofline plot")
+    p.add_argument("--remeasure-peaks", action="store_true",
+                   help="measure the machine's peak GFLOP/s and GB/s again (they are cached per CPU and threads)")
+    p.set_defaults(func=profile_command)
+
+
+def batch_inputs(sess, batch: int, dims: dict[str, int], seed: int = 0) -> dict:
+    """Random feeds with every input's first dimension ``batch`` (an error where it is fixed to another)."""
+    import numpy as np
+
+    for arg in sess.get_inputs():
+        first = (arg.shape or [0])[0]
+        if isinstance(first, int) and first != batch and batch != 1:
+            raise InvalidInputError(f"input {arg.name!r} has a fixed batch dimension {first}; --batch {batch} "
+                                    f"cannot apply (export the model with a dynamic batch)")
+        if isinstance(first, str) and first:
+            dims.setdefault(first, batch)
+    feeds = random_inputs(sess, dims, seed)
+    for arg in sess.get_inputs():
+        if arg.shape and arg.shape[0] in (None, ""):  # an unnamed dynamic dim: random_inputs made it 1
+            feeds[arg.name] = np.repeat(feeds[arg.name], batch, axis=0)
+    return feeds
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    from tuili.errors import ConfigError
+    from tuili.runtime import roofline
+    from tuili.runtime.profile import profile
+    from tuili.runtime.session import InferenceSession
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be at least 1, got {args.batch}")
+    if args.runs < 1:
+        raise ConfigError(f"--runs must be at least 1, got {args.runs}")
+    if not Path(args.model).is_file():
+        raise InvalidInputError(f"model file {args.model!r} does not exist")
+    sess = InferenceSession(args.model, opt_level=args.opt_level, threads=args.threads)
+    dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}
+    prof = profile(sess, batch_inputs(sess, args.batch, dims), runs=args.runs)
+    peaks = roofline.machine_peaks(args.threads, refresh=args.remeasure_peaks)
+    costs = roofline.analyse(prof)
+    print(f"{args.model}: batch {args.batch}, {len(prof.steps)} steps, {prof.total * 1e3:.2f} ms per run "
+          f"(median of {args.runs}, kernel time)")
+    print(f"machine peaks ({peaks.key}): {peaks.gflops:.1f} GFLOP/s (float32 GEMM), {peaks.gbytes:.1f} GB/s "
+          f"(copy); ridge {peaks.ridge:.1f} FLOP/byte")
+    print()
+    print(profile_table(costs, peaks, prof.total, args.top))
+    print()
+    total_flops = sum(c.flops for c in costs)
+    print(f"total {total_flops / 1e9:.3f} GFLOP, {total_flops / (prof.total or 1) / 1e9:.1f} GFLOP/s overall")
+    print()
+    print("by op type:")
+    for op, sec in list(prof.by(lambda s: s.op_type).items())[:args.top]:
+        print(f"  {op:<24} {sec * 1e3:9.3f} ms {sec / (prof.total or 1):6.1%}")
+    mem = prof.memory()
+    print()
+    print(f"memory plan: {mem.summary()}")
+    for name, nbytes in mem.largest(5):
+        print(f"  {nbytes / (1 << 20):8.2f} MB  {name}")
+    if args.trace:
+        prof.write_trace(args.trace)
+        print(f"wrote the Chrome trace to {args.trace} (open it in Perfetto or chrome://tracing)")
+    if args.plot:
+        roofline.plot(costs, peaks, args.plot, title=f"{Path(args.model).name}, batch {args.batch}")
+        print(f"wrote the roofline plot to {args.plot}")
+    return 0
+
+
+def profile_table(costs, peaks, total: float, top: int) -> str:
+    """Markdown table of the ``top`` slowest steps with their roofline figures."""
+    total = total or 1.0
+    lines = ["| # | op type | node | ms | share | GFLOP/s | GB/s | FLOP/B | bound | of roof |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for c in sorted(costs, key=lambda c: -c.seconds)[:top]:
+        s = c.step
+        bound = c.bound(peaks) if c.flops else "data"
+        lines.append(f"| {s.index} | {s.op_type} | {s.node[-40:] or '-'} | {c.seconds * 1e3:.3f} | "
+                     f"{c.seconds / total:.1%} | {c.gflops:.1f} | {c.gbytes:.2f} | {c.intensity:.1f} | {bound} | "
+                     f"{c.attained(peaks):.0%} |")
+    return "\n".join(lines)
 
 
 def read_inputs(specs: list[str], input_names: list[str]) -> dict:

@@ -53,6 +53,7 @@ class Plan:
     captures: list[Value] = field(default_factory=list)  # outer values read, bound to capture_slots
     capture_slots: list[int] = field(default_factory=list)
     scratch: Scratch = SHARED_SCRATCH  # where the kernels' temporaries come from while it runs
+    names: dict[int, str] = field(default_factory=dict)  # slot -> the value's name (reports)
 
 
 class Planner:
@@ -70,6 +71,7 @@ class Planner:
         self.n_slots = 0
         self.captures: list[Value] = []
         self.capture_slots: list[int] = []
+        self.names: dict[int, str] = {}
 
     def _new_slot(self) -> int:
         self.n_slots += 1
@@ -82,6 +84,7 @@ class Planner:
                 raise UnsupportedOpError(f"value {v.name!r} is read before it is produced")
             s = self._new_slot()
             self.slot_of[id(v)] = s
+            self.names[s] = v.name
             if v.graph is not self.graph:  # an outer-scope value: captured at run time
                 self.captures.append(v)
                 self.capture_slots.append(s)
@@ -98,13 +101,15 @@ class Planner:
                 consts.append((self.slot_of[id(v)], v.const))
         steps = [self._step(node) for node in g.nodes]
         outputs = [self.slot(v) for v in g.outputs]
-        plan = Plan(self.n_slots, inputs, outputs, consts, steps, self.captures, self.capture_slots, self.scratch)
+        plan = Plan(self.n_slots, inputs, outputs, consts, steps, self.captures, self.capture_slots, self.scratch,
+                    self.names)
         plan_releases(plan)
         return plan
 
     def _assign(self, v: Value) -> int:
         s = self._new_slot()
         self.slot_of[id(v)] = s
+        self.names[s] = v.name
         return s
 
     def _step(self, node: Node) -> Step:

@@ -4,18 +4,26 @@
     print(prof.table())                         # markdown: the slowest steps
     prof.by(lambda s: s.op_type)                # {op type: median seconds per run}
 
-Each plan step gets one ``StepProfile`` (op type, node name, input and output shapes, wall time of
-each timed run). A step that runs a subgraph or function body is timed as a whole.
+Each plan step gets one ``StepProfile`` (op type, node name, attributes, input and output shapes and
+bytes, start and wall time of each timed run). A step that runs a subgraph or function body is timed
+as a whole. ``prof.memory()`` is the arena plan for the tensor sizes seen (runtime.memory);
+``prof.chrome_trace()`` the timed runs as Chrome-trace events (Perfetto, chrome://tracing), in the
+layout of ``InferenceSession.end_profiling``.
 """
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tuili.errors import ConfigError
 from tuili.runtime import executor
+from tuili.runtime.memory import MemoryPlan, plan_memory
 from tuili.runtime.planner import Plan
 
 if TYPE_CHECKING:
@@ -32,6 +40,10 @@ class StepProfile:
     input_shapes: tuple[Shape, ...] = ()
     output_shapes: tuple[Shape, ...] = ()
     seconds: list[float] = field(default_factory=list)  # one per timed run
+    attrs: dict[str, Any] = field(default_factory=dict)
+    input_nbytes: tuple[int, ...] = ()   # 0: not a tensor
+    output_nbytes: tuple[int, ...] = ()
+    starts_ns: list[int] = field(default_factory=list)  # perf_counter_ns at the start of each timed call
 
     @property
     def median(self) -> float:
@@ -42,6 +54,40 @@ class StepProfile:
 class Profile:
     steps: list[StepProfile]
     runs: int
+    plan: Plan | None = None
+    runs_ns: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of each timed run
+
+    def memory(self) -> MemoryPlan:
+        """The arena plan of the profiled plan for the tensor sizes of the profiled runs."""
+        if self.plan is None:
+            raise ConfigError("this profile has no plan to plan memory for")
+        sizes = {slot: n for step, rec in zip(self.plan.steps, self.steps)
+                 for slot, n in zip(step.outs, rec.output_nbytes) if slot >= 0}
+        return plan_memory(self.plan, sizes)
+
+    def chrome_trace(self) -> list[dict]:
+        """Complete ("X") events: one "Session" event per timed run and one "Node" event per step
+        and run, times in microseconds from the first run (onnxruntime's profile layout)."""
+        if not self.runs_ns:
+            return []
+        origin, pid, tid = self.runs_ns[0][0], os.getpid(), threading.get_ident()
+
+        def event(cat: str, name: str, start: int, dur: int, args: dict) -> dict:
+            return {"cat": cat, "pid": pid, "tid": tid, "dur": dur // 1000, "ts": (start - origin) // 1000,
+                    "ph": "X", "name": name, "args": args}
+
+        events = [event("Session", "model_run", a, b - a, {}) for a, b in self.runs_ns]
+        for s in self.steps:
+            for start, sec in zip(s.starts_ns, s.seconds):
+                events.append(event("Node", f"{s.node or s.op_type}_kernel_time", start, int(sec * 1e9),
+                                    {"op_name": s.op_type, "provider": "tuili",
+                                     "output_type_shape": [list(sh) if sh is not None else None
+                                                           for sh in s.output_shapes]}))
+        return sorted(events, key=lambda e: e["ts"])
+
+    def write_trace(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.chrome_trace(), f)
 
     @property
     def total(self) -> float:
@@ -91,23 +137,35 @@ def profile(target: InferenceSession | Plan, feeds: dict[str, Any] | Sequence[An
         def execute(hook):
             return target._execute(plan, ordered, hook)
 
-    records = [StepProfile(i, s.op_type, s.node_name) for i, s in enumerate(plan.steps)]
+    records = [StepProfile(i, s.op_type, s.node_name, attrs=s.attrs) for i, s in enumerate(plan.steps)]
     index = {id(s): i for i, s in enumerate(plan.steps)}
+    clock = time.perf_counter_ns
 
     def hook(step, inputs: tuple, result: Any, seconds: float) -> None:
         rec = records[index[id(step)]]
         if not rec.seconds:
+            outputs = result if type(result) is tuple else (result,)
             rec.input_shapes = tuple(_shape(v) for v in inputs)
-            rec.output_shapes = tuple(_shape(v) for v in (result if type(result) is tuple else (result,)))
+            rec.output_shapes = tuple(_shape(v) for v in outputs)
+            rec.input_nbytes = tuple(_nbytes(v) for v in inputs)
+            rec.output_nbytes = tuple(_nbytes(v) for v in outputs)
         rec.seconds.append(seconds)
+        rec.starts_ns.append(clock() - int(seconds * 1e9))
 
     for _ in range(warmup):
         execute(None)
+    spans = []
     for _ in range(runs):
+        t0 = clock()
         execute(hook)
-    return Profile(records, runs)
+        spans.append((t0, clock()))
+    return Profile(records, runs, plan, spans)
 
 
 def _shape(v: Any) -> Shape:
     shape = getattr(v, "shape", None)
     return tuple(shape) if shape is not None else None
+
+
+def _nbytes(v: Any) -> int:
+    return int(getattr(v, "nbytes", 0) or 0) if hasattr(v, "shape") else 0

@@ -172,6 +172,7 @@ class InferenceSession:
         else:
             # the planner pulls in every kernel: only the tuili engine imports it
             from tuili.runtime import executor
+            from tuili.runtime.memory import trim_heap
             from tuili.runtime.planner import Planner
 
             self._run_plan = executor.run
@@ -192,6 +193,8 @@ class InferenceSession:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
                 log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,
                          self.bf16_nodes or "none")
+            del plan_graph  # the plan holds what it runs on
+            trim_heap()  # planning's temporaries (decoded and folded weights) go back to the OS
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
             if settings.profile_prefix is not None:
                 self._trace = _Trace(settings.profile_prefix)

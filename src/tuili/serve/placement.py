@@ -5,8 +5,8 @@
                  arenas) apart, and the compute of one request (median of a few batch-1 inferences on
                  zero inputs of the config's shapes); cached per hash of the model's files
     pack         instances are items (memory, compute), cores are bins. Memory is a hard constraint:
-                 replicas beyond a model's first are dropped, largest first, then models that cannot
-                 fit at all are refused, largest first. Compute is balanced over the cores by LPT
+                 models whose first instance cannot fit are refused, largest first, then replicas
+                 beyond a model's first are dropped, largest first, until the rest fits. Compute is balanced over the cores by LPT
                  (largest first, onto the least loaded core), replicas of one model on different cores
                  where that keeps the list-scheduling bound: makespan <= sum/cores + max item.
     Plan         what was decided and why; ``describe`` prints it, ``as_dict`` is its JSON
@@ -305,23 +305,21 @@ def pack(measurements: list[Measurement], cores: int, memory_budget: int | None 
     by_key = {(m.model, m.version): m for m in measurements}
     kept = {key: m.count for key, m in by_key.items()}
     if memory_budget is not None:
-        # replicas beyond the first, largest first
-        while _memory(kept, by_key)[0] > memory_budget:
-            extra = [k for k, n in kept.items() if n > 1]
-            if not extra:
-                break
-            k = max(extra, key=lambda k: (by_key[k].item_bytes, kept[k], k))
-            kept[k] -= 1
-            plan.decisions.append(f"{k[0]}/{k[1]}: one replica dropped ({_mib(by_key[k].item_bytes)} each, now "
-                                  f"{kept[k]} of {by_key[k].count}): the memory budget {_mib(memory_budget)} cannot hold it")
-        # then whole models, largest first
-        while kept and _memory(kept, by_key)[0] > memory_budget:
-            k = max(kept, key=lambda k: (by_key[k].item_bytes + by_key[k].first_extra_bytes, k))
-            del kept[k]
+        # models whose first instance cannot fit beside the others' first instances, largest first
+        firsts = dict.fromkeys(kept, 1)
+        while firsts and _memory(firsts, by_key)[0] > memory_budget:
+            k = max(firsts, key=lambda k: (by_key[k].item_bytes + by_key[k].first_extra_bytes, k))
+            del firsts[k], kept[k]
             reason = (f"refused: one instance needs {_mib(by_key[k].item_bytes)} (+ {_mib(by_key[k].first_extra_bytes)} "
                       f"first-instance cost), more than the memory budget {_mib(memory_budget)} leaves")
             plan.refused[f"{k[0]}/{k[1]}"] = reason
             plan.decisions.append(f"{k[0]}/{k[1]}: {reason}")
+        # then replicas beyond the first, largest first, until the rest fits (the firsts alone do)
+        while _memory(kept, by_key)[0] > memory_budget:
+            k = max((k for k, n in kept.items() if n > 1), key=lambda k: (by_key[k].item_bytes, kept[k], k))
+            kept[k] -= 1
+            plan.decisions.append(f"{k[0]}/{k[1]}: one replica dropped ({_mib(by_key[k].item_bytes)} each, now "
+                                  f"{kept[k]} of {by_key[k].count}): the memory budget {_mib(memory_budget)} cannot hold it")
     plan.shared_bytes = _memory(kept, by_key)[1]
     for k, m in by_key.items():
         if m.compute_s is None and k in kept:

@@ -84,7 +84,8 @@ class Measurement:
         return self.process_bytes if self.isolation == "process" else self.instance_bytes
 
 
-def _rss() -> int:
+def resident_bytes() -> int:
+    """This process's resident set size, from /proc."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -130,12 +131,12 @@ def _measure_in_fresh_process(paths: list[str], name: str, allow_outside: bool) 
     batching = config.max_batch_size > 0
     out = []
     for version, vdir in plan.versions:
-        base = _rss()
+        base = resident_bytes()
         loaded = []
         try:
             rss = []
             compute, note = None, ""
-            for i in range(2):
+            for i in range(2):  # two instances, as two threads of the server would (half the cores each)
                 b = create_backend(plan.backend)
                 b.model_name, b.instance_index, b.instance_count = name, i, 2
                 b.allow_paths_outside = allow_outside
@@ -149,16 +150,12 @@ def _measure_in_fresh_process(paths: list[str], name: str, allow_outside: bool) 
                             compute = _time_inferences(b, batching)
                         except Exception as e:  # noqa: BLE001 - a model zeros do not suit: placed by memory only
                             note = f"compute not measured: zero inputs failed ({type(e).__name__}: {e})"[:200]
-                    one = _rss()
-                else:
-                    try:
-                        _time_inferences(b, batching) if compute is not None else None  # its arena too
-                    except Exception:  # noqa: BLE001
-                        pass
-                rss.append(_rss())
+                elif compute is not None:
+                    _time_inferences(b, batching)  # its buffers and arena count too, as the first's did
+                rss.append(resident_bytes())
             instance = max(0, rss[1] - rss[0])
             out.append(asdict(Measurement(name, version, plan.backend, isolation, count, instance,
-                                          max(0, one - base - instance), one, compute, note)))
+                                          max(0, rss[0] - base - instance), rss[0], compute, note)))
         finally:
             for b in loaded:
                 b.unload()

@@ -170,3 +170,19 @@ def test_process_instances_pinned_to_their_cores(small_repo):
             await core.stop()
 
     asyncio.run(main_())
+
+
+def test_tuili_serve_applies_and_logs_the_plan(small_repo, server_factory, tmp_path, monkeypatch):
+    import httpx
+
+    monkeypatch.setenv("TUILI_PLACEMENT_CACHE", str(tmp_path / "cache"))
+    budget = 200 * MiB  # the python model's worker (~60 MiB) and add_sub's three instances fit
+    srv = server_factory(small_repo, "--memory-budget", str(budget), "--cores", "1")
+    with httpx.Client(base_url=f"http://{srv.http}", timeout=30) as http:
+        assert http.get("/v2/health/ready").status_code == 200
+        stats = http.get("/v2/models/add_sub/config").json()
+        assert sum(g["count"] for g in stats["instance_group"]) == 3
+        assert stats["parameters"]["intra_op_thread_count"]["string_value"] == "1"
+    log = srv.log()
+    srv.stop()
+    assert "placement on 1 core(s)" in log and "add_sub/1#2" in log and "list-scheduling bound" in log

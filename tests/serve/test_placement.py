@@ -109,8 +109,10 @@ def small_repo(tmp_path):
 
 def test_real_repository_measured_packed_and_cached(small_repo, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TUILI_PLACEMENT_CACHE", str(tmp_path / "cache"))
+    _write(f"{small_repo}/broken/config.pbtxt", 'name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 8\n')
+    _write(f"{small_repo}/broken/1/model.onnx", "not an onnx file")
     ms = {m.model: m for m in measure([small_repo])}
-    assert set(ms) == {"add_sub", "echo"}
+    assert set(ms) == {"add_sub", "echo"}  # broken: logged, left out
     assert ms["add_sub"].isolation == "thread" and ms["echo"].isolation == "process" and ms["add_sub"].count == 3
     assert ms["add_sub"].compute_s > 0 and ms["echo"].compute_s > 0
     assert ms["echo"].process_bytes > ms["echo"].instance_bytes >= 0

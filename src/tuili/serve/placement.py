@@ -184,7 +184,8 @@ def cache_dir() -> str:
 def measure(paths: list[str], names: list[str] | None = None, *, allow_paths_outside: bool = False,
             use_cache: bool = True) -> list[Measurement]:
     """Measure every model (or ``names``) of the repositories, each in a fresh spawned process,
-    reusing the cached measurement of a model whose files did not change."""
+    reusing the cached measurement of a model whose files did not change. A model that fails to load
+    is logged and left out (its load fails in the server too)."""
     from tuili.serve.repository import ModelRepository
 
     repo = ModelRepository(paths, allow_paths_outside=allow_paths_outside)
@@ -200,8 +201,12 @@ def measure(paths: list[str], names: list[str] | None = None, *, allow_paths_out
             with open(key) as f:
                 rows = json.load(f)
         if rows is None:
-            with ctx.Pool(1) as pool:  # fresh: the first instance pays for the libraries
-                rows = pool.apply(_measure_in_fresh_process, (paths, name, allow_paths_outside))
+            try:
+                with ctx.Pool(1) as pool:  # fresh: the first instance pays for the libraries
+                    rows = pool.apply(_measure_in_fresh_process, (paths, name, allow_paths_outside))
+            except Exception as e:  # noqa: BLE001 - the server will refuse it the same way at load
+                log.warning("model %s: not measured and not placed: loading it failed: %s", name, e)
+                continue
             os.makedirs(cache_dir(), exist_ok=True)
             with open(key, "w") as f:
                 json.dump(rows, f)

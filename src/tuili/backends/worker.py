@@ -313,8 +313,10 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(conn, backend_name: str, model_name: str, model_dir: str, version_dir: str, config_bytes: bytes,
-                 index: int, count: int, allow_paths_outside: bool, log_level: int) -> None:
+                 index: int, count: int, allow_paths_outside: bool, log_level: int, cpus: set[int] | None = None) -> None:
     _die_with_parent()
+    if cpus:  # the placement plan's core (serve/placement.py)
+        os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{model_name} worker {index}] %(name)s: %(message)s")
     from tuili.model_config import ModelConfig
@@ -443,8 +445,10 @@ class _Died(WorkerDiedError):
 class ProcessInstance(Backend):
     """One model instance in its own worker process (see the module docstring)."""
 
-    def __init__(self, backend_name: str, timeout_s: float = 0.0):
+    def __init__(self, backend_name: str, timeout_s: float = 0.0, cpus: list[set[int]] | None = None):
+        """``cpus``: the CPUs each instance's worker runs on, by instance index (None: any)."""
         super().__init__()
+        self.cpus = cpus
         self.backend_name = backend_name
         self.name = f"{backend_name} (process)"
         self.timeout_s = timeout_s
@@ -466,7 +470,8 @@ class ProcessInstance(Backend):
         self.decoupled = bool(config.model_transaction_policy.decoupled)
         self._args = (self.backend_name, self.model_name, model_dir, version_dir, config.SerializeToString(),
                       self.instance_index, self.instance_count, self.allow_paths_outside,
-                      logging.getLogger("tuili").getEffectiveLevel())
+                      logging.getLogger("tuili").getEffectiveLevel(),
+                      self.cpus[self.instance_index % len(self.cpus)] if self.cpus else None)
         self._requests.ensure(_MIN_REGION)
         self._results.ensure(_MIN_REGION)
         try:

@@ -7,16 +7,9 @@ import asyncio
 import multiprocessing
 
 from tuili.serve.core import InferenceServer
+from tuili.serve.placement import resident_bytes
 
 HEADROOM = 1.25  # requests' tensors, batches and arenas on top of the loaded model
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
 
 
 def _load_and_measure(repository: str, load_order: list[tuple[str, str | None]]) -> int:
@@ -26,7 +19,7 @@ def _load_and_measure(repository: str, load_order: list[tuple[str, str | None]])
         try:
             for name, config_json in load_order:
                 await core.load_model(name, config_json)
-            return _resident_bytes()
+            return resident_bytes()
         finally:
             await core.stop()
 

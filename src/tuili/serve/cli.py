@@ -134,10 +134,84 @@ def add_parser(subparsers) -> None:
     _flag(p, "--log-warning", default=True, help="log warnings")
     _flag(p, "--log-error", default=True, help="log errors")
     p.add_argument("--log-format", choices=["default", "ISO8601"], default="default", help="log line format")
+    _placement_flags(p)
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     for names, reason in _REFUSED.items():
         p.add_argument(*names, action=_Refuse, reason=reason, dest=argparse.SUPPRESS)
     p.set_defaults(func=_run)
+    _add_plan_parser(subparsers)
+
+
+def _memory_size(text: str) -> int:
+    from tuili.errors import ConfigError
+    from tuili.serve.placement import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cores(text: str) -> int:
+    from tuili.errors import ConfigError
+    from tuili.serve.placement import check_cores
+
+    try:
+        return check_cores(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of cores, got {text!r}") from None
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _placement_flags(p) -> None:
+    p.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
+                   help="place model instances within this much memory (e.g. 2G, 512M): replicas dropped, "
+                        "largest first, then models refused (docs/serving.md, placement)")
+    p.add_argument("--cores", type=_cores, default=None, metavar="N",
+                   help="place model instances on this many cores: process instances pinned, engine threads "
+                        "set to each instance's share (default with --memory-budget: all)")
+
+
+def _add_plan_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="measure a model repository's instances and print their placement on cores under a memory budget",
+        description="Measure each model version's memory and compute per request (cached per model file hash), "
+        "pack the instances onto cores under --memory-budget / --cores, and print the plan without serving.")
+    p.add_argument("repository", nargs="+", metavar="REPO", help="model repository directory (several allowed)")
+    _placement_flags(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--no-cache", action="store_true", help="measure again even when the model files did not change")
+    _flag(p, "--allow-paths-outside-repository", default=False,
+          help="let configs name files outside their model's directory (trusted setups only)")
+    p.set_defaults(func=_plan)
+
+
+def _plan(args) -> int:
+    import json
+    import sys
+
+    from tuili.serve.placement import check_cores, measure, pack
+
+    measured = measure(args.repository, allow_paths_outside=args.allow_paths_outside_repository,
+                       use_cache=not args.no_cache)
+    plan = pack(measured, check_cores(args.cores), args.memory_budget)
+    if args.json:
+        out = plan.as_dict()
+        out["measurements"] = [vars(m) for m in measured]
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        sys.stdout.write(_measurement_table(measured) + "\n" + plan.describe() + "\n")
+    return 0
+
+
+def _measurement_table(measured) -> str:
+    rows = ["model/version        backend      isolation  count  instance MiB  first-extra MiB  process MiB  ms/request"]
+    for m in measured:
+        ms = f"{m.compute_s * 1e3:10.3f}" if m.compute_s is not None else "         -"
+        rows.append(f"{m.model + '/' + m.version:20} {m.backend:12} {m.isolation:9} {m.count:6} "
+                    f"{m.instance_bytes / 2**20:13.1f} {m.first_extra_bytes / 2**20:16.1f} {m.process_bytes / 2**20:12.1f} {ms}")
+    return "\n".join(rows)
 
 
 def _run(args) -> int:
@@ -165,5 +239,7 @@ def _run(args) -> int:
         log_settings={"log_verbose_level": args.log_verbose or int(getattr(args, "verbose", False)), "log_info": args.log_info, "log_warning": args.log_warning,
                       "log_error": args.log_error, "log_format": args.log_format},
         ready_file=args.ready_file,
+        memory_budget=args.memory_budget,
+        cores=args.cores,
     )
     return run(opts)

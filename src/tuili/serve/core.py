@@ -26,6 +26,7 @@ from tuili.serve.ensemble import PartialOutputs
 from tuili.serve.errors import clip
 from tuili.serve.lifecycle import ModelLifecycle, ModelVersion
 from tuili.serve.outputs import response_outputs
+from tuili.serve.placement import Plan
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
 from tuili.serve.sequence import sequence_flags
@@ -85,7 +86,8 @@ class InferenceServer:
     def __init__(self, model_repository: str | list[str], model_control_mode: str = "none",
                  load_models: list[str] | None = None, poll_secs: float = 15.0, metrics: Metrics | None = None, *,
                  server_name: str = SERVER_NAME, strict_readiness: bool = True, strict_model_config: bool = False,
-                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, allow_paths_outside: bool = False):
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, allow_paths_outside: bool = False,
+                 placement: Plan | None = None):
         if model_control_mode not in CONTROL_MODES:
             raise ConfigError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {model_control_mode!r}")
         paths = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -95,7 +97,7 @@ class InferenceServer:
         self.strict_readiness = strict_readiness
         self._asked: set[str] = set()  # explicit mode: the models the server was asked to load (strict readiness)
         self.metrics = metrics or Metrics()
-        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size)
+        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size, placement)
         self.mode = model_control_mode
         self.load_models = list(load_models or [])
         self.poll_secs = poll_secs

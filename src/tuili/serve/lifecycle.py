@@ -18,6 +18,7 @@ model with a canary release (serve/canary.py), the stable or the canary version 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Awaitable
@@ -32,6 +33,7 @@ from tuili.model_config import ModelSpec
 from tuili.serve.batching import slo_ns
 from tuili.serve.canary import Canary, CanarySettings, canary_settings
 from tuili.serve.ensemble import EnsembleRunner, aggregation_policy
+from tuili.serve.placement import Plan, placed_config
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE, Scheduler
@@ -148,9 +150,12 @@ class Dependencies:
 
 
 class ModelLifecycle:
-    def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE):
-        """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded)."""
+    def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+                 placement: Plan | None = None):
+        """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded);
+        ``placement``: the instance counts, cores and threads to load models with (serve/placement.py)."""
         self.repository = repository
+        self.placement = placement
         self.metrics = metrics
         self.max_queue_size = max_queue_size
         self.models: dict[str, Model] = {}
@@ -285,7 +290,7 @@ class ModelLifecycle:
                     stats = ModelStats(plan.name, v, self.metrics)
                     runner: Runner = EnsembleRunner(self, plan.name, config, stats)
                 else:
-                    config, instances = await asyncio.to_thread(self._load_instances, plan, vdir)
+                    config, instances = await asyncio.to_thread(self._load_instances, plan, v, vdir)
                     stats = ModelStats(plan.name, v, self.metrics)  # registered only once the instances loaded
                     if config.HasField("sequence_batching"):
                         settings = SequenceSettings(config, plan.model_dir, plan.allow_paths_outside)
@@ -301,12 +306,17 @@ class ModelLifecycle:
             raise
         return versions
 
-    def _load_instances(self, plan: LoadPlan, version_dir: str):
+    def _load_instances(self, plan: LoadPlan, version: str, version_dir: str):
         """(completed config, instances) of one version, as threads or worker processes (blocking)."""
-        if instance_isolation(plan.config, plan.backend) == "thread":
+        isolation = instance_isolation(plan.config, plan.backend)
+        cpus = None
+        if self.placement is not None:
+            config, cpus = placed_config(self.placement, plan.name, version, plan.backend, isolation, plan.config)
+            plan = dataclasses.replace(plan, config=config)
+        if isolation == "thread":
             return self.repository.load_instances(plan, version_dir)
         timeout_s = execution_timeout_s(plan.config)
-        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s))
+        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s, cpus))
 
     async def _retire(self, mv: ModelVersion) -> None:
         try:

@@ -50,6 +50,8 @@ class ServeOptions:
     exit_on_error: bool = False
     log_settings: dict | None = None  # Triton's logging extension settings to start with (log_verbose_level, ...)
     ready_file: str | None = None  # written with the bound ports once everything listens (tests use it)
+    memory_budget: int | None = None  # bytes: place instances under it (serve/placement.py)
+    cores: int | None = None  # place instances on this many cores (None with a budget: all)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -79,10 +81,18 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
 
+    placement = None
+    if opts.memory_budget is not None or opts.cores is not None:
+        from tuili.serve.placement import check_cores, measure, pack
+
+        cores = check_cores(opts.cores)
+        measured = await asyncio.to_thread(measure, opts.model_repository, allow_paths_outside=opts.allow_paths_outside)
+        placement = pack(measured, cores, opts.memory_budget)
+        log.info("tuili serve: %s", placement.describe())
     core = InferenceServer(opts.model_repository, opts.model_control_mode, opts.load_model, opts.repository_poll_secs,
                            server_name=opts.server_name, strict_readiness=opts.strict_readiness,
                            strict_model_config=opts.strict_model_config, max_queue_size=opts.max_queue_size,
-                           allow_paths_outside=opts.allow_paths_outside)
+                           allow_paths_outside=opts.allow_paths_outside, placement=placement)
     if opts.log_settings:
         core.log_settings(opts.log_settings)
 

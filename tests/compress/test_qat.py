@@ -66,13 +66,13 @@ def test_export_uses_learned_scales_and_engines_agree(digits, tmp_path):
     # every learned per-channel weight scale is in the model, as DequantizeLinear's scale; a channel's
     # scale is only ever raised, where its int32 bias would overflow (a degenerate, near-zero scale)
     scales = [v for k, v in inits.items() if k.endswith("_weight_quantized_scale") or "_quantized_scale" in k]
+    def carries(s, learned) -> bool:
+        if s.shape != learned.shape or np.any(s < learned * (1 - 1e-6)):
+            return False
+        return bool(np.isclose(s, learned, rtol=1e-6, atol=0).mean() >= 0.5)
+
     for learned in _learned_weight_scales(qm):
-        def matches(s):
-            if s.shape != learned.shape or np.any(s < learned * (1 - 1e-6)):
-                return False
-            same = np.isclose(s, learned, rtol=1e-6, atol=0)
-            return bool(same.mean() >= 0.5)
-        assert any(matches(s) for s in scales)
+        assert any(carries(s, learned) for s in scales)
     # the first Conv reads the learned (scale, zero point) of its input quantizer
     first = next(iter(qm.qat_layers().values())).act.exported()
     x_scale = [v for k, v in inits.items() if k.startswith("/Mul_output_0_scale")]

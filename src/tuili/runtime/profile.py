@@ -50,6 +50,12 @@ class StepProfile:
         return statistics.median(self.seconds) if self.seconds else 0.0
 
 
+def trace_event(cat: str, name: str, start_ns: int, dur_ns: int, origin_ns: int, tid: int, args: dict) -> dict:
+    """One complete ("X") Chrome-trace event in onnxruntime's profile layout, microseconds from ``origin_ns``."""
+    return {"cat": cat, "pid": os.getpid(), "tid": tid, "dur": dur_ns // 1000, "ts": (start_ns - origin_ns) // 1000,
+            "ph": "X", "name": name, "args": args}
+
+
 @dataclass
 class Profile:
     steps: list[StepProfile]
@@ -70,11 +76,10 @@ class Profile:
         and run, times in microseconds from the first run (onnxruntime's profile layout)."""
         if not self.runs_ns:
             return []
-        origin, pid, tid = self.runs_ns[0][0], os.getpid(), threading.get_ident()
+        origin, tid = self.runs_ns[0][0], threading.get_ident()
 
         def event(cat: str, name: str, start: int, dur: int, args: dict) -> dict:
-            return {"cat": cat, "pid": pid, "tid": tid, "dur": dur // 1000, "ts": (start - origin) // 1000,
-                    "ph": "X", "name": name, "args": args}
+            return trace_event(cat, name, start, dur, origin, tid, args)
 
         events = [event("Session", "model_run", a, b - a, {}) for a, b in self.runs_ns]
         for s in self.steps:

@@ -396,8 +396,9 @@ class _Trace:
         self._event("Session", "model_run", t0, time.perf_counter_ns() - t0, tid, {})
 
     def _event(self, cat: str, name: str, start_ns: int, dur_ns: int, tid: int, args: dict) -> None:
-        self.events.append({"cat": cat, "pid": os.getpid(), "tid": tid, "dur": dur_ns // 1000,
-                            "ts": (start_ns - self.start_ns) // 1000, "ph": "X", "name": name, "args": args})
+        from tuili.runtime.profile import trace_event
+
+        self.events.append(trace_event(cat, name, start_ns, dur_ns, self.start_ns, tid, args))
 
     def write(self) -> str:
         path = f"{self.prefix}_{self.started:%Y-%m-%d_%H-%M-%S}.json"

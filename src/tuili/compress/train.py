@@ -1,9 +1,11 @@
-"""The fine-tune / evaluate loop the compression techniques share (pruning, Deep Compression).
+"""What the compression techniques share to train and measure (pruning, Deep Compression).
 
-It trains any torch module on a :class:`tuili.zoo.training.TrainData` (train split only; the test
-split is for the final report, never for training or selection) with a tqdm progress bar, and
-takes two hooks: ``regularizer(model) -> loss term`` (e.g. network slimming's L1 on BN gammas) and
-``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update)."""
+:func:`fine_tune` is :func:`tuili.zoo.training.fit` with the fine-tuning recipe (AdamW without weight
+decay, cosine learning rate, fractional epochs) on a :class:`tuili.zoo.training.TrainData`'s train
+split (the test split is for the final report, never for training or selection); it takes two
+hooks: ``regularizer(model) -> loss term`` (e.g. network slimming's L1 on BN gammas) and
+``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update). The
+accuracy helpers measure a torch module or an ONNX model on one split."""
 from __future__ import annotations
 
 import logging

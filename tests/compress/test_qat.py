@@ -197,7 +197,7 @@ def test_bad_models_and_data(digits):
     with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
         finetune_qat(qm, data, progress=False)
     qm.requires_grad_(False)
-    with pytest.raises(ConfigError, match="no trainable parameters"):
+    with pytest.raises(ConfigError, match="no trainable weights"):
         finetune_qat(qm, data, progress=False)
     with pytest.raises(ConfigError, match="epochs"):
         finetune_qat(prepare_qat(model, data.x_train[:16]), data, epochs=0, progress=False)

@@ -1,105 +1,40 @@
-"""The fine-tune / evaluate loop the compression techniques share (pruning, Deep Compression).
+"""What the compression techniques share to train and measure (pruning, Deep Compression).
 
-It trains any torch module on a :class:`tuili.zoo.training.TrainData` (train split only; the test
-split is for the final report, never for training or selection) with a tqdm progress bar, and
-takes two hooks: ``regularizer(model) -> loss term`` (e.g. network slimming's L1 on BN gammas) and
-``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update)."""
+:func:`fine_tune` is :func:`tuili.zoo.training.fit` with the fine-tuning recipe (AdamW without weight
+decay, cosine learning rate, fractional epochs) on a :class:`tuili.zoo.training.TrainData`'s train
+split (the test split is for the final report, never for training or selection); it takes two
+hooks: ``regularizer(model) -> loss term`` (e.g. network slimming's L1 on BN gammas) and
+``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update). The
+accuracy helpers measure a torch module or an ONNX model on one split."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
 import numpy as np
 
 from tuili.errors import ConfigError
-from tuili.zoo.training import TrainData, evaluate
+from tuili.zoo.training import TrainData, evaluate, fit, subset, trainable
 
 log = logging.getLogger(__name__)
 
 
-def check_trainable(model, what: str) -> list:
-    """The model's trainable parameters; a model without any is refused."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(f"{what}: the model has no trainable weights (no parameter with requires_grad); "
-                          "give a model with Conv/Linear layers whose weights require gradients")
-    return params
-
-
-def subset(data: TrainData, train: int | None = None, test: int | None = None) -> TrainData:
-    """The first ``train`` / ``test`` samples of each split (for quick runs and tests)."""
-    def cut(x, n):
-        return x if x is None or n is None else x[:n]
-    return dataclasses.replace(data, x_train=cut(data.x_train, train), y_train=cut(data.y_train, train),
-                               x_test=cut(data.x_test, test), y_test=cut(data.y_test, test),
-                               x_val=cut(data.x_val, test), y_val=cut(data.y_val, test))
+# One implementation each, in tuili.zoo.training; these names are the ones pruning and its tests use.
+check_trainable = trainable
 
 
 def fine_tune(model, data: TrainData, epochs: float = 1.0, *, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
               regularizer: Callable | None = None, after_step: Callable | None = None, params=None,
               progress: bool = True, desc: str = "fine-tune", threads: int | None = 1) -> list[dict]:
     """Train ``model`` in place on ``data``'s train split for ``epochs`` (fractions allowed) with AdamW
-    and a cosine learning rate; returns one row per epoch (loss, train accuracy). ``params`` limits
-    the optimizer to those tensors (default: all trainable parameters)."""
-    import torch
-    from torch import nn
-
+    (no weight decay) and a cosine learning rate; returns one row per epoch (loss, train accuracy).
+    ``params`` limits the optimizer to those tensors (default: all trainable parameters). The loop is
+    :func:`tuili.zoo.training.fit`."""
     if epochs <= 0:
         return []
-    params = list(params) if params is not None else check_trainable(model, desc)
-    n = len(data.x_train)
-    batch_size = max(2, min(int(batch_size), n))
-    per_epoch = max(1, n // batch_size)
-    steps = max(1, int(round(epochs * per_epoch)))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    xtr, ytr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
-    history: list[dict] = []
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or saved_threads)  # 1 by default: see tuili.zoo.training.train
-    try:
-        model.train()
-        step, tot, correct, seen, perm = 0, 0.0, 0, 0, None
-        while step < steps:
-            i = (step % per_epoch) * batch_size
-            if i == 0:
-                perm = torch.randperm(n, generator=gen)
-            idx = perm[i:i + batch_size]
-            logits = model(xtr[idx])
-            loss = loss_fn(logits, ytr[idx])
-            if regularizer is not None:
-                loss = loss + regularizer(model)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step(model)
-            step += 1
-            tot += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == ytr[idx]).sum())
-            seen += len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{tot / seen:.3f}")
-            if step % per_epoch == 0 or step == steps:
-                history.append({"epoch": len(history) + 1, "loss": tot / seen, "train_acc": correct / seen})
-                log.info("%s epoch %d: loss %.4f, train %.2f%%", desc, len(history), tot / seen, 100 * correct / seen)
-                tot, correct, seen = 0.0, 0, 0
-    finally:
-        torch.set_num_threads(saved_threads)
-        if bar is not None:
-            bar.close()
-        model.eval()
-    return history
+    return fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, weight_decay=0.0, schedule="cosine",
+               batch_size=batch_size, seed=seed, params=params, regularizer=regularizer, after_step=after_step,
+               progress=progress, desc=desc, threads=threads)
 
 
 def accuracy(model, data: TrainData, split: str = "test") -> float:
@@ -146,4 +81,4 @@ def export_onnx(model, path, example, *, keep_batchnorm: bool = False):
     return path
 
 
-__all__ = ["accuracy", "check_trainable", "export_onnx", "fine_tune", "onnx_accuracy", "subset"]
+__all__ = ["accuracy", "check_trainable", "export_onnx", "fine_tune", "onnx_accuracy", "subset", "trainable"]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from tuili.nas.space import Arch, SearchSpace, Stage
+from tuili.zoo.training import fit  # the one training loop (tuili.nas.supernet.fit for the pipeline)
 
 log = logging.getLogger(__name__)
 
@@ -115,63 +114,6 @@ def sample_elastic(space: SearchSpace, elastic: tuple[str, ...], rng: np.random.
     stages = tuple(Stage(pick("kernel", r, b), pick("expansion", r, b), pick("depth", r, b), pick("se", r, b))
                    for r, b in zip(a.stages, big.stages))
     return Arch(a.width if "width" in elastic else big.width, stages)
-
-
-def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: float, lr: float = 3e-3, batch_size: int = 64,
-        seed: int = 0, before_step: Callable[[int], None] | None = None, progress: bool = False, desc: str = "train",
-        threads: int | None = 1) -> list[dict]:
-    """Train ``model`` on (x, y) with AdamW and a one-cycle learning rate for ``epochs`` (fractions
-    allowed: 0.5 = half the batches). ``before_step(i)`` runs before step i (the supernet samples
-    its sub-network there). Returns one row per epoch (loss, train accuracy, seconds)."""
-    steps_per_epoch = max(1, len(x) // batch_size)
-    steps = max(1, int(round(epochs * steps_per_epoch)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    loss_fn = nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step")
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or saved_threads)  # one thread: see tuili.zoo.training.train
-    history, tot, correct, n, t0 = [], 0.0, 0, 0, time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model.train()
-            perm = torch.randperm(len(xt), generator=gen)
-            for i in range(steps):
-                k = i % steps_per_epoch
-                if k == 0 and i:
-                    perm = torch.randperm(len(xt), generator=gen)
-                idx = perm[k * batch_size:(k + 1) * batch_size]
-                if before_step is not None:
-                    before_step(i)
-                logits = model(xt[idx])
-                loss = loss_fn(logits, yt[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == yt[idx]).sum())
-                n += len(idx)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{tot / n:.3f}")
-                if k == steps_per_epoch - 1 or i == steps - 1:
-                    history.append({"loss": tot / n, "train_acc": correct / n, "seconds": time.perf_counter() - t0})
-                    log.info("%s: epoch %d, loss %.4f, train accuracy %.2f%%", desc, len(history), tot / n, 100 * correct / n)
-                    tot, correct, n = 0.0, 0, 0
-    finally:
-        torch.set_num_threads(saved_threads)
-        if bar is not None:
-            bar.close()
-    model.eval()
-    return history
 
 
 def train_supernet(supernet: Supernet, x: np.ndarray, y: np.ndarray, phases: list[Phase], *, seed: int = 0,

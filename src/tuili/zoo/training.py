@@ -10,12 +10,18 @@ repeated over its input channels.
 Where the data set has a validation split (glyphs), each epoch reports validation accuracy and the
 test split is evaluated once, at the end; digits has none, so its epochs report test accuracy (the
 last epoch's model is kept either way: no split is used for model selection).
+
+:func:`fit` is the one training loop every stage above uses (zoo training, pruning and Deep
+Compression fine-tuning, distillation and binarization, QAT, the NAS supernet): each stage picks its
+recipe through its arguments (schedule, weight decay, loss, hooks), so all of them share the data
+order, seeding and thread handling described there.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +133,6 @@ def train(name: str, data: str | TrainData | None = None, epochs: int | None = N
     the model's own data set, else digits); save ``NAME.pt`` and ``NAME.onnx`` under ``out_dir``; return
     the test accuracy and both paths. Each epoch is logged (INFO) with its validation accuracy."""
     import torch
-    from torch import nn
 
     from tuili.zoo.core import create, export
 
@@ -151,62 +156,13 @@ def train(name: str, data: str | TrainData | None = None, epochs: int | None = N
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = create(name, num_classes=ds.num_classes, resolution=ds.resolution, seed=seed, width=width, calibrate=False)
-    lr = lr or 3e-3
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    batch_size = max(2, min(int(batch_size), len(ds.x_train)))
-    steps = epochs * (len(ds.x_train) // batch_size)  # full batches only (reshuffled every epoch):
-    # a 3-sample remainder batch gives BatchNorm statistics noisy enough to derail MobileNetV2
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    loss_fn = nn.CrossEntropyLoss()
-    xtr, ytr = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     has_val = ds.x_val is not None
     watch = ("val_acc", ds.x_val, ds.y_val) if has_val else ("test_acc", ds.x_test, ds.y_test)
-    gen = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"train {name}", unit="step")
-    history = []
-    saved_threads = torch.get_num_threads()
     # Default 1 intra-op thread: on a busy 2-core machine torch's OpenMP threads contend so badly
     # that a MobileNetV2 step at 32x32 took 3-13 s with 2 threads and 0.56 s with 1.
-    torch.set_num_threads(threads or 1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for ep in range(epochs):
-                model.train()
-                perm = torch.randperm(len(xtr), generator=gen)
-                tot, correct, n = 0.0, 0, 0
-                for i in range(0, len(perm) - batch_size + 1, batch_size):
-                    idx = perm[i:i + batch_size]
-                    xb, yb = xtr[idx], ytr[idx]
-                    logits = model(xb)
-                    loss = loss_fn(logits, yb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    tot += loss.item() * len(idx)
-                    correct += int((logits.argmax(1) == yb).sum())
-                    n += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=ep + 1, loss=f"{tot / n:.3f}")
-                key, xw, yw = watch
-                acc = evaluate(model, xw, yw)
-                row = {"epoch": ep + 1, "loss": tot / max(n, 1), "train_acc": correct / max(n, 1), key: acc}
-                history.append(row)
-                log.info("%s epoch %d/%d: loss %.4f, train %.2f%%, %s %.2f%%", name, ep + 1, epochs, row["loss"],
-                         100 * row["train_acc"], key[:-4], 100 * acc)
-                if bar is not None:
-                    bar.set_postfix(epoch=ep + 1, loss=f"{row['loss']:.3f}", **{key: f"{acc:.3f}"})
-            acc = evaluate(model, ds.x_test, ds.y_test) if has_val else history[-1]["test_acc"]
-    finally:
-        torch.set_num_threads(saved_threads)
-        if bar is not None:
-            bar.close()
+    history = fit(model, ds.x_train, ds.y_train, epochs=epochs, lr=lr or 3e-3, batch_size=batch_size, seed=seed,
+                  watch=watch, progress=progress, desc=f"train {name}", threads=threads or 1)
+    acc = evaluate(model, ds.x_test, ds.y_test) if has_val else history[-1]["test_acc"]
     model.eval()
     val_acc = history[-1]["val_acc"] if has_val else None
     ckpt = out / f"{name}.pt"
@@ -226,6 +182,135 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> floa
         for i in range(0, len(x), batch_size):
             correct += int((model(torch.from_numpy(x[i:i + batch_size])).argmax(1).numpy() == y[i:i + batch_size]).sum())
     return correct / len(x)
+
+
+SCHEDULES = ("onecycle", "cosine")
+
+
+def fit(model, x: np.ndarray, y: np.ndarray, *, epochs: float, lr: float = 3e-3, weight_decay: float = 1e-4,
+        schedule: str = "onecycle", batch_size: int = 64, seed: int = 0, loss: Callable | None = None,
+        params: Iterable | None = None, samples: int | None = None, regularizer: Callable | None = None,
+        before_step: Callable | None = None, after_step: Callable | None = None,
+        watch: tuple[str, np.ndarray, np.ndarray] | None = None, progress: bool = False, desc: str = "train",
+        threads: int | None = 1) -> list[dict]:
+    """Train torch ``model`` in place on (``x``, ``y``) with AdamW; return one row per epoch: epoch, loss,
+    train_acc, the ``watch`` accuracy, seconds since the start.
+
+    Batches are full and reshuffled every epoch (a generator seeded with ``seed``; a remainder batch
+    of 3 samples gives BatchNorm statistics noisy enough to derail MobileNetV2); ``samples`` caps the
+    samples drawn per epoch. ``epochs`` may be fractional (0.5 = half an epoch's batches; at least one
+    step runs). ``schedule``: "onecycle" (peak ``lr`` at 20% of the steps) or "cosine" (from ``lr``).
+    ``loss(logits, xb, yb)`` defaults to cross-entropy; ``regularizer(model)`` is added to it;
+    ``before_step(step)`` runs before each forward pass (the NAS supernet samples a sub-network there),
+    ``after_step(model)`` after each update (pruning re-applies its masks there). ``params`` (tensors or
+    AdamW parameter groups) defaults to the model's trainable parameters. ``watch = (key, x, y)``
+    adds that split's accuracy to every row. torch's global generator is seeded with ``seed`` inside a
+    forked state (dropout is reproducible, the caller's state untouched); ``threads`` intra-op threads
+    (None: leave torch's setting) for the run, restored after it."""
+    import torch
+    import torch.nn.functional as F
+
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown learning-rate schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    params = list(params) if params is not None else trainable(model, desc)
+    loss = loss or (lambda logits, _xb, yb: F.cross_entropy(logits, yb))
+    n = len(x) if not samples else min(int(samples), len(x))
+    batch_size = max(2, min(int(batch_size), n))
+    per_epoch = max(1, n // batch_size)
+    steps = max(1, int(round(epochs * per_epoch)))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=desc, unit="step")
+    history: list[dict] = []
+    total_epochs = -(-steps // per_epoch)
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or saved_threads)
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tot, correct, seen, perm = 0.0, 0, 0, None
+            for step in range(steps):
+                k = step % per_epoch
+                if k == 0:
+                    model.train()
+                    perm = torch.randperm(len(xt), generator=gen)
+                idx = perm[k * batch_size:(k + 1) * batch_size]
+                xb, yb = xt[idx], yt[idx]
+                if before_step is not None:
+                    before_step(step)
+                logits = model(xb)
+                value = loss(logits, xb, yb)
+                if regularizer is not None:
+                    value = value + regularizer(model)
+                opt.zero_grad()
+                value.backward()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step(model)
+                tot += value.item() * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=len(history) + 1, loss=f"{tot / seen:.3f}")
+                if k == per_epoch - 1 or step == steps - 1:
+                    row = {"epoch": len(history) + 1, "loss": tot / seen, "train_acc": correct / seen}
+                    if watch is not None:
+                        key, xw, yw = watch
+                        row[key] = evaluate(model, xw, yw)
+                    row["seconds"] = time.perf_counter() - t0
+                    history.append(row)
+                    log.info("%s epoch %d/%d: %s", desc, row["epoch"], total_epochs,
+                             ", ".join(f"{c} {v:.4f}" for c, v in row.items() if c not in ("epoch", "seconds")))
+                    if bar is not None:
+                        bar.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.3f}",
+                                        **({watch[0]: f"{row[watch[0]]:.3f}"} if watch is not None else {}))
+                    tot, correct, seen = 0.0, 0, 0
+    finally:
+        torch.set_num_threads(saved_threads)
+        if bar is not None:
+            bar.close()
+        model.eval()
+    return history
+
+
+def trainable(model, what: str = "model") -> list:
+    """The parameters of ``model`` that require gradients; a model without any is refused."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{what} ({type(model).__name__}) has no trainable weights (no parameter requires grad): "
+                          "pass a torch module whose weights require gradients (e.g. from tuili.zoo.create; "
+                          "model.requires_grad_(True) unfreezes one)")
+    return params
+
+
+def subset(data: TrainData, train: int | None = None, test: int | None = None, seed: int = 0) -> TrainData:
+    """A smaller copy of ``data`` for quick runs: ``train`` samples of the train split, ``test`` of the
+    test and validation splits, each a seeded random choice kept in the data set's order (a prefix
+    would miss whole classes of a data set stored class by class)."""
+    rng = np.random.default_rng(seed)
+
+    def take(x, y, k):
+        if x is None or k is None or k >= len(x):
+            return x, y
+        i = np.sort(rng.permutation(len(x))[:k])
+        return x[i], y[i]
+
+    xtr, ytr = take(data.x_train, data.y_train, train)
+    xte, yte = take(data.x_test, data.y_test, test)
+    xv, yv = take(data.x_val, data.y_val, test)
+    return dataclasses.replace(data, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, x_val=xv, y_val=yv)
 
 
 def load_checkpoint(path):

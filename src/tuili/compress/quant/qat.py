@@ -361,73 +361,24 @@ def finetune_qat(qm, data, *, epochs: int = 1, lr: float = 5e-4, batch_size: int
     (a random subset, fixed by ``seed``). Returns per epoch: loss, train_acc and val_acc where there is a
     validation split. BatchNorm statistics stay frozen."""
     import torch
-    from torch import nn
 
-    from tuili.zoo.training import evaluate
+    from tuili.zoo.training import fit, trainable
 
     if not hasattr(qm, "qat_layers"):
         raise ConfigError("finetune_qat takes the model prepare_qat returned; call prepare_qat(model, calib) first")
     if torch.is_inference_mode_enabled():
         raise ConfigError("QAT fine-tuning cannot run under torch.inference_mode(): leave inference mode to train")
-    params = [p for p in qm.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("the QAT model has no trainable parameters (all have requires_grad=False): call "
-                          "model.requires_grad_(True) before prepare_qat")
+    params = trainable(qm, "the QAT model")
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     xtr, ytr, xval, yval = _train_arrays(data)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(xtr) if not samples else min(int(samples), len(xtr))
-    batch_size = max(2, min(int(batch_size), n))
-    steps = epochs * (n // batch_size)
     scales = [p for name, p in qm.named_parameters() if p.requires_grad and name.endswith(("scale", "zero_point"))]
     ids = {id(p) for p in scales}
-    opt = torch.optim.AdamW([{"params": [p for p in params if id(p) not in ids], "weight_decay": 1e-4},
-                             {"params": scales, "weight_decay": 0.0}], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
-    loss_fn = nn.CrossEntropyLoss()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="QAT fine-tune", unit="step")
-    history = []
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads or 1)  # see tuili.zoo.training: one thread trains faster on a busy machine
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for ep in range(epochs):
-                qm.train()
-                perm = torch.randperm(len(xtr), generator=gen)[:n]
-                tot, correct, seen = 0.0, 0, 0
-                for i in range(0, n - batch_size + 1, batch_size):
-                    idx = perm[i:i + batch_size]
-                    xb, yb = torch.from_numpy(xtr[idx.numpy()]), torch.from_numpy(ytr[idx.numpy()])
-                    logits = qm(xb)
-                    loss = loss_fn(logits, yb)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    tot += loss.item() * len(idx)
-                    correct += int((logits.argmax(1) == yb).sum())
-                    seen += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=ep + 1, loss=f"{tot / seen:.3f}")
-                row = {"epoch": ep + 1, "loss": tot / max(seen, 1), "train_acc": correct / max(seen, 1)}
-                if xval is not None:
-                    row["val_acc"] = evaluate(qm, xval, yval)
-                history.append(row)
-                log.info("QAT epoch %d/%d: %s", ep + 1, epochs, ", ".join(f"{k} {v:.4f}" for k, v in row.items()
-                                                                          if k != "epoch"))
-    finally:
-        torch.set_num_threads(saved)
-        if bar is not None:
-            bar.close()
-    qm.eval()
-    return history
+    groups = [{"params": [p for p in params if id(p) not in ids], "weight_decay": 1e-4},
+              {"params": scales, "weight_decay": 0.0}]  # learned quantization parameters are not decayed
+    return fit(qm, xtr, ytr, epochs=epochs, lr=lr, schedule="cosine", batch_size=batch_size, seed=seed, params=groups,
+               samples=samples, watch=("val_acc", xval, yval) if xval is not None else None, progress=progress,
+               desc="QAT fine-tune", threads=threads or 1)
 
 
 def _train_arrays(data):

@@ -15,6 +15,8 @@ def start_server(repo: str, workdir: str, extra: Sequence[str] = (), timeout: fl
     """(process, {"http": port, "grpc": port, "metrics": port}) of a server on ``repo``; its log is
     ``workdir/server.log``."""
     ready = os.path.join(workdir, "ready.json")
+    if os.path.exists(ready):  # a previous server's ports: wait for this one's
+        os.remove(ready)
     with open(os.path.join(workdir, "server.log"), "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "tuili.cli", "serve", "--model-repository", repo,
                                  "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", ready,

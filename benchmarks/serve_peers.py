@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -77,17 +78,26 @@ class Peer:
         log = open(os.path.join(self.work, f"{self.name}-{model}.log"), "w")
         env = dict(os.environ, PYTHONPATH=PEERS_DIR)
         cmd, health = self.command(model, onnx_path)
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.work)
+        # its own process group: LitServe and MLServer spawn workers that outlive a SIGTERM to the parent
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.work,
+                                     start_new_session=True)
         wait_ready(f"http://127.0.0.1:{self.port}{health}", self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind by the group's leader
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def command(self, model: str, onnx_path: str) -> tuple[list[str], str]:
         script = os.path.join(PEERS_DIR, f"{self.name}_app.py")
@@ -116,6 +126,12 @@ class Tuili(Peer):
             f.write(text)
         self.proc, ports = start_server(repo, self.work)
         self.port = ports["http"]
+
+    def stop(self) -> None:
+        from tuili.bench.server import stop_server
+
+        if self.proc is not None:
+            stop_server(self.proc)
 
     def request(self, model: str, x: np.ndarray) -> bytes:
         from tuili.bench.perf.payload import ModelInputs, Payload, encode_http

@@ -4,13 +4,15 @@ closed loop at each concurrency; the ratio Ray / tuili serve first.
 
     .venv/bin/python -m benchmarks.scaleout                  # ~5 minutes; needs root (namespaces) and the ray extra
     .venv/bin/python -m benchmarks.scaleout --seconds 5 --concurrency 4 --rounds 1
+    .venv/bin/python -m benchmarks.scaleout --ray-only --cpu --rounds 1   # where the Ray path's CPU goes
 
 The Ray cluster (two `ray start` node processes, 1 CPU each, so the two replicas land on different
 nodes) runs inside private network and pid namespaces (tuili.deploy.local): the script re-runs
 itself there, and so does `tuili serve`, so both are measured the same way. Every replica and
 instance runs onnxruntime with one intra-op thread; `tuili serve` is measured with two instances
 (the same compute as two replicas) and with one instance of two threads. All three servers run for
-the whole benchmark and are measured in turn, round after round.
+the whole benchmark and are measured in turn, round after round. With ``--cpu``, every process's
+CPU is read from /proc (benchmarks.proc_cpu) while the cluster idles and during each Ray point.
 """
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
+import time
 
+from benchmarks import proc_cpu
 from benchmarks.serve import load, resnet18_onnx
 from tuili.bench.server import start_server, stop_server
 
@@ -50,35 +55,61 @@ def repository(root: str, model: str, instances: int, threads: int, extra: str =
     return root
 
 
+def measured_cpu(args, label: str, concurrency: int, url: str, breakdowns: dict) -> dict:
+    """One load point; with ``--cpu``, each process's CPU over its measured seconds."""
+    if not args.cpu:
+        return asyncio.run(load("http", url, "resnet18", concurrency, args.seconds, warmup=2.0))
+    snaps = []
+
+    def sample():
+        time.sleep(2.0)
+        snaps.append(proc_cpu.snapshot())
+        time.sleep(args.seconds)
+        snaps.append(proc_cpu.snapshot())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    result = asyncio.run(load("http", url, "resnet18", concurrency, args.seconds, warmup=2.0))
+    sampler.join()
+    breakdowns[label, concurrency] = proc_cpu.table(proc_cpu.used(*snaps), args.seconds,
+                                                    round(result["throughput"] * args.seconds))
+    return result
+
+
 def run(args) -> None:
     import ray
     from ray import serve
 
     from tuili.deploy.local import LocalRayCluster
-    from tuili.deploy.ray import build_app
+    from tuili.deploy.ray import LOGGING_CONFIG, build_app
     from tuili.runtime import cpu
 
     urls: dict[str, str] = {}
     servers = []
-    with tempfile.TemporaryDirectory() as work, LocalRayCluster(nodes=2, cpus_per_node=1) as cluster:
+    with tempfile.TemporaryDirectory() as work, LocalRayCluster(nodes=2, cpus_per_node=1, env=dict(args.ray_env)) as cluster:
         model = resnet18_onnx(work)
         try:
-            for label, instances, threads in (("tuili serve, 2 instances x 1 thread", 2, 1),
-                                              ("tuili serve, 1 instance x 2 threads", 1, 2)):
+            for label, instances, threads in () if args.ray_only else (("tuili serve, 2 instances x 1 thread", 2, 1),
+                                                                        ("tuili serve, 1 instance x 2 threads", 1, 2)):
                 repo = repository(os.path.join(work, f"serve{instances}", "repo"), model, instances, threads)
                 proc, ports = start_server(repo, os.path.dirname(repo))
                 servers.append(proc)
                 urls[label] = f"127.0.0.1:{ports['http']}"
             repo = repository(os.path.join(work, "ray"), model, 1, 1, RAY_BLOCK)
             ray.init(address=cluster.address, log_to_driver=False)
-            serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-            serve.run(build_app(repo), name="tuili", route_prefix="/")
+            serve.start(http_options={"host": "127.0.0.1", "port": 8000}, logging_config=LOGGING_CONFIG)
+            serve.run(build_app(repo), name="tuili", route_prefix="/", logging_config=LOGGING_CONFIG)
             handle = serve.get_deployment_handle("resnet18", app_name="tuili")
             nodes = {handle.node_id.remote().result(timeout_s=60) for _ in range(20)}
             ray_label = f"Ray Serve, 2 replicas on {len(nodes)} nodes"
             urls[ray_label] = "127.0.0.1:8000"
+            breakdowns: dict = {}
+            if args.cpu:  # what the cluster (and the idle servers) spend with no request
+                before = proc_cpu.snapshot()
+                time.sleep(args.seconds)
+                breakdowns["idle", 0] = proc_cpu.table(proc_cpu.used(before, proc_cpu.snapshot()), args.seconds, 0)
             # interleaved, round after round: the load other work puts on the machine drifts
-            results = {(label, c, r): asyncio.run(load("http", url, "resnet18", c, args.seconds, warmup=2.0))
+            results = {(label, c, r): measured_cpu(args, label, c, url, breakdowns)
                        for r in range(args.rounds) for c in args.concurrency for label, url in urls.items()}
             serve.shutdown()
         finally:
@@ -86,6 +117,12 @@ def run(args) -> None:
                 stop_server(proc)
 
     print(f"CPU: {cpu.info().describe()}; measured under load (other work shared the cores)\n")
+    for (label, c), text in breakdowns.items():
+        print(f"CPU by process, {label}" + (f", concurrency {c} (last round)" if c else f" ({args.seconds:g} s)") + f":\n\n{text}\n")
+    if args.ray_only:
+        for (label, c, r), m in results.items():
+            print(f"| {label} | {c} | {r + 1} | {m['throughput']:.1f} | {m['p50']:.1f} | {m['p99']:.1f} | {m['errors']} |")
+        return
     rounds = " / ".join(f"round {r + 1}" for r in range(args.rounds))
     print(f"| concurrency | Ray / best tuili serve, {rounds} (goal >= 0.8) |")
     print("|---:|---:|")
@@ -106,6 +143,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point (after 2 s of warm-up)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[4, 8])
     p.add_argument("--rounds", type=int, default=2, help="measure every server this many times, interleaved")
+    p.add_argument("--ray-only", action="store_true", help="measure the Ray deployment alone (no tuili serve beside it)")
+    p.add_argument("--cpu", action="store_true", help="also print each process's CPU (from /proc) idle and under load")
+    p.add_argument("--ray-env", type=lambda s: tuple(s.split("=", 1)), nargs="*", default=[], metavar="NAME=VALUE",
+                   help="environment of the Ray nodes (Ray's and Ray Serve's RAY_* settings)")
     args = p.parse_args()
     from tuili.deploy.local import ISOLATED_ENV, isolated
 

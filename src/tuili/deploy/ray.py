@@ -54,6 +54,9 @@ INGRESS = "tuili-v2-ingress"  # the ingress deployment's name (models' deploymen
 # (the model runs in another process, maybe on another node).
 INGRESS_EXTENSIONS = [e for e in EXTENSIONS if not e.startswith(("model_repository", "logging", "system_shared_memory"))]
 _REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
+# Ray Serve's logging for the proxies and replicas: no access log line per request (a few ms of CPU
+# each through the proxy, the replicas and Ray's log monitor); tuili's own logs as usual.
+LOGGING_CONFIG = {"enable_access_log": False}
 
 
 @serve.deployment
@@ -339,8 +342,8 @@ def deploy(repository: str, models: list[str] | None = None, *, address: str | N
     app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s,
                     grpc=(host, grpc_port) if grpc_port >= 0 else None, measure_memory=measure_memory)
     ray.init(address=address, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": http_port})
-    serve.run(app, name=app_name, route_prefix=route_prefix)
+    serve.start(http_options={"host": host, "port": http_port}, logging_config=LOGGING_CONFIG)
+    serve.run(app, name=app_name, route_prefix=route_prefix, logging_config=LOGGING_CONFIG)
     log.info("tuili on Ray: application %r serves %s at http://%s:%d%s", app_name, os.path.abspath(repository), host,
              http_port, route_prefix)
     if not wait:

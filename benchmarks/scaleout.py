@@ -81,7 +81,7 @@ def run(args) -> None:
     from ray import serve
 
     from tuili.deploy.local import LocalRayCluster
-    from tuili.deploy.ray import LOGGING_CONFIG, build_app
+    from tuili.deploy.ray import LOGGING_CONFIG, build_apps, model_app_name, run_apps
     from tuili.runtime import cpu
 
     urls: dict[str, str] = {}
@@ -98,8 +98,8 @@ def run(args) -> None:
             repo = repository(os.path.join(work, "ray"), model, 1, 1, RAY_BLOCK)
             ray.init(address=cluster.address, log_to_driver=False)
             serve.start(http_options={"host": "127.0.0.1", "port": 8000}, logging_config=LOGGING_CONFIG)
-            serve.run(build_app(repo), name="tuili", route_prefix="/", logging_config=LOGGING_CONFIG)
-            handle = serve.get_deployment_handle("resnet18", app_name="tuili")
+            run_apps(build_apps(repo))
+            handle = serve.get_deployment_handle("resnet18", app_name=model_app_name("tuili", "resnet18"))
             nodes = {handle.node_id.remote().result(timeout_s=60) for _ in range(20)}
             ray_label = f"Ray Serve, 2 replicas on {len(nodes)} nodes"
             urls[ray_label] = "127.0.0.1:8000"

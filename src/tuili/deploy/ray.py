@@ -1,22 +1,28 @@
-"""tuili on Ray Serve: a model repository as one Ray Serve application.
+"""tuili on Ray Serve: a model repository as Ray Serve applications, one per model and one for the server.
 
     client (tritonclient, curl) ──HTTP, KServe V2──► Ray Serve's proxy (on every node)
-        ──► V2Ingress replica: tuili's own HTTP adapter (serve.http_server.create_app) over RayCore
-        ──► the model's deployment: ModelReplica replicas, each tuili's serving core
-            (serve.core.InferenceServer: validation, queues, dynamic batcher, instances, backends)
+        /v2/models/<model>/...  ──► the model's application: ModelReplica replicas, each tuili's
+                                    serving core (serve.core.InferenceServer: validation, queues,
+                                    dynamic batcher, instances, backends) behind tuili's own HTTP adapter
+        everything else         ──► the server's application: V2Ingress, tuili's HTTP adapter over
+                                    RayCore (health, metadata, index, statistics; unknown models;
+                                    gRPC, whose requests cross to a replica as InferRequest objects)
+
+An inference request goes from the proxy straight to a replica of its model: no ingress replica in
+between (that hop cost as much CPU as the proxy itself; docs/scale-out.md). Ray's proxy routes by
+the longest route prefix, so each model's application is mounted at ``<prefix>/v2/models/<model>``.
 
 One deployment per model: its replicas load the model (an ensemble also its steps) from the
 repository path, which must be readable on every node (a shared volume, or the same path on each
 machine). Replicas, autoscaling and the CPUs / memory each replica reserves come from the model's
-``ray`` parameter (tuili.deploy.settings). The ingress parses and encodes the V2 protocol with the
-very code `tuili serve` uses, so clients cannot tell the two apart; requests cross to a replica as
-``InferRequest`` / ``InferResponse`` objects.
+``ray`` parameter (tuili.deploy.settings). Both parse and encode the V2 protocol with the very code
+`tuili serve` uses, so clients cannot tell the two apart.
 
-A replica that dies while running a request (node lost, process killed) costs that request one
-retry on another replica, then a 503; every request is bounded by ``request_timeout_s`` (504), so
-none hangs. Each replica carries its model files' revision (sizes and modification times), so
-redeploying after the repository changed (``tuili ray serve`` again) is Ray Serve's rolling update:
-new replicas start before old ones drain.
+A request bounded by the proxy's ``request_timeout_s`` never hangs: a replica that dies while
+running it costs it a 500 from the proxy (through the server's ingress: one retry, then a 503).
+Each replica carries its model files' revision (sizes and modification times), so redeploying
+after the repository changed (``tuili ray serve`` again) is Ray Serve's rolling update: new
+replicas start before old ones drain.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from typing import NamedTuple
 
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -59,9 +66,35 @@ _REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
 LOGGING_CONFIG = {"enable_access_log": False}
 
 
+def model_route(route_prefix: str, model: str) -> str:
+    """Where a model's application is mounted: its V2 paths under the server's prefix."""
+    return f"{route_prefix.rstrip('/')}/v2/models/{model}"
+
+
+def model_app_name(app_name: str, model: str) -> str:
+    """The Serve application of ``model`` in the tuili application ``app_name``."""
+    return f"{app_name}-{model}"
+
+
+class _FullPaths:
+    """ASGI: Ray mounts a model's application at its route prefix (root_path ``.../v2/models/<m>``);
+    tuili's adapter routes on the V2 paths themselves, so only the server's own prefix stays."""
+
+    def __init__(self, app, model: str):
+        self.app, self.suffix = app, f"/v2/models/{model}"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "root_path": scope.get("root_path", "").removesuffix(self.suffix)}
+        await self.app(scope, receive, send)
+
+
 @serve.deployment
+@serve.ingress()
 class ModelReplica:
-    """One replica of a model: tuili's serving core with this model (and an ensemble's steps) loaded."""
+    """One replica of a model: tuili's serving core with this model (and an ensemble's steps)
+    loaded, answering its model's V2 HTTP paths itself (tuili's HTTP adapter) and InferRequests
+    from the server's ingress (gRPC)."""
 
     async def __init__(self, repository: str, model: str, load_order: list[tuple[str, str | None]], revision: str = ""):
         self.model = model
@@ -100,8 +133,12 @@ class ModelReplica:
         if not self.core.model_ready(self.model):
             raise WorkerDiedError(f"model {self.model!r} is not ready in replica process {os.getpid()}")
 
+    def __serve_build_asgi_app__(self):
+        return _FullPaths(create_app(self.core), self.model)
+
     async def __del__(self):  # Ray Serve's graceful shutdown: let queued requests finish, unload
         await self.core.stop()
+        await super().__del__()  # Ray Serve's ASGI wrapper ends the app's lifespan
 
 
 class _NoSharedMemory:
@@ -263,12 +300,14 @@ class RayCore:
 @serve.deployment
 @serve.ingress()
 class V2Ingress:
-    """The ingress: tuili's V2 HTTP adapter over a RayCore, served by Ray Serve's proxies; with
+    """The server's ingress: tuili's V2 HTTP adapter over a RayCore (``apps``: model -> its Serve
+    application), served by Ray Serve's proxies for every path no model's application takes; with
     ``grpc`` (host, port) also tuili's gRPC adapter over the same RayCore, served by this replica
     itself (Ray Serve's own gRPC proxy would need a servicer per method)."""
 
-    async def __init__(self, handles: dict, request_timeout_s: float = 60.0, retries: int = 1,
+    async def __init__(self, apps: dict[str, str], request_timeout_s: float = 60.0, retries: int = 1,
                        grpc: tuple[str, int] | None = None):
+        handles = {model: serve.get_deployment_handle(model, app_name=app) for model, app in apps.items()}
         self.core = RayCore(handles, request_timeout_s=request_timeout_s, retries=retries)
         await self.core.refresh()
         self.core.start_polling()
@@ -288,14 +327,23 @@ class V2Ingress:
         return create_app(self.core)
 
 
-def build_app(repository: str, models: list[str] | None = None, *, ingress_replicas: int = 1,
-              request_timeout_s: float = 60.0, retries: int = 1, grpc: tuple[str, int] | None = None,
-              measure_memory: bool = False):
-    """The Ray Serve application of ``repository`` (every model, or ``models``): one deployment per
-    model, named as the model, and the V2 ingress (INGRESS); ``grpc`` (host, port): the ingress
-    also serves V2 gRPC there (one ingress replica then); ``measure_memory``: each model is loaded
-    once here, in a fresh process, and its replicas reserve the memory measured
-    (tuili.deploy.footprint) unless its ``ray`` block names ``memory``. Run it with ``serve.run(app, ...)``."""
+class ServeApp(NamedTuple):
+    """One Serve application to run: ``serve.run(app, name=name, route_prefix=route_prefix)``."""
+    name: str
+    route_prefix: str
+    app: object
+
+
+def build_apps(repository: str, models: list[str] | None = None, *, app_name: str = DEFAULT_APP,
+               route_prefix: str = "/", ingress_replicas: int = 1, request_timeout_s: float = 60.0,
+               retries: int = 1, grpc: tuple[str, int] | None = None, measure_memory: bool = False) -> list[ServeApp]:
+    """The Ray Serve applications of ``repository`` (every model, or ``models``): per model, one
+    application (model_app_name) whose one deployment, named as the model, is its ingress at
+    model_route; last, the server's application ``app_name`` at ``route_prefix`` (the V2Ingress,
+    INGRESS). ``grpc`` (host, port): the server's ingress also serves V2 gRPC there (one ingress
+    replica then); ``measure_memory``: each model is loaded once here, in a fresh process, and its
+    replicas reserve the memory measured (tuili.deploy.footprint) unless its ``ray`` block names
+    ``memory``. Run them in order with run_apps."""
     if grpc is not None and ingress_replicas != 1:
         raise ConfigError(f"the gRPC endpoint is served by the ingress replica itself: ask for one ingress "
                           f"replica, not {ingress_replicas}, or no gRPC port")
@@ -311,7 +359,7 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
         raise ConfigError(f"the repository {repository} has no model to deploy")
     if INGRESS in names:
         raise ConfigError(f"a model may not be named {INGRESS!r} on Ray: that is the ingress deployment's name")
-    bound = {}
+    apps = []
     for name in names:
         d = plan_deployment(repository, name)
         if measure_memory and "memory" not in d.options["ray_actor_options"]:
@@ -321,10 +369,26 @@ def build_app(repository: str, models: list[str] | None = None, *, ingress_repli
             log.info("model %s: a replica holds %.0f MB (measured, with headroom)", name,
                      d.options["ray_actor_options"]["memory"] / 2**20)
         revision = hashlib.sha1(repr([repo.signature(n) for n, _ in d.load_order]).encode()).hexdigest()[:12]
-        bound[name] = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order, revision)
+        app = ModelReplica.options(name=name, **d.options).bind(repository, name, d.load_order, revision)
+        apps.append(ServeApp(model_app_name(app_name, name), model_route(route_prefix, name), app))
     # The ingress reserves no CPU (as Ray's own proxies): the models' replicas hold the reservations.
-    return V2Ingress.options(name=INGRESS, num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0}) \
-        .bind(bound, request_timeout_s, retries, grpc)
+    ingress = V2Ingress.options(name=INGRESS, num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0}) \
+        .bind({name: model_app_name(app_name, name) for name in names}, request_timeout_s, retries, grpc)
+    return [*apps, ServeApp(app_name, route_prefix, ingress)]
+
+
+def run_apps(apps: list[ServeApp]) -> None:
+    """Deploy (or update) the applications build_apps made, each once it is ready; the models'
+    first, so the server's ingress finds them."""
+    for a in apps:
+        serve.run(a.app, name=a.name, route_prefix=a.route_prefix, logging_config=LOGGING_CONFIG)
+
+
+def delete_apps(app_name: str = DEFAULT_APP) -> None:
+    """Delete the server's application ``app_name`` and its models' applications."""
+    for name in serve.status().applications:
+        if name == app_name or name.startswith(f"{app_name}-"):
+            serve.delete(name)
 
 
 def deploy(repository: str, models: list[str] | None = None, *, address: str | None = "auto", app_name: str = DEFAULT_APP,
@@ -339,11 +403,13 @@ def deploy(repository: str, models: list[str] | None = None, *, address: str | N
 
     import ray
 
-    app = build_app(repository, models, ingress_replicas=ingress_replicas, request_timeout_s=request_timeout_s,
-                    grpc=(host, grpc_port) if grpc_port >= 0 else None, measure_memory=measure_memory)
+    apps = build_apps(repository, models, app_name=app_name, route_prefix=route_prefix, ingress_replicas=ingress_replicas,
+                      request_timeout_s=request_timeout_s, grpc=(host, grpc_port) if grpc_port >= 0 else None,
+                      measure_memory=measure_memory)
     ray.init(address=address, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": http_port}, logging_config=LOGGING_CONFIG)
-    serve.run(app, name=app_name, route_prefix=route_prefix, logging_config=LOGGING_CONFIG)
+    serve.start(http_options={"host": host, "port": http_port, "request_timeout_s": request_timeout_s},
+                logging_config=LOGGING_CONFIG)
+    run_apps(apps)
     log.info("tuili on Ray: application %r serves %s at http://%s:%d%s", app_name, os.path.abspath(repository), host,
              http_port, route_prefix)
     if not wait:
@@ -352,5 +418,5 @@ def deploy(repository: str, models: list[str] | None = None, *, address: str | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log.info("tuili on Ray: deleting application %r", app_name)
-    serve.delete(app_name)
+    log.info("tuili on Ray: deleting application %r and its models'", app_name)
+    delete_apps(app_name)

@@ -53,7 +53,9 @@ def build_repo(root: str) -> None:
 def replicas(app: str, deployment: str) -> int:
     from ray import serve
 
-    status = serve.status().applications[app].deployments[deployment]
+    from tuili.deploy.ray import model_app_name
+
+    status = serve.status().applications[model_app_name(app, deployment)].deployments[deployment]
     return status.replica_states.get("RUNNING", 0)
 
 
@@ -61,7 +63,9 @@ def replica_pids(app: str, deployment: str, want: int, exclude: set[int] = froze
     """Process ids of ``want`` live replicas, none of ``exclude`` (waits up to ``timeout`` s for them)."""
     from ray import serve
 
-    handle = serve.get_deployment_handle(deployment, app_name=app)
+    from tuili.deploy.ray import model_app_name
+
+    handle = serve.get_deployment_handle(deployment, app_name=model_app_name(app, deployment))
     pids: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,15 +135,15 @@ def update_under_load(app: str, repo: str) -> dict:
     Ray Serve rolls new replicas out; no request may fail."""
     from ray import serve
 
-    from tuili.deploy.ray import build_app
+    from tuili.deploy.ray import build_apps, model_app_name, run_apps
 
-    handle = serve.get_deployment_handle(MODEL, app_name=app)
+    handle = serve.get_deployment_handle(MODEL, app_name=model_app_name(app, MODEL))
     before = handle.get_revision.remote().result(timeout_s=30)
     old_pids = replica_pids(app, MODEL, 2)
 
     def redeploy():
         os.utime(f"{repo}/{MODEL}/1/model.onnx")
-        serve.run(build_app(repo, grpc=GRPC), name=app, route_prefix="/")
+        run_apps(build_apps(repo, app_name=app, grpc=GRPC))
 
     result = under_load(redeploy)
     revisions = {handle.get_revision.remote().result(timeout_s=30) for _ in range(20)}
@@ -189,15 +193,15 @@ def main(out_dir: str) -> None:
     from ray import serve
 
     from tuili.deploy.local import LocalRayCluster
-    from tuili.deploy.ray import build_app
+    from tuili.deploy.ray import LOGGING_CONFIG, build_apps, run_apps
 
     repo = os.path.join(out_dir, "repo")
     build_repo(repo)
     result: dict = {}
     with LocalRayCluster(nodes=2, cpus_per_node=2) as cluster:
         ray.init(address=cluster.address, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-        serve.run(build_app(repo, grpc=GRPC), name="tuili", route_prefix="/")
+        serve.start(http_options={"host": "127.0.0.1", "port": 8000, "request_timeout_s": 60}, logging_config=LOGGING_CONFIG)
+        run_apps(build_apps(repo, grpc=GRPC))
         result["listening"] = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
         result["interfaces"] = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])

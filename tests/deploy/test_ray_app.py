@@ -1,4 +1,4 @@
-"""Building the Ray Serve application (tuili.deploy.ray.build_app): no cluster needed, only Ray."""
+"""Building the Ray Serve applications (tuili.deploy.ray.build_apps): no cluster needed, only Ray."""
 from __future__ import annotations
 
 import os
@@ -20,29 +20,46 @@ def _repo(root, *names: str) -> str:
     return str(root)
 
 
-def test_one_deployment_per_model_behind_the_ingress(tmp_path):
-    from tuili.deploy.ray import INGRESS, build_app
+def test_one_application_per_model_then_the_servers(tmp_path):
+    from tuili.deploy.ray import INGRESS, build_apps
 
-    app = build_app(_repo(tmp_path, "a", "b"))
-    ingress = app._bound_deployment
+    apps = build_apps(_repo(tmp_path, "a", "b"), route_prefix="/tuili/")
+    assert [(a.name, a.route_prefix) for a in apps] == [("tuili-a", "/tuili/v2/models/a"), ("tuili-b", "/tuili/v2/models/b"),
+                                                         ("tuili", "/tuili/")]
+    ingress = apps[-1].app._bound_deployment
     assert ingress.name == INGRESS and ingress.ray_actor_options["num_cpus"] == 0
-    handles = ingress.init_args[0]
-    assert sorted(handles) == ["a", "b"]
-    assert handles["a"]._bound_deployment.name == "a"
-    args = handles["a"]._bound_deployment.init_args
-    assert args[1:3] == ("a", [("a", None)])
+    assert ingress.init_args[0] == {"a": "tuili-a", "b": "tuili-b"}  # the models' applications, for its handles
+    model = apps[0].app._bound_deployment
+    assert model.name == "a" and model.init_args[1:3] == ("a", [("a", None)])
     # the revision follows the model's files: a redeploy after a change rolls new replicas out
     os.utime(f"{tmp_path}/a/1/model.onnx", ns=(1, 1))
-    again = build_app(str(tmp_path))._bound_deployment.init_args[0]
-    assert again["a"]._bound_deployment.init_args[3] != args[3]
-    assert again["b"]._bound_deployment.init_args[3] == handles["b"]._bound_deployment.init_args[3]
+    again = build_apps(str(tmp_path))
+    assert again[0].app._bound_deployment.init_args[3] != model.init_args[3]
+    assert again[1].app._bound_deployment.init_args[3] == apps[1].app._bound_deployment.init_args[3]
+
+
+def test_a_models_application_routes_on_the_v2_paths():
+    """Ray mounts a model's application at <prefix>/v2/models/<model>; tuili's adapter sees only <prefix>."""
+    import asyncio
+
+    from tuili.deploy.ray import _FullPaths
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    scope = {"type": "http", "path": "/tuili/v2/models/a/ready", "root_path": "/tuili/v2/models/a"}
+    asyncio.run(_FullPaths(app, "a")(scope, None, None))
+    assert seen[0]["root_path"] == "/tuili" and seen[0]["path"] == scope["path"]
+    assert scope["root_path"] == "/tuili/v2/models/a"  # Ray's scope itself is left alone
 
 
 def test_unknown_model_and_reserved_name_are_refused(tmp_path):
-    from tuili.deploy.ray import INGRESS, build_app
+    from tuili.deploy.ray import INGRESS, build_apps
 
     repo = _repo(tmp_path, "a", INGRESS)
     with pytest.raises(ModelNotFoundError, match="model\\(s\\) nope not in the repository"):
-        build_app(repo, ["nope"])
+        build_apps(repo, ["nope"])
     with pytest.raises(ConfigError, match="may not be named"):
-        build_app(repo)
+        build_apps(repo)

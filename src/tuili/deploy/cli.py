@@ -9,15 +9,17 @@ def add_parser(subparsers) -> None:
                               description="Run tuili on a Ray cluster. Needs the ray extra: pip install 'tuili[ray]'.")
     sub = p.add_subparsers(dest="ray_verb", metavar="VERB", required=True)
     s = sub.add_parser("serve", help="deploy a model repository as a Ray Serve application (KServe V2 over HTTP)",
-                       description="Deploy every model of REPO (or the --model ones) as a Ray Serve deployment running "
-                       "tuili's serving core, behind an ingress speaking KServe V2 over HTTP. Replicas, autoscaling "
+                       description="Deploy every model of REPO (or the --model ones) as a Ray Serve application running "
+                       "tuili's serving core and speaking KServe V2 over HTTP at /v2/models/<model>, beside the server's "
+                       "application (health, metadata, index, gRPC). Replicas, autoscaling "
                        "and resources come from each model's `ray` config parameter (docs/scale-out.md). Running it "
                        "again after the repository changed rolls the update out.")
     s.add_argument("repository", metavar="REPO", help="model repository (Triton layout), readable at this path on every node")
     s.add_argument("--address", default="auto", help="Ray cluster to join (default auto: the running one; "
                    "'local' starts a one-node cluster in this process)")
     s.add_argument("--model", action="append", default=None, metavar="NAME", help="deploy only this model (repeatable)")
-    s.add_argument("--name", default="tuili", help="Ray Serve application name (default tuili)")
+    s.add_argument("--name", default="tuili", help="Ray Serve application name (default tuili; each model's "
+                   "application is NAME-<model>)")
     s.add_argument("--route-prefix", default="/", help="HTTP route prefix of the application (default /)")
     s.add_argument("--host", default="127.0.0.1", help="address Ray Serve's HTTP proxies bind (default 127.0.0.1)")
     s.add_argument("--http-port", type=int, default=8000, help="port of Ray Serve's HTTP proxies (default 8000)")
@@ -25,7 +27,7 @@ def add_parser(subparsers) -> None:
                    "replica, on the node it runs on (0 = any free port; default -1: off; needs one ingress replica)")
     s.add_argument("--ingress-replicas", type=int, default=1, help="replicas of the V2 ingress (default 1)")
     s.add_argument("--request-timeout-secs", type=float, default=60.0,
-                   help="longest a request may wait for a model replica before a 504 (default 60)")
+                   help="longest a request may take (Ray Serve's proxies and the ingress; default 60)")
     s.add_argument("--measure-memory", action="store_true",
                    help="load each model once here first and let its replicas reserve the memory measured "
                         "(unless its ray parameter names memory): Ray then places replicas where they fit")

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,6 +125,12 @@ def run_client(port: int, model: str, rate: float, seconds: float, seed: int) ->
     return json.loads(out.stdout)
 
 
+def batch_cap(port: int, model: str) -> int:
+    """The AIMD cap the server reports (its statistics' slo_batching)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=10) as r:
+        return json.load(r)["model_stats"][0]["slo_batching"]["batch_cap"]
+
+
 # ---------------------------------------------------------------- analysis
 def summarize(run: dict, slo_s: float) -> dict:
     lat = run["latencies"]
@@ -157,6 +164,7 @@ def main() -> None:
     ap.add_argument("--per-item-ms", type=float, default=2.0, help="batch cost: per request (default 2 ms)")
     ap.add_argument("--plot", default="slo.png", help="PNG of p99 and goodput against the offered rate")
     ap.add_argument("--json", help="write every point as JSON")
+    ap.add_argument("--settings", help="comma-separated subset of the settings to run (a quick check; no ratio then)")
     args = ap.parse_args()
 
     from tuili.bench.server import start_server, stop_server
@@ -169,6 +177,8 @@ def main() -> None:
         names = build_repo(repo, args.fixed_ms / 1e3, args.per_item_ms / 1e3, args.slo_ms)
         proc, ports = start_server(repo, tmp)
         try:
+            if args.settings:
+                names = [n for n in names if n in args.settings.split(",")]
             points: dict[str, list[dict]] = {n: [] for n in names}
             for name in names:
                 run_client(ports["http"], name, rates[0], 1.0, 99)  # warm-up
@@ -176,8 +186,9 @@ def main() -> None:
                     s = summarize(run_client(ports["http"], name, rate, args.seconds, i), slo_s)
                     s["rate"] = rate
                     points[name].append(s)
-                    print(f"{name:>11} {rate:6.0f}/s  p99 {s['p99_ms']:8.1f} ms  goodput {s['goodput']:6.1f}/s  "
-                          f"dropped {s['dropped']}", file=sys.stderr, flush=True)
+                    extra = f"  batch cap {batch_cap(ports['http'], name)}" if name == "aimd" else ""
+                    print(f"{name:>17} {rate:6.0f}/s  p99 {s['p99_ms']:8.1f} ms  goodput {s['goodput']:6.1f}/s  "
+                          f"dropped {s['dropped']}{extra}", file=sys.stderr, flush=True)
                     if s["miss_rate"] > 0.6 and len(points[name]) > 1 and points[name][-2]["miss_rate"] > 0.6:
                         break  # twice far past its knee: higher rates only take time
         finally:
@@ -206,7 +217,8 @@ def report(points: dict[str, list[dict]], args, cpu_line: str, slo_s: float) -> 
               f"{best['rate'] if best else 0:.0f} | {best['dropped'] if best else 0} / {best['sent'] if best else 0} | "
               f"{best['p99_answered_ms'] if best else math.nan:.1f} |")
     print()
-    for label, fig in (("goodput", good), ("strict", strict)):
+    compared = "aimd" in good and REFERENCE in good and len(good) > 2
+    for label, fig in (("goodput", good), ("strict", strict)) if compared else ():
         best = max((k for k in fig if k not in ("aimd", REFERENCE)), key=lambda k: fig[k])
         ratio = fig["aimd"] / fig[best] if fig[best] else math.inf
         ref = fig["aimd"] / fig[REFERENCE] if fig[REFERENCE] else math.inf

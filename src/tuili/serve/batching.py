@@ -16,9 +16,12 @@ before the earliest deadline in it. At a light load nothing is dropped; under ov
 is the largest one whose requests all make it, so the goodput holds at the model's best instead of
 every request ending late.
 
+A batch is planned to finish ``1 - TARGET_SHARE`` of the objective before the deadline: the time the
+server spends on a request outside the scheduler (parsing, the response) is not in its latency.
+
 AIMD (Clipper, NSDI '17) guards what the latency model cannot see: after every batch the policy
 takes the p99 of the latencies (queued -> answered, server side) of the last ``WINDOW`` requests.
-While it is within the objective and the batch just run was full at the cap, the cap grows by
+While it is within the target (``TARGET_SHARE`` of the objective) and the batch just run was full at the cap, the cap grows by
 ``ADDITIVE_STEP``; once it is over, the cap is cut to ``BACKOFF`` times itself and the window starts
 afresh (the requests that caused the cut must not cut it again). The cap starts at
 ``max_batch_size``: the deadlines already keep batches as small as the requests need, so a cap
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 ADDITIVE_STEP = 1
 BACKOFF = 0.9
 WINDOW = 256  # request latencies
+#: an SLO model's batches are planned to finish by this share of a request's time (its deadline from
+#: now); the rest is for what the scheduler does not see: parsing the request, sending the response
+TARGET_SHARE = 0.9
 #: the batch-latency model is fitted to this many recent batches
 ESTIMATE_WINDOW = 64
 #: the model predicts a batch's time as the fit plus this percentile of how far batches ran over it
@@ -73,7 +79,7 @@ class BatchTimes:
 
     def __init__(self, size: int = ESTIMATE_WINDOW):
         self.recent: deque[tuple[int, int]] = deque(maxlen=size)
-        self._fit: tuple[float, float, int, float] | None = None  # (a, c, spread, floor), refitted lazily
+        self._fit: tuple[float, float, int, int] | None = None  # (a, c, spread, largest rows), refitted lazily
 
     def add(self, rows: int, ns: int) -> None:
         self.recent.append((rows, ns))
@@ -85,28 +91,25 @@ class BatchTimes:
 
     def predict(self, rows: int) -> int:
         """What a batch of ``rows`` will take (0 before the first batch): the least-squares line t = a + c*b
-        through the recent batches, plus the SPREAD_PERCENTILE of how far they ran over it. While one size
-        alone was seen the slope is unknown: taken as no gain from batching above that size."""
+        through the recent batches, plus the SPREAD_PERCENTILE of how far they ran over it. Above the largest
+        batch seen a batch is taken to cost as much as that one: the gain of batching is explored, not
+        assumed away (a model that believed large batches slow would drop requests and never try one)."""
         if not self.recent:
             return 0
         if self._fit is None:
             self._fit = self._refit()
-        a, c, spread, floor = self._fit
-        return int(max(a + c * rows, floor)) + spread
+        a, c, spread, largest = self._fit
+        return int(max(a + c * min(rows, largest), 0.0)) + spread
 
-    def _refit(self) -> tuple[float, float, int, float]:
+    def _refit(self) -> tuple[float, float, int, int]:
         n = len(self.recent)
         mb = sum(b for b, _ in self.recent) / n
         mt = sum(t for _, t in self.recent) / n
         var = sum((b - mb) ** 2 for b, _ in self.recent)
-        if var:
-            c = max(0.0, sum((b - mb) * (t - mt) for b, t in self.recent) / var)
-            a = mt - c * mb
-            floor = 0.0
-        else:  # one size: its time below it, proportional above
-            a, c, floor = 0.0, (mt / mb if mb else 0.0), mt
-        spread = percentile([max(0, int(t - max(a + c * b, floor))) for b, t in self.recent], SPREAD_PERCENTILE)
-        return a, c, spread, floor
+        c = max(0.0, sum((b - mb) * (t - mt) for b, t in self.recent) / var) if var else 0.0
+        a = mt - c * mb
+        spread = percentile([max(0, int(t - (a + c * b))) for b, t in self.recent], SPREAD_PERCENTILE)
+        return a, c, spread, max(b for b, _ in self.recent)
 
 
 def hopeless(rows: list[int], deadlines: list[int], cap: int, now: int, predict) -> int:
@@ -186,7 +189,8 @@ class SloBatching(FixedBatching):
         super().__init__(max_batch, preferred, delay_ns)
         self.where = where  # "model 'm' version 1", for the log
         self.slo_ns = slo_ns
-        self.times = times  # the scheduler's batch-latency model (reported here)
+        self.target_ns = int(slo_ns * TARGET_SHARE)  # the server-side latency AIMD holds
+        self.times = times  # the scheduler's batch-latency model
         self._cap = max_batch
         self.window: deque[int] = deque(maxlen=WINDOW)  # request latencies (ns)
         self.latency_p99_ns = 0
@@ -196,6 +200,10 @@ class SloBatching(FixedBatching):
     @property
     def cap(self) -> int:
         return self._cap
+
+    def batch_ns(self, rows: int) -> int:
+        """How long before a deadline a batch of ``rows`` must start: its predicted time plus the margin."""
+        return self.times.predict(rows) + self.slo_ns - self.target_ns
 
     @property
     def p99_ns(self) -> int:
@@ -208,11 +216,11 @@ class SloBatching(FixedBatching):
         if not self.window:
             return
         self.latency_p99_ns = percentile(self.window, 99)
-        if self.latency_p99_ns > self.slo_ns:
+        if self.latency_p99_ns > self.target_ns:
             if self._cap > 1:
                 new = max(1, int(self._cap * BACKOFF))
-                log.info("%s: batch cap %d -> %d: p99 latency %.1f ms over the objective of %.1f ms (slo_ms)",
-                         self.where, self._cap, new, self.latency_p99_ns / 1e6, self.slo_ns / 1e6)
+                log.info("%s: batch cap %d -> %d: p99 latency %.1f ms over the target of %.1f ms (slo_ms %g)",
+                         self.where, self._cap, new, self.latency_p99_ns / 1e6, self.target_ns / 1e6, self.slo_ns / 1e6)
                 self._cap = new
                 self.cuts += 1
             self.window.clear()
@@ -220,12 +228,12 @@ class SloBatching(FixedBatching):
             self._cap = min(self.max_batch, self._cap + ADDITIVE_STEP)
             self.increases += 1
             log.debug("%s: batch cap -> %d: p99 latency %.1f ms within %.1f ms", self.where, self._cap,
-                      self.latency_p99_ns / 1e6, self.slo_ns / 1e6)
+                      self.latency_p99_ns / 1e6, self.target_ns / 1e6)
         if self.on_change is not None:
             self.on_change(self)
 
     def describe(self) -> dict:
         return {"slo_ms": self.slo_ns / 1e6, "batch_cap": self._cap, "max_batch_size": self.max_batch,
-                "latency_p99_ns": self.latency_p99_ns, "batch_time_p99_ns": self.p99_ns,
+                "latency_p99_ns": self.latency_p99_ns, "latency_target_ns": self.target_ns, "batch_time_p99_ns": self.p99_ns,
                 "batch_time_1_ns": self.times.predict(1), "batch_time_max_ns": self.times.predict(self.max_batch),
                 "cap_increases": self.increases, "cap_cuts": self.cuts}

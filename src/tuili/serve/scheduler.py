@@ -239,7 +239,7 @@ class Scheduler(Runner):
     def _expire(self, now: int, rejected: list[Pending]) -> None:
         """Move the requests that cannot make their deadline (policy REJECT) from the queues to ``rejected``:
         past it, or with less time left than the model's typical batch takes (an SLO model: a batch of one)."""
-        typical = self.service.predict(1) if self.adaptive else self.service.typical()
+        typical = self.policy.batch_ns(1) if self.adaptive else self.service.typical()
         cutoff = now + typical
         for lvl, q in enumerate(self.queues):
             if not q or not self.policies[lvl].reject_on_timeout:
@@ -272,9 +272,9 @@ class Scheduler(Runner):
         (serve/batching.hopeless), so under overload the batch run is the largest whose requests all make it."""
         order = [it for q in self.queues for it in q]
         deadlines = [it.deadline if self.policies[it.level].reject_on_timeout else 0 for it in order]
-        k = hopeless([it.batch for it in order], deadlines, self.policy.cap, now, self.service.predict)
+        k = hopeless([it.batch for it in order], deadlines, self.policy.cap, now, self.policy.batch_ns)
         if k:
-            batch_ns = self.service.predict(min(self.policy.cap, sum(it.batch for it in order[k:])) or 1)
+            batch_ns = self.policy.batch_ns(min(self.policy.cap, sum(it.batch for it in order[k:])) or 1)
             for it in self._take(k):
                 it.error = deadline_error(self.model, it, now, batch_ns)
                 rejected.append(it)
@@ -307,7 +307,7 @@ class Scheduler(Runner):
             if not cands:  # the head request alone is larger than the cap: it runs alone
                 return self._take(1)
             deadlines = [it.deadline for it in cands if it.deadline and self.policies[it.level].reject_on_timeout]
-            batch_ns = self.service.predict(sum(it.batch for it in cands)) if self.adaptive else self.service.typical()
+            batch_ns = self.policy.batch_ns(sum(it.batch for it in cands)) if self.adaptive else self.service.typical()
             latest_start = min(deadlines) - batch_ns if deadlines else 0
             oldest = min(q.oldest() for q in self.queues if q)
             n, until = self.policy.decide([it.batch for it in cands], oldest, latest_start, now, self._stopping)

@@ -187,7 +187,8 @@ def main() -> None:
                     s["rate"] = rate
                     points[name].append(s)
                     extra = f"  batch cap {batch_cap(ports['http'], name)}" if name == "aimd" else ""
-                    print(f"{name:>17} {rate:6.0f}/s  p99 {s['p99_ms']:8.1f} ms  goodput {s['goodput']:6.1f}/s  "
+                    print(f"{name:>17} {rate:6.0f}/s  p99 {s['p99_ms']:8.1f} ms (answered {s['p99_answered_ms']:7.1f})  "
+                          f"goodput {s['goodput']:6.1f}/s  "
                           f"dropped {s['dropped']}{extra}", file=sys.stderr, flush=True)
                     if s["miss_rate"] > 0.6 and len(points[name]) > 1 and points[name][-2]["miss_rate"] > 0.6:
                         break  # twice far past its knee: higher rates only take time

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import random
 import threading
 import urllib.request
 
@@ -80,6 +81,34 @@ def test_the_oldest_go_only_while_the_batch_of_the_rest_cannot_make_it():
     assert hopeless([1] * 10, [47 * MS] + light[1:], 4, 0, predict) == 1
     assert hopeless([3, 1], [47 * MS, 200 * MS], 4, 0, predict) == 1  # rows, not requests, fill a batch
     assert hopeless([1] * 3, [0, 1 * MS, 1 * MS], 64, 0, predict) == 0  # no deadline: never dropped, stops the search
+
+
+def test_hopeless_agrees_with_its_definition_on_random_queues():
+    def by_definition(rows, deadlines, cap, now, predict):
+        i = 0
+        while i < len(rows) and deadlines[i]:
+            total, earliest = 0, deadlines[i]
+            for b, d in zip(rows[i:], deadlines[i:]):
+                if total + b > cap and total:
+                    break
+                total += b
+                earliest = min(earliest, d or earliest)
+            if now + predict(total) <= earliest:
+                break
+            i += 1
+        return i
+
+    rng = random.Random(7)
+    for _ in range(500):
+        n = rng.randint(0, 30)
+        rows = [rng.randint(1, 4) for _ in range(n)]
+        deadlines = [rng.choice([0, 1, 1, 1]) * rng.randint(1, 200) * MS for _ in range(n)]
+        cap = rng.randint(1, 16)
+        a, c = rng.randint(0, 50), rng.randint(0, 10)
+
+        def predict(b):
+            return (a + c * b) * MS
+        assert hopeless(rows, deadlines, cap, 0, predict) == by_definition(rows, deadlines, cap, 0, predict)
 
 
 def test_an_slo_model_drops_the_oldest_so_the_rest_run_in_one_batch():

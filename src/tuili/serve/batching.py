@@ -119,19 +119,24 @@ def hopeless(rows: list[int], deadlines: list[int], cap: int, now: int, predict)
     ``predict(b)`` is the time a batch of b rows takes. The oldest go while the next batch, formed from
     the rest (everything up to ``cap`` rows), would not finish before the earliest deadline in it; a
     request without a deadline is never dropped, and stops the search."""
-    i = 0
-    while i < len(rows) and deadlines[i]:
-        total, earliest = 0, deadlines[i]
-        for b, d in zip(rows[i:], deadlines[i:]):
-            if total + b > cap and total:
-                break
-            total += b
-            if d:
-                earliest = min(earliest, d)
-        if now + predict(total) <= earliest:
-            break
-        i += 1
-    return i
+    n, end, total = len(rows), 0, 0
+    earliest: deque[int] = deque()  # indices in the window [i, end) by rising deadline: [0] is its earliest
+    for i in range(n):
+        if not deadlines[i]:
+            return i
+        while end < n and (not total or total + rows[end] <= cap):  # the batch of the rest, up to cap rows
+            total += rows[end]
+            if deadlines[end]:
+                while earliest and deadlines[earliest[-1]] >= deadlines[end]:
+                    earliest.pop()
+                earliest.append(end)
+            end += 1
+        if now + predict(total) <= deadlines[earliest[0]]:
+            return i
+        total -= rows[i]  # drop the oldest
+        if earliest[0] == i:
+            earliest.popleft()
+    return n
 
 
 class FixedBatching:

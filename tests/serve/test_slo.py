@@ -106,7 +106,7 @@ def test_hopeless_agrees_with_its_definition_on_random_queues():
         cap = rng.randint(1, 16)
         a, c = rng.randint(0, 50), rng.randint(0, 10)
 
-        def predict(b):
+        def predict(b, a=a, c=c):
             return (a + c * b) * MS
         assert hopeless(rows, deadlines, cap, 0, predict) == by_definition(rows, deadlines, cap, 0, predict)
 
@@ -133,6 +133,22 @@ def test_an_slo_model_drops_the_oldest_so_the_rest_run_in_one_batch():
         assert b.calls == [1, 3]  # the rest in one batch
         await s.stop()
     run(main())
+
+
+def test_fixed_policy_forms_batches_as_triton_does():
+    f = FixedBatching(8, [4], 1000)
+    assert f.decide([1, 1], oldest=0, latest_start=0, now=10, stopping=False) == (0, 1000)  # wait for the delay
+    assert f.decide([1, 1], oldest=0, latest_start=0, now=1000, stopping=False) == (2, 0)
+    assert f.decide([2, 2, 1], oldest=0, latest_start=0, now=5, stopping=False) == (2, 0)  # the preferred size
+    assert f.decide([1], oldest=0, latest_start=500, now=10, stopping=False) == (0, 500)  # a deadline comes first
+
+
+def test_slo_ms_must_be_a_positive_number():
+    assert slo_ns(parse_model_config('name: "m" parameters { key: "slo_ms" value: { string_value: "2.5" } }')) == 2_500_000
+    for bad in ("0", "-3", "fast", "nan"):
+        cfg = parse_model_config(f'name: "m" parameters {{ key: "slo_ms" value: {{ string_value: "{bad}" }} }}')
+        with pytest.raises(ConfigError, match="slo_ms"):
+            slo_ns(cfg)
 
 
 # A model whose batch takes the sum of its requests' X seconds.

@@ -125,10 +125,11 @@ def run_client(port: int, model: str, rate: float, seconds: float, seed: int) ->
     return json.loads(out.stdout)
 
 
-def batch_cap(port: int, model: str) -> int:
-    """The AIMD cap the server reports (its statistics' slo_batching)."""
+def server_view(port: int, model: str) -> str:
+    """The AIMD cap and the server-side p99 latency of the last requests (the statistics' slo_batching)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/stats", timeout=10) as r:
-        return json.load(r)["model_stats"][0]["slo_batching"]["batch_cap"]
+        b = json.load(r)["model_stats"][0]["slo_batching"]
+    return f"  server: batch cap {b['batch_cap']}, p99 {b['latency_p99_ns'] / 1e6:.1f} ms"
 
 
 # ---------------------------------------------------------------- analysis
@@ -186,7 +187,7 @@ def main() -> None:
                     s = summarize(run_client(ports["http"], name, rate, args.seconds, i), slo_s)
                     s["rate"] = rate
                     points[name].append(s)
-                    extra = f"  batch cap {batch_cap(ports['http'], name)}" if name == "aimd" else ""
+                    extra = server_view(ports["http"], name) if name == "aimd" else ""
                     print(f"{name:>17} {rate:6.0f}/s  p99 {s['p99_ms']:8.1f} ms (answered {s['p99_answered_ms']:7.1f})  "
                           f"goodput {s['goodput']:6.1f}/s  "
                           f"dropped {s['dropped']}{extra}", file=sys.stderr, flush=True)

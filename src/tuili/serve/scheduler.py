@@ -17,7 +17,9 @@ once with ServerBusyError. A request's deadline (its ``timeout`` parameter in mi
 the policy's ``default_timeout_microseconds``, else the model's ``slo_ms``) orders its priority
 level's queue (earliest deadline first, serve/queues.py) and is enforced on the loop by a timer
 and again when a batch is formed: a request past its deadline, or with less time left than the
-model's typical batch takes, never runs and gets DeadlineExceededError. A request whose client
+model's typical batch takes, never runs and gets DeadlineExceededError; an SLO model also drops
+its oldest requests while the batch of the rest could not make its earliest deadline
+(serve/batching.hopeless, with the batch-latency model BatchTimes). A request whose client
 went away (its awaiting task cancelled) leaves the queue at once.
 
 Instances in worker processes (tuili.backends.worker) may die and restart: an instance thread

@@ -48,7 +48,7 @@ def test_a_request_that_cannot_make_its_deadline_is_dropped_before_it_runs():
         b = Doubler(gate)
         s, stats = make('name: "m" max_batch_size: 8 dynamic_batching { }', [b])
         for _ in range(3):
-            s.service.add(10 * 10**9)  # the model's batches have been taking 10 s
+            s.service.add(1, 10 * 10**9)  # the model's batches have been taking 10 s
         first = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1)
         await asyncio.to_thread(b.entered.wait, 10)
         hopeless = s.enqueue({"x": np.ones((1, 1), np.float32)}, 1, timeout_us=3_000_000)  # 3 s left, batches take 10

@@ -3,17 +3,29 @@
 Pure functions of what is queued and what was measured (no threads, no queues here), so they are
 testable on their own; the scheduler (serve/scheduler.py) asks them and does the rest.
 
+    BatchTimes      the model's batch-latency model: t(b) = a + c*b fitted to its recent batches
     FixedBatching   Triton's knobs: max_batch_size, preferred_batch_size, max_queue_delay_microseconds
     SloBatching     the same, with the batch cap adapted to a latency objective (``slo_ms``) by
                     Clipper's AIMD, and never waiting past what the earliest deadline allows
+    hopeless        how many of the oldest queued requests an SLO model gives up so the rest make it
 
-AIMD (Clipper, NSDI '17): after every batch the policy looks at the p99 of the service times (batch
-formed -> results back) of the last ``WINDOW`` batches. While it is within the budget and the batch
-just run was full at the cap (so the cap was what limited it), the cap grows by ``ADDITIVE_STEP``;
-once the p99 is over the budget the cap is cut to ``BACKOFF`` times itself and the window starts
-afresh (the old, slower batches must not cut it again). The budget is ``SERVICE_SHARE`` of the
-objective: a request arriving just as a batch starts waits for that batch, then runs in the next,
-so two service times must fit in the objective.
+An SLO model's requests carry the objective as their deadline. When a batch is formed the scheduler
+takes everything queued (up to the cap), in earliest-deadline order, and asks ``hopeless`` how many
+of the oldest to drop: they go while the batch of the rest would not finish (by the latency model)
+before the earliest deadline in it. At a light load nothing is dropped; under overload the batch
+is the largest one whose requests all make it, so the goodput holds at the model's best instead of
+every request ending late.
+
+A batch is planned to finish ``1 - TARGET_SHARE`` of the objective before the deadline: the time the
+server spends on a request outside the scheduler (parsing, the response) is not in its latency.
+
+AIMD (Clipper, NSDI '17) guards what the latency model cannot see: after every batch the policy
+takes the p99 of the latencies (queued -> answered, server side) of the last ``WINDOW`` requests.
+While it is within the target (``TARGET_SHARE`` of the objective) and the batch just run was full at the cap, the cap grows by
+``ADDITIVE_STEP``; once it is over, the cap is cut to ``BACKOFF`` times itself and the window starts
+afresh (the requests that caused the cut must not cut it again). The cap starts at
+``max_batch_size``: the deadlines already keep batches as small as the requests need, so a cap
+that starts low only makes the queue grow while it climbs.
 """
 from __future__ import annotations
 
@@ -29,10 +41,14 @@ log = logging.getLogger(__name__)
 #: AIMD constants (documented in docs/serving.md)
 ADDITIVE_STEP = 1
 BACKOFF = 0.9
-WINDOW = 64
-SERVICE_SHARE = 0.5
-#: the batch times a request is predicted to need come from the same number of recent batches
-ESTIMATE_WINDOW = WINDOW
+WINDOW = 256  # request latencies
+#: an SLO model's batches are planned to finish by this share of a request's time (its deadline from
+#: now); the rest is for what the scheduler does not see: parsing the request, sending the response
+TARGET_SHARE = 0.9
+#: the batch-latency model is fitted to this many recent batches
+ESTIMATE_WINDOW = 64
+#: the model predicts a batch's time as the fit plus this percentile of how far batches ran over it
+SPREAD_PERCENTILE = 90
 
 
 def percentile(values, q: float) -> int:
@@ -56,20 +72,71 @@ def slo_ns(config) -> int:
     return int(ms * 1e6)
 
 
-class ServiceTimes:
-    """The service times (ns) of a model version's recent batches: what a queued request will need."""
+class BatchTimes:
+    """The rows and times (ns) of a model version's recent batches, and what a batch of b rows will take."""
 
-    __slots__ = ("recent",)
+    __slots__ = ("recent", "_fit")
 
     def __init__(self, size: int = ESTIMATE_WINDOW):
-        self.recent: deque[int] = deque(maxlen=size)
+        self.recent: deque[tuple[int, int]] = deque(maxlen=size)
+        self._fit: tuple[float, float, int, int] | None = None  # (a, c, spread, largest rows), refitted lazily
 
-    def add(self, ns: int) -> None:
-        self.recent.append(ns)
+    def add(self, rows: int, ns: int) -> None:
+        self.recent.append((rows, ns))
+        self._fit = None
 
     def typical(self) -> int:
         """The median batch time (0 before the first batch): a request with less time left cannot make it."""
-        return percentile(self.recent, 50) if self.recent else 0
+        return percentile([t for _, t in self.recent], 50) if self.recent else 0
+
+    def predict(self, rows: int) -> int:
+        """What a batch of ``rows`` will take (0 before the first batch): the least-squares line t = a + c*b
+        through the recent batches, plus the SPREAD_PERCENTILE of how far they ran over it. Above the largest
+        batch seen a batch is taken to cost as much as that one: the gain of batching is explored, not
+        assumed away (a model that believed large batches slow would drop requests and never try one)."""
+        if not self.recent:
+            return 0
+        if self._fit is None:
+            self._fit = self._refit()
+        a, c, spread, largest = self._fit
+        return int(max(a + c * min(rows, largest), 0.0)) + spread
+
+    def _refit(self) -> tuple[float, float, int, int]:
+        n = len(self.recent)
+        mb = sum(b for b, _ in self.recent) / n
+        mt = sum(t for _, t in self.recent) / n
+        var = sum((b - mb) ** 2 for b, _ in self.recent)
+        c = max(0.0, sum((b - mb) * (t - mt) for b, t in self.recent) / var) if var else 0.0
+        a = mt - c * mb
+        spread = percentile([max(0, int(t - (a + c * b))) for b, t in self.recent], SPREAD_PERCENTILE)
+        return a, c, spread, max(b for b, _ in self.recent)
+
+
+def hopeless(rows: list[int], deadlines: list[int], cap: int, now: int, predict) -> int:
+    """How many requests at the front of the queue to drop so the rest make their deadlines.
+
+    ``rows`` and ``deadlines`` (monotonic ns, 0 = none) are the queued requests in service order;
+    ``predict(b)`` is the time a batch of b rows takes. The oldest go while the next batch, formed from
+    the rest (everything up to ``cap`` rows), would not finish before the earliest deadline in it; a
+    request without a deadline is never dropped, and stops the search."""
+    n, end, total = len(rows), 0, 0
+    earliest: deque[int] = deque()  # indices in the window [i, end) by rising deadline: [0] is its earliest
+    for i in range(n):
+        if not deadlines[i]:
+            return i
+        while end < n and (not total or total + rows[end] <= cap):  # the batch of the rest, up to cap rows
+            total += rows[end]
+            if deadlines[end]:
+                while earliest and deadlines[earliest[-1]] >= deadlines[end]:
+                    earliest.pop()
+                earliest.append(end)
+            end += 1
+        if now + predict(total) <= deadlines[earliest[0]]:
+            return i
+        total -= rows[i]  # drop the oldest
+        if earliest[0] == i:
+            earliest.popleft()
+    return n
 
 
 class FixedBatching:
@@ -110,8 +177,9 @@ class FixedBatching:
                 best = k + 1
         return best
 
-    def observe(self, rows: int, service_ns: int) -> None:
-        """A batch of ``rows`` took ``service_ns`` (called with the scheduler's lock held)."""
+    def observe(self, rows: int, service_ns: int, latencies_ns: list[int] = ()) -> None:
+        """A batch of ``rows`` took ``service_ns``, its requests waited and ran ``latencies_ns`` (called with the
+        scheduler's lock held)."""
 
     def describe(self) -> dict | None:
         """What the statistics report of the policy (None: nothing beyond Triton's)."""
@@ -121,14 +189,16 @@ class FixedBatching:
 class SloBatching(FixedBatching):
     """AIMD on the batch cap against a latency objective (see the module docstring)."""
 
-    def __init__(self, max_batch: int, preferred: list[int], delay_ns: int, slo_ns: int, where: str = "", on_change=None):
+    def __init__(self, max_batch: int, preferred: list[int], delay_ns: int, slo_ns: int, times: BatchTimes,
+                 where: str = "", on_change=None):
         super().__init__(max_batch, preferred, delay_ns)
         self.where = where  # "model 'm' version 1", for the log
         self.slo_ns = slo_ns
-        self.budget_ns = int(slo_ns * SERVICE_SHARE)
-        self._cap = 1
-        self.window: deque[int] = deque(maxlen=WINDOW)
-        self.p99_ns = 0
+        self.target_ns = int(slo_ns * TARGET_SHARE)  # the server-side latency AIMD holds
+        self.times = times  # the scheduler's batch-latency model
+        self._cap = max_batch
+        self.window: deque[int] = deque(maxlen=WINDOW)  # request latencies (ns)
+        self.latency_p99_ns = 0
         self.increases = self.cuts = 0
         self.on_change = on_change  # called with the policy after every batch (metrics)
 
@@ -136,25 +206,39 @@ class SloBatching(FixedBatching):
     def cap(self) -> int:
         return self._cap
 
-    def observe(self, rows: int, service_ns: int) -> None:
-        self.window.append(service_ns)
-        self.p99_ns = percentile(self.window, 99)
-        if self.p99_ns > self.budget_ns:
+    def batch_ns(self, rows: int) -> int:
+        """How long before a deadline a batch of ``rows`` must start: its predicted time plus the margin."""
+        return self.times.predict(rows) + self.slo_ns - self.target_ns
+
+    @property
+    def p99_ns(self) -> int:
+        """The p99 of the recent batch times (the metric tuili_batch_time_p99_seconds)."""
+        return percentile([t for _, t in self.times.recent], 99) if self.times.recent else 0
+
+    def observe(self, rows: int, service_ns: int, latencies_ns: list[int] = ()) -> None:
+        """A batch of ``rows`` took ``service_ns``; its requests' latencies (queued -> answered) were ``latencies_ns``."""
+        self.window.extend(latencies_ns)
+        if not self.window:
+            return
+        self.latency_p99_ns = percentile(self.window, 99)
+        if self.latency_p99_ns > self.target_ns:
             if self._cap > 1:
                 new = max(1, int(self._cap * BACKOFF))
-                log.info("%s: batch cap %d -> %d: p99 batch time %.1f ms over the budget of %.1f ms (slo_ms %g)",
-                         self.where, self._cap, new, self.p99_ns / 1e6, self.budget_ns / 1e6, self.slo_ns / 1e6)
+                log.info("%s: batch cap %d -> %d: p99 latency %.1f ms over the target of %.1f ms (slo_ms %g)",
+                         self.where, self._cap, new, self.latency_p99_ns / 1e6, self.target_ns / 1e6, self.slo_ns / 1e6)
                 self._cap = new
                 self.cuts += 1
             self.window.clear()
         elif rows >= self._cap and self._cap < self.max_batch:
             self._cap = min(self.max_batch, self._cap + ADDITIVE_STEP)
             self.increases += 1
-            log.debug("%s: batch cap -> %d: p99 batch time %.1f ms within %.1f ms", self.where, self._cap, self.p99_ns / 1e6, self.budget_ns / 1e6)
+            log.debug("%s: batch cap -> %d: p99 latency %.1f ms within %.1f ms", self.where, self._cap,
+                      self.latency_p99_ns / 1e6, self.target_ns / 1e6)
         if self.on_change is not None:
             self.on_change(self)
 
     def describe(self) -> dict:
         return {"slo_ms": self.slo_ns / 1e6, "batch_cap": self._cap, "max_batch_size": self.max_batch,
-                "batch_time_p99_ns": self.p99_ns, "batch_time_budget_ns": self.budget_ns,
+                "latency_p99_ns": self.latency_p99_ns, "latency_target_ns": self.target_ns, "batch_time_p99_ns": self.p99_ns,
+                "batch_time_1_ns": self.times.predict(1), "batch_time_max_ns": self.times.predict(self.max_batch),
                 "cap_increases": self.increases, "cap_cuts": self.cuts}

@@ -17,7 +17,9 @@ once with ServerBusyError. A request's deadline (its ``timeout`` parameter in mi
 the policy's ``default_timeout_microseconds``, else the model's ``slo_ms``) orders its priority
 level's queue (earliest deadline first, serve/queues.py) and is enforced on the loop by a timer
 and again when a batch is formed: a request past its deadline, or with less time left than the
-model's typical batch takes, never runs and gets DeadlineExceededError. A request whose client
+model's typical batch takes, never runs and gets DeadlineExceededError; an SLO model also drops
+its oldest requests while the batch of the rest could not make its earliest deadline
+(serve/batching.hopeless, with the batch-latency model BatchTimes). A request whose client
 went away (its awaiting task cancelled) leaves the queue at once.
 
 Instances in worker processes (tuili.backends.worker) may die and restart: an instance thread
@@ -34,7 +36,7 @@ import time
 import numpy as np
 
 from tuili.errors import InvalidInputError, KernelError, ServerBusyError, TuiliError, WorkerDiedError
-from tuili.serve.batching import FixedBatching, ServiceTimes, SloBatching, slo_ns
+from tuili.serve.batching import BatchTimes, FixedBatching, SloBatching, hopeless, slo_ns
 from tuili.serve.queues import DEFAULT_MAX_QUEUE_SIZE, Pending, QueuePolicy, RequestQueue, deadline_error, set_results
 from tuili.serve.runner import Runner
 
@@ -65,13 +67,14 @@ class Scheduler(Runner):
         preferred = sorted({int(p) for p in db.preferred_batch_size if 0 < int(p) <= self.max_batch}) if self.dynamic else []
         delay_ns = int(db.max_queue_delay_microseconds) * 1000 if self.dynamic else 0
         self.slo_ns = slo_ns(config)  # the latency objective: the default deadline, and AIMD's target
-        if self.dynamic and self.slo_ns:
-            self.policy: FixedBatching = SloBatching(self.max_batch, preferred, delay_ns, self.slo_ns,
+        self.service = BatchTimes()  # recent batch times: who can still make their deadline
+        self.adaptive = self.dynamic and bool(self.slo_ns)
+        if self.adaptive:
+            self.policy: FixedBatching = SloBatching(self.max_batch, preferred, delay_ns, self.slo_ns, self.service,
                                                      f"model {model!r} version {version}", stats.record_batching)
             stats.record_batching(self.policy)
         else:
             self.policy = FixedBatching(max(1, self.max_batch), preferred, delay_ns)
-        self.service = ServiceTimes()  # recent batch times: who can still make their deadline
         levels = int(db.priority_levels) if config.HasField("dynamic_batching") else 0
         self.levels = max(1, levels)
         self.has_priorities = levels > 0
@@ -237,8 +240,8 @@ class Scheduler(Runner):
     # ------------------------------------------------------------------ worker side
     def _expire(self, now: int, rejected: list[Pending]) -> None:
         """Move the requests that cannot make their deadline (policy REJECT) from the queues to ``rejected``:
-        past it, or with less time left than the model's typical batch takes."""
-        typical = self.service.typical()
+        past it, or with less time left than the model's typical batch takes (an SLO model: a batch of one)."""
+        typical = self.policy.batch_ns(1) if self.adaptive else self.service.typical()
         cutoff = now + typical
         for lvl, q in enumerate(self.queues):
             if not q or not self.policies[lvl].reject_on_timeout:
@@ -266,6 +269,18 @@ class Scheduler(Runner):
                 total += it.batch
         return out
 
+    def _drop_hopeless(self, now: int, rejected: list[Pending]) -> None:
+        """An SLO model: drop the oldest requests while the batch of the rest cannot make its earliest deadline
+        (serve/batching.hopeless), so under overload the batch run is the largest whose requests all make it."""
+        order = [it for q in self.queues for it in q]
+        deadlines = [it.deadline if self.policies[it.level].reject_on_timeout else 0 for it in order]
+        k = hopeless([it.batch for it in order], deadlines, self.policy.cap, now, self.policy.batch_ns)
+        if k:
+            batch_ns = self.policy.batch_ns(min(self.policy.cap, sum(it.batch for it in order[k:])) or 1)
+            for it in self._take(k):
+                it.error = deadline_error(self.model, it, now, batch_ns)
+                rejected.append(it)
+
     def _take(self, n: int) -> list[Pending]:
         """Pop the first n requests in priority / deadline order."""
         taken = []
@@ -286,13 +301,16 @@ class Scheduler(Runner):
         while True:
             now = _now()
             self._expire(now, rejected)
+            if self.adaptive and self._queued:
+                self._drop_hopeless(now, rejected)
             if not self._queued:
                 return []
             cands = self._candidates()
             if not cands:  # the head request alone is larger than the cap: it runs alone
                 return self._take(1)
             deadlines = [it.deadline for it in cands if it.deadline and self.policies[it.level].reject_on_timeout]
-            latest_start = min(deadlines) - self.service.typical() if deadlines else 0
+            batch_ns = self.policy.batch_ns(sum(it.batch for it in cands)) if self.adaptive else self.service.typical()
+            latest_start = min(deadlines) - batch_ns if deadlines else 0
             oldest = min(q.oldest() for q in self.queues if q)
             n, until = self.policy.decide([it.batch for it in cands], oldest, latest_start, now, self._stopping)
             if n:
@@ -374,8 +392,8 @@ class Scheduler(Runner):
             return
         ok = sum(1 for it in batch if it.error is None)
         with self._lock:
-            self.service.add(t3 - t0)
-            self.policy.observe(total, t3 - t0)
+            self.service.add(total, t3 - t0)
+            self.policy.observe(total, t3 - t0, [t3 - it.t_enqueue for it in batch if it.error is None])
         if ok:
             self.stats.record_execution(total, ok, [q for q, it in zip(queue_ns, batch) if it.error is None], t1 - t0, t2 - t1, t3 - t2)
         self._finish(batch)

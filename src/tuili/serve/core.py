@@ -21,6 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 
+from tuili.backends.worker import DEFAULT_LOAD_TIMEOUT_S
 from tuili.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
 from tuili.serve.ensemble import PartialOutputs
 from tuili.serve.errors import clip
@@ -87,7 +88,7 @@ class InferenceServer:
                  load_models: list[str] | None = None, poll_secs: float = 15.0, metrics: Metrics | None = None, *,
                  server_name: str = SERVER_NAME, strict_readiness: bool = True, strict_model_config: bool = False,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, allow_paths_outside: bool = False,
-                 placement: Plan | None = None):
+                 placement: Plan | None = None, model_load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S):
         if model_control_mode not in CONTROL_MODES:
             raise ConfigError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {model_control_mode!r}")
         paths = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -97,7 +98,7 @@ class InferenceServer:
         self.strict_readiness = strict_readiness
         self._asked: set[str] = set()  # explicit mode: the models the server was asked to load (strict readiness)
         self.metrics = metrics or Metrics()
-        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size, placement)
+        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size, placement, model_load_timeout_s)
         self.mode = model_control_mode
         self.load_models = list(load_models or [])
         self.poll_secs = poll_secs

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
+from tuili.backends.worker import DEFAULT_LOAD_TIMEOUT_S, ProcessInstance, execution_timeout_s, instance_isolation, load_timeout_s
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
 from tuili.model_config import ModelSpec
 from tuili.serve.batching import slo_ns
@@ -151,11 +151,14 @@ class Dependencies:
 
 class ModelLifecycle:
     def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 placement: Plan | None = None):
+                 placement: Plan | None = None, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S):
         """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded);
-        ``placement``: the instance counts, cores and threads to load models with (serve/placement.py)."""
+        ``placement``: the instance counts, cores and threads to load models with (serve/placement.py);
+        ``load_timeout_s``: how long a worker process may take to load its model, for models whose config
+        sets no ``load_timeout_ms`` (0 = no limit)."""
         self.repository = repository
         self.placement = placement
+        self.load_timeout_s = load_timeout_s
         self.metrics = metrics
         self.max_queue_size = max_queue_size
         self.models: dict[str, Model] = {}
@@ -315,8 +318,8 @@ class ModelLifecycle:
             plan = dataclasses.replace(plan, config=config)
         if isolation == "thread":
             return self.repository.load_instances(plan, version_dir)
-        timeout_s = execution_timeout_s(plan.config)
-        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s, cpus))
+        timeout_s, load_s = execution_timeout_s(plan.config), load_timeout_s(plan.config, self.load_timeout_s)
+        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s, cpus, load_s))
 
     async def _retire(self, mv: ModelVersion) -> None:
         try:

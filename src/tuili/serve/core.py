@@ -31,7 +31,7 @@ from tuili.serve.placement import Plan
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
 from tuili.serve.sequence import sequence_flags
-from tuili.serve.shm import SharedMemoryRegistry, in_shared_memory
+from tuili.serve.shm import OFF_LOOP_BYTES, SharedMemoryRegistry, in_shared_memory
 from tuili.serve.stats import Metrics
 from tuili.serve.streaming import ResponseStream, StreamedResponse
 from tuili.serve.types import InferRequest, InferResponse, RequestedOutput
@@ -294,7 +294,10 @@ class InferenceServer:
             if self._stopping:
                 raise ServerBusyError("the server is shutting down; retry on another instance")
             check_request(req)
-            self.shared_memory.read_inputs(req)
+            if self.shared_memory.placed_bytes(req.inputs) > OFF_LOOP_BYTES:  # a large copy: off the event loop
+                await asyncio.to_thread(self.shared_memory.read_inputs, req)
+            else:
+                self.shared_memory.read_inputs(req)
             destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
@@ -313,7 +316,10 @@ class InferenceServer:
                     raise DeadlineExceededError(f"ensemble {mv.name!r}: the outputs asked for ({', '.join(o.name for o in wanted)}) "
                                                 f"were not produced before the deadline; retry, or raise the timeout")
             outputs = response_outputs(mv.name, mv.spec, out, requested)
-            self.shared_memory.write_outputs(destinations, outputs)
+            if sum(d.size for d in destinations.values()) > OFF_LOOP_BYTES:  # the room the client gave them
+                await asyncio.to_thread(self.shared_memory.write_outputs, destinations, outputs)
+            else:
+                self.shared_memory.write_outputs(destinations, outputs)
         return InferResponse(mv.name, mv.version, req.id, outputs, parameters)
 
     def is_decoupled(self, name: str, version: str = "") -> bool:

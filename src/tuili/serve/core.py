@@ -175,14 +175,7 @@ class InferenceServer:
         try:
             return self.models.get(name, version)
         except ModelNotFoundError as e:
-            model = self.models.models.get(name)
-            if model is not None and model.default is not None and version:
-                triton = f"Request for unknown model: {_quoted(name)} version {clip(str(version))} is not found"
-            elif model is not None or name in self.repository.known():
-                triton = f"Request for unknown model: {_quoted(name)} has no available versions"
-            else:
-                triton = f"Request for unknown model: {_quoted(name)} is not found"
-            raise ModelNotFoundError(f"{triton}; {e}") from None
+            raise self.models.unknown(name, version, str(e)) from None
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Loaded and able to serve now (not while its instance workers are down and restarting)."""

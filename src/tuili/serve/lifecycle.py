@@ -33,6 +33,7 @@ from tuili.model_config import ModelSpec
 from tuili.serve.batching import slo_ns
 from tuili.serve.canary import Canary, CanarySettings, canary_settings
 from tuili.serve.ensemble import EnsembleRunner, aggregation_policy
+from tuili.serve.errors import clip
 from tuili.serve.placement import Plan, placed_config
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
@@ -190,6 +191,19 @@ class ModelLifecycle:
             if model is not None and model.canary is not None and model.versions:
                 return model.canary.pick()
         return self.get(name, version), nullcontext()
+
+    def unknown(self, name: str, version: str, hint: str) -> ModelNotFoundError:
+        """The error for a request to a model (or version) that cannot serve: Triton's words first
+        (clients match on them), then ``hint``, tuili's word on why and what to do."""
+        model = self.models.get(name)
+        quoted = f"'{clip(name)}'"
+        if model is not None and model.default is not None and version:
+            triton = f"Request for unknown model: {quoted} version {clip(str(version))} is not found"
+        elif model is not None or name in self.repository.known():
+            triton = f"Request for unknown model: {quoted} has no available versions"
+        else:
+            triton = f"Request for unknown model: {quoted} is not found"
+        return ModelNotFoundError(f"{triton}; {hint}")
 
     def canary(self, name: str) -> Canary | None:
         model = self.models.get(name)

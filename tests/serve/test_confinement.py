@@ -13,12 +13,13 @@ import onnx
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
+from google.protobuf import json_format, text_format
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.utils import InferenceServerException
 
 from tests.serve.conftest import copy_repo
 from tests.serve.repo_builder import _save, _write, add_sub_model, linear_classifier
-from tuili.model_config import ModelConfigError
+from tuili.model_config import ModelConfig, ModelConfigError
 from tuili.serve.repository import ModelRepository
 
 ADD_SUB = {"name": "add_sub", "backend": "onnxruntime", "max_batch_size": 8,
@@ -296,3 +297,89 @@ def test_server_loads_request_files_into_a_private_directory(explicit_server, pr
         assert not _staged(tmp)  # removed on unload
     finally:
         c.close()
+
+
+# ------------------------------------------------------------------ symlinks out of the model directory, at start and by API
+LINKED = {  # model -> (its config.pbtxt, the link inside its directory, the file outside it the link points to)
+    "ln_default": ('name: "ln_default" backend: "onnxruntime" max_batch_size: 8\n', "1/model.onnx", "model.onnx"),
+    "ln_named": ('name: "ln_named" backend: "onnxruntime" max_batch_size: 8 default_model_filename: "linked.onnx"\n',
+                 "1/linked.onnx", "model.onnx"),
+    "ln_py": ('name: "ln_py" backend: "python"\ninput [ { name: "X" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+              'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]\n', "1/model.py", "model.py"),
+    "ln_labels": ('name: "ln_labels" platform: "onnxruntime_onnx" max_batch_size: 16\n'
+                  'output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" } ]\n',
+                  "labels.txt", "labels.txt"),
+    "ln_noconfig": (None, "1/model.onnx", "model.onnx"),  # no config.pbtxt: completed from the (linked) model
+}
+
+
+@pytest.fixture(scope="module")
+def linked_repo(tmp_path_factory):
+    """A repository whose models link their model file (backend default and default_model_filename),
+    python file or label file to a directory outside it; returns (repo, outside, mark file)."""
+    base = tmp_path_factory.mktemp("linked")
+    outside = base / "outside"
+    _save(add_sub_model(), str(outside / "model.onnx"))
+    (outside / "model.py").write_text(MARKING_PY)
+    (outside / "labels.txt").write_text("".join(f"secret_{i}\n" for i in range(10)))
+    repo = base / "repo"
+    model, _, _ = linear_classifier()
+    _save(model, str(repo / "ln_labels" / "1" / "model.onnx"))
+    for name, (config, link, target) in LINKED.items():
+        if config is not None:
+            _write(str(repo / name / "config.pbtxt"), config)
+        os.makedirs(repo / name / os.path.dirname(link), exist_ok=True)
+        os.symlink(outside / target, repo / name / link)
+    return repo, outside, base / "executed"
+
+
+def _start_marking(server_factory, repo, mark, *extra):
+    old = os.environ.get("TUILI_TEST_MARK")
+    os.environ["TUILI_TEST_MARK"] = str(mark)
+    try:
+        return server_factory(str(repo), *extra)
+    finally:
+        if old is None:
+            os.environ.pop("TUILI_TEST_MARK")
+        else:
+            os.environ["TUILI_TEST_MARK"] = old
+
+
+def test_symlinks_out_of_the_model_directory_are_refused_at_start_and_by_the_load_api(linked_repo, server_factory):
+    repo, outside, mark = linked_repo
+    loads = [a for name in LINKED for a in ("--load-model", name)]
+    srv = _start_marking(server_factory, repo, mark, "--model-control-mode", "explicit", *loads)
+    try:
+        c = th.InferenceServerClient(srv.http)
+        index = {m["name"]: m for m in c.get_model_repository_index()}
+        for name, (_, _, target) in LINKED.items():  # at start: each named in the index with the reason
+            assert not c.is_model_ready(name), name
+            reason = index[name].get("reason", "")
+            assert "outside the model directory" in reason and str(outside / target) in reason, (name, reason)
+        for protocol in ("http", "grpc"):
+            c = _client(srv, protocol)
+            try:
+                for name, (config, _, target) in LINKED.items():
+                    override = json.dumps(json_format.MessageToDict(text_format.Parse(config or f'name: "{name}"',
+                                                                                      ModelConfig())))
+                    for how in ({}, {"config": override}):  # from config.pbtxt on disk, and with a JSON override
+                        with pytest.raises(InferenceServerException) as e:
+                            c.load_model(name, **how)
+                        msg = e.value.message()
+                        assert e.value.status() in ("400", "StatusCode.INVALID_ARGUMENT"), (name, how, msg)
+                        assert msg.startswith(f"failed to load '{name}'"), msg
+                        assert "outside the model directory" in msg and str(outside / target) in msg, (name, how, msg)
+                        assert not c.is_model_ready(name)
+            finally:
+                c.close()
+        assert not mark.exists()  # the linked model.py never ran
+    finally:
+        srv.stop()
+    # a trusted setup loads them all
+    srv = _start_marking(server_factory, repo, mark, "--allow-paths-outside-repository")
+    try:
+        c = th.InferenceServerClient(srv.http)
+        assert all(c.is_model_ready(name) for name in LINKED), srv.log()
+        assert mark.exists()
+    finally:
+        srv.stop()

@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.serve.conftest import copy_repo
 from tests.serve.repo_builder import _save, add_sub_model
+from tests.serve.test_http import png_bytes
 
 
 def wait_until(pred, timeout=60.0, what="condition"):
@@ -51,6 +52,13 @@ def test_explicit_mode(test_repo, server_factory, tmp_path):
         assert c.is_model_ready("image_classifier") and c.is_model_ready("preprocess") and c.is_model_ready("classifier")
         c.unload_model("classifier")
         assert not c.is_model_ready("classifier")
+        # a request to the ensemble whose step's model is gone: Triton's words first, then tuili's
+        image = th.InferInput("IMAGE", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[png_bytes(np.zeros((8, 8), np.uint8))]], dtype=object))
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("image_classifier", [image])
+        assert e.value.message().startswith("Request for unknown model: 'classifier' has no available versions; "
+                                            "ensemble 'image_classifier' step 1 runs it"), e.value.message()
         c.load_model("classifier")
         assert c.is_model_ready("classifier")
         # load with a config override (JSON): only version 1 of add_sub, max_batch_size 4

@@ -267,3 +267,59 @@ def test_an_idempotent_request_runs_at_most_twice_and_a_hang_not_again(faulty, v
     assert status == 503 and death in msg, msg
     assert len(runs(repo, value)) == times
     np.testing.assert_array_equal(retried_outcome(srv.http, 0), [0.0])  # serves again
+
+
+# A python model whose initialize() sleeps for the seconds in the file "init_secs" beside its config (forever if absent).
+SLOW_INIT_PY = '''
+import os
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = os.path.join(args["model_repository"], "init_secs")
+        time.sleep(float(open(path).read()) if os.path.exists(path) else 3600)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())])
+                for r in requests]
+'''
+
+
+def _load_timeout(ms: int) -> str:
+    return f'parameters {{ key: "load_timeout_ms" value: {{ string_value: "{ms}" }} }}'
+
+
+def test_a_hanging_initialize_fails_the_load_and_the_server_serves_on(tmp_path, server_factory):
+    """--model-load-timeout-secs (and a model's load_timeout_ms over it): a worker whose initialize() hangs is
+    killed, the load fails naming the timeout, at start and through the load API, and the other models serve.
+    (Every python model here has a timeout it cannot miss, or hangs: a worker's start can take seconds on a busy machine.)"""
+    root = str(tmp_path / "repo")
+    _save(add_sub_model(), f"{root}/add_sub/1/model.onnx")
+    python_model(root, "hang_flag", SLOW_INIT_PY)  # the server's 2 s
+    python_model(root, "hang_param", SLOW_INIT_PY, _load_timeout(1500))  # its own 1.5 s
+    python_model(root, "slow_ok", SLOW_INIT_PY, _load_timeout(120000))  # 2.5 s: longer than the server's 2 s, allowed
+    _write(f"{root}/slow_ok/init_secs", "2.5")
+    srv = server_factory(root, "--model-load-timeout-secs", "2", "--model-control-mode", "explicit", "--load-model", "*")
+    try:
+        c = th.InferenceServerClient(srv.http, network_timeout=30)
+        index = {m["name"]: m for m in c.get_model_repository_index()}
+        for name, secs in (("hang_flag", "2"), ("hang_param", "1.5")):
+            assert index[name]["state"] == "UNAVAILABLE", index[name]
+            assert f"did not finish loading within {secs} s" in index[name]["reason"], index[name]
+        assert c.is_model_ready("slow_ok") and add_sub_works(srv.http)
+        # the hung workers were killed: their pids (named in the log) are gone
+        pids = [int(p) for p in re.findall(r"its worker process (\d+) was killed", srv.log())]
+        assert len(pids) == 2 and not any(os.path.exists(f"/proc/{p}") for p in pids), srv.log()
+        # through the load API: the same failure, answered within the timeout, and the server serves on
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("hang_param")
+        assert e.value.status() == "400" and e.value.message().startswith("failed to load 'hang_param'"), e.value.message()
+        assert "did not finish loading within 1.5 s" in e.value.message() and "load_timeout_ms" in e.value.message()
+        x = th.InferInput("X", [1], "FP32")
+        x.set_data_from_numpy(np.array([7.0], np.float32))
+        assert c.is_server_live() and add_sub_works(srv.http) and c.infer("slow_ok", [x]).as_numpy("Y").tolist() == [7.0]
+        c.close()
+    finally:
+        srv.stop()

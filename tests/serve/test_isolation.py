@@ -13,7 +13,16 @@ import tritonclient.http as th
 
 from tests.serve.repo_builder import UPPER_PY, _save, _write, add_sub_model
 from tuili.backends.base import create_backend
-from tuili.backends.worker import ProcessInstance, execution_timeout_s, idempotent, instance_isolation, layout, read, write
+from tuili.backends.worker import (
+    ProcessInstance,
+    execution_timeout_s,
+    idempotent,
+    instance_isolation,
+    layout,
+    load_timeout_s,
+    read,
+    write,
+)
 from tuili.errors import ConfigError, InvalidInputError
 from tuili.model_config import parse_model_config
 
@@ -101,6 +110,14 @@ def test_isolation_config():
     with pytest.raises(ConfigError, match="execution_timeout_ms needs instance_isolation"):
         instance_isolation(parse_model_config('name: "o" parameters { key: "execution_timeout_ms" value: { string_value: "5" } }',
                                               validate=False), "onnxruntime")
+    with pytest.raises(ConfigError, match="load_timeout_ms needs instance_isolation"):
+        instance_isolation(parse_model_config('name: "o" parameters { key: "load_timeout_ms" value: { string_value: "5" } }',
+                                              validate=False), "onnxruntime")
+    assert load_timeout_s(py, 600.0) == 600.0 and load_timeout_s(parse_model_config(
+        'name: "p" parameters { key: "load_timeout_ms" value: { string_value: "1500" } }', validate=False), 600.0) == 1.5
+    with pytest.raises(ConfigError, match="load_timeout_ms is '1.5'; give a whole number of milliseconds"):
+        load_timeout_s(parse_model_config('name: "o" parameters { key: "load_timeout_ms" value: { string_value: "1.5" } }',
+                                          validate=False), 0.0)
     with pytest.raises(ConfigError, match="whole number of milliseconds"):
         execution_timeout_s(parse_model_config('name: "o" parameters { key: "execution_timeout_ms" value: { string_value: "-1" } }',
                                                validate=False))

@@ -52,6 +52,8 @@ def ov_server(tmp_path_factory, server_factory):
     _model_dir(root, "ov_corrupt", {"model.xml": b"<net><layers>", "model.bin": b""})
     _model_dir(root, "ov_bad_param", ir, _param("SKIP_OV_DYNAMIC_BATCHSIZE", "YES"))
     _model_dir(root, "ov_gpu", ir, _param("TARGET_DEVICE", "GPU"))
+    _model_dir(root, "ov_bin_outside", {"model.xml": ir["model.xml"]})  # its weights linked from outside the model
+    os.symlink(ir_dir / "model.bin", os.path.join(root, "ov_bin_outside", "1", "model.bin"))
     server = server_factory(str(root))
     yield server, w, b
     server.stop()
@@ -108,6 +110,7 @@ def test_default_precision_drift_is_small(ov_server):
     ("ov_corrupt", "could not read"),
     ("ov_bad_param", "SKIP_OV_DYNAMIC_BATCHSIZE"),
     ("ov_gpu", "TARGET_DEVICE"),
+    ("ov_bin_outside", "outside the model directory"),
 ])
 def test_broken_models_fail_alone_with_a_reason(ov_server, model, words):
     server, _, _ = ov_server

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from tests.serve.conftest import copy_repo
 from tests.serve.repo_builder import pending_requests, wait_for
+from tuili.serve.shm import OFF_LOOP_BYTES
 
 F32 = 16 * 4  # bytes of one [1, 16] FP32 tensor
 
@@ -118,6 +119,27 @@ def test_bytes_tensors_in_shared_memory(clients, regions, mod):
     o.set_shared_memory("text", 128, offset=128)
     c.infer("upper", [i], outputs=[o])
     assert list(shm.get_contents_as_numpy(h, np.object_, [2], offset=128)) == [b"SHARED", b"MEMORY"]
+
+
+@pytest.mark.parametrize("mod", [th, tg], ids=["http", "grpc"])
+def test_large_tensors_cross_shared_memory_off_the_event_loop(clients, regions, mod):
+    """Over OFF_LOOP_BYTES in and out: copied in a worker thread, unchanged (and the server answers
+    other clients meanwhile, as the health probe after it shows)."""
+    c = clients[0] if mod is th else clients[1]
+    rng = np.random.default_rng(0)
+    text = np.array([bytes(rng.integers(97, 123, 90, dtype=np.uint8)) for _ in range(20_000)], dtype=object)
+    data = serialize_byte_tensor(text).item()
+    assert len(data) > OFF_LOOP_BYTES
+    key, h = regions(2 * len(data))
+    shm.set_shared_memory_region(h, [np.frombuffer(data, np.uint8)])
+    c.register_system_shared_memory("big", key, 2 * len(data))
+    i = mod.InferInput("TEXT", [len(text)], "BYTES")
+    i.set_shared_memory("big", len(data))
+    o = mod.InferRequestedOutput("TEXT_OUT")
+    o.set_shared_memory("big", len(data), offset=len(data))
+    c.infer("upper", [i], outputs=[o])
+    got = shm.get_contents_as_numpy(h, np.object_, [len(text)], offset=len(data))
+    assert list(got) == [t.upper() for t in text] and c.is_server_live()
 
 
 def test_register_status_unregister(clients, regions):

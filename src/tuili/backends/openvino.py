@@ -19,8 +19,9 @@ import os
 
 import numpy as np
 
-from tuili.backends.base import Backend, config_parameter, int_parameter, model_tensor
+from tuili.backends.base import Backend, check_external_data, config_parameter, int_parameter, model_tensor
 from tuili.errors import ConfigError, InvalidInputError, KernelError, ModelLoadError
+from tuili.model_config.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class OpenVINOBackend(Backend):
         self._path = path
         core = ov.Core()
         properties = self._properties(core, config)
-        model = self._read(core, path)
+        model = self._read(core, path, model_dir)
         self._reshape(ov, model, config)
         try:
             self._compiled = core.compile_model(model, "CPU", properties)
@@ -67,11 +68,17 @@ class OpenVINOBackend(Backend):
         shape = [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
         return model_tensor(self._path, port.get_any_name(), port.get_element_type().to_dtype(), shape)
 
-    def _read(self, core, path: str):
+    def _read(self, core, path: str, model_dir: str):
+        """The model OpenVINO reads from ``path``, once the files it reads with it (an IR's weights, an ONNX
+        model's external data) are known to stay inside ``model_dir``."""
         if path.endswith(".xml"):
             weights = path[:-4] + ".bin"
             if not os.path.exists(weights):
                 raise ModelLoadError(f"openvino backend: {path} has no weights file {weights}; put model.bin beside model.xml")
+            resolve_inside(model_dir, weights, field=f"weights of {os.path.basename(path)}",
+                           allow_outside=self.allow_paths_outside)
+        elif not self.allow_paths_outside:
+            check_external_data(path, model_dir)
         try:
             return core.read_model(path)
         except RuntimeError as e:

@@ -23,8 +23,11 @@ mechanism for every backend. Chosen per model in config.pbtxt::
     parameters { key: "instance_isolation" value: { string_value: "process" } }   # or "thread"
     parameters { key: "execution_timeout_ms" value: { string_value: "5000" } }    # process only
     parameters { key: "idempotent" value: { string_value: "true" } }              # process only
+    parameters { key: "load_timeout_ms" value: { string_value: "60000" } }        # process only
 
-python-backend models default to "process", the others to "thread".
+python-backend models default to "process", the others to "thread". A worker whose model does not
+finish loading (a python model's ``initialize``) within the load timeout (``load_timeout_ms``, else
+the server's ``--model-load-timeout-secs``) is killed and the load fails.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 
 from tuili.backends.base import Backend, config_parameter, create_backend
-from tuili.errors import ConfigError, KernelError, TuiliError, WorkerDiedError
+from tuili.errors import ConfigError, KernelError, ModelLoadError, TuiliError, WorkerDiedError
 from tuili.model_config import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 30.0
 _STOP_WAIT_S = 10.0
 #: How long a call of an idempotent model waits for its dead worker's replacement before it fails.
 _RETRY_WAIT_S = 30.0
+#: How long a worker may take to load its model when neither the config nor the server says (0: no limit).
+DEFAULT_LOAD_TIMEOUT_S = 600.0
 #: How long the server spins for a worker's reply, and a worker for the next call, before blocking.
 _SPIN_REPLY_S = 200e-6
 _SPIN_NEXT_S = 100e-6
@@ -73,6 +78,7 @@ def instance_isolation(config, backend: str) -> str:
         raise ConfigError(f"model {config.name!r}: parameter instance_isolation is {value!r}; use \"process\" or \"thread\"")
     if value != "process":
         why = ("execution_timeout_ms" if execution_timeout_s(config) else
+               "load_timeout_ms" if config_parameter(config, "load_timeout_ms") else
                "idempotent" if idempotent(config) else "")
         if why:
             raise ConfigError(f"model {config.name!r}: {why} needs instance_isolation \"process\" (a thread cannot be "
@@ -81,19 +87,30 @@ def instance_isolation(config, backend: str) -> str:
     return value
 
 
-def execution_timeout_s(config) -> float:
-    """The config's ``execution_timeout_ms`` in seconds, 0 for none."""
-    raw = config_parameter(config, "execution_timeout_ms")
+def _milliseconds_s(config, key: str, default: float) -> float:
+    """The config's parameter ``key`` (whole milliseconds, 0 = no limit) in seconds; ``default`` when unset."""
+    raw = config_parameter(config, key)
     if raw is None or raw == "":
-        return 0.0
+        return default
     try:
         ms = int(raw)
     except ValueError:
         ms = -1
     if ms < 0:
-        raise ConfigError(f"model {config.name!r}: parameter execution_timeout_ms is {raw!r}; give a whole number of "
+        raise ConfigError(f"model {config.name!r}: parameter {key} is {raw!r}; give a whole number of "
                           f"milliseconds (0 = no limit)")
     return ms / 1000
+
+
+def execution_timeout_s(config) -> float:
+    """The config's ``execution_timeout_ms`` in seconds, 0 for none."""
+    return _milliseconds_s(config, "execution_timeout_ms", 0.0)
+
+
+def load_timeout_s(config, default: float) -> float:
+    """How long a worker may take to load its model (a python model's ``initialize``): the config's
+    ``load_timeout_ms``, else ``default`` (the server's --model-load-timeout-secs); 0 for no limit."""
+    return _milliseconds_s(config, "load_timeout_ms", default)
 
 
 def idempotent(config) -> bool:
@@ -445,13 +462,16 @@ class _Died(WorkerDiedError):
 class ProcessInstance(Backend):
     """One model instance in its own worker process (see the module docstring)."""
 
-    def __init__(self, backend_name: str, timeout_s: float = 0.0, cpus: list[set[int]] | None = None):
-        """``cpus``: the CPUs each instance's worker runs on, by instance index (None: any)."""
+    def __init__(self, backend_name: str, timeout_s: float = 0.0, cpus: list[set[int]] | None = None,
+                 load_timeout_s: float = 0.0):
+        """``timeout_s``: execution_timeout_ms; ``load_timeout_s``: how long the worker may take to load
+        the model (0: no limit); ``cpus``: the CPUs each instance's worker runs on, by instance index (None: any)."""
         super().__init__()
         self.cpus = cpus
         self.backend_name = backend_name
         self.name = f"{backend_name} (process)"
         self.timeout_s = timeout_s
+        self.load_timeout_s = load_timeout_s
         self.idempotent = False
         self._cond = threading.Condition()
         self._link: _Link | None = None  # None while the worker is down
@@ -493,7 +513,17 @@ class ProcessInstance(Backend):
         proc.start()
         child.close()
         frame = None
-        if conn in wait([conn, proc.sentinel]):
+        woken = wait([conn, proc.sentinel], self.load_timeout_s or None)
+        if not woken:  # still loading: a hung initialize must not hold the load (nor a restart) forever
+            proc.kill()
+            proc.join()
+            conn.close()
+            s = self.load_timeout_s
+            raise ModelLoadError(f"model {self.model_name!r} instance {self.instance_index}: the model did not finish loading "
+                                 f"within {s:g} s (a python model's initialize() still running); its worker process "
+                                 f"{proc.pid} was killed. Make the load quicker, or give the model more time with "
+                                 f"parameters {{ key: \"load_timeout_ms\" ... }} or the server's --model-load-timeout-secs")
+        if conn in woken:
             try:
                 frame = _recv(conn.fileno())
             except (EOFError, OSError):

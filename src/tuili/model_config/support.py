@@ -128,7 +128,7 @@ REFUSED: dict[str, str] = {
 #: (serve/ensemble.py), canary releases (serve/canary.py). Where one does not apply to a model (a canary
 #: on an ensemble, an aggregation policy on a plain model) the server refuses it when it loads the model.
 SERVER_PARAMETERS: frozenset[str] = frozenset({
-    "instance_isolation", "execution_timeout_ms", "idempotent", "slo_ms", "aggregation_policy",
+    "instance_isolation", "execution_timeout_ms", "idempotent", "load_timeout_ms", "slo_ms", "aggregation_policy",
     "canary_version", "canary_weight", "canary_shadow", "canary_min_requests", "canary_error_margin",
     "canary_latency_margin",
 })

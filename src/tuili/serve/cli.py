@@ -58,14 +58,23 @@ def _non_negative(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str, zero_ok: bool) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not (0 <= v < float("inf") if zero_ok else v > 0):
+        raise argparse.ArgumentTypeError(f"expected a {'non-negative' if zero_ok else 'positive'} number of seconds, "
+                                         f"got {text!r}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    return _seconds(text, zero_ok=False)
+
+
+def _non_negative_float(text: str) -> float:
+    return _seconds(text, zero_ok=True)
 
 
 class _Refuse(argparse.Action):
@@ -114,6 +123,10 @@ def add_parser(subparsers) -> None:
                    help="largest gRPC request accepted; larger ones get RESOURCE_EXHAUSTED (default 64 MiB)")
     p.add_argument("--shutdown-grace-secs", "--exit-timeout-secs", type=float, default=30.0,
                    help="how long shutdown waits for requests in flight (--exit-timeout-secs is Triton's name)")
+    p.add_argument("--model-load-timeout-secs", type=_non_negative_float, default=None, metavar="SECS",
+                   help="how long a model's worker process may take to load it (a python model's initialize) before it "
+                        "is killed and the load fails; a model's load_timeout_ms parameter overrides it (default 600; "
+                        "0 = no limit)")
     p.add_argument("--server-name", "--id", default="tuili",
                    help="the name server metadata reports (default tuili; --id is Triton's name)")
     _flag(p, "--strict-readiness", default=True,
@@ -242,4 +255,6 @@ def _run(args) -> int:
         memory_budget=args.memory_budget,
         cores=args.cores,
     )
+    if args.model_load_timeout_secs is not None:  # else ServeOptions' default
+        opts.model_load_timeout_secs = args.model_load_timeout_secs
     return run(opts)

@@ -21,6 +21,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 
+from tuili.backends.worker import DEFAULT_LOAD_TIMEOUT_S
 from tuili.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError, ServerBusyError, TuiliError
 from tuili.serve.ensemble import PartialOutputs
 from tuili.serve.errors import clip
@@ -30,7 +31,7 @@ from tuili.serve.placement import Plan
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.scheduler import DEFAULT_MAX_QUEUE_SIZE
 from tuili.serve.sequence import sequence_flags
-from tuili.serve.shm import SharedMemoryRegistry, in_shared_memory
+from tuili.serve.shm import OFF_LOOP_BYTES, SharedMemoryRegistry, in_shared_memory
 from tuili.serve.stats import Metrics
 from tuili.serve.streaming import ResponseStream, StreamedResponse
 from tuili.serve.types import InferRequest, InferResponse, RequestedOutput
@@ -87,7 +88,7 @@ class InferenceServer:
                  load_models: list[str] | None = None, poll_secs: float = 15.0, metrics: Metrics | None = None, *,
                  server_name: str = SERVER_NAME, strict_readiness: bool = True, strict_model_config: bool = False,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, allow_paths_outside: bool = False,
-                 placement: Plan | None = None):
+                 placement: Plan | None = None, model_load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S):
         if model_control_mode not in CONTROL_MODES:
             raise ConfigError(f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, got {model_control_mode!r}")
         paths = [model_repository] if isinstance(model_repository, (str, os.PathLike)) else list(model_repository)
@@ -97,7 +98,7 @@ class InferenceServer:
         self.strict_readiness = strict_readiness
         self._asked: set[str] = set()  # explicit mode: the models the server was asked to load (strict readiness)
         self.metrics = metrics or Metrics()
-        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size, placement)
+        self.models = ModelLifecycle(self.repository, self.metrics, max_queue_size, placement, model_load_timeout_s)
         self.mode = model_control_mode
         self.load_models = list(load_models or [])
         self.poll_secs = poll_secs
@@ -174,14 +175,7 @@ class InferenceServer:
         try:
             return self.models.get(name, version)
         except ModelNotFoundError as e:
-            model = self.models.models.get(name)
-            if model is not None and model.default is not None and version:
-                triton = f"Request for unknown model: {_quoted(name)} version {clip(str(version))} is not found"
-            elif model is not None or name in self.repository.known():
-                triton = f"Request for unknown model: {_quoted(name)} has no available versions"
-            else:
-                triton = f"Request for unknown model: {_quoted(name)} is not found"
-            raise ModelNotFoundError(f"{triton}; {e}") from None
+            raise self.models.unknown(name, version, str(e)) from None
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Loaded and able to serve now (not while its instance workers are down and restarting)."""
@@ -293,7 +287,10 @@ class InferenceServer:
             if self._stopping:
                 raise ServerBusyError("the server is shutting down; retry on another instance")
             check_request(req)
-            self.shared_memory.read_inputs(req)
+            if self.shared_memory.placed_bytes(req.inputs) > OFF_LOOP_BYTES:  # a large copy: off the event loop
+                await asyncio.to_thread(self.shared_memory.read_inputs, req)
+            else:
+                self.shared_memory.read_inputs(req)
             destinations = self.shared_memory.destinations(req)
             feeds = request_feeds(mv.name, mv.spec, req)
             params = req.parameters
@@ -312,7 +309,10 @@ class InferenceServer:
                     raise DeadlineExceededError(f"ensemble {mv.name!r}: the outputs asked for ({', '.join(o.name for o in wanted)}) "
                                                 f"were not produced before the deadline; retry, or raise the timeout")
             outputs = response_outputs(mv.name, mv.spec, out, requested)
-            self.shared_memory.write_outputs(destinations, outputs)
+            if sum(d.size for d in destinations.values()) > OFF_LOOP_BYTES:  # the room the client gave them
+                await asyncio.to_thread(self.shared_memory.write_outputs, destinations, outputs)
+            else:
+                self.shared_memory.write_outputs(destinations, outputs)
         return InferResponse(mv.name, mv.version, req.id, outputs, parameters)
 
     def is_decoupled(self, name: str, version: str = "") -> bool:

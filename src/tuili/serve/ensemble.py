@@ -136,8 +136,8 @@ class EnsembleRunner(Runner):
         model, version, input_map, output_map = self.steps[i]
         try:
             mv, watch = self.models.route(model, version)
-        except ModelNotFoundError as e:
-            raise ModelNotFoundError(f"ensemble {self.name!r} step {i}: {e}") from None
+        except ModelNotFoundError as e:  # Triton's words first, as for a request to the model itself
+            raise self.models.unknown(model, version, f"ensemble {self.name!r} step {i} runs it: {e}") from None
         feeds = {model_in: pool[ens] for model_in, ens in input_map.items()}
         timeout_us = 0
         if deadline:

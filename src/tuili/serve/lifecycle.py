@@ -27,12 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuili.backends.worker import ProcessInstance, execution_timeout_s, instance_isolation
+from tuili.backends.worker import DEFAULT_LOAD_TIMEOUT_S, ProcessInstance, execution_timeout_s, instance_isolation, load_timeout_s
 from tuili.errors import ConfigError, ModelLoadError, ModelNotFoundError, TuiliError
 from tuili.model_config import ModelSpec
 from tuili.serve.batching import slo_ns
 from tuili.serve.canary import Canary, CanarySettings, canary_settings
 from tuili.serve.ensemble import EnsembleRunner, aggregation_policy
+from tuili.serve.errors import clip
 from tuili.serve.placement import Plan, placed_config
 from tuili.serve.repository import LoadPlan, ModelRepository
 from tuili.serve.runner import Outputs, Runner
@@ -151,11 +152,14 @@ class Dependencies:
 
 class ModelLifecycle:
     def __init__(self, repository: ModelRepository, metrics: Metrics, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-                 placement: Plan | None = None):
+                 placement: Plan | None = None, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S):
         """``max_queue_size``: the queue bound of models whose config sets none (0 = unbounded);
-        ``placement``: the instance counts, cores and threads to load models with (serve/placement.py)."""
+        ``placement``: the instance counts, cores and threads to load models with (serve/placement.py);
+        ``load_timeout_s``: how long a worker process may take to load its model, for models whose config
+        sets no ``load_timeout_ms`` (0 = no limit)."""
         self.repository = repository
         self.placement = placement
+        self.load_timeout_s = load_timeout_s
         self.metrics = metrics
         self.max_queue_size = max_queue_size
         self.models: dict[str, Model] = {}
@@ -187,6 +191,19 @@ class ModelLifecycle:
             if model is not None and model.canary is not None and model.versions:
                 return model.canary.pick()
         return self.get(name, version), nullcontext()
+
+    def unknown(self, name: str, version: str, hint: str) -> ModelNotFoundError:
+        """The error for a request to a model (or version) that cannot serve: Triton's words first
+        (clients match on them), then ``hint``, tuili's word on why and what to do."""
+        model = self.models.get(name)
+        quoted = f"'{clip(name)}'"
+        if model is not None and model.default is not None and version:
+            triton = f"Request for unknown model: {quoted} version {clip(str(version))} is not found"
+        elif model is not None or name in self.repository.known():
+            triton = f"Request for unknown model: {quoted} has no available versions"
+        else:
+            triton = f"Request for unknown model: {quoted} is not found"
+        return ModelNotFoundError(f"{triton}; {hint}")
 
     def canary(self, name: str) -> Canary | None:
         model = self.models.get(name)
@@ -315,8 +332,8 @@ class ModelLifecycle:
             plan = dataclasses.replace(plan, config=config)
         if isolation == "thread":
             return self.repository.load_instances(plan, version_dir)
-        timeout_s = execution_timeout_s(plan.config)
-        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s, cpus))
+        timeout_s, load_s = execution_timeout_s(plan.config), load_timeout_s(plan.config, self.load_timeout_s)
+        return self.repository.load_instances(plan, version_dir, lambda name: ProcessInstance(name, timeout_s, cpus, load_s))
 
     async def _retire(self, mv: ModelVersion) -> None:
         try:

@@ -170,6 +170,11 @@ def _fingerprint(model_dir: str) -> str:
         for f in sorted(files):
             p = os.path.join(root, f)
             h.update(os.path.relpath(p, model_dir).encode() + b"\0")
+            # Never read through a link (a target inside the model is hashed as its own file, one outside is
+            # refused at load) nor from a FIFO or a device, which could block or never end.
+            if os.path.islink(p) or not os.path.isfile(p):
+                h.update(os.fsencode(os.readlink(p)) if os.path.islink(p) else b"special")
+                continue
             with open(p, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tuili.backends.worker import DEFAULT_LOAD_TIMEOUT_S
 from tuili.errors import ConfigError
 from tuili.serve.core import SERVER_NAME, InferenceServer
 from tuili.serve.http_server import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, create_app
@@ -52,6 +53,7 @@ class ServeOptions:
     ready_file: str | None = None  # written with the bound ports once everything listens (tests use it)
     memory_budget: int | None = None  # bytes: place instances under it (serve/placement.py)
     cores: int | None = None  # place instances on this many cores (None with a budget: all)
+    model_load_timeout_secs: float = DEFAULT_LOAD_TIMEOUT_S  # a worker loading its model longer is killed (0 = no limit)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -92,7 +94,8 @@ async def serve(opts: ServeOptions, stop_event: asyncio.Event | None = None) -> 
     core = InferenceServer(opts.model_repository, opts.model_control_mode, opts.load_model, opts.repository_poll_secs,
                            server_name=opts.server_name, strict_readiness=opts.strict_readiness,
                            strict_model_config=opts.strict_model_config, max_queue_size=opts.max_queue_size,
-                           allow_paths_outside=opts.allow_paths_outside, placement=placement)
+                           allow_paths_outside=opts.allow_paths_outside, placement=placement,
+                           model_load_timeout_s=opts.model_load_timeout_secs)
     if opts.log_settings:
         core.log_settings(opts.log_settings)
 

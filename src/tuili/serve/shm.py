@@ -11,9 +11,13 @@ The server maps the object itself (``shm_open`` + ``mmap``), not through
 ``multiprocessing.shared_memory.SharedMemory``: attaching one registers it with multiprocessing's
 resource tracker, which unlinks it (the client's object) when the server exits.
 
-Every access happens on the server's event loop and is synchronous: an input is copied out when
-the request arrives, an output copied in when the answer is ready. So unregistering can unmap at
-once; a request still holding the region fails with a clear error and never touches freed memory.
+An input is copied out when the request arrives, an output copied in when the answer is ready:
+small tensors on the event loop, larger ones (``OFF_LOOP_BYTES`` in all) in a worker thread, with
+numpy copies that release the GIL, so a 100 MB tensor never stalls the other clients. A region's
+lock keeps a copy and an unmap apart: unregistering waits for a copy in progress and then unmaps;
+a request still holding the region fails with a clear error and never touches freed memory.
+Copies, not views: a client may shrink or rewrite its object at any time, and a model reading a
+view of a shrunken object would die of SIGBUS.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import math
 import mmap
 import os
 import stat
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +39,9 @@ from tuili.serve.types import InferOutput, InferRequest, deserialize_bytes_tenso
 REGION, BYTE_SIZE, OFFSET = "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"
 #: The most regions registered at once (each is a mapping; the kernel caps a process's mappings).
 MAX_REGIONS = 1024
+#: A request whose tensors in shared memory hold more bytes than this has them copied in a worker
+#: thread, not on the event loop (below it the thread hop costs more than the copy).
+OFF_LOOP_BYTES = 1 << 20
 #: CUDA shared memory needs a GPU; what both protocols answer when asked for it.
 NO_GPU = ("CUDA shared memory is not available: this server has no GPU; "
           "use system shared memory (v2/systemsharedmemory, tritonclient.utils.shared_memory)")
@@ -48,6 +56,7 @@ class Region:
 
     def __init__(self, name: str, key: str, offset: int, byte_size: int):
         self.name, self.key, self.offset, self.byte_size = name, key, offset, byte_size
+        self._lock = threading.Lock()  # a copy in a worker thread and an unmap never overlap
         try:
             self._fd = _posixshmem.shm_open("/" + key.lstrip("/"), os.O_RDWR, mode=0)
         except FileNotFoundError:
@@ -82,10 +91,11 @@ class Region:
         return self._map is not None
 
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()  # never raises BufferError: no view of it outlives a read or a write
-            self._map = None
-            os.close(self._fd)
+        with self._lock:  # waits for a copy in progress
+            if self._map is not None:
+                self._map.close()  # never raises BufferError: no view of it outlives a read or a write
+                self._map = None
+                os.close(self._fd)
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -96,15 +106,27 @@ class Region:
             raise InvalidInputError(f"{where}: {OFFSET} {offset} + {BYTE_SIZE} {size} runs past the end of shared "
                                     f"memory region {_q(self.name)} ({self.byte_size} bytes)")
 
-    def read(self, offset: int, size: int) -> bytes:
+    def _window(self, offset: int, size: int, where: str) -> np.ndarray:
+        """A uint8 view of ``size`` bytes at ``offset``; call with the lock held and drop it before letting go."""
+        if self._map is None:
+            raise InvalidInputError(f"{where}: shared memory region {_q(self.name)} was unregistered while the request "
+                                    f"ran; the tensor was not copied")
         self._check_object()
-        a = self._start + offset
-        return self._map[a:a + size]
+        return np.frombuffer(self._map, np.uint8, size, self._start + offset)
 
-    def write(self, offset: int, data) -> None:
-        self._check_object()
-        a = self._start + offset
-        self._map[a:a + len(data)] = data
+    def read(self, offset: int, size: int, where: str = "tensor") -> np.ndarray:
+        """A copy (uint8) of ``size`` bytes at ``offset`` (numpy's copy runs without the GIL)."""
+        with self._lock:
+            view = self._window(offset, size, where)
+            out = view.copy()
+            del view
+        return out
+
+    def write(self, offset: int, data, where: str = "tensor") -> None:
+        with self._lock:
+            view = self._window(offset, len(data), where)
+            view[:] = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+            del view
 
 
 @dataclass(slots=True)
@@ -173,8 +195,20 @@ class SharedMemoryRegistry:
         return region
 
     # ------------------------------------------------------------------ the tensors of a request
+    @staticmethod
+    def placed_bytes(tensors) -> int:
+        """How many bytes of these inputs or requested outputs the parameters place in shared memory
+        (unchecked: to decide where to copy them)."""
+        total = 0
+        for t in tensors or ():
+            size = t.parameters.get(BYTE_SIZE) if REGION in t.parameters else None
+            if isinstance(size, int) and not isinstance(size, bool):
+                total += max(0, size)
+        return total
+
     def read_inputs(self, req: InferRequest) -> None:
-        """Fill the data of the request's inputs that live in shared memory (copied out of the region)."""
+        """Fill the data of the request's inputs that live in shared memory (copied out of the region;
+        blocking: called from a worker thread when the inputs are large, ``placed_bytes``)."""
         for inp in req.inputs:
             where = f"input {_q(inp.name)}"
             placed = _placement(inp.parameters, where)
@@ -186,7 +220,7 @@ class SharedMemoryRegistry:
             count = math.prod(inp.shape)
             if inp.datatype == "BYTES":
                 try:
-                    inp.data = deserialize_bytes_tensor(region.read(offset, size), count).reshape(inp.shape)
+                    inp.data = deserialize_bytes_tensor(region.read(offset, size, where).tobytes(), count).reshape(inp.shape)
                 except InvalidInputError as e:
                     raise InvalidInputError(f"{where} in shared memory region {_q(name)}: {e}") from None
                 continue
@@ -195,7 +229,7 @@ class SharedMemoryRegistry:
             if size != want:
                 raise InvalidInputError(f"{where}: {BYTE_SIZE} is {size} but shape {inp.shape} of {inp.datatype} "
                                         f"needs {want} bytes")
-            inp.data = np.frombuffer(region.read(offset, size), dtype=dt.numpy).reshape(inp.shape)
+            inp.data = region.read(offset, size, where).view(dt.numpy).reshape(inp.shape)
 
     def destinations(self, req: InferRequest) -> dict[str, _Destination]:
         """The requested outputs to write into shared memory, by name, checked before the model runs."""
@@ -232,7 +266,7 @@ class SharedMemoryRegistry:
                                         f"{BYTE_SIZE} is {dest.size}; give it at least {len(data)}")
             staged.append((out, dest, data))
         for out, dest, data in staged:  # all checked first: a failing request writes nothing
-            dest.region.write(dest.offset, data)
+            dest.region.write(dest.offset, data, f"output {_q(out.name)}")
             out.parameters = {REGION: dest.region.name, BYTE_SIZE: len(data)}
             if dest.offset:
                 out.parameters[OFFSET] = dest.offset

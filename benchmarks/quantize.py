@@ -246,9 +246,11 @@ def bench_recognizer(args, tmp: Path) -> list[dict] | None:
     """A PaddleOCR text-line recognizer that tuili did not export (``--recognizer``: e.g. rapidocr-onnxruntime's
     ch_PP-OCRv4_rec_infer.onnx): fp32, tuili default (static), tuili mixed precision by measurement (character
     accuracy on a tuning set of other lines, budget ``--ocr-budget`` points, latency at batch 1),
-    onnxruntime's static QDQ (uint8 activations, per-channel int8 weights) and NNCF; character accuracy on
+    onnxruntime's static QDQ (uint8 activations, per-channel int8 weights) and NNCF, each on the file as
+    shipped and on the float graph after tuili's preparation; character accuracy on
     rendered lines used neither for calibration nor tuning, latency in onnxruntime."""
     from tuili.compress.quant import quantize_mixed, quantize_static
+    from tuili.compress.quant.prepare import load_model, prepare
     from tuili.compress.quant.ptq import default_reduce_range
 
     src = Path(args.recognizer or "")
@@ -270,17 +272,22 @@ def bench_recognizer(args, tmp: Path) -> list[dict] | None:
         return char_accuracy(ctc_decode(probs, alphabet), eval_y), probs
     rr = default_reduce_range()
     variants = {"fp32": src, "tuili static (default)": tmp / "rec.tuili.onnx",
-                f"tuili mixed (budget {args.ocr_budget} pt)": tmp / "rec.mixed.onnx",
-                "onnxruntime static QDQ": tmp / "rec.ort.onnx"}
+                f"tuili mixed (budget {args.ocr_budget} pt)": tmp / "rec.mixed.onnx"}
     quantize_static(src, variants["tuili static (default)"], calib, batch_size=args.calib_batch)
     mixed = quantize_mixed(src, variants[f"tuili mixed (budget {args.ocr_budget} pt)"], calib, args.ocr_budget,
                            metric=lambda outs: accuracy(outs, tune_y), eval_data={inp: tune_x},
                            latency_batch=args.latency_batch, threads=args.threads, batch_size=args.calib_batch)
     print("\n### recognizer: mixed precision\n\n```\n" + mixed.summary() + "\n```")
-    ort_quantize(src, variants["onnxruntime static QDQ"], calib, args.calib_batch, rr)
-    if have_nncf():
-        variants["nncf"] = tmp / "rec.nncf.onnx"
-        nncf_quantize(src, variants["nncf"], calib)
+    # The anchors take the file as shipped (opset 12, weights in Constant nodes), and also the float graph
+    # tuili quantizes (its passes: folded constants, shapes, opset 13), so that neither is judged on preparation alone.
+    prepared = tmp / "rec.prepared.onnx"
+    prepare(load_model(src))[0].save(str(prepared))
+    for tag, model in (("", src), (" (tuili-prepared input)", prepared)):
+        variants["onnxruntime static QDQ" + tag] = tmp / f"rec.ort{len(tag)}.onnx"
+        ort_quantize(model, variants["onnxruntime static QDQ" + tag], calib, args.calib_batch, rr)
+        if have_nncf():
+            variants["nncf" + tag] = tmp / f"rec.nncf{len(tag)}.onnx"
+            nncf_quantize(model, variants["nncf" + tag], calib)
     ref = None
     rows = {}
     for k, p in variants.items():

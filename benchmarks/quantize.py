@@ -1,4 +1,4 @@
-"""Quantization benchmark: tuili's static QDQ beside onnxruntime.quantization.quantize_static.
+"""Quantization benchmark: tuili's static QDQ beside onnxruntime.quantization.quantize_static and NNCF.
 
 Both quantizers get the same model and the same calibration data and write QDQ models with
 per-channel int8 weights and uint8 activations (7-bit weights where the CPU has no VNNI/AMX, for
@@ -28,6 +28,13 @@ split from the trained model, exported with its learned scales): top-1 on the TE
 engine and onnxruntime on the QAT model (relative to the largest logit).
 
     .venv/bin/python benchmarks/quantize.py --suite qat
+
+NNCF (optional extra ``tuili[nncf]``) adds a row beside onnxruntime's on the same model and calibration
+samples; without it the rows are skipped. ``--suite recognizer --recognizer REC.onnx``: a PaddleOCR
+text-line recognizer tuili did not export (``make bench-quantize`` copies PP-OCRv4's out of the
+rapidocr-onnxruntime wheel) on text lines rendered here, character accuracy; skipped without the file.
+
+    make bench-quantize                    # static and recognizer suites, with NNCF
 """
 from __future__ import annotations
 
@@ -494,7 +501,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant and batch")
-    ap.add_argument("--suite", default="static", help="static (the table above), int4, mixed; comma-separated")
+    ap.add_argument("--suite", default="static",
+                    help="static (the table above), int4, mixed, qat, recognizer; comma-separated")
     ap.add_argument("--int4-models", default="bert_small,gpt_small")
     ap.add_argument("--int4-calib", type=int, default=32, help="calibration samples for GPTQ (zoo example inputs)")
     ap.add_argument("--mixed-models", default="glyphs_cnn,mobilenet_v2")

@@ -50,7 +50,7 @@ import numpy as np
 
 from tuili.bench.timing import time_interleaved
 
-DEFAULT_MODELS = ["digits_cnn", "glyphs_cnn", "resnet18", "mobilenet_v2"]
+DEFAULT_MODELS = ["digits_cnn", "glyphs_cnn", "resnet18", "mobilenet_v2", "resnet50", "bert_small"]
 TRAINED = {"digits_cnn", "glyphs_cnn"}
 
 
@@ -137,21 +137,40 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
     from tuili.compress.quant.ptq import default_reduce_range
 
     rng = np.random.default_rng(0)
-    (inp, example), = zoo.example_inputs(name, batch=1).items()
-    shape = example.shape
-    if name in TRAINED:
-        src, data = trained_model(name)
-        idx = rng.permutation(len(data.x_train))[:args.calib_samples]
-        calib = {inp: data.x_train[np.sort(idx)]}
-        evalx, labels = data.x_test, data.y_test
-    else:  # random weights: no task metric, SNR on random-normal inputs other than the calibration ones
+    example = zoo.example_inputs(name, batch=1)
+    inp, first = next(iter(example.items()))
+    shape = first.shape
+    labels = None
+    if len(example) > 1 or first.dtype != np.float32:  # token models (BERT): the zoo's example inputs
         src = zoo.export(name, tmp / f"{name}.onnx")
-        calib = {inp: rng.standard_normal((args.random_samples, *shape[1:])).astype(np.float32)}
-        evalx, labels = np.random.default_rng(1).standard_normal((64, *shape[1:])).astype(np.float32), None
-    ref = logits(src, evalx)
+        calib = zoo_feeds(name, args.random_samples, seed=0)
+        evalf = zoo_feeds(name, 16, seed=1)
+
+        def logits_of(p):
+            return next(iter(outputs(p, evalf).values()))
+
+        def feeds_for(b):
+            return zoo_feeds(name, b, seed=2)
+    else:
+        if name in TRAINED:
+            src, data = trained_model(name)
+            idx = rng.permutation(len(data.x_train))[:args.calib_samples]
+            calib = {inp: data.x_train[np.sort(idx)]}
+            evalx, labels = data.x_test, data.y_test
+        else:  # random weights: no task metric, SNR on random-normal inputs other than the calibration ones
+            src = zoo.export(name, tmp / f"{name}.onnx")
+            calib = {inp: rng.standard_normal((args.random_samples, *shape[1:])).astype(np.float32)}
+            evalx = np.random.default_rng(1).standard_normal((64, *shape[1:])).astype(np.float32)
+
+        def logits_of(p):
+            return logits(p, evalx)
+
+        def feeds_for(b):
+            return {inp: np.random.default_rng(2).standard_normal((b, *shape[1:])).astype(np.float32)}
+    ref = logits_of(src)
 
     def score(p) -> tuple[float | None, float]:
-        out = ref if p == src else logits(p, evalx)
+        out = ref if p == src else logits_of(p)
         acc = 100 * float((out.argmax(1) == labels).mean()) if labels is not None else None
         return acc, (float("inf") if p == src else snr(ref, out))
     reduce_range = default_reduce_range()
@@ -174,8 +193,7 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
     rows = {k: {"model": name, "quantizer": k, "size": os.path.getsize(p) / 1e6, "score": score(p)}
             for k, p in variants.items()}
     for b in args.batch:
-        feeds = {inp: np.random.default_rng(2).standard_normal((b, *shape[1:])).astype(np.float32)}
-        t = latency(variants, feeds, args.threads, args.repeat, args.budget)
+        t = latency(variants, feeds_for(b), args.threads, args.repeat, args.budget)
         for k in variants:
             rows[k][f"b{b}"] = t[k] * 1e3
             rows[k][f"r{b}"] = t[k] / t["fp32"]

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: run lint test test-fast test-slow test-explore test-ray conformance bench demo clean perf-analyzer peers
+.PHONY: run lint test test-fast test-slow test-explore test-ray conformance bench demo clean perf-analyzer peers bench-quantize
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,19 @@ test-explore: $(STAMP)
 test-ray: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[ray,test]'
 	$(PY) -m pytest -m ray -q tests/deploy
+
+# benchmarks/quantize.py with its comparisons: the nncf extra, and a model tuili did not export (the PP-OCRv4
+# text-line recognizer shipped in rapidocr-onnxruntime's wheel, copied out of it; the package is not installed)
+REC_MODEL := $(VENV)/models/ch_PP-OCRv4_rec_infer.onnx
+$(REC_MODEL): $(STAMP)
+	mkdir -p $(dir $@)
+	$(PY) -m pip download --quiet --no-deps -d $(dir $@) rapidocr-onnxruntime==1.4.4
+	$(PY) -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); open(sys.argv[2], 'wb').write(z.read('rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx'))" \
+		$(dir $@)rapidocr_onnxruntime-1.4.4-py3-none-any.whl $@
+
+bench-quantize: $(STAMP) $(REC_MODEL)
+	$(PY) -m pip install --quiet -e '.[nncf,test,lint]'
+	$(PY) benchmarks/quantize.py --suite static,recognizer --recognizer $(REC_MODEL)
 
 conformance: $(STAMP)
 	$(PY) -m tests.conformance.runner

@@ -1,4 +1,4 @@
-"""Quantization benchmark: tuili's static QDQ beside onnxruntime.quantization.quantize_static.
+"""Quantization benchmark: tuili's static QDQ beside onnxruntime.quantization.quantize_static and NNCF.
 
 Both quantizers get the same model and the same calibration data and write QDQ models with
 per-channel int8 weights and uint8 activations (7-bit weights where the CPU has no VNNI/AMX, for
@@ -28,6 +28,13 @@ split from the trained model, exported with its learned scales): top-1 on the TE
 engine and onnxruntime on the QAT model (relative to the largest logit).
 
     .venv/bin/python benchmarks/quantize.py --suite qat
+
+NNCF (optional extra ``tuili[nncf]``) adds a row beside onnxruntime's on the same model and calibration
+samples; without it the rows are skipped. ``--suite recognizer --recognizer REC.onnx``: a PaddleOCR
+text-line recognizer tuili did not export (``make bench-quantize`` copies PP-OCRv4's out of the
+rapidocr-onnxruntime wheel) on text lines rendered here, character accuracy; skipped without the file.
+
+    make bench-quantize                    # static and recognizer suites, with NNCF
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ import numpy as np
 
 from tuili.bench.timing import time_interleaved
 
-DEFAULT_MODELS = ["digits_cnn", "glyphs_cnn", "resnet18", "mobilenet_v2"]
+DEFAULT_MODELS = ["digits_cnn", "glyphs_cnn", "resnet18", "mobilenet_v2", "resnet50", "bert_small"]
 TRAINED = {"digits_cnn", "glyphs_cnn"}
 
 
@@ -95,6 +102,28 @@ def ort_quantize(src, dst, calib: dict, batch: int, reduce_range: bool) -> None:
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range)
 
 
+def have_nncf() -> bool:
+    """NNCF is an optional extra (``tuili[nncf]``): its rows are skipped where it is not installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("nncf") is not None
+
+
+def nncf_quantize(src, dst, calib: dict) -> None:
+    """NNCF's post-training quantization of the ONNX model on the same calibration samples (one per item:
+    NNCF's statistics and bias correction assume batch 1), its defaults otherwise (performance preset:
+    symmetric int8 activations, per-channel int8 weights, fast bias correction)."""
+    import logging
+
+    import nncf
+    import onnx
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    n = len(next(iter(calib.values())))
+    items = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)]
+    onnx.save(nncf.quantize(onnx.load(str(src)), nncf.Dataset(items), subset_size=n), str(dst))
+
+
 def latency(paths: dict[str, Path], feeds: dict, threads: int, repeat: int, budget: float) -> dict[str, float]:
     sessions = {k: session(p, threads) for k, p in paths.items()}
     fns = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
@@ -108,21 +137,40 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
     from tuili.compress.quant.ptq import default_reduce_range
 
     rng = np.random.default_rng(0)
-    (inp, example), = zoo.example_inputs(name, batch=1).items()
-    shape = example.shape
-    if name in TRAINED:
-        src, data = trained_model(name)
-        idx = rng.permutation(len(data.x_train))[:args.calib_samples]
-        calib = {inp: data.x_train[np.sort(idx)]}
-        evalx, labels = data.x_test, data.y_test
-    else:  # random weights: no task metric, SNR on random-normal inputs other than the calibration ones
+    example = zoo.example_inputs(name, batch=1)
+    inp, first = next(iter(example.items()))
+    shape = first.shape
+    labels = None
+    if len(example) > 1 or first.dtype != np.float32:  # token models (BERT): the zoo's example inputs
         src = zoo.export(name, tmp / f"{name}.onnx")
-        calib = {inp: rng.standard_normal((args.random_samples, *shape[1:])).astype(np.float32)}
-        evalx, labels = np.random.default_rng(1).standard_normal((64, *shape[1:])).astype(np.float32), None
-    ref = logits(src, evalx)
+        calib = zoo_feeds(name, args.random_samples, seed=0)
+        evalf = zoo_feeds(name, 16, seed=1)
+
+        def logits_of(p):
+            return next(iter(outputs(p, evalf).values()))
+
+        def feeds_for(b):
+            return zoo_feeds(name, b, seed=2)
+    else:
+        if name in TRAINED:
+            src, data = trained_model(name)
+            idx = rng.permutation(len(data.x_train))[:args.calib_samples]
+            calib = {inp: data.x_train[np.sort(idx)]}
+            evalx, labels = data.x_test, data.y_test
+        else:  # random weights: no task metric, SNR on random-normal inputs other than the calibration ones
+            src = zoo.export(name, tmp / f"{name}.onnx")
+            calib = {inp: rng.standard_normal((args.random_samples, *shape[1:])).astype(np.float32)}
+            evalx = np.random.default_rng(1).standard_normal((64, *shape[1:])).astype(np.float32)
+
+        def logits_of(p):
+            return logits(p, evalx)
+
+        def feeds_for(b):
+            return {inp: np.random.default_rng(2).standard_normal((b, *shape[1:])).astype(np.float32)}
+    ref = logits_of(src)
 
     def score(p) -> tuple[float | None, float]:
-        out = ref if p == src else logits(p, evalx)
+        out = ref if p == src else logits_of(p)
         acc = 100 * float((out.argmax(1) == labels).mean()) if labels is not None else None
         return acc, (float("inf") if p == src else snr(ref, out))
     reduce_range = default_reduce_range()
@@ -138,11 +186,142 @@ def bench_model(name: str, args, tmp: Path) -> list[dict]:
     out = tmp / f"{name}.ort.onnx"
     ort_quantize(src, out, calib, args.calib_batch, reduce_range)
     variants["onnxruntime minmax"] = out
+    if have_nncf():
+        out = tmp / f"{name}.nncf.onnx"
+        nncf_quantize(src, out, calib)
+        variants["nncf"] = out
     rows = {k: {"model": name, "quantizer": k, "size": os.path.getsize(p) / 1e6, "score": score(p)}
             for k, p in variants.items()}
     for b in args.batch:
-        feeds = {inp: np.random.default_rng(2).standard_normal((b, *shape[1:])).astype(np.float32)}
-        t = latency(variants, feeds, args.threads, args.repeat, args.budget)
+        t = latency(variants, feeds_for(b), args.threads, args.repeat, args.budget)
+        for k in variants:
+            rows[k][f"b{b}"] = t[k] * 1e3
+            rows[k][f"r{b}"] = t[k] / t["fp32"]
+    return list(rows.values())
+
+
+# ------------------------------------------------------------------ a third-party text-line recognizer
+LINE_H, LINE_W = 48, 320  # PaddleOCR recognizers' input: 3 x 48 x W, (x / 255 - 0.5) / 0.5, zero padding on the right
+LINE_FONTS = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf", "STIXGeneral.ttf",
+              "DejaVuSerif-Italic.ttf"]
+LINE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def text_lines(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` random 4-14 character strings rendered with matplotlib's fonts (size, contrast, noise vary),
+    preprocessed as PaddleOCR does: (images N x 3 x 48 x 320, label strings)."""
+    import math
+
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    x = np.zeros((n, 3, LINE_H, LINE_W), np.float32)
+    labels = []
+    for i in range(n):
+        text = "".join(rng.choice(list(LINE_CHARS), int(rng.integers(4, 15))))
+        font = ImageFont.truetype(str(fonts / LINE_FONTS[i % len(LINE_FONTS)]), int(rng.integers(28, 40)))
+        left, top, right, bottom = font.getbbox(text)
+        pad = int(rng.integers(3, 10))
+        img = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), int(rng.integers(200, 256)))
+        ImageDraw.Draw(img).text((pad - left, pad - top), text, fill=int(rng.integers(0, 70)), font=font)
+        noisy = np.asarray(img, np.float32) + rng.normal(0, 6, (img.height, img.width))
+        img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+        w = min(LINE_W, math.ceil(LINE_H * img.width / img.height))
+        x[i, :, :, :w] = np.asarray(img.resize((w, LINE_H), Image.BILINEAR), np.float32) / 127.5 - 1.0
+        labels.append(text)
+    return x, labels
+
+
+def ctc_alphabet(path) -> list[str]:
+    """CTC classes of a PaddleOCR recognizer: blank, its dictionary (model metadata 'character'), space."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    if "character" not in meta:
+        raise SystemExit(f"{path}: no 'character' metadata; expected a PaddleOCR recognizer (rapidocr's wheels)")
+    return ["<blank>", *meta["character"].splitlines(), " "]
+
+
+def ctc_decode(probs: np.ndarray, alphabet: list[str]) -> list[str]:
+    out = []
+    for seq in probs.argmax(-1):
+        keep = np.r_[True, seq[1:] != seq[:-1]] & (seq != 0)  # collapse repeats, drop blanks
+        out.append("".join(alphabet[k] for k in seq[keep]))
+    return out
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def char_accuracy(preds: list[str], labels: list[str]) -> float:
+    """100 * (1 - edit distance / label characters), summed over the lines."""
+    return 100 * (1 - sum(map(edit_distance, preds, labels)) / sum(map(len, labels)))
+
+
+def bench_recognizer(args, tmp: Path) -> list[dict] | None:
+    """A PaddleOCR text-line recognizer that tuili did not export (``--recognizer``: e.g. rapidocr-onnxruntime's
+    ch_PP-OCRv4_rec_infer.onnx): fp32, tuili default (static), tuili mixed precision by measurement (character
+    accuracy on a tuning set of other lines, budget ``--ocr-budget`` points, latency at batch 1),
+    onnxruntime's static QDQ (uint8 activations, per-channel int8 weights) and NNCF, each on the file as
+    shipped and on the float graph after tuili's preparation; character accuracy on
+    rendered lines used neither for calibration nor tuning, latency in onnxruntime."""
+    from tuili.compress.quant import quantize_mixed, quantize_static
+    from tuili.compress.quant.prepare import load_model, prepare
+    from tuili.compress.quant.ptq import default_reduce_range
+
+    src = Path(args.recognizer or "")
+    if not src.is_file():
+        print(f"\nrecognizer suite skipped: no model at --recognizer {str(src)!r} (copy ch_PP-OCRv4_rec_infer.onnx "
+              "out of the rapidocr-onnxruntime wheel)")
+        return None
+    alphabet = ctc_alphabet(src)
+    inp = session(src).get_inputs()[0].name
+    calib = {inp: text_lines(args.ocr_calib, seed=0)[0]}
+    tune_x, tune_y = text_lines(args.ocr_tune, seed=2)
+    eval_x, eval_y = text_lines(args.ocr_eval, seed=1)
+
+    def accuracy(outs: dict[str, np.ndarray], labels) -> float:
+        return char_accuracy(ctc_decode(next(iter(outs.values())), alphabet), labels)
+
+    def score(p) -> tuple[float, float]:
+        probs = logits(p, eval_x, batch=16)
+        return char_accuracy(ctc_decode(probs, alphabet), eval_y), probs
+    rr = default_reduce_range()
+    variants = {"fp32": src, "tuili static (default)": tmp / "rec.tuili.onnx",
+                f"tuili mixed (budget {args.ocr_budget} pt)": tmp / "rec.mixed.onnx"}
+    quantize_static(src, variants["tuili static (default)"], calib, batch_size=args.calib_batch)
+    mixed = quantize_mixed(src, variants[f"tuili mixed (budget {args.ocr_budget} pt)"], calib, args.ocr_budget,
+                           metric=lambda outs: accuracy(outs, tune_y), eval_data={inp: tune_x},
+                           latency_batch=args.latency_batch, threads=args.threads, batch_size=args.calib_batch)
+    print("\n### recognizer: mixed precision\n\n```\n" + mixed.summary() + "\n```")
+    # The anchors take the file as shipped (opset 12, weights in Constant nodes), and also the float graph
+    # tuili quantizes (its passes: folded constants, shapes, opset 13), so that neither is judged on preparation alone.
+    prepared = tmp / "rec.prepared.onnx"
+    prepare(load_model(src))[0].save(str(prepared))
+    for tag, model in (("", src), (" (tuili-prepared input)", prepared)):
+        variants["onnxruntime static QDQ" + tag] = tmp / f"rec.ort{len(tag)}.onnx"
+        ort_quantize(model, variants["onnxruntime static QDQ" + tag], calib, args.calib_batch, rr)
+        if have_nncf():
+            variants["nncf" + tag] = tmp / f"rec.nncf{len(tag)}.onnx"
+            nncf_quantize(model, variants["nncf" + tag], calib)
+    ref = None
+    rows = {}
+    for k, p in variants.items():
+        acc, probs = score(p)
+        ref = probs if ref is None else ref
+        rows[k] = {"model": src.stem, "quantizer": k, "size": os.path.getsize(p) / 1e6,
+                   "score": (acc, float("inf") if k == "fp32" else snr(ref, probs))}
+    for b in args.batch:
+        t = latency(variants, {inp: eval_x[:b]}, args.threads, args.repeat, args.budget)
         for k in variants:
             rows[k][f"b{b}"] = t[k] * 1e3
             rows[k][f"r{b}"] = t[k] / t["fp32"]
@@ -340,7 +519,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant and batch")
-    ap.add_argument("--suite", default="static", help="static (the table above), int4, mixed; comma-separated")
+    ap.add_argument("--suite", default="static",
+                    help="static (the table above), int4, mixed, qat, recognizer; comma-separated")
     ap.add_argument("--int4-models", default="bert_small,gpt_small")
     ap.add_argument("--int4-calib", type=int, default=32, help="calibration samples for GPTQ (zoo example inputs)")
     ap.add_argument("--mixed-models", default="glyphs_cnn,mobilenet_v2")
@@ -352,11 +532,18 @@ def main(argv=None) -> int:
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--qat-samples", type=int, help="training samples per QAT epoch (default: the whole train split)")
     ap.add_argument("--qat-lr", type=float, default=5e-4)
+    ap.add_argument("--recognizer", metavar="REC.onnx",
+                    help="recognizer suite: a PaddleOCR text-line recognizer (e.g. ch_PP-OCRv4_rec_infer.onnx from the "
+                         "rapidocr-onnxruntime wheel); the suite is skipped without it")
+    ap.add_argument("--ocr-calib", type=int, default=64, help="rendered lines to calibrate on (recognizer)")
+    ap.add_argument("--ocr-tune", type=int, default=64, help="rendered lines the mixed-precision search scores")
+    ap.add_argument("--ocr-eval", type=int, default=200, help="rendered lines the table's accuracy is measured on")
+    ap.add_argument("--ocr-budget", type=float, default=0.5, help="allowed character-accuracy drop (points)")
     args = ap.parse_args(argv)
     suites = set(args.suite.split(","))
-    unknown = suites - {"static", "int4", "mixed", "qat"}
+    unknown = suites - {"static", "int4", "mixed", "qat", "recognizer"}
     if unknown:
-        ap.error(f"unknown suite(s) {sorted(unknown)}: use static, int4, mixed, qat")
+        ap.error(f"unknown suite(s) {sorted(unknown)}: use static, int4, mixed, qat, recognizer")
     args.qat_bits = [b for b in args.qat_bits.split(",") if b]
     args.methods = [m for m in args.methods.split(",") if m]
     args.batch = [int(b) for b in args.batch.split(",")]
@@ -366,7 +553,8 @@ def main(argv=None) -> int:
     from tuili.runtime.cpu import info
 
     print(f"CPU: {info().describe()}; onnxruntime {onnxruntime.__version__}, {args.threads} threads; "
-          f"weights {'7-bit (reduce_range)' if default_reduce_range() else '8-bit'}; {_dt.date.today()}")
+          f"weights {'7-bit (reduce_range)' if default_reduce_range() else '8-bit'}; "
+          f"{'nncf ' + _nncf_version() if have_nncf() else 'nncf not installed (its rows skipped)'}; {_dt.date.today()}")
     print(f"command: python benchmarks/quantize.py {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     with tempfile.TemporaryDirectory() as d:
         if "static" in suites:
@@ -395,7 +583,18 @@ def main(argv=None) -> int:
                 rows += bench_qat(name, args, Path(d))
             print()
             print(qat_table(rows))
+        if "recognizer" in suites:
+            rows = bench_recognizer(args, Path(d))
+            if rows:
+                print()
+                print(table(rows, args.batch).replace("top-1 %", "char acc %"))
     return 0
+
+
+def _nncf_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("nncf")
 
 
 if __name__ == "__main__":

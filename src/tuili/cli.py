@@ -21,6 +21,7 @@ VERB_MODULES = [
     "tuili.compress.deep.cli",
     "tuili.compress.distill.cli",
     "tuili.compress.binary.cli",
+    "tuili.compress.quant.cli",
     "tuili.runtime.cli",
     "tuili.serve.cli",
     "tuili.bench.cli",

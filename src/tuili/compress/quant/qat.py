@@ -354,11 +354,11 @@ def _forward_tensor(model, xb: np.ndarray):
 
 
 # ------------------------------------------------------------------------------------ fine-tune
-def finetune_qat(qm, data, *, epochs: int = 1, lr: float = 5e-4, batch_size: int = 64, seed: int = 0,
+def finetune_qat(qm, data, *, epochs: float = 1, lr: float = 5e-4, batch_size: int = 64, seed: int = 0,
                  samples: int | None = None, progress: bool = True, threads: int | None = None) -> list[dict]:
     """Fine-tune QAT model ``qm`` on ``data`` (a tuili.zoo TrainData, or (x_train, y_train[, x_val, y_val])):
     AdamW, cosine learning rate from ``lr``, cross-entropy; ``samples`` caps the training samples per epoch
-    (a random subset, fixed by ``seed``). Returns per epoch: loss, train_acc and val_acc where there is a
+    (a random subset, fixed by ``seed``); ``epochs`` may be fractional (0.25: a quarter of an epoch's batches). Returns per epoch: loss, train_acc and val_acc where there is a
     validation split. BatchNorm statistics stay frozen."""
     import torch
 
@@ -369,8 +369,8 @@ def finetune_qat(qm, data, *, epochs: int = 1, lr: float = 5e-4, batch_size: int
     if torch.is_inference_mode_enabled():
         raise ConfigError("QAT fine-tuning cannot run under torch.inference_mode(): leave inference mode to train")
     params = trainable(qm, "the QAT model")
-    if epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if not epochs > 0:
+        raise ConfigError(f"epochs must be > 0 (fractions allowed), got {epochs}")
     xtr, ytr, xval, yval = _train_arrays(data)
     scales = [p for name, p in qm.named_parameters() if p.requires_grad and name.endswith(("scale", "zero_point"))]
     ids = {id(p) for p in scales}

@@ -26,7 +26,7 @@ import numpy as np
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
 from tuili.ops._numba import numba
-from tuili.ops.registry import NodeInfo, prepares, register, scratch
+from tuili.ops.registry import NodeInfo, absorbing, prepares, register, scratch, unplanned
 
 log = logging.getLogger(__name__)
 
@@ -432,9 +432,10 @@ def prepare_conv(info: NodeInfo, bf16: bool = False):
     if packed is None:
         return None
 
+    @absorbing(1, 2)
     def conv_onednn(x, w, b=None, **attrs):
         if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group:
-            return conv(x, w, b, **attrs)  # the generic kernel explains the mismatch
+            return unplanned(conv, "Conv", x, w, b, **attrs)
         return packed(x)
 
     return conv_onednn

@@ -101,6 +101,7 @@ class Planner:
                 consts.append((self.slot_of[id(v)], v.const))
         steps = [self._step(node) for node in g.nodes]
         outputs = [self.slot(v) for v in g.outputs]
+        consts = _release_absorbed(consts, steps, outputs)
         plan = Plan(self.n_slots, inputs, outputs, consts, steps, self.captures, self.capture_slots, self.scratch,
                     self.names)
         plan_releases(plan)
@@ -150,6 +151,26 @@ class Planner:
             fn = special or fn
         return Step(fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,
                     node_name=node.name)
+
+
+def _release_absorbed(consts: list[tuple[int, Any]], steps: list[Step], outputs: list[int]) -> list[tuple[int, Any]]:
+    """Constants that only kernels holding their own packed copy read (a prepared kernel's
+    ``absorbs``: the input positions it never computes with) are replaced by a zero-memory stand-in of
+    the same shape and dtype, so a plan does not keep every weight twice."""
+    readers: dict[int, list[bool]] = {}
+    for step in steps:
+        absorbs = getattr(step.fn, "absorbs", ())
+        for i, slot in enumerate(step.args):
+            readers.setdefault(slot, []).append(i in absorbs)
+        for slot in step.captures:
+            readers.setdefault(slot, []).append(False)
+    kept = set(outputs)
+    released = []
+    for slot, value in consts:
+        if isinstance(value, np.ndarray) and slot not in kept and all(readers.get(slot, [False])):
+            value = np.broadcast_to(np.zeros((), value.dtype), value.shape)
+        released.append((slot, value))
+    return released
 
 
 def node_info(node: Node) -> NodeInfo:

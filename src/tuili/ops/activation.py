@@ -231,7 +231,7 @@ def on_torch(generic, approximate: str = "none"):
 
 @prepares(gelu)
 def prepare_gelu(info: NodeInfo):
-    return on_torch(gelu, info.attrs.get("approximate", "none")) if info.dtypes[0] in (None, np.float32) else None
+    return on_torch(gelu, info.attrs.get("approximate", "none")) if info.float32_or_unknown(0) else None
 
 
 @_keep_dtype

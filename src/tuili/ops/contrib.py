@@ -38,7 +38,7 @@ def ms_gelu(x):
 
 @prepares(ms_gelu)
 def prepare_ms_gelu(info: NodeInfo):
-    return on_torch(ms_gelu) if info.dtypes[0] in (None, np.float32) else None
+    return on_torch(ms_gelu) if info.float32_or_unknown(0) else None
 
 
 @_ms("BiasGelu")

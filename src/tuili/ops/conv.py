@@ -402,7 +402,7 @@ def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, po
     b = info.consts[2] if b_given else None
     if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype != np.float32 or (b_given and b is None):
         return None
-    if info.dtypes[0] not in (None, np.dtype(np.float32)):
+    if not info.float32_or_unknown(0):
         return None
     a = info.attrs
     x_shape = info.shapes[0]

@@ -129,7 +129,7 @@ def prepare_fused_matmul(info: NodeInfo, bf16: bool = False):
     w = const_f32(info, 1, 2)
     has_bias = len(info.given) > 2 and info.given[2]
     bias = const_f32(info, 2, 1) if has_bias else None
-    if w is None or (has_bias and bias is None) or info.dtypes[0] not in (None, np.dtype(np.float32)):
+    if w is None or (has_bias and bias is None) or not info.float32_or_unknown(0):
         return None
     activation, params = info.attrs.get("activation", ""), info.attrs.get("activation_params")
     packed = pack_weight(w, bias, activation, bf16=bf16)

@@ -68,7 +68,7 @@ def prepare_matmul(info: NodeInfo, bf16: bool = False):
     are oneDNN's uses one thread pool (torch's), not OpenBLAS's beside it. None keeps numpy."""
     from tuili.ops._torch import matmul_on_torch, torch_or_none
 
-    if info.dtypes[0] not in (None, _F32) or (info.shapes[0] is not None and len(info.shapes[0]) < 2):
+    if not info.float32_or_unknown(0) or (info.shapes[0] is not None and len(info.shapes[0]) < 2):
         return None
     w = const_f32(info, 1, 2)
     if w is not None:
@@ -81,7 +81,7 @@ def prepare_matmul(info: NodeInfo, bf16: bool = False):
             return packed(a) if fits(a, packed.k, min_ndim=1) else unplanned(matmul, "MatMul", a, b)
 
         return matmul_onednn
-    if bf16 or info.dtypes[1] not in (None, _F32) or torch_or_none() is None:
+    if bf16 or not info.float32_or_unknown(1) or torch_or_none() is None:
         return None
 
     def matmul_torch(a, b):
@@ -157,7 +157,7 @@ def prepare_gemm(info: NodeInfo, bf16: bool = False):
     b = const_f32(info, 1, 2)
     if info.opset < 7 or b is None or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
         return None
-    if info.dtypes[0] not in (None, _F32):
+    if not info.float32_or_unknown(0):
         return None
     w = b.T if a.get("transB", 0) else b
     has_c = len(info.given) > 2 and info.given[2]

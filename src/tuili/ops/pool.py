@@ -224,7 +224,7 @@ def _pool_on_torch(info: NodeInfo, kind: str, generic):
     a = info.attrs
     shape = info.shapes[0]
     kernel = a.get("kernel_shape")
-    if (info.dtypes[0] not in (None, np.dtype(np.float32)) or (shape is not None and len(shape) != 4)
+    if (not info.float32_or_unknown(0) or (shape is not None and len(shape) != 4)
             or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or not kernel or len(kernel) != 2):
         return None
     pads = list(a.get("pads") or [0, 0, 0, 0]) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]

@@ -85,6 +85,12 @@ class NodeInfo:
     dtypes: tuple[np.dtype | None, ...]     # per input: numpy dtype, None unknown
     attrs: dict[str, Any]
 
+    def float32_or_unknown(self, i: int) -> bool:
+        """Input ``i`` is float32 or of a type unknown at plan time (``dtype in (None, float32)``
+        would be wrong: numpy compares ``None`` equal to float64)."""
+        dt = self.dtypes[i] if len(self.dtypes) > i else None
+        return dt is None or dt == np.float32
+
 
 #: kernel function -> its preparer(NodeInfo) -> callable | None
 _PREPARERS: dict[Callable, Callable[[NodeInfo], Callable | None]] = {}

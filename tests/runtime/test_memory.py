@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 import tuili
 from tuili.ir import from_model_proto
@@ -128,3 +129,19 @@ def test_a_graph_the_caller_passes_is_not_rewritten(conv_net):
     before = snapshot()
     tuili.InferenceSession(g).run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
     assert snapshot() == before
+
+
+def test_a_cnn_on_onednn_never_imports_numba(conv_net, tmp_path):
+    """numba and LLVM cost ~56 MB resident: imported only when a numba kernel runs."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(conv_net.SerializeToString())
+    code = ("import sys, numpy as np, tuili\n"
+            f"s = tuili.InferenceSession({str(path)!r})\n"
+            "s.run(None, {'x': np.ones((1, 3, 8, 8), np.float32)})\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -146,6 +146,7 @@ class InferenceSession:
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
                  opt_level: int | None = None, threads: int | None = None, *, precision: str = "fp32",
+                 tune: bool = False,
                  sess_options: Any = None, providers: Sequence[Any] | None = None,
                  provider_options: Sequence[Any] | None = None):
         """``sess_options`` (onnxruntime.SessionOptions): on engine="onnxruntime" it is onnxruntime's own;
@@ -159,6 +160,10 @@ class InferenceSession:
         constant weights run on bf16 operands with float32 accumulation (oneDNN); inputs and outputs keep
         their dtypes. ``self.precision`` is what was chosen, ``self.bf16_nodes`` the bf16 nodes by op type.
 
+        ``tune``: where a node has two kernels (numpy and torch's), time both at each new input shape
+        and keep the faster, recorded per CPU in ``$TUILI_CACHE_DIR/tuning.json`` (``runtime.tuning``);
+        without it, recorded choices are used and the torch kernel runs elsewhere.
+
         onnxruntime's positional form ``InferenceSession(path, sess_options, providers)`` works too."""
         engine, opt_level, threads, sess_options, providers, provider_options = ort_api.positional_arguments(
             engine, opt_level, threads, sess_options, providers, provider_options)
@@ -171,6 +176,8 @@ class InferenceSession:
 
         if engine == "onnxruntime" and precision != "fp32":
             raise ConfigError(f"precision {precision!r} is a tuili engine option; engine='onnxruntime' runs fp32 only")
+        if engine == "onnxruntime" and tune:
+            raise ConfigError("tune=True is a tuili engine option; onnxruntime chooses its kernels itself")
         #: what this session runs at ("fp32" or "bf16"), why, and its bf16 nodes per op type
         self.precision_decision = precision_policy.decide(precision)
         self.precision = self.precision_decision.precision
@@ -217,7 +224,10 @@ class InferenceSession:
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
-            self._plan = Planner(plan_graph, bf16=bf16).build()
+            from tuili.runtime.planner import TuningHook
+
+            tuning = TuningHook(bool(tune), self._threads.cap)
+            self._plan = Planner(plan_graph, bf16=bf16, tuning=tuning).build()
             if bf16 is not None:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
                 log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,

@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 import tuili
 from tuili.ir import from_model_proto
@@ -84,3 +85,63 @@ def test_concurrent_conv_runs_match_one_thread(conv_net):
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_a_session_holds_its_weights_once(conv_net, tmp_path, monkeypatch):
+    """A model the session loads is optimized in place, the graph (and the loaded file's bytes) is
+    dropped after planning, and constants a kernel packed for itself stay only as zero-memory
+    stand-ins: results unchanged."""
+    import gc
+    import weakref
+
+    from tuili.runtime import session as session_module
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(conv_net.SerializeToString())
+    loaded = []
+
+    def load(src):
+        g = tuili.load(src)
+        loaded.append(weakref.ref(g))
+        return g
+
+    monkeypatch.setattr(session_module, "load", load)
+    sess = tuili.InferenceSession(str(path))
+    gc.collect()
+    assert loaded and loaded[0]() is None  # no graph kept: inputs, outputs and metadata are detached
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(conv_net.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want[0], rtol=1e-4, atol=1e-4)
+    assert [a.name for a in sess.get_inputs()] == ["x"] and sess.get_outputs()[0].shape == ["N", 4, 8, 8]
+    packed = [step for step in sess.plan.steps if getattr(step.fn, "absorbs", ())]
+    if packed:  # torch with oneDNN present: the weights live in the packed kernels only
+        weights = {slot: v for slot, v in sess.plan.consts if isinstance(v, np.ndarray) and v.ndim == 4}
+        assert weights and all(v.strides == (0, 0, 0, 0) for v in weights.values())
+
+
+def test_a_graph_the_caller_passes_is_not_rewritten(conv_net):
+    g = tuili.load(conv_net)
+
+    def snapshot():
+        return ([(n.op_type, [v.name for v in n.inputs]) for n in g.nodes],
+                {k: v.const.tobytes() for k, v in g.initializers.items()})
+
+    before = snapshot()
+    tuili.InferenceSession(g).run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
+    assert snapshot() == before
+
+
+def test_a_cnn_on_onednn_never_imports_numba(conv_net, tmp_path):
+    """numba and LLVM cost ~56 MB resident: imported only when a numba kernel runs."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(conv_net.SerializeToString())
+    code = ("import sys, numpy as np, tuili\n"
+            f"s = tuili.InferenceSession({str(path)!r})\n"
+            "s.run(None, {'x': np.ones((1, 3, 8, 8), np.float32)})\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -326,6 +326,16 @@ class Graph:
         at = positions[-1] - len(positions) + 1
         self.nodes[at:at] = list(new)
 
+    def decode_constants(self) -> None:
+        """Decode every initializer (nested graphs' too) to its array and drop the TensorProto it was
+        read from: once all are dropped the loaded model's bytes are freed, so the weights are held
+        once, not twice. Saving then encodes the arrays again (values unchanged)."""
+        for g in (self, *self.subgraphs()):
+            for v in g.initializers.values():
+                if v.tensor is not None and v.tensor.proto is not None:
+                    v.tensor.numpy()
+                    v.tensor.proto = v.tensor.external = None
+
     # ----- traversal
     def subgraphs(self) -> Iterator[Graph]:
         """Every nested graph, depth first."""

@@ -118,14 +118,23 @@ def from_model_proto(mp: onnx.ModelProto) -> Graph:
     g.producer_name, g.producer_version = mp.producer_name, mp.producer_version
     g.model_domain, g.model_version, g.model_doc_string = mp.domain, mp.model_version, mp.doc_string
     g.metadata_props = {p.key: p.value for p in mp.metadata_props}
-    g.functions = list(mp.functions)
-    g.training_info = list(mp.training_info)
+    # copies, as for every message the graph keeps: a reference into the model would keep all of it
+    # (weights included) alive however the graph changes (upb messages share their model's memory)
+    g.functions = [_own(f) for f in mp.functions]
+    g.training_info = [_own(t) for t in mp.training_info]
     _fill_graph(g, mp.graph)
     return g
 
 
+def _own(message: Any) -> Any:
+    """A copy of a protobuf message that shares no memory with the message it came from."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
 def _set_type(v: Value, tp: onnx.TypeProto) -> None:
-    v.type_proto = tp
+    v.type_proto = _own(tp)
     if tp.HasField("tensor_type"):
         tt = tp.tensor_type
         v.dtype = tt.elem_type or None
@@ -200,7 +209,7 @@ def _fill_graph(g: Graph, gp: onnx.GraphProto) -> None:
         for a in node.attribute:
             val = decode_attribute(a, lambda sub: subgraph_from_proto(sub, g))
             n.attrs[a.name] = val
-            n._attr_protos[a.name] = (val, a)
+            n._attr_protos[a.name] = (val, _own(a))
         g.nodes.append(n)
     for vi in gp.value_info:
         v = g.values.get(vi.name)

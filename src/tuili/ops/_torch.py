@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+# read-only feeds become read-only-in-spirit tensors here: no kernel of this module writes its inputs
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
 #: tuili::FusedConv activation -> (oneDNN post-op name, how its scalars come from activation_params)
 _UNARY: dict[str, tuple[str, Callable[[list], list]]] = {
@@ -124,6 +127,13 @@ class PackedConv2d:
                 return self.post(y.numpy())
             return y.numpy()
 
+    def plain(self, x: np.ndarray) -> np.ndarray:
+        """``conv(x) + b`` without the activation (for an addend ``fits`` refuses)."""
+        with self.torch.inference_mode():
+            y = self._conv(self._in(x), self.packed, self.bias, self.pad, self.stride, self.dil, self.group,
+                           "none", [], "")
+            return (y.float() if self.bf16 else y).numpy()
+
 
 def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides: list[int], dilations: list[int],
                   group: int, in_shape: tuple | None, activation: str = "",
@@ -155,32 +165,126 @@ def packed_conv2d(w: np.ndarray, b: np.ndarray | None, pads: list[int], strides:
 _LINEAR_UNARY = {"": "none", "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
 
-class PackedLinearBf16:
-    """``x @ w + b`` (then an activation oneDNN fuses) on bf16 operands with float32 accumulation,
-    ``w`` (K, N) converted to bf16 and packed once (``packed_linear_bf16``); float32 in and out, any
-    leading dims on ``x``."""
+class PackedLinear:
+    """``x @ w + b`` (then an activation oneDNN fuses) with ``w`` (K, N) packed once
+    (``packed_linear``); float32 in and out, any leading dims on ``x``. In bf16 the operands are
+    bf16 and the sums float32."""
 
-    def __init__(self, torch: Any, packed: Any, bias: Any, k: int, n: int, unary: str):
+    def __init__(self, torch: Any, packed: Any, bias: Any, k: int, n: int, unary: str, bf16: bool):
         self.torch, self.packed, self.bias, self.k, self.n, self.unary = torch, packed, bias, k, n, unary
+        self.bf16 = bf16
         self._linear = torch.ops.mkldnn._linear_pointwise.default
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            t = _view(x).to(torch.bfloat16).contiguous()
+            t = _view(x)
+            t = t.to(torch.bfloat16).contiguous() if self.bf16 else t.contiguous()
             y = self._linear(t.reshape(-1, self.k), self.packed, self.bias, self.unary, [], "")
-            return y.float().reshape(*x.shape[:-1], self.n).numpy()
+            if self.bf16:
+                y = y.float()
+            return y.reshape(*x.shape[:-1], self.n).numpy()
 
 
-def packed_linear_bf16(w: np.ndarray, b: np.ndarray | None, activation: str = "") -> PackedLinearBf16 | None:
-    """``w`` (K, N) float32 (a MatMul's right operand) packed for oneDNN in bf16, ``b`` (N,) kept
-    float32, or None where it cannot run (no oneDNN, not 2-D, an activation it does not fuse)."""
+def packed_linear(w: np.ndarray, b: np.ndarray | None, activation: str = "", bf16: bool = False) -> PackedLinear | None:
+    """``w`` (K, N) float32 (a MatMul's right operand) packed for oneDNN's inner product (as bf16
+    with ``bf16``), ``b`` (N,) kept float32, or None where it cannot run (no oneDNN or no bf16
+    linear, not 2-D, an activation it does not fuse)."""
     torch = torch_or_none()
-    if (bf16_available() is not None or w.dtype != np.float32 or w.ndim != 2 or activation not in _LINEAR_UNARY
+    if torch is None or (bf16 and bf16_available() is not None) or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return None
+    if (w.dtype != np.float32 or w.ndim != 2 or activation not in _LINEAR_UNARY
             or (b is not None and (b.dtype != np.float32 or b.shape != (w.shape[1],)))):
         return None
     with torch.inference_mode():
-        weight = torch.from_numpy(np.ascontiguousarray(w.T)).to(torch.bfloat16)  # oneDNN's (N, K)
+        weight = torch.from_numpy(np.ascontiguousarray(w.T))  # oneDNN's (N, K)
+        if bf16:
+            weight = weight.to(torch.bfloat16)
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
     bias = None if b is None else torch.from_numpy(np.array(b, copy=True, order="C"))
-    return PackedLinearBf16(torch, packed, bias, int(w.shape[0]), int(w.shape[1]), _LINEAR_UNARY[activation])
+    return PackedLinear(torch, packed, bias, int(w.shape[0]), int(w.shape[1]), _LINEAR_UNARY[activation], bf16)
+
+
+def matmul_on_torch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (float32, numpy's broadcasting rules) on torch's BLAS: a run whose other kernels
+    are oneDNN's then uses one thread pool, not OpenBLAS's beside torch's OpenMP."""
+    torch = torch_or_none()
+    with torch.inference_mode():
+        return torch.matmul(_view(a), _view(b)).numpy()
+
+
+def gelu_on_torch(approximate: str = "none") -> Callable[[np.ndarray], np.ndarray] | None:
+    """Gelu (exact erf form, or ``approximate="tanh"``) of a float32 array on torch's kernel."""
+    torch = torch_or_none()
+    if torch is None or approximate not in ("none", "tanh"):
+        return None
+    gelu = torch.nn.functional.gelu
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return gelu(_view(x), approximate=approximate).numpy()
+
+    return run
+
+
+def layer_norm_on_torch(scale: np.ndarray, bias: np.ndarray | None, epsilon: float
+                        ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """LayerNormalization over the last axis of a float32 array, ``scale`` and ``bias`` (its width,
+    float32) copied once, on torch's kernel."""
+    torch = torch_or_none()
+    if torch is None:
+        return None
+    width = (int(scale.size),)
+    w = torch.from_numpy(np.array(scale, np.float32).reshape(-1))
+    b = None if bias is None else torch.from_numpy(np.array(bias, np.float32).reshape(-1))
+    layer_norm = torch.nn.functional.layer_norm
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return layer_norm(_view(x), width, w, b, epsilon).numpy()
+
+    return run
+
+
+def attention_on_torch(q: np.ndarray, k_t: np.ndarray, v: np.ndarray, bias: np.ndarray | None,
+                       scale: float) -> np.ndarray:
+    """``Softmax(scale * q @ k_t + bias) @ v`` (float32) with every step on torch (a fully masked row
+    is NaN, as Softmax gives)."""
+    torch = torch_or_none()
+    with torch.inference_mode():
+        scores = torch.matmul(_view(q), _view(k_t))
+        if scale != 1.0:
+            scores.mul_(scale)
+        if bias is not None:
+            scores = scores + _view(bias)
+        return torch.matmul(torch.softmax(scores, dim=-1), _view(v)).numpy()
+
+
+def pool2d_on_torch(kind: str, kernel: list[int], strides: list[int], pads: list[int], dilations: list[int],
+                    count_include_pad: bool = False, ceil_mode: bool = False) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A 2-D max/average pooling of float32 NCHW arrays on torch's kernels (which keep the
+    channels-last layout oneDNN's convolutions return), or None where torch's pooling differs from
+    ONNX's: asymmetric pads, pads over half the window, dilated average pooling. With ``ceil_mode``
+    both drop a last window that would start in the right padding."""
+    torch = torch_or_none()
+    if torch is None or len(kernel) != 2 or len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+        return None
+    pad = [int(p) for p in pads[:2]]
+    if any(p < 0 or 2 * p > k for p, k in zip(pad, kernel, strict=True)):
+        return None
+    k, s, d = [int(v) for v in kernel], [int(v) for v in strides], [int(v) for v in dilations]
+    f = torch.nn.functional
+    if kind == "max":
+        def run(t):
+            return f.max_pool2d(t, k, s, pad, d, ceil_mode=ceil_mode)
+    elif kind == "average" and d == [1, 1]:
+        def run(t):
+            return f.avg_pool2d(t, k, s, pad, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+    else:
+        return None
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return run(_view(x)).numpy()
+
+    return pool

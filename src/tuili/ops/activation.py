@@ -14,7 +14,7 @@ import numpy as np
 
 from tuili.ops.elementwise import erf as _erf
 from tuili.ops.elementwise import is_exotic
-from tuili.ops.registry import register
+from tuili.ops.registry import NodeInfo, prepares, register
 
 _asarray = np.asarray
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -213,6 +213,25 @@ def gelu(x, *, approximate="none"):
     y *= x
     y *= 0.5
     return y
+
+
+def on_torch(generic, approximate: str = "none"):
+    """A float32 Gelu on torch's kernel (falling back to ``generic`` for other dtypes), or None."""
+    from tuili.ops._torch import gelu_on_torch
+
+    run = gelu_on_torch(approximate)
+    if run is None:
+        return None
+
+    def gelu_torch(x, **attrs):
+        return run(x) if x.dtype == np.float32 else generic(x, **attrs)
+
+    return gelu_torch
+
+
+@prepares(gelu)
+def prepare_gelu(info: NodeInfo):
+    return on_torch(gelu, info.attrs.get("approximate", "none")) if info.float32_or_unknown(0) else None
 
 
 @_keep_dtype

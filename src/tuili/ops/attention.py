@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from tuili.errors import KernelError, UnsupportedOpError
+from tuili.ops._torch import attention_on_torch, torch_or_none
 from tuili.ops.registry import register
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,9 @@ def fused_attention(q, k_t, v, bias=None, *, scale=1.0):
     """``tuili::Attention(Q, Kᵀ, V, bias?)``: ``Softmax(scale * Q @ Kᵀ + bias) @ V`` over the last axis,
     the MatMul/Softmax pattern tuili's optimizer fuses (passes/attention_fusion.py). The scores are
     one temporary, scaled, biased and normalized in place (a fully masked row is NaN, as Softmax gives)."""
+    if (q.dtype == np.float32 and k_t.dtype == np.float32 and v.dtype == np.float32
+            and (bias is None or bias.dtype == np.float32) and torch_or_none() is not None):
+        return attention_on_torch(q, k_t, v, bias, scale)
     scores = np.matmul(q, k_t)
     if scores is q or scores is k_t:  # never for matmul, but keep the inputs untouched
         scores = scores.copy()

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError
-from tuili.ops._numba import HAVE_NUMBA, numba
+from tuili.ops._numba import HAVE_NUMBA
 from tuili.ops.conv import conv_out_shape, resolve_pads
 from tuili.ops.registry import register
 
@@ -82,6 +82,8 @@ def pack_signs(x: np.ndarray, pads=(0, 0, 0, 0)) -> tuple[np.ndarray, np.ndarray
     shape = (n, words_for(c), h + pt + pb, w + pl + pr)
     neg, nz = np.zeros(shape, np.uint64), np.zeros(shape, np.uint64)
     if HAVE_NUMBA and x.dtype in (np.float32, np.float64):
+        from tuili.ops._binary_nb import _pack_signs_nb
+
         _pack_signs_nb(x, neg, nz, pt, pl)
     else:
         inner = (slice(None), slice(None), slice(pt, pt + h), slice(pl, pl + w))
@@ -103,81 +105,6 @@ def _binary_conv_np(neg, nz, w, out_sp, strides, dilations):
                 wv = w[:, ky, kx, c][None, :, None, None]
                 dots += np.bitwise_count(xz).astype(np.int64) - 2 * np.bitwise_count((xn ^ wv) & xz).astype(np.int64)
     return dots
-
-
-if HAVE_NUMBA:
-    from numba import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _popcount(typingctx, x):  # pragma: no cover - compiled
-        """llvm.ctpop on a uint64: one POPCNT, or vectorized in loops."""
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-        return types.uint64(types.uint64), codegen
-
-    @numba.njit(cache=True, nogil=True)
-    def _pack_signs_nb(x, neg, nz, pt, pl):  # pragma: no cover - compiled
-        """Bit planes of x into the (zeroed) padded planes, image at offset (pt, pl)."""
-        n, c, h, w = x.shape
-        words = neg.shape[1]
-        for i in range(n):
-            for k in range(words):
-                for y in range(h):
-                    for xx in range(w):
-                        a = np.uint64(0)
-                        b = np.uint64(0)
-                        for bit in range(min(64, c - 64 * k)):
-                            v = x[i, 64 * k + bit, y, xx]
-                            a |= np.uint64(v < 0) << np.uint64(bit)
-                            b |= np.uint64(v != 0) << np.uint64(bit)
-                        neg[i, k, y + pt, xx + pl] = a
-                        nz[i, k, y + pt, xx + pl] = b
-
-    @numba.njit(cache=True, nogil=True)
-    def _binary_conv_nb(neg, nz, w, alpha, bias, out, o_lo, o_hi, sh, sw, dh, dw):  # pragma: no cover
-        # Output (oy, ox) reads padded position (oy*sh + ky*dh, ox*sw + kx*dw): as a flat index into a
-        # padded plane of row length wp that is j(oy, ox) + ky*dh*wp + kx*dw with j = oy*sh*wp + ox*sw. With
-        # unit strides j runs over one contiguous span (the columns past ow of each row are computed and
-        # dropped), so every (tap, word) is one long vectorizable loop.
-        n, words, hp, wp = neg.shape
-        _, kh, kw, _ = w.shape
-        oh, ow = out.shape[2], out.shape[3]
-        span = (oh - 1) * sh * wp + (ow - 1) * sw + 1
-        negf = neg.reshape(n, words, hp * wp)
-        nzf = nz.reshape(n, words, hp * wp)
-        cnt = np.zeros(span, np.int32)
-        acc = np.zeros(span, np.int32)
-        for i in range(n):
-            cnt[:] = 0  # contributing channels per output position (nz is 0 on padding), shared by every o
-            for ky in range(kh):
-                for kx in range(kw):
-                    base = ky * dh * wp + kx * dw
-                    for c in range(words):
-                        xz = nzf[i, c, base:base + span]
-                        for j in range(0, span, sw):
-                            cnt[j] += np.int32(_popcount(xz[j]))
-            for o in range(o_lo, o_hi):
-                acc[:] = 0
-                for ky in range(kh):
-                    for kx in range(kw):
-                        base = ky * dh * wp + kx * dw
-                        for c in range(words):
-                            wv = w[o, ky, kx, c]
-                            xn = negf[i, c, base:base + span]
-                            xz = nzf[i, c, base:base + span]
-                            if sw == 1:
-                                for j in range(span):
-                                    acc[j] += np.int32(_popcount((xn[j] ^ wv) & xz[j]))
-                            else:
-                                for j in range(0, span, sw):
-                                    acc[j] += np.int32(_popcount((xn[j] ^ wv) & xz[j]))
-                a = alpha[o]
-                b = bias[o]
-                for oy in range(oh):
-                    for ox in range(ow):
-                        j = oy * sh * wp + ox * sw
-                        out[i, o, oy, ox] = a * np.float32(cnt[j] - 2 * acc[j]) + b
 
 
 def _ints(v, n: int, default: int) -> list[int]:
@@ -221,6 +148,8 @@ THREADS = 2  # output channels are split across this many threads (the numba ker
 
 def _run_split(neg, nz, w, alpha, bias, out, st, dl, p):
     global _POOL
+    from tuili.ops._binary_nb import _binary_conv_nb
+
     cout = w.shape[0]
     args = (st[0], st[1], dl[0], dl[1])
     parts = min(THREADS, cout)

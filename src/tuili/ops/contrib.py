@@ -18,12 +18,12 @@ import math
 import numpy as np
 
 from tuili.errors import KernelError, UnsupportedOpError
-from tuili.ops.activation import gelu
+from tuili.ops.activation import gelu, on_torch
 from tuili.ops.attention import attention as _onnx_attention
 from tuili.ops.attention import rotary_embedding as _onnx_rotary
 from tuili.ops.fused import apply_activation, fused_conv
 from tuili.ops.matmul import gemm, matmul
-from tuili.ops.registry import MS_DOMAIN, KernelContext, register
+from tuili.ops.registry import MS_DOMAIN, KernelContext, NodeInfo, prepares, register
 
 
 def _ms(op: str):
@@ -34,6 +34,11 @@ def _ms(op: str):
 @_ms("Gelu")
 def ms_gelu(x):
     return gelu(x)
+
+
+@prepares(ms_gelu)
+def prepare_ms_gelu(info: NodeInfo):
+    return on_torch(ms_gelu) if info.float32_or_unknown(0) else None
 
 
 @_ms("BiasGelu")

@@ -26,7 +26,7 @@ import numpy as np
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
 from tuili.ops._numba import numba
-from tuili.ops.registry import NodeInfo, prepares, register, scratch
+from tuili.ops.registry import NodeInfo, absorbing, prepares, register, scratch, unplanned
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def packed_conv(info: NodeInfo, activation: str = "", activation_params=None, po
     b = info.consts[2] if b_given else None
     if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype != np.float32 or (b_given and b is None):
         return None
-    if info.dtypes[0] not in (None, np.dtype(np.float32)):
+    if not info.float32_or_unknown(0):
         return None
     a = info.attrs
     x_shape = info.shapes[0]
@@ -432,9 +432,10 @@ def prepare_conv(info: NodeInfo, bf16: bool = False):
     if packed is None:
         return None
 
+    @absorbing(1, 2)
     def conv_onednn(x, w, b=None, **attrs):
         if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group:
-            return conv(x, w, b, **attrs)  # the generic kernel explains the mismatch
+            return unplanned(conv, "Conv", x, w, b, **attrs)
         return packed(x)
 
     return conv_onednn

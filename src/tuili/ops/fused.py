@@ -14,8 +14,8 @@ import numpy as np
 
 from tuili.errors import KernelError
 from tuili.ops.conv import conv, packed_conv
-from tuili.ops.matmul import matmul
-from tuili.ops.registry import NodeInfo, prepares, register
+from tuili.ops.matmul import const_f32, fits, matmul, pack_weight
+from tuili.ops.registry import NodeInfo, absorbing, prepares, register, unplanned
 
 DOMAIN = "tuili"
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Swish")
@@ -97,11 +97,14 @@ def prepare_fused_conv(info: NodeInfo, bf16: bool = False):
     if packed is None:
         return None
 
+    @absorbing(1, 2)
     def fused_conv_onednn(x, w, b=None, z=None, **attrs):
-        if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group or (
-                z is not None and not packed.fits(x, z)):
-            return fused_conv(x, w, b, z, **attrs)
-        return packed(x, z)
+        if x.ndim != 4 or x.dtype != np.float32 or x.shape[1] != w.shape[1] * packed.group:
+            return unplanned(fused_conv, "FusedConv", x, w, b, z, **attrs)
+        if z is None or packed.fits(x, z):
+            return packed(x, z)
+        # an addend that broadcasts (or a residual add oneDNN cannot end with this activation)
+        return apply_activation(np.add(packed.plain(x), z), activation, params)
 
     return fused_conv_onednn
 
@@ -116,3 +119,30 @@ def fused_matmul(a, b, bias=None, *, activation="", activation_params=None):
         else:
             y = np.add(y, bias)
     return apply_activation(y, activation, activation_params)
+
+
+@prepares(fused_matmul)
+def prepare_fused_matmul(info: NodeInfo, bf16: bool = False):
+    """Plan time: tuili::FusedMatMul(A, W, bias) with constant W (K, N) and bias (N,) as one oneDNN
+    inner product (bf16 operands with ``bf16``), the activation fused by oneDNN where it can, else
+    applied in float32 after; None keeps numpy."""
+    w = const_f32(info, 1, 2)
+    has_bias = len(info.given) > 2 and info.given[2]
+    bias = const_f32(info, 2, 1) if has_bias else None
+    if w is None or (has_bias and bias is None) or not info.float32_or_unknown(0):
+        return None
+    activation, params = info.attrs.get("activation", ""), info.attrs.get("activation_params")
+    packed = pack_weight(w, bias, activation, bf16=bf16)
+    after = ""
+    if packed is None:
+        packed, after = pack_weight(w, bias, bf16=bf16), activation
+    if packed is None:
+        return None
+
+    @absorbing(1, 2)
+    def fused_matmul_onednn(a, b, bias=None, **attrs):
+        if not fits(a, packed.k, min_ndim=1):
+            return unplanned(fused_matmul, "FusedMatMul", a, b, bias, **attrs)
+        return apply_activation(packed(a), after, params) if after else packed(a)
+
+    return fused_matmul_onednn

@@ -10,9 +10,12 @@ import numpy as np
 
 from tuili.errors import KernelError
 from tuili.ops.elementwise import is_exotic
-from tuili.ops.registry import MS_DOMAIN, register
+from tuili.ops.registry import MS_DOMAIN, NodeInfo, absorbing, prepares, register, unplanned
 
 _asarray = np.asarray
+_F32 = np.dtype(np.float32)
+#: m*k*n below which a product stays on numpy: torch's per-call overhead (~5 us) would dominate
+_TORCH_MIN_MACS = 1 << 15
 
 
 @register("MatMul", since=1)
@@ -32,6 +35,62 @@ def matmul(a, b):
         return np.dot(a.reshape(-1, a.shape[-1]), b).reshape(*lead, b.shape[-1])
     y = np.matmul(a, b)
     return _asarray(y)
+
+
+def const_f32(info: NodeInfo, i: int, ndim: int | tuple[int, ...]) -> np.ndarray | None:
+    """Input ``i`` of a node if it is a constant float32 array of rank ``ndim``, else None."""
+    v = info.consts[i] if len(info.consts) > i else None
+    ok = isinstance(v, np.ndarray) and v.dtype == _F32 and v.ndim in (ndim if isinstance(ndim, tuple) else (ndim,))
+    return v if ok else None
+
+
+def pack_weight(w: np.ndarray, bias: np.ndarray | None, activation: str = "", bf16: bool = False):
+    """``w`` packed for oneDNN's inner product (``ops._torch.packed_linear``) where that pays: always in
+    bf16 (the precision asked for), in float32 for weights big enough that a call's overhead does not
+    dominate even at one row; else None."""
+    from tuili.ops._torch import packed_linear
+
+    if not bf16 and w.size * 8 < _TORCH_MIN_MACS:
+        return None
+    return packed_linear(w, bias, activation, bf16=bf16)
+
+
+def fits(a: np.ndarray, k: int, min_ndim: int = 2) -> bool:
+    """True if ``a`` is a float32 left operand of rank >= ``min_ndim`` with ``k`` columns."""
+    return a.dtype == _F32 and a.ndim >= min_ndim and a.shape[-1] == k
+
+
+@prepares(matmul)
+def prepare_matmul(info: NodeInfo, bf16: bool = False):
+    """Plan time: MatMul(A, W) with a constant 2-D W (BERT's projections, a classifier head) packed
+    for oneDNN's inner product (bf16 operands with ``bf16``); a float32 MatMul of two run-time
+    operands (attention) on torch's BLAS when it is big enough. Either way a run whose convolutions
+    are oneDNN's uses one thread pool (torch's), not OpenBLAS's beside it. None keeps numpy."""
+    from tuili.ops._torch import matmul_on_torch, torch_or_none
+
+    if not info.float32_or_unknown(0) or (info.shapes[0] is not None and len(info.shapes[0]) < 2):
+        return None
+    w = const_f32(info, 1, 2)
+    if w is not None:
+        packed = pack_weight(w, None, bf16=bf16)
+        if packed is None:
+            return None
+
+        @absorbing(1)
+        def matmul_onednn(a, b):
+            return packed(a) if fits(a, packed.k, min_ndim=1) else unplanned(matmul, "MatMul", a, b)
+
+        return matmul_onednn
+    if bf16 or not info.float32_or_unknown(1) or torch_or_none() is None:
+        return None
+
+    def matmul_torch(a, b):
+        if (a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and b.ndim >= 2
+                and a.size * b.shape[-1] >= _TORCH_MIN_MACS):
+            return matmul_on_torch(a, b)
+        return matmul(a, b)
+
+    return matmul_torch
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
@@ -87,6 +146,35 @@ def gemm_legacy(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadc
 @register("Gemm", since=7)
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803
     return _gemm(a, b, c, alpha, beta, transA, transB)
+
+
+@prepares(gemm)
+def prepare_gemm(info: NodeInfo, bf16: bool = False):
+    """Plan time: Gemm ``A·B + C`` with constant B packed for oneDNN's inner product (bf16 operands
+    with ``bf16``), for transA=0, alpha=1 and C absent or a constant (N,)/(1, N) row with beta=1
+    (what the optimizer's gemm-weights pass leaves for a Linear layer); else None (numpy)."""
+    a = info.attrs
+    b = const_f32(info, 1, 2)
+    if info.opset < 7 or b is None or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+        return None
+    if not info.float32_or_unknown(0):
+        return None
+    w = b.T if a.get("transB", 0) else b
+    has_c = len(info.given) > 2 and info.given[2]
+    c = const_f32(info, 2, (1, 2)) if has_c else None
+    if has_c:
+        if c is None or a.get("beta", 1.0) != 1.0 or c.size != w.shape[1] or (c.ndim == 2 and c.shape[0] != 1):
+            return None
+        c = c.reshape(-1)
+    packed = pack_weight(w, c, bf16=bf16)
+    if packed is None:
+        return None
+
+    @absorbing(1, 2)
+    def gemm_onednn(x, b, c=None, **attrs):
+        return packed(x) if fits(x, packed.k) and x.ndim == 2 else unplanned(gemm, "Gemm", x, b, c, **attrs)
+
+    return gemm_onednn
 
 
 def _zero_point(zp) -> np.ndarray | None:

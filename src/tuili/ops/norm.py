@@ -15,7 +15,7 @@ import numpy as np
 from tuili.errors import KernelError
 from tuili.ops._numba import HAVE_NUMBA as _HAVE_NUMBA
 from tuili.ops._numba import numba
-from tuili.ops.registry import register
+from tuili.ops.registry import NodeInfo, prepares, register
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,35 @@ def layer_normalization(ctx, x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_t
     if ctx.num_outputs == 1:
         return y
     return (y, mean, inv)[: ctx.num_outputs]
+
+
+@prepares(layer_normalization)
+def prepare_layer_normalization(info: NodeInfo):
+    """Plan time: LayerNormalization over the last axis of a float32 input with constant 1-D scale and
+    bias on torch's kernel (a transformer's runs stay on one thread pool); None keeps numpy/numba."""
+    from tuili.ops._torch import layer_norm_on_torch
+
+    a = info.attrs
+    scale = info.consts[1]
+    b_given = len(info.given) > 2 and info.given[2]
+    bias = info.consts[2] if b_given else None
+    rank = None if info.shapes[0] is None else len(info.shapes[0])
+    axis = a.get("axis", -1)
+    if (info.dtypes[0] != np.dtype(np.float32) or a.get("stash_type", 1) != 1 or (b_given and bias is None)
+            or not isinstance(scale, np.ndarray) or scale.ndim != 1
+            or (bias is not None and (bias.ndim != 1 or bias.size != scale.size))
+            or not (axis == -1 or (rank is not None and axis == rank - 1))):
+        return None
+    run = layer_norm_on_torch(scale, bias, float(a.get("epsilon", 1e-5)))
+    if run is None:
+        return None
+
+    def layer_norm_torch(ctx, x, scale_, b_=None, **attrs):
+        if ctx.num_outputs == 1 and x.dtype == np.float32 and x.ndim >= 1 and x.shape[-1] == scale.size:
+            return run(x)
+        return layer_normalization(ctx, x, scale_, b_, **attrs)
+
+    return layer_norm_torch
 
 
 def _layer_norm_numpy(xc, ax, scale, b, epsilon, dt):

@@ -13,7 +13,7 @@ import numpy as np
 
 from tuili.errors import KernelError, ShapeInferenceError
 from tuili.ops.conv import _ints, resolve_pads
-from tuili.ops.registry import register
+from tuili.ops.registry import NodeInfo, prepares, register
 
 
 def _acc_dtype(dt: np.dtype) -> np.dtype:
@@ -214,6 +214,42 @@ def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
     acc = _sum_pool(xp, kernel, strides, dilations, out_sp, power=p)
     y = np.sqrt(acc) if p == 2 else acc ** (1.0 / p)
     return y.astype(x.dtype, copy=False)
+
+
+def _pool_on_torch(info: NodeInfo, kind: str, generic):
+    """Plan time: a 2-D float32 max/average pool on torch's kernel (``ops._torch.pool2d_on_torch``),
+    falling back to ``generic`` for inputs it was not planned for; None keeps numpy."""
+    from tuili.ops._torch import pool2d_on_torch
+
+    a = info.attrs
+    shape = info.shapes[0]
+    kernel = a.get("kernel_shape")
+    if (not info.float32_or_unknown(0) or (shape is not None and len(shape) != 4)
+            or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or not kernel or len(kernel) != 2):
+        return None
+    pads = list(a.get("pads") or [0, 0, 0, 0]) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]
+    pool = pool2d_on_torch(kind, list(kernel), _ints(a.get("strides"), 2, 1), pads, _ints(a.get("dilations"), 2, 1),
+                           bool(a.get("count_include_pad", 0)), bool(a.get("ceil_mode", 0)))
+    if pool is None:
+        return None
+
+    def pool_on_torch(*args, **attrs):
+        x = args[-1]
+        if x.ndim == 4 and x.dtype == np.float32 and (len(args) == 1 or args[0].num_outputs == 1):
+            return pool(x)
+        return generic(*args, **attrs)
+
+    return pool_on_torch
+
+
+@prepares(max_pool)
+def prepare_max_pool(info: NodeInfo):
+    return _pool_on_torch(info, "max", max_pool)
+
+
+@prepares(average_pool)
+def prepare_average_pool(info: NodeInfo):
+    return _pool_on_torch(info, "average", average_pool)
 
 
 # ----------------------------------------------------------------------------- Global pools

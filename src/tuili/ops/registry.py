@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tuili.errors import UnsupportedOpError
+from tuili.errors import KernelError, UnsupportedOpError
 
 ONNX_DOMAIN = ""
 ONNX_ML_DOMAIN = "ai.onnx.ml"
@@ -85,6 +85,12 @@ class NodeInfo:
     dtypes: tuple[np.dtype | None, ...]     # per input: numpy dtype, None unknown
     attrs: dict[str, Any]
 
+    def float32_or_unknown(self, i: int) -> bool:
+        """Input ``i`` is float32 or of a type unknown at plan time (``dtype in (None, float32)``
+        would be wrong: numpy compares ``None`` equal to float64)."""
+        dt = self.dtypes[i] if len(self.dtypes) > i else None
+        return dt is None or dt == np.float32
+
 
 #: kernel function -> its preparer(NodeInfo) -> callable | None
 _PREPARERS: dict[Callable, Callable[[NodeInfo], Callable | None]] = {}
@@ -98,6 +104,28 @@ def prepares(kernel_fn: Callable) -> Callable:
         return fn
 
     return deco
+
+
+def absorbing(*positions: int) -> Callable[[Callable], Callable]:
+    """Marks a prepared kernel as holding its own (packed) copy of the constant inputs at
+    ``positions``: the planner then keeps only zero-memory stand-ins of them (same shape and dtype),
+    so the kernel must never compute with those arguments (see ``unplanned``)."""
+
+    def deco(fn: Callable) -> Callable:
+        fn.absorbs = positions  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def unplanned(generic: Callable, op: str, x: np.ndarray, *args: Any, **attrs: Any) -> Any:
+    """What an absorbing kernel does with an input it was not planned for: the generic kernel
+    explains why the input is wrong; should it accept it, the stand-in constants would give a wrong
+    result, so the input is refused."""
+    generic(x, *args, **attrs)
+    raise KernelError(f"{op}: an input of dtype {x.dtype} and shape {list(x.shape)} is not what this node's "
+                      f"kernel was planned for (its weights were packed at load for another input kind); "
+                      f"feed the dtype and rank the model declares")
 
 
 def preparer(kernel_fn: Callable) -> Callable[[NodeInfo], Callable | None] | None:

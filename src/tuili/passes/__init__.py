@@ -17,11 +17,11 @@ from tuili.passes.manager import (
     Report,
     op_counts,
     optimize,
-    optimized_copy,
+    optimize_for_run,
     passes_for_level,
     pipeline,
 )
 from tuili.passes.pattern import Pat, RewritePass, Rule
 
 __all__ = ["MAX_LEVEL", "PASSES", "TUILI_DOMAIN", "Pass", "PassManager", "Pat", "Report", "RewritePass", "Rule",
-           "copy_graph", "op_counts", "optimize", "optimized_copy", "passes_for_level", "pipeline"]
+           "copy_graph", "op_counts", "optimize", "optimize_for_run", "passes_for_level", "pipeline"]

@@ -91,6 +91,7 @@ class EliminateDeadNodes(Pass):
         for name, v in list(graph.initializers.items()):
             if not v.uses and not v.is_graph_output and id(v) not in inputs and id(v) not in pinned:
                 del graph.initializers[name]
+                v.tensor = None  # its array goes now, not when the garbage collector finds the Value
                 if graph.values.get(name) is v:
                     del graph.values[name]
                 changed = True

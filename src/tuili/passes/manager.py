@@ -232,11 +232,14 @@ def optimize(graph: Graph, level: int = 2, *, debug: bool = False, allow_custom_
     return pipeline(level, allow_custom_ops=allow_custom_ops, debug=debug).run(graph)
 
 
-def optimized_copy(graph: Graph, level: int = 2) -> tuple[Graph, Report | None]:
-    """(an optimized copy of ``graph``, its report); ``graph`` itself and None at level 0.
+def optimize_for_run(graph: Graph, level: int = 2, *, in_place: bool = False) -> tuple[Graph | None, Report | None]:
+    """(the graph to run, its report): an optimized copy of ``graph``, or with ``in_place`` ``graph``
+    itself rewritten (for a caller that owns it: no copy of every weight); ``graph`` and None at
+    level 0.
 
-    Used by InferenceSession. An optimizer failure is logged and the unoptimized graph returned:
-    a bug in a pass must not make a valid model unusable."""
+    Used by InferenceSession. An optimizer failure is logged and the unoptimized graph returned (a
+    bug in a pass must not make a valid model unusable) — except in place, where the graph may be
+    half rewritten: then (None, None), and the caller reloads the model."""
     from .base import copy_graph
 
     # with debug logging on (`tuili -v ...`), the graph is validated after every pass
@@ -244,10 +247,10 @@ def optimized_copy(graph: Graph, level: int = 2) -> tuple[Graph, Report | None]:
     if not level:
         return graph, None
     try:
-        copy = copy_graph(graph)
-        report = manager.run(copy)
+        target = graph if in_place else copy_graph(graph)
+        report = manager.run(target)
     except Exception as e:  # noqa: BLE001
         log.warning("graph optimizer failed (%s: %s); running the model unoptimized", type(e).__name__, e)
-        return graph, None
+        return (None, None) if in_place else (graph, None)
     log.debug("%s", report.summary())
-    return copy, report
+    return target, report

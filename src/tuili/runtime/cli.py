@@ -41,6 +41,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ops", help="list the ops tuili's engine implements")
     p.set_defaults(func=ops_command)
     add_profile_parser(sub)
+    p = sub.add_parser("tune", help="choose each node's kernel by measurement at these batch sizes, ahead of serving",
+                       description="Where a node can run on numpy or on torch's kernels, time both at the shapes "
+                                   "the model runs at and record the faster per CPU and thread count in "
+                                   "$TUILI_CACHE_DIR/tuning.json; every later session on this machine uses the "
+                                   "choice (runtime.tuning).")
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes to tune for (default 1)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another symbolic dimension (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads of the session (default: the free cores)")
+    p.set_defaults(func=tune_command)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from tuili.errors import ConfigError
+    from tuili.runtime.session import InferenceSession
+
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch must be comma-separated integers, got {args.batch!r}") from None
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batch sizes must be at least 1, got {args.batch!r}")
+    if not Path(args.model).is_file():
+        raise InvalidInputError(f"model file {args.model!r} does not exist")
+    sess = InferenceSession(args.model, threads=args.threads, tune=True)
+    for batch in batches:
+        sess.run(None, batch_inputs(sess, batch, {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}))
+    rows = {}
+    assert sess.plan is not None  # the tuili engine always plans
+    for step in sess.plan.steps:
+        for sig, entry in getattr(step.fn, "measured", {}).items():
+            shapes = " ".join("x".join(map(str, s[0])) for s in sig if s is not None)
+            times = ", ".join(f"{name} {sec * 1e6:.1f}" for name, sec in sorted(entry["seconds"].items()))
+            rows[(step.op_type, shapes)] = f"| {step.op_type} | {shapes} | {times} | {entry['chosen']} |"
+    print(f"{args.model}: batch {args.batch}, {len(rows)} distinct node shapes with two kernels")
+    print("\n| op | input shapes | microseconds per call | chosen |\n|---|---|---|---|")
+    print("\n".join(rows.values()))
+    from tuili.runtime.tuning import shared_choices
+
+    print(f"\nrecorded in {shared_choices().path}")
+    return 0
 
 
 def add_profile_parser(sub: argparse._SubParsersAction) -> None:

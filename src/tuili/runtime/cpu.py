@@ -12,6 +12,7 @@ import functools
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 MASK_ENV = "TUILI_CPU_MASK"
 
@@ -70,6 +71,13 @@ def info() -> CpuInfo:
     kept, hidden = _apply_mask(flags, os.environ.get(MASK_ENV, ""))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return CpuInfo(model, cores, kept, hidden)
+
+
+def cache_file(name: str) -> Path:
+    """Where measurements made on this machine are kept: ``$TUILI_CACHE_DIR/name`` (default
+    ~/.cache/tuili); callers key their entries by the CPU."""
+    root = os.environ.get("TUILI_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tuili")
+    return Path(root) / name
 
 
 def has(feature: str) -> bool:

@@ -60,13 +60,16 @@ class Planner:
     """Builds the Plan of one graph (and, recursively, of its subgraphs)."""
 
     def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True,
-                 bf16: Bf16Kernels | None = None):
+                 bf16: Bf16Kernels | None = None, tuning: TuningHook | None = None):
         """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed).
-        ``bf16`` (``runtime.precision``) gives the bf16 kernels of the nodes the precision policy allows."""
+        ``bf16`` (``runtime.precision``) gives the bf16 kernels of the nodes the precision policy allows.
+        ``tuning``: nodes where the generic and the prepared kernel can both run are chosen between
+        per input shape by measurement (``runtime.tuning``)."""
         self.graph = graph
         self.scratch = scratch
         self.prepare = prepare
         self.bf16 = bf16
+        self.tuning = tuning
         self.slot_of: dict[int, int] = {}   # id(Value) -> slot
         self.n_slots = 0
         self.captures: list[Value] = []
@@ -101,6 +104,7 @@ class Planner:
                 consts.append((self.slot_of[id(v)], v.const))
         steps = [self._step(node) for node in g.nodes]
         outputs = [self.slot(v) for v in g.outputs]
+        consts = _release_absorbed(consts, steps, outputs)
         plan = Plan(self.n_slots, inputs, outputs, consts, steps, self.captures, self.capture_slots, self.scratch,
                     self.names)
         plan_releases(plan)
@@ -132,7 +136,7 @@ class Planner:
                 raise UnsupportedOpError(f"{label}: kernel {kernel.name} takes subgraphs but no context")
             bodies = {}
             for sub in subgraphs:
-                sub_plan = Planner(sub, self.scratch, self.prepare, self.bf16).build()
+                sub_plan = Planner(sub, self.scratch, self.prepare, self.bf16, self.tuning).build()
                 index = []
                 for v in sub_plan.captures:
                     captures.append(self.slot(v))
@@ -147,9 +151,48 @@ class Planner:
             special = self.bf16.prepare(node.op_type, node.domain, info) if self.bf16 is not None else None
             if special is None and prepare is not None:
                 special = prepare(info)
+            if special is not None and self.tuning is not None and not getattr(special, "absorbs", ()):
+                special = self.tuning.wrap(node, label, fn, special)
             fn = special or fn
         return Step(fn, args, outs, dict(node.attrs), label, node.op_type, ctx, tuple(captures), bodies,
                     node_name=node.name)
+
+
+@dataclass(frozen=True)
+class TuningHook:
+    """The planner's side of ``runtime.tuning``: ``tune`` measures at new shapes (else recorded choices
+    or the prepared kernel), ``threads`` the session's thread count (part of every choice's key)."""
+
+    tune: bool
+    threads: int
+
+    def wrap(self, node: Node, label: str, generic: Callable, special: Callable) -> Callable:
+        from tuili.runtime.tuning import GENERIC, Tunable
+
+        attrs = ", ".join(f"{k}={v!r}" for k, v in sorted(node.attrs.items()))
+        where = f"{node.domain or 'ai.onnx'}::{node.op_type} v{node.opset} ({attrs})"
+        name = getattr(special, "__name__", "prepared")
+        return Tunable(label, where, {GENERIC: generic, name: special}, name, self.tune, lambda: self.threads)
+
+
+def _release_absorbed(consts: list[tuple[int, Any]], steps: list[Step], outputs: list[int]) -> list[tuple[int, Any]]:
+    """Constants that only kernels holding their own packed copy read (a prepared kernel's
+    ``absorbs``: the input positions it never computes with) are replaced by a zero-memory stand-in of
+    the same shape and dtype, so a plan does not keep every weight twice."""
+    readers: dict[int, list[bool]] = {}
+    for step in steps:
+        absorbs = getattr(step.fn, "absorbs", ())
+        for i, slot in enumerate(step.args):
+            readers.setdefault(slot, []).append(i in absorbs)
+        for slot in step.captures:
+            readers.setdefault(slot, []).append(False)
+    kept = set(outputs)
+    released = []
+    for slot, value in consts:
+        if isinstance(value, np.ndarray) and slot not in kept and all(readers.get(slot, [False])):
+            value = np.broadcast_to(np.zeros((), value.dtype), value.shape)
+        released.append((slot, value))
+    return released
 
 
 def node_info(node: Node) -> NodeInfo:

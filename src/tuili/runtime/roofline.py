@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -118,15 +117,10 @@ def _key(threads: int | None) -> str:
     return f"{cpu.info().model} | threads={threads or 'auto'}"
 
 
-def _cache_path() -> Path:
-    root = os.environ.get("TUILI_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tuili")
-    return Path(root) / "peaks.json"
-
-
 def machine_peaks(threads: int | None = None, refresh: bool = False) -> Peaks:
     """The machine's peaks for this CPU and thread count: measured once, then read from
     ``$TUILI_CACHE_DIR/peaks.json`` (default ~/.cache/tuili)."""
-    path, key = _cache_path(), _key(threads)
+    path, key = cpu.cache_file("peaks.json"), _key(threads)
     try:
         cached = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -51,14 +52,34 @@ class NodeArg:
             return None
 
 
-def _type_string(v: Value) -> str:
+@dataclass(frozen=True)
+class _Port:
+    """A graph input or output as a session checks and describes it, detached from the graph: a
+    session keeps these, not the graph (and through it every weight) it planned from."""
+
+    name: str
+    dtype: int | None
+    shape: tuple | None
+    type_proto: onnx.TypeProto | None
+
+    @classmethod
+    def of(cls, v: Value) -> _Port:
+        return cls(v.name, v.dtype, v.shape, v.type_proto)
+
+    @property
+    def is_tensor(self) -> bool:
+        tp = self.type_proto
+        return tp is None or tp.HasField("tensor_type") or not tp.ListFields()
+
+
+def _type_string(v: _Port) -> str:
     if v.type_proto is not None and not v.type_proto.HasField("tensor_type") and v.type_proto.ListFields():
         which = v.type_proto.WhichOneof("value")
         return f"{which.replace('_type', '')}(...)"
     return dtypes.from_onnx(v.dtype).ort_name if v.dtype else "tensor(undefined)"
 
 
-def _node_arg(v: Value) -> NodeArg:
+def _node_arg(v: _Port) -> NodeArg:
     return NodeArg(v.name, None if v.shape is None else list(v.shape), _type_string(v))
 
 
@@ -125,6 +146,7 @@ class InferenceSession:
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto | Graph, engine: str = "tuili",
                  opt_level: int | None = None, threads: int | None = None, *, precision: str = "fp32",
+                 tune: bool = False,
                  sess_options: Any = None, providers: Sequence[Any] | None = None,
                  provider_options: Sequence[Any] | None = None):
         """``sess_options`` (onnxruntime.SessionOptions): on engine="onnxruntime" it is onnxruntime's own;
@@ -138,6 +160,10 @@ class InferenceSession:
         constant weights run on bf16 operands with float32 accumulation (oneDNN); inputs and outputs keep
         their dtypes. ``self.precision`` is what was chosen, ``self.bf16_nodes`` the bf16 nodes by op type.
 
+        ``tune``: where a node has two kernels (numpy and torch's), time both at each new input shape
+        and keep the faster, recorded per CPU in ``$TUILI_CACHE_DIR/tuning.json`` (``runtime.tuning``);
+        without it, recorded choices are used and the torch kernel runs elsewhere.
+
         onnxruntime's positional form ``InferenceSession(path, sess_options, providers)`` works too."""
         engine, opt_level, threads, sess_options, providers, provider_options = ort_api.positional_arguments(
             engine, opt_level, threads, sess_options, providers, provider_options)
@@ -150,6 +176,8 @@ class InferenceSession:
 
         if engine == "onnxruntime" and precision != "fp32":
             raise ConfigError(f"precision {precision!r} is a tuili engine option; engine='onnxruntime' runs fp32 only")
+        if engine == "onnxruntime" and tune:
+            raise ConfigError("tune=True is a tuili engine option; onnxruntime chooses its kernels itself")
         #: what this session runs at ("fp32" or "bf16"), why, and its bf16 nodes per op type
         self.precision_decision = precision_policy.decide(precision)
         self.precision = self.precision_decision.precision
@@ -158,17 +186,18 @@ class InferenceSession:
         settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
         threads = settings.threads
         self.engine = engine
-        self.graph = model if isinstance(model, Graph) else load(model)
+        graph = model if isinstance(model, Graph) else load(model)
         self.threads = threads
         self._trace: _Trace | None = None
         # BLAS, torch and numba threads of this session's runs, set together (runtime.threads)
         self._threads = Threads(threads if engine == "tuili" else None)
-        self._inputs = [v for v in self.graph.inputs if not v.is_initializer]
-        self._input_names = {v.name for v in self.graph.inputs}
-        self._outputs = list(self.graph.outputs)
+        self._metadata = ort_api.ModelMetadata.of(graph)
+        self._feed_order = [v.name for v in graph.inputs]  # the plan takes its feeds in this order
+        self._input_names = set(self._feed_order)
         if engine == "onnxruntime":
-            self._ort = _ort_session(self.graph, threads, opt_level, sess_options)
+            self._ort = _ort_session(graph, threads, opt_level, sess_options)
             self._plan = None
+            ports = self._ports(graph)
         else:
             # the planner pulls in every kernel: only the tuili engine imports it
             from tuili.runtime import executor
@@ -176,31 +205,48 @@ class InferenceSession:
             from tuili.runtime.planner import Planner
 
             self._run_plan = executor.run
-            self.graph.validate()
+            graph.validate()
             try:  # fills the shapes get_outputs() reports; the plan itself does not depend on it
-                infer_shapes(self.graph)
+                infer_shapes(graph)
             except Exception as e:  # noqa: BLE001
                 log.warning("shape inference failed, output shapes stay as declared: %s", e)
-            from tuili.passes import optimized_copy
+            from tuili.passes import optimize_for_run
 
-            # the optimizer rewrites a copy: the caller's Graph never changes
-            plan_graph, self.optimization_report = optimized_copy(self.graph, settings.opt_level)
+            ports = self._ports(graph)
+            # a graph loaded here is optimized in place (no copy of its weights); the caller's never changes
+            owned = graph is not model
+            if owned:
+                graph.decode_constants()
+            plan_graph, self.optimization_report = optimize_for_run(graph, settings.opt_level, in_place=owned)
+            del graph
+            if plan_graph is None:  # the optimizer failed half way through the loaded graph: load it again
+                plan_graph = load(model)  # type: ignore[arg-type]
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
-            self._plan = Planner(plan_graph, bf16=bf16).build()
+            from tuili.runtime.planner import TuningHook
+
+            tuning = TuningHook(bool(tune), self._threads.cap)
+            self._plan = Planner(plan_graph, bf16=bf16, tuning=tuning).build()
             if bf16 is not None:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
                 log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,
                          self.bf16_nodes or "none")
-            del plan_graph  # the plan holds what it runs on
+            del plan_graph  # the plan holds what it runs on; the graph's values and nodes form cycles:
+            gc.collect()  # free its weights now, not at the next automatic collection
             trim_heap()  # planning's temporaries (decoded and folded weights) go back to the OS
             self._const_roots = {id(_root(v)) for _, v in self._plan.consts if isinstance(v, np.ndarray)}
             if settings.profile_prefix is not None:
                 self._trace = _Trace(settings.profile_prefix)
-        self._input_index = {v.name: i for i, v in enumerate(self.graph.inputs)}
+        self._inputs, self._outputs = ports
+        self._input_index = {name: i for i, name in enumerate(self._feed_order)}
         self._output_index = {v.name: i for i, v in enumerate(self._outputs)}
         log.debug("session ready: %s, %d steps", engine, len(self._plan.steps) if self._plan else 0)
+
+    @staticmethod
+    def _ports(graph: Graph) -> tuple[list[_Port], list[_Port]]:
+        """The graph's inputs to feed (initializers are not) and its outputs, detached from it."""
+        return ([_Port.of(v) for v in graph.inputs if not v.is_initializer], [_Port.of(v) for v in graph.outputs])
 
     # ----- onnxruntime-compatible API
     def get_inputs(self) -> list[NodeArg]:
@@ -211,7 +257,7 @@ class InferenceSession:
 
     def get_modelmeta(self) -> ort_api.ModelMetadata:
         """onnxruntime's ModelMetadata fields (producer_name, graph_name, ..., custom_metadata_map)."""
-        return ort_api.ModelMetadata.of(self.graph)
+        return self._metadata
 
     def io_binding(self) -> ort_api.IOBinding:
         return ort_api.IOBinding(self)
@@ -281,7 +327,7 @@ class InferenceSession:
     def _ordered_feeds(self, feeds: dict[str, Any]) -> list[Any]:
         """Checked feeds in graph-input order (None: not fed), as the plan takes them."""
         checked = self._check_feeds(feeds)
-        return [checked.get(v.name) for v in self.graph.inputs]
+        return [checked.get(name) for name in self._feed_order]
 
     def _execute(self, plan: Plan, ordered: list[Any], hook: StepHook | None = None) -> list[Any]:
         """Run this session's ``plan`` on feeds in graph-input order, its kernels' threads limited."""
@@ -310,7 +356,7 @@ class InferenceSession:
             out.setdefault(name, value)
         return out
 
-    def _check_one(self, v: Value, value: Any, symbols: dict) -> Any:
+    def _check_one(self, v: _Port, value: Any, symbols: dict) -> Any:
         if not v.is_tensor:
             return value
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -342,12 +388,12 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _is_optional(v: Value) -> bool:
+def _is_optional(v: _Port) -> bool:
     tp = v.type_proto
     return tp is not None and tp.HasField("optional_type")
 
 
-def _describe_expected(v: Value) -> str:
+def _describe_expected(v: _Port) -> str:
     shape = "?" if v.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"
     return f"{_type_string(v)} with shape {shape}"
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tuili.errors import ConfigError, InvalidGraphError
@@ -232,8 +233,9 @@ def optimize(graph: Graph, level: int = 2, *, debug: bool = False, allow_custom_
     return pipeline(level, allow_custom_ops=allow_custom_ops, debug=debug).run(graph)
 
 
-def optimized_copy(graph: Graph, level: int = 2) -> tuple[Graph, Report | None]:
-    """(an optimized copy of ``graph``, its report); ``graph`` itself and None at level 0.
+def optimized_copy(graph: Graph, level: int = 2, before: Sequence[Pass] = ()) -> tuple[Graph, Report | None]:
+    """(an optimized copy of ``graph``, its report); ``graph`` itself and None at level 0. ``before``:
+    passes run once on the copy ahead of the pipeline (the session's CPU-dependent QDQ fold).
 
     Used by InferenceSession. An optimizer failure is logged and the unoptimized graph returned:
     a bug in a pass must not make a valid model unusable."""
@@ -245,6 +247,8 @@ def optimized_copy(graph: Graph, level: int = 2) -> tuple[Graph, Report | None]:
         return graph, None
     try:
         copy = copy_graph(graph)
+        for p in before:
+            p.run(copy)
         report = manager.run(copy)
     except Exception as e:  # noqa: BLE001
         log.warning("graph optimizer failed (%s: %s); running the model unoptimized", type(e).__name__, e)

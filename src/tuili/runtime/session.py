@@ -146,6 +146,7 @@ class InferenceSession:
         _check_providers(providers, provider_options)
         if opt_level is not None and opt_level not in _ORT_LEVELS.values():
             raise ConfigError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
+        from tuili.runtime import int8 as int8_policy
         from tuili.runtime import precision as precision_policy
 
         if engine == "onnxruntime" and precision != "fp32":
@@ -154,6 +155,9 @@ class InferenceSession:
         self.precision_decision = precision_policy.decide(precision)
         self.precision = self.precision_decision.precision
         self.bf16_nodes: dict[str, int] = {}
+        #: whether quantized nodes run on oneDNN's int8 kernels here (runtime.int8), and those nodes per op type
+        self.int8_decision = int8_policy.decide() if engine == "tuili" else None
+        self.int8_nodes: dict[str, int] = {}
         # onnxruntime takes its SessionOptions as they are (_ort_session)
         settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
         threads = settings.threads
@@ -184,11 +188,15 @@ class InferenceSession:
             from tuili.passes import optimized_copy
 
             # the optimizer rewrites a copy: the caller's Graph never changes
-            plan_graph, self.optimization_report = optimized_copy(self.graph, settings.opt_level)
+            plan_graph, self.optimization_report = optimized_copy(
+                self.graph, settings.opt_level, int8_policy.passes(self.int8_decision, settings.opt_level))
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
-            self._plan = Planner(plan_graph, bf16=bf16).build()
+            int8 = int8_policy.planner_hook(self.int8_decision)
+            self._plan = Planner(plan_graph, bf16=bf16, int8=int8).build()
+            if int8 is not None:
+                self.int8_nodes = dict(sorted(int8.counts.items()))
             if bf16 is not None:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
                 log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,

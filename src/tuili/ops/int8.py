@@ -1,0 +1,163 @@
+"""int8 kernels on oneDNN: QLinearConv and QLinearMatMul with weights packed once, requantized output.
+
+Each entry of ``INT8_PREPARERS`` is a preparer (``NodeInfo -> callable | None``, like
+``registry.prepares``) that the planner calls for a node when ``runtime.int8`` allows oneDNN's int8
+kernels on this CPU. It returns a kernel with the generic kernel's calling convention whose int8
+weight was packed for oneDNN at plan time (``torch.ops.onednn.qconv_prepack`` / ``qlinear_prepack``,
+the kernels behind torch's x86 inductor quantization), or None where it cannot: then the node keeps
+tuili's exact integer kernel. At run time an input that does not match what was planned (dtype,
+rank, channels) goes to the generic kernel too.
+
+What oneDNN computes: uint8 activations (any zero point) times int8 weights (zero point 0, one
+scale per output channel or one for all) summed in int32 — exact on a CPU whose int8 dot product
+does not saturate (VNNI, AMX: ``runtime.cpu.exact_int8_dot``; the runtime asks for these kernels
+only there) — then ``acc * x_scale * w_scale[c] + bias`` in float32, divided by ``y_scale``, rounded
+and saturated to uint8 around ``y_zero_point``. The int32 bias of the ONNX op enters as the float
+``bias * x_scale * w_scale[c]``. So the integer accumulation is exact and the requantization is
+float32 arithmetic, as in onnxruntime's own kernels: outputs are within one quantization step of the
+exact (float64) reference, and equal to it except where the rescaled value lies within float32
+rounding of a half-way point.
+
+oneDNN returns convolution outputs channels-last (NHWC-strided uint8 arrays); numpy kernels read
+them through their strides and the next oneDNN convolution takes them without a reorder.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tuili.ops._torch import _view, torch_or_none
+from tuili.ops.conv import _ints, qlinear_conv, resolve_pads
+from tuili.ops.quant import qlinear_matmul
+from tuili.ops.registry import NodeInfo
+
+#: (domain, op type) -> int8 preparer
+INT8_PREPARERS: dict[tuple[str, str], Callable[[NodeInfo], Callable | None]] = {}
+
+_U8, _I8 = np.dtype(np.uint8), np.dtype(np.int8)
+
+
+def _int8(op_type: str, domain: str = "") -> Callable:
+    def deco(fn: Callable[[NodeInfo], Callable | None]) -> Callable:
+        INT8_PREPARERS[(domain, op_type)] = fn
+        return fn
+
+    return deco
+
+
+def int8_available() -> str | None:
+    """None if oneDNN's int8 convolution and linear kernels run here, else why not (the CPU's own
+    features are ``runtime.int8``'s business)."""
+    torch = torch_or_none()
+    if torch is None:
+        return "torch with oneDNN is not available"
+    missing = [op for op in ("qconv_prepack", "qconv2d_pointwise", "qlinear_prepack", "qlinear_pointwise")
+               if not hasattr(torch.ops.onednn, op)]
+    if missing:
+        return f"this torch build lacks oneDNN's int8 ops ({', '.join('torch.ops.onednn.' + m for m in missing)})"
+    return None
+
+
+def _scalar(info: NodeInfo, i: int, dtype: np.dtype | None = None) -> Any:
+    """Input ``i`` as a Python number if it is a constant one-element array (of ``dtype``), else None."""
+    v = info.consts[i] if len(info.consts) > i else None
+    if not isinstance(v, np.ndarray) or v.size != 1 or (dtype is not None and v.dtype != dtype):
+        return None
+    return v.reshape(-1)[0].item()
+
+
+def _weight(info: NodeInfo, i: int, channels_axis: int, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 weight, float32 scale per output channel) when input ``i`` is a constant int8 weight of
+    rank ``ndim`` with zero points all 0 (input i + 2) and positive scales (input i + 1), else None."""
+    w, s, z = (info.consts[j] if len(info.consts) > j else None for j in (i, i + 1, i + 2))
+    if not all(isinstance(a, np.ndarray) for a in (w, s, z)) or w.dtype != _I8 or w.ndim != ndim:
+        return None
+    n = w.shape[channels_axis]
+    if np.any(z) or z.size not in (1, n) or s.size not in (1, n) or s.dtype != np.float32:
+        return None
+    scale = np.broadcast_to(s.reshape(-1), (n,)).astype(np.float32)
+    if not np.all(np.isfinite(scale) & (scale > 0)):
+        return None
+    return w, scale
+
+
+def _activations(info: NodeInfo, x: int, y: int) -> tuple[float, int, float, int] | None:
+    """(x_scale, x_zero_point, y_scale, y_zero_point) when input ``x`` is uint8 with constant
+    per-tensor parameters (inputs x + 1, x + 2) and the output uint8 (parameters at y, y + 1)."""
+    xs, xz, ys, yz = _scalar(info, x + 1), _scalar(info, x + 2, _U8), _scalar(info, y), _scalar(info, y + 1, _U8)
+    if None in (xs, xz, ys, yz) or info.dtypes[x] not in (None, _U8):
+        return None
+    if not all(np.isfinite(s) and s > 0 for s in (xs, ys)):
+        return None
+    return float(xs), int(xz), float(ys), int(yz)
+
+
+@_int8("QLinearConv")
+def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
+    """QLinearConv, 2-D, uint8 in and out, constant int8 weight (zero point 0) and int32 bias."""
+    torch = torch_or_none()
+    act = _activations(info, 0, 6)
+    wt = _weight(info, 3, 0, 4)
+    has_b = len(info.given) > 8 and info.given[8]
+    b = info.consts[8] if has_b else None
+    if torch is None or act is None or wt is None or (has_b and (not isinstance(b, np.ndarray) or b.dtype != np.int32)):
+        return None
+    (xs, xz, ys, yz), (w, ws) = act, wt
+    a = info.attrs
+    group = int(a.get("group", 1))
+    x_shape = info.shapes[0]
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or w.shape[0] % group or (
+            a.get("kernel_shape") and list(a["kernel_shape"]) != list(w.shape[2:])):
+        return None  # SAME pads depend on the run's size; a kernel_shape mismatch is the generic kernel's error
+    strides, dilations = _ints(a.get("strides"), 2, 1), _ints(a.get("dilations"), 2, 1)
+    pads = resolve_pads("QLinearConv", (0, 0), list(w.shape[2:]), strides, dilations, a.get("pads"),
+                        a.get("auto_pad", "NOTSET"))
+    if pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0 or (b is not None and b.shape != (w.shape[0],)):
+        return None
+    shape = list(x_shape) if x_shape is not None and all(isinstance(d, int) for d in x_shape) else None
+    with torch.inference_mode():
+        t_scale = torch.from_numpy(ws)
+        packed = torch.ops.onednn.qconv_prepack(torch.from_numpy(np.array(w, order="C")), t_scale, xs, xz, strides,
+                                                pads[:2], dilations, group, shape)
+    bias = None if b is None else torch.from_numpy((b.astype(np.float64) * xs * ws).astype(np.float32))
+    w_zp = torch.zeros(w.shape[0], dtype=torch.int32)
+    run = torch.ops.onednn.qconv2d_pointwise.default
+    channels = w.shape[1] * group
+
+    def qlinear_conv_int8(x, *args, **attrs):
+        if x.ndim != 4 or x.dtype != _U8 or x.shape[1] != channels:
+            return qlinear_conv(x, *args, **attrs)
+        with torch.inference_mode():
+            return run(_view(x), xs, xz, packed, t_scale, w_zp, bias, strides, pads[:2], dilations, group, ys, yz,
+                       None, "none", [], "").numpy()
+
+    return qlinear_conv_int8
+
+
+@_int8("QLinearMatMul")
+def qlinear_matmul_onednn(info: NodeInfo) -> Callable | None:
+    """QLinearMatMul(A, ..., B, ...) with A uint8 of rank >= 2, a constant 2-D int8 B (zero point 0,
+    per-tensor or per-column scales) and a uint8 output."""
+    torch = torch_or_none()
+    act = _activations(info, 0, 6)
+    wt = _weight(info, 3, 1, 2)
+    if torch is None or act is None or wt is None or (info.shapes[0] is not None and len(info.shapes[0]) < 2):
+        return None
+    (xs, xz, ys, yz), (w, ws) = act, wt
+    k, n = w.shape
+    with torch.inference_mode():
+        packed = torch.ops.onednn.qlinear_prepack(torch.from_numpy(np.array(w.T, order="C")), None)
+    t_scale, w_zp = torch.from_numpy(ws), torch.zeros(n, dtype=torch.int32)
+    run = torch.ops.onednn.qlinear_pointwise.default
+
+    def qlinear_matmul_int8(a, *args):
+        if a.ndim < 2 or a.dtype != _U8 or a.shape[-1] != k:
+            return qlinear_matmul(a, *args)
+        with torch.inference_mode():
+            y = run(_view(np.ascontiguousarray(a)).reshape(-1, k), xs, xz, packed, t_scale, w_zp, None, ys, yz, None,
+                    "none", [], "")
+            return y.numpy().reshape(*a.shape[:-1], n)
+
+    return qlinear_matmul_int8

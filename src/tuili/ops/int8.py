@@ -8,7 +8,8 @@ the kernels behind torch's x86 inductor quantization), or None where it cannot: 
 tuili's exact integer kernel. At run time an input that does not match what was planned (dtype,
 rank, channels) goes to the generic kernel too.
 
-What oneDNN computes: uint8 activations (any zero point) times int8 weights (zero point 0, one
+What oneDNN computes: uint8 activations (any zero point; int8 ones are shifted to uint8 exactly by
+flipping their sign bit, and the output back) times int8 weights (zero point 0, one
 scale per output channel or one for all) summed in int32 — exact on a CPU whose int8 dot product
 does not saturate (VNNI, AMX: ``runtime.cpu.exact_int8_dot``; the runtime asks for these kernels
 only there) — then ``acc * x_scale * w_scale[c] + bias`` in float32, divided by ``y_scale``, rounded
@@ -24,6 +25,7 @@ them through their strides and the next oneDNN convolution takes them without a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,20 +85,46 @@ def _weight(info: NodeInfo, i: int, channels_axis: int, ndim: int) -> tuple[np.n
     return w, scale
 
 
-def _activations(info: NodeInfo, x: int, y: int) -> tuple[float, int, float, int] | None:
-    """(x_scale, x_zero_point, y_scale, y_zero_point) when input ``x`` is uint8 with constant
-    per-tensor parameters (inputs x + 1, x + 2) and the output uint8 (parameters at y, y + 1)."""
-    xs, xz, ys, yz = _scalar(info, x + 1), _scalar(info, x + 2, _U8), _scalar(info, y), _scalar(info, y + 1, _U8)
-    if None in (xs, xz, ys, yz) or info.dtypes[x] not in (None, _U8):
+@dataclass(frozen=True)
+class _Activations:
+    """Per-tensor parameters of an op's 8-bit input and output, as oneDNN's uint8 sees them: int8 data
+    ``v`` is the uint8 ``v + 128`` (flip the sign bit) with its zero point moved by 128, exactly."""
+
+    x_scale: float
+    x_zero_point: int
+    y_scale: float
+    y_zero_point: int
+    x_signed: bool
+    y_signed: bool
+
+    def x(self, x: np.ndarray) -> np.ndarray:
+        return x.view(_U8) ^ np.uint8(0x80) if self.x_signed else x
+
+    def y(self, y: np.ndarray) -> np.ndarray:
+        if self.y_signed:
+            y ^= np.uint8(0x80)
+            return y.view(_I8)
+        return y
+
+
+def _activations(info: NodeInfo, x: int, y: int) -> _Activations | None:
+    """The parameters when input ``x`` and the output are 8-bit with constant per-tensor scales and zero
+    points (inputs x + 1, x + 2 and y, y + 1), else None."""
+    xs, ys = _scalar(info, x + 1), _scalar(info, y)
+    xz, yz = (info.consts[i] if len(info.consts) > i else None for i in (x + 2, y + 1))
+    if xs is None or ys is None or not all(isinstance(z, np.ndarray) and z.size == 1 and z.dtype in (_U8, _I8)
+                                           for z in (xz, yz)):
         return None
-    if not all(np.isfinite(s) and s > 0 for s in (xs, ys)):
+    if info.dtypes[x] not in (None, xz.dtype) or not all(np.isfinite(s) and s > 0 for s in (xs, ys)):
         return None
-    return float(xs), int(xz), float(ys), int(yz)
+    x_signed, y_signed = xz.dtype == _I8, yz.dtype == _I8
+    return _Activations(float(xs), int(xz.reshape(-1)[0]) + 128 * x_signed, float(ys),
+                        int(yz.reshape(-1)[0]) + 128 * y_signed, x_signed, y_signed)
 
 
 @_int8("QLinearConv")
 def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
-    """QLinearConv, 2-D, uint8 in and out, constant int8 weight (zero point 0) and int32 bias."""
+    """QLinearConv, 2-D, 8-bit in and out, constant int8 weight (zero point 0) and int32 bias."""
     torch = torch_or_none()
     act = _activations(info, 0, 6)
     wt = _weight(info, 3, 0, 4)
@@ -104,7 +132,7 @@ def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
     b = info.consts[8] if has_b else None
     if torch is None or act is None or wt is None or (has_b and (not isinstance(b, np.ndarray) or b.dtype != np.int32)):
         return None
-    (xs, xz, ys, yz), (w, ws) = act, wt
+    (xs, xz, ys, yz), (w, ws) = (act.x_scale, act.x_zero_point, act.y_scale, act.y_zero_point), wt
     a = info.attrs
     group = int(a.get("group", 1))
     x_shape = info.shapes[0]
@@ -125,39 +153,42 @@ def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
     w_zp = torch.zeros(w.shape[0], dtype=torch.int32)
     run = torch.ops.onednn.qconv2d_pointwise.default
     channels = w.shape[1] * group
+    x_dtype = _I8 if act.x_signed else _U8
 
     def qlinear_conv_int8(x, *args, **attrs):
-        if x.ndim != 4 or x.dtype != _U8 or x.shape[1] != channels:
+        if x.ndim != 4 or x.dtype != x_dtype or x.shape[1] != channels:
             return qlinear_conv(x, *args, **attrs)
         with torch.inference_mode():
-            return run(_view(x), xs, xz, packed, t_scale, w_zp, bias, strides, pads[:2], dilations, group, ys, yz,
-                       None, "none", [], "").numpy()
+            y = run(_view(act.x(x)), xs, xz, packed, t_scale, w_zp, bias, strides, pads[:2], dilations, group, ys, yz,
+                    None, "none", [], "").numpy()
+        return act.y(y)
 
     return qlinear_conv_int8
 
 
 @_int8("QLinearMatMul")
 def qlinear_matmul_onednn(info: NodeInfo) -> Callable | None:
-    """QLinearMatMul(A, ..., B, ...) with A uint8 of rank >= 2, a constant 2-D int8 B (zero point 0,
-    per-tensor or per-column scales) and a uint8 output."""
+    """QLinearMatMul(A, ..., B, ...) with an 8-bit A of rank >= 2, a constant 2-D int8 B (zero point 0,
+    per-tensor or per-column scales) and an 8-bit output."""
     torch = torch_or_none()
     act = _activations(info, 0, 6)
     wt = _weight(info, 3, 1, 2)
     if torch is None or act is None or wt is None or (info.shapes[0] is not None and len(info.shapes[0]) < 2):
         return None
-    (xs, xz, ys, yz), (w, ws) = act, wt
+    (xs, xz, ys, yz), (w, ws) = (act.x_scale, act.x_zero_point, act.y_scale, act.y_zero_point), wt
     k, n = w.shape
+    x_dtype = _I8 if act.x_signed else _U8
     with torch.inference_mode():
         packed = torch.ops.onednn.qlinear_prepack(torch.from_numpy(np.array(w.T, order="C")), None)
     t_scale, w_zp = torch.from_numpy(ws), torch.zeros(n, dtype=torch.int32)
     run = torch.ops.onednn.qlinear_pointwise.default
 
     def qlinear_matmul_int8(a, *args):
-        if a.ndim < 2 or a.dtype != _U8 or a.shape[-1] != k:
+        if a.ndim < 2 or a.dtype != x_dtype or a.shape[-1] != k:
             return qlinear_matmul(a, *args)
         with torch.inference_mode():
-            y = run(_view(np.ascontiguousarray(a)).reshape(-1, k), xs, xz, packed, t_scale, w_zp, None, ys, yz, None,
-                    "none", [], "")
-            return y.numpy().reshape(*a.shape[:-1], n)
+            y = run(_view(np.ascontiguousarray(act.x(a))).reshape(-1, k), xs, xz, packed, t_scale, w_zp, None, ys, yz,
+                    None, "none", [], "")
+        return act.y(y.numpy().reshape(*a.shape[:-1], n))
 
     return qlinear_matmul_int8

@@ -9,8 +9,9 @@ is within one quantization step of the float graph's, and of onnxruntime's (whic
 groups). A group folds when:
 
 * x / a and the output are 8-bit with constant per-tensor scales and zero points;
-* the weight is a constant 8-bit tensor with a constant zero point, per tensor or per output
-  channel (axis 0 for Conv; the last axis of a 2-D MatMul weight);
+* the weight is a constant 8-bit tensor, symmetric (zero points 0: what quantizers write and int8
+  kernels take), per tensor or per output channel (axis 0 for Conv; the last axis of a 2-D MatMul
+  weight);
 * the bias, if any, is DQ(int32, x_scale * w_scale, 0) — what quantizers write so that integer
   kernels add it exactly;
 * a Relu between the op and the Q is redundant: the Q's zero point is its type's minimum, so
@@ -64,13 +65,13 @@ def _per_tensor8(node: Node) -> tuple[Value, Value, Value, np.ndarray] | None:
 
 
 def _weight(node: Node, axis: int, ndim: int) -> tuple[Value, Value, Value | None, np.ndarray] | None:
-    """(w_q, scale, zero point, scale const) of DQ(w_q) with a constant 8-bit weight of rank ``ndim``,
-    per tensor or per channel along ``axis``."""
+    """(w_q, scale, zero point, scale const) of DQ(w_q) with a constant symmetric 8-bit weight of rank
+    ``ndim``, per tensor or per channel along ``axis``."""
     p = _params(node)
     if p is None:
         return None
     w = const_of(p[0])
-    if w is None or w.dtype not in _Q8 or w.ndim != ndim or (p[4] is not None and p[4].dtype != w.dtype):
+    if w is None or w.dtype not in _Q8 or w.ndim != ndim or (p[4] is not None and (p[4].dtype != w.dtype or np.any(p[4]))):
         return None
     s, z = p[3], p[4]
     dq_axis = attr(node, "axis", 1)

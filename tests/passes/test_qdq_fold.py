@@ -76,8 +76,11 @@ def test_conv_and_matmul_groups_fold_within_one_step(tmp_path):
 
 
 def test_quantizer_models_fold(tmp_path):
-    cnn = folded(quantized(residual_cnn(), (1, 8, 8), tmp_path))
-    assert op_counts(from_model_proto(cnn))["QLinearConv"] == 2
+    cnn = from_model_proto(folded(quantized(residual_cnn(), (1, 8, 8), tmp_path)))
+    assert op_counts(cnn)["QLinearConv"] == 2
+    pool = next(n for n in cnn.nodes if n.op_type == "MaxPool")  # pools the integers: Q(MaxPool(DQ(v))) = MaxPool(v)
+    assert pool.inputs[0].producer.op_type == "QLinearConv"
+    assert pool.outputs[0].dtype == onnx.TensorProto.UINT8
     mlp = op_counts(from_model_proto(folded(quantized(matmuls(), (80,), tmp_path))))
     assert mlp["QLinearMatMul"] == 1 and mlp["Gemm"] == 1 and mlp["MatMul"] == 1  # Gemm and a float output stay
 

@@ -2,6 +2,7 @@
 
     Q(Conv(DQ(x_q), DQ(w_q), DQ(b_q)?))  [Relu before the Q]  => QLinearConv(x_q, ..., w_q, ..., y, b_q)
     Q(MatMul(DQ(a_q), DQ(w_q)))          [Relu before the Q]  => QLinearMatMul(a_q, ..., w_q, ..., y)
+    Q(MaxPool(DQ(x_q)))  (Q and DQ with the same parameters)  => MaxPool(x_q)   (and the shape ops)
 
 What a QDQ graph computes in float (dequantize, multiply-accumulate, quantize) the QLinear op
 computes on the integers: the same value up to float rounding before the final round, so the result
@@ -16,6 +17,10 @@ groups). A group folds when:
   kernels add it exactly;
 * a Relu between the op and the Q is redundant: the Q's zero point is its type's minimum, so
   saturation clamps at the real 0 already.
+
+A MaxPool or a shape op (Reshape, Flatten, Transpose, Squeeze, Unsqueeze) between a DQ and a Q with
+the same scale and zero point is exact on the integers: max commutes with the increasing map DQ,
+and Q(DQ(v)) = v. (MaxPool on 8-bit data is ONNX from opset 12.)
 
 The DequantizeLinear nodes stay for their other readers; the dead ones are removed later. The
 session runs this pass only where int8 kernels are fast (``runtime.int8``), before the pipeline
@@ -138,6 +143,22 @@ def _fold_matmul(m: Match) -> list[Node] | None:
     return _fold(m, "QLinearMatMul", 1, 2)
 
 
+PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _same_params(a: Node, b: Node) -> bool:
+    pa, pb = _per_tensor8(a), _per_tensor8(b)
+    return (pa is not None and pb is not None and pa[3] == pb[3]
+            and np.array_equal(const_of(pa[2]), const_of(pb[2])) and const_of(pa[2]).dtype == const_of(pb[2]).dtype)
+
+
+def _fold_pass_through(m: Match) -> list[Node] | None:
+    op, q, dq = m["op"], m.root, m["x"].producer
+    if len(op.outputs) != 1 or (op.op_type == "MaxPool" and op.opset < 12) or not _same_params(dq, q):
+        return None
+    return [rebuilt(op, inputs=[dq.inputs[0]] + list(op.inputs[1:]), outputs=[q.outputs[0]])]
+
+
 def _group(op: str) -> tuple[Pat, Pat]:
     """Q(op(DQ, DQ, ...)) and Q(Relu(op(DQ, DQ, ...)))."""
     inner = Pat(op, name="op", uses=1, inputs=(Pat(name="x", where=_dq), Pat(name="w", where=_dq)))
@@ -145,7 +166,9 @@ def _group(op: str) -> tuple[Pat, Pat]:
     return Pat("QuantizeLinear", inputs=(inner,)), Pat("QuantizeLinear", inputs=(relu,))
 
 
-RULES = tuple(Rule(p, fold) for op, fold in (("Conv", _fold_conv), ("MatMul", _fold_matmul)) for p in _group(op))
+RULES = tuple(Rule(p, fold) for op, fold in (("Conv", _fold_conv), ("MatMul", _fold_matmul)) for p in _group(op)) + (
+    Rule(Pat("QuantizeLinear", inputs=(Pat(PASS_THROUGH, name="op", uses=1, inputs=(Pat(name="x", where=_dq),)),)),
+         _fold_pass_through),)
 
 
 class FoldQDQ(RewritePass):

@@ -78,3 +78,39 @@ def test_onnxruntime_quantizer_models(tmp_path, fmt):
     scales = [float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer
               if t.name.endswith("_scale") and onnx.numpy_helper.to_array(t).size == 1]
     assert np.abs(sess.run(None, {"x": X})[0] - ref).max() <= 2 * max(scales)
+
+
+def _gemm_input_step_bound(model: onnx.ModelProto) -> float:
+    """How far one quantization step of every input of the final Gemm(DQ(x_q), DQ(w_q)) can move its
+    output: x_scale times the largest column sum of |W|."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gemm = next(n for n in reversed(model.graph.node) if n.op_type == "Gemm")
+    dq_x, dq_w = producer[gemm.input[0]], producer[gemm.input[1]]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in (*gemm.attribute, *dq_w.attribute)}
+    scale = inits[dq_w.input[1]].astype(np.float64)
+    w = inits[dq_w.input[0]] * (scale.reshape([-1 if i == attrs.get("axis", 1) else 1 for i in range(2)])
+                                if scale.size > 1 else scale)
+    w = w.T if attrs.get("transB") else w  # (K, N)
+    return float(inits[dq_x.input[1]]) * float(np.abs(w).sum(axis=0).max())
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "glyphs_cnn"])
+def test_zoo_cnns_from_tuili_quantize(tmp_path, name):
+    from tuili import zoo
+    from tuili.compress.quant import quantize_static
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    zoo.export(name, src)
+    feeds = zoo.example_inputs(name, batch=8)
+    quantize_static(src, dst, feeds, method="minmax")
+    model = onnx.load(dst)
+    sess = tuili.InferenceSession(model)
+    if int8_policy.decide().enabled:
+        assert sess.int8_nodes.get("QLinearConv", 0) >= 4
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    bound = _gemm_input_step_bound(model)
+    assert bound < 0.5 * np.abs(ref).max()  # a bar that a wrong kernel would miss
+    assert np.abs(sess.run(None, feeds)[0] - ref).max() <= bound

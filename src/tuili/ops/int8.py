@@ -70,11 +70,16 @@ def _scalar(info: NodeInfo, i: int, dtype: np.dtype | None = None) -> Any:
     return v.reshape(-1)[0].item()
 
 
+def _const(info: NodeInfo, i: int) -> np.ndarray | None:
+    v = info.consts[i] if len(info.consts) > i else None
+    return v if isinstance(v, np.ndarray) else None
+
+
 def _weight(info: NodeInfo, i: int, channels_axis: int, ndim: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(int8 weight, float32 scale per output channel) when input ``i`` is a constant int8 weight of
     rank ``ndim`` with zero points all 0 (input i + 2) and positive scales (input i + 1), else None."""
-    w, s, z = (info.consts[j] if len(info.consts) > j else None for j in (i, i + 1, i + 2))
-    if not all(isinstance(a, np.ndarray) for a in (w, s, z)) or w.dtype != _I8 or w.ndim != ndim:
+    w, s, z = _const(info, i), _const(info, i + 1), _const(info, i + 2)
+    if w is None or s is None or z is None or w.dtype != _I8 or w.ndim != ndim:
         return None
     n = w.shape[channels_axis]
     if np.any(z) or z.size not in (1, n) or s.size not in (1, n) or s.dtype != np.float32:
@@ -111,9 +116,9 @@ def _activations(info: NodeInfo, x: int, y: int) -> _Activations | None:
     """The parameters when input ``x`` and the output are 8-bit with constant per-tensor scales and zero
     points (inputs x + 1, x + 2 and y, y + 1), else None."""
     xs, ys = _scalar(info, x + 1), _scalar(info, y)
-    xz, yz = (info.consts[i] if len(info.consts) > i else None for i in (x + 2, y + 1))
-    if xs is None or ys is None or not all(isinstance(z, np.ndarray) and z.size == 1 and z.dtype in (_U8, _I8)
-                                           for z in (xz, yz)):
+    xz, yz = _const(info, x + 2), _const(info, y + 1)
+    if xs is None or ys is None or xz is None or yz is None or not all(
+            z.size == 1 and z.dtype in (_U8, _I8) for z in (xz, yz)):
         return None
     if info.dtypes[x] not in (None, xz.dtype) or not all(np.isfinite(s) and s > 0 for s in (xs, ys)):
         return None

@@ -54,23 +54,27 @@ def _params(node: Node) -> tuple[Value, Value, Value | None, np.ndarray, np.ndar
     data, scale, zp = ins[:3]
     s = const_of(scale)
     z = const_of(zp) if zp is not None else None
-    if data is None or s is None or s.dtype != np.float32 or (zp is not None and z is None):
+    if data is None or scale is None or s is None or s.dtype != np.float32 or (zp is not None and z is None):
         return None
     return data, scale, zp, s, z
 
 
-def _per_tensor8(node: Node) -> tuple[Value, Value, Value, np.ndarray] | None:
-    """(data, scale, zero point, scale const) of a Q/DQ node with 8-bit per-tensor parameters."""
+def _per_tensor8(node: Node) -> tuple[Value, Value, Value, np.ndarray, np.ndarray] | None:
+    """(data, scale, zero point, scale const, zero point const) of a Q/DQ node with 8-bit per-tensor
+    parameters."""
     p = _params(node)
-    if p is None or p[2] is None or p[3].size != 1 or p[4].size != 1 or p[4].dtype not in _Q8:
+    if p is None:
+        return None
+    data, scale, zp, s, z = p
+    if zp is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _Q8:
         return None
     if node.op_type == "QuantizeLinear" and (attr(node, "output_dtype", 0) or not attr(node, "saturate", 1)):
         return None  # output_dtype must agree with the zero point; the kernel's rules decide, keep it
-    return p[0], p[1], p[2], p[3]
+    return data, scale, zp, s, z
 
 
-def _weight(node: Node, axis: int, ndim: int) -> tuple[Value, Value, Value | None, np.ndarray] | None:
-    """(w_q, scale, zero point, scale const) of DQ(w_q) with a constant symmetric 8-bit weight of rank
+def _weight(node: Node, axis: int, ndim: int) -> tuple[Value, Value, Value | None, np.ndarray, np.ndarray] | None:
+    """(w_q, scale, zero point, scale const, w_q const) of DQ(w_q) with a constant symmetric 8-bit weight of rank
     ``ndim``, per tensor or per channel along ``axis``."""
     p = _params(node)
     if p is None:
@@ -86,7 +90,7 @@ def _weight(node: Node, axis: int, ndim: int) -> tuple[Value, Value, Value | Non
         return None
     if s.ndim > 1 or (z is not None and z.ndim > 1):
         return None
-    return p[0], p[1], p[2], s
+    return p[0], p[1], p[2], s, w
 
 
 def _bias(node: Node, x_scale: np.ndarray, w_scale: np.ndarray, channels: int) -> Value | None:
@@ -103,18 +107,15 @@ def _bias(node: Node, x_scale: np.ndarray, w_scale: np.ndarray, channels: int) -
     return p[0]
 
 
-def _relu_redundant(m: Match) -> bool:
+def _relu_redundant(m: Match, zero_point: np.ndarray) -> bool:
     """No Relu, or one the Q's saturation makes redundant (its zero point is the type's minimum)."""
-    if "relu" not in m.bound:
-        return True
-    zp = const_of(m.root.inputs[2]).reshape(-1)[0]
-    return int(zp) == int(np.iinfo(zp.dtype).min)
+    return "relu" not in m.bound or int(zero_point.reshape(-1)[0]) == int(np.iinfo(zero_point.dtype).min)
 
 
-def _zero(m: Match, w_q: Value, zp: Value | None, hint: str) -> Value:
+def _zero(m: Match, zp: Value | None, dtype: np.dtype, hint: str) -> Value:
     if zp is not None:
         return zp
-    return m.graph.add_initializer(m.graph.unique_name(hint), np.zeros((), const_of(w_q).dtype))
+    return m.graph.add_initializer(m.graph.unique_name(hint), np.zeros((), dtype))
 
 
 def _fold(m: Match, op_type: str, axis: int, ndim: int) -> list[Node] | None:
@@ -122,13 +123,14 @@ def _fold(m: Match, op_type: str, axis: int, ndim: int) -> list[Node] | None:
     out = _per_tensor8(q)
     x = _per_tensor8(m["x"].producer)
     w = _weight(m["w"].producer, axis, ndim)
-    if out is None or x is None or w is None or not _relu_redundant(m):
+    if out is None or x is None or w is None or not _relu_redundant(m, out[4]):
         return None
-    inputs = [x[0], x[1], x[2], w[0], w[1], _zero(m, w[0], w[2], f"{op.name}_w_zero_point"), out[1], out[2]]
+    zero = _zero(m, w[2], w[4].dtype, f"{op.name}_w_zero_point")
+    inputs: list[Value | None] = [x[0], x[1], x[2], w[0], w[1], zero, out[1], out[2]]
     if op_type == "QLinearConv":
         if len(op.inputs) > 2 and op.inputs[2] is not None:
             b = op.inputs[2]
-            bq = _bias(b.producer, x[3], w[3], const_of(w[0]).shape[0]) if _dq(b) else None
+            bq = _bias(b.producer, x[3], w[3], w[4].shape[0]) if _dq(b) and b.producer is not None else None
             if bq is None:
                 return None
             inputs.append(bq)
@@ -148,8 +150,8 @@ PASS_THROUGH = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsque
 
 def _same_params(a: Node, b: Node) -> bool:
     pa, pb = _per_tensor8(a), _per_tensor8(b)
-    return (pa is not None and pb is not None and pa[3] == pb[3]
-            and np.array_equal(const_of(pa[2]), const_of(pb[2])) and const_of(pa[2]).dtype == const_of(pb[2]).dtype)
+    return (pa is not None and pb is not None and pa[3] == pb[3] and pa[4].dtype == pb[4].dtype
+            and np.array_equal(pa[4], pb[4]))
 
 
 def _fold_pass_through(m: Match) -> list[Node] | None:

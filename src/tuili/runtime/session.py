@@ -156,7 +156,7 @@ class InferenceSession:
         self.precision = self.precision_decision.precision
         self.bf16_nodes: dict[str, int] = {}
         #: whether quantized nodes run on oneDNN's int8 kernels here (runtime.int8), and those nodes per op type
-        self.int8_decision = int8_policy.decide() if engine == "tuili" else None
+        self.int8_decision: int8_policy.Int8Decision | None = None
         self.int8_nodes: dict[str, int] = {}
         # onnxruntime takes its SessionOptions as they are (_ort_session)
         settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
@@ -188,12 +188,13 @@ class InferenceSession:
             from tuili.passes import optimized_copy
 
             # the optimizer rewrites a copy: the caller's Graph never changes
+            int8_decision = self.int8_decision = int8_policy.decide()
             plan_graph, self.optimization_report = optimized_copy(
-                self.graph, settings.opt_level, int8_policy.passes(self.int8_decision, settings.opt_level))
+                self.graph, settings.opt_level, int8_policy.passes(int8_decision, settings.opt_level))
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
-            int8 = int8_policy.planner_hook(self.int8_decision)
+            int8 = int8_policy.planner_hook(int8_decision)
             self._plan = Planner(plan_graph, bf16=bf16, int8=int8).build()
             if int8 is not None:
                 self.int8_nodes = dict(sorted(int8.counts.items()))

@@ -114,3 +114,9 @@ def test_zoo_cnns_from_tuili_quantize(tmp_path, name):
     bound = _gemm_input_step_bound(model)
     assert bound < 0.5 * np.abs(ref).max()  # a bar that a wrong kernel would miss
     assert np.abs(sess.run(None, feeds)[0] - ref).max() <= bound
+
+
+def test_a_float_model_is_not_asked_about_int8(conv_net):
+    sess = tuili.InferenceSession(conv_net)
+    assert not sess.int8_decision.enabled and sess.int8_decision.reason == "the model has no quantized nodes"
+    assert sess.int8_nodes == {}

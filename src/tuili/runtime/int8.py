@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuili.ir import Graph
 from tuili.runtime import cpu
 
 
@@ -32,8 +33,15 @@ class Int8Decision:
     reason: str
 
 
-def decide() -> Int8Decision:
-    """Whether this CPU and torch build run tuili's int8 kernels (see the module doc)."""
+#: the ops int8 execution concerns: a graph without any of them never loads torch for it
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"})
+
+
+def decide(graph: Graph | None = None) -> Int8Decision:
+    """Whether this CPU and torch build run tuili's int8 kernels (see the module doc); for ``graph``,
+    off at once when it has no quantized nodes."""
+    if graph is not None and not any(n.op_type in QUANTIZED_OPS for n in graph.all_nodes()):
+        return Int8Decision(False, "the model has no quantized nodes")
     feature = cpu.exact_int8_dot()
     if feature is None:
         return Int8Decision(False, f"this CPU has none of {', '.join(cpu.INT8_DOT)} (exact int32 sums of u8*s8 "

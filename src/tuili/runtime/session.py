@@ -188,7 +188,7 @@ class InferenceSession:
             from tuili.passes import optimized_copy
 
             # the optimizer rewrites a copy: the caller's Graph never changes
-            int8_decision = self.int8_decision = int8_policy.decide()
+            int8_decision = self.int8_decision = int8_policy.decide(self.graph)
             plan_graph, self.optimization_report = optimized_copy(
                 self.graph, settings.opt_level, int8_policy.passes(int8_decision, settings.opt_level))
             if settings.optimized_model_filepath:

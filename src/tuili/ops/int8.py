@@ -3,7 +3,7 @@
 Each entry of ``INT8_PREPARERS`` is a preparer (``NodeInfo -> callable | None``, like
 ``registry.prepares``) that the planner calls for a node when ``runtime.int8`` allows oneDNN's int8
 kernels on this CPU. It returns a kernel with the generic kernel's calling convention whose int8
-weight was packed for oneDNN at plan time (``torch.ops.onednn.qconv_prepack`` / ``qlinear_prepack``,
+weight is packed for oneDNN once per input shape (at plan time where the shape is static) (``torch.ops.onednn.qconv_prepack`` / ``qlinear_prepack``,
 the kernels behind torch's x86 inductor quantization), or None where it cannot: then the node keeps
 tuili's exact integer kernel. At run time an input that does not match what was planned (dtype,
 rank, channels) goes to the generic kernel too.
@@ -127,6 +127,30 @@ def _activations(info: NodeInfo, x: int, y: int) -> _Activations | None:
                         int(yz.reshape(-1)[0]) + 128 * y_signed, x_signed, y_signed)
 
 
+#: input shapes a node keeps a weight packed for; beyond them it runs on the shape-agnostic packing
+MAX_PACKED_SHAPES = 8
+
+
+class _Packs:
+    """One weight packed by oneDNN for each input shape met (``pack(shape)``, once per shape): packed
+    for an unknown shape, oneDNN picks a blocked layout at run time that may differ and reorders the
+    weight on every call (3x the time of a 1x1 convolution at batch 1)."""
+
+    def __init__(self, pack: Callable[[list[int] | None], Any], shape: list[int] | None):
+        self._pack, self._any = pack, pack(None)
+        self._by_shape: dict[tuple[int, ...], Any] = {}
+        if shape is not None:
+            self._by_shape[tuple(shape)] = pack(shape)
+
+    def __call__(self, shape: tuple[int, ...]) -> Any:
+        packed = self._by_shape.get(shape)
+        if packed is None:
+            if len(self._by_shape) >= MAX_PACKED_SHAPES:
+                return self._any
+            packed = self._by_shape[shape] = self._pack(list(shape))  # racing threads pack alike: harmless
+        return packed
+
+
 @_int8("QLinearConv")
 def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
     """QLinearConv, 2-D, 8-bit in and out, constant int8 weight (zero point 0) and int32 bias."""
@@ -150,10 +174,13 @@ def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
     if pads[0] != pads[2] or pads[1] != pads[3] or min(pads) < 0 or (b is not None and b.shape != (w.shape[0],)):
         return None
     shape = list(x_shape) if x_shape is not None and all(isinstance(d, int) for d in x_shape) else None
-    with torch.inference_mode():
-        t_scale = torch.from_numpy(ws)
-        packed = torch.ops.onednn.qconv_prepack(torch.from_numpy(np.array(w, order="C")), t_scale, xs, xz, strides,
-                                                pads[:2], dilations, group, shape)
+    t_scale, t_w = torch.from_numpy(ws), torch.from_numpy(np.array(w, order="C"))
+
+    def pack(x_shape: list[int] | None) -> Any:
+        with torch.inference_mode():
+            return torch.ops.onednn.qconv_prepack(t_w, t_scale, xs, xz, strides, pads[:2], dilations, group, x_shape)
+
+    packs = _Packs(pack, shape)
     bias = None if b is None else torch.from_numpy((b.astype(np.float64) * xs * ws).astype(np.float32))
     w_zp = torch.zeros(w.shape[0], dtype=torch.int32)
     run = torch.ops.onednn.qconv2d_pointwise.default
@@ -164,8 +191,8 @@ def qlinear_conv_onednn(info: NodeInfo) -> Callable | None:
         if x.ndim != 4 or x.dtype != x_dtype or x.shape[1] != channels:
             return qlinear_conv(x, *args, **attrs)
         with torch.inference_mode():
-            y = run(_view(act.x(x)), xs, xz, packed, t_scale, w_zp, bias, strides, pads[:2], dilations, group, ys, yz,
-                    None, "none", [], "").numpy()
+            y = run(_view(act.x(x)), xs, xz, packs(x.shape), t_scale, w_zp, bias, strides, pads[:2], dilations, group,
+                    ys, yz, None, "none", [], "").numpy()
         return act.y(y)
 
     return qlinear_conv_int8
@@ -183,8 +210,13 @@ def qlinear_matmul_onednn(info: NodeInfo) -> Callable | None:
     (xs, xz, ys, yz), (w, ws) = (act.x_scale, act.x_zero_point, act.y_scale, act.y_zero_point), wt
     k, n = w.shape
     x_dtype = _I8 if act.x_signed else _U8
-    with torch.inference_mode():
-        packed = torch.ops.onednn.qlinear_prepack(torch.from_numpy(np.array(w.T, order="C")), None)
+    t_w = torch.from_numpy(np.array(w.T, order="C"))
+
+    def pack(x_shape: list[int] | None) -> Any:
+        with torch.inference_mode():
+            return torch.ops.onednn.qlinear_prepack(t_w, x_shape)
+
+    packs = _Packs(pack, None)
     t_scale, w_zp = torch.from_numpy(ws), torch.zeros(n, dtype=torch.int32)
     run = torch.ops.onednn.qlinear_pointwise.default
 
@@ -192,8 +224,8 @@ def qlinear_matmul_onednn(info: NodeInfo) -> Callable | None:
         if a.ndim < 2 or a.dtype != x_dtype or a.shape[-1] != k:
             return qlinear_matmul(a, *args)
         with torch.inference_mode():
-            y = run(_view(np.ascontiguousarray(act.x(a))).reshape(-1, k), xs, xz, packed, t_scale, w_zp, None, ys, yz,
-                    None, "none", [], "")
+            rows = _view(np.ascontiguousarray(act.x(a))).reshape(-1, k)
+            y = run(rows, xs, xz, packs(tuple(rows.shape)), t_scale, w_zp, None, ys, yz, None, "none", [], "")
         return act.y(y.numpy().reshape(*a.shape[:-1], n))
 
     return qlinear_matmul_int8

@@ -1,5 +1,5 @@
-"""Precision benchmark: tuili fp32 and bf16 beside onnxruntime fp32 and OpenVINO (its default
-precision, bf16 on a CPU with native bf16, and f32), with each engine's output drift.
+"""Precision benchmark: tuili fp32, bf16 and int8 beside onnxruntime fp32 and int8 and OpenVINO (its
+default precision, bf16 on a CPU with native bf16, and f32), with each engine's output drift.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/precision.py
     .venv/bin/python benchmarks/precision.py --cases resnet50:1,resnet50:8 --threads 2 --repeat 20
@@ -12,6 +12,11 @@ the largest abs difference relative to the reference's largest magnitude, and th
 whose top-1 (argmax over the last axis) agrees. On a CPU without native bf16, tuili bf16 is
 refused (the table says why) and ``auto`` is fp32. OpenVINO is optional: without it its columns
 are left out.
+
+int8 (``--no-int8`` skips it): the model quantized by ``tuili quantize``'s defaults (static QDQ,
+calibrated on ``zoo.example_inputs`` batches other than the timed one), run by tuili (oneDNN int8
+kernels where ``runtime.int8`` enables them, else the float path; the notes say which) and by
+onnxruntime; the int8 drift is against onnxruntime fp32 on the float model, like the others.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ import numpy as np
 from tuili.bench.timing import time_interleaved
 
 DEFAULT_CASES = "resnet50:1,resnet50:8,mobilenet_v2:8,bert_small:8"
-ENGINES = ("tuili fp32", "tuili bf16", "onnxruntime fp32", "openvino default", "openvino f32")
+ENGINES = ("tuili fp32", "tuili bf16", "tuili int8", "onnxruntime fp32", "onnxruntime int8", "openvino default",
+           "openvino f32")
 
 
 def _drift(out: np.ndarray, ref: np.ndarray) -> str:
@@ -84,6 +90,14 @@ def bench_case(name: str, batch: int, args, workdir: Path) -> dict:
         if precision == "bf16":
             row["notes"].append("tuili bf16 nodes: " + ", ".join(f"{op} {n}" for op, n in sess.bf16_nodes.items()))
         fns[f"tuili {precision}"] = partial(lambda s: s.run(None, feeds)[0], sess)
+    if not args.no_int8:
+        qpath = _quantized(name, path, workdir)
+        ort_q = ort.InferenceSession(str(qpath), so, providers=["CPUExecutionProvider"])
+        fns["onnxruntime int8"] = lambda: ort_q.run(None, feeds)[0]
+        sess = InferenceSession(str(qpath), threads=args.threads)
+        nodes = ", ".join(f"{op} {n}" for op, n in sess.int8_nodes.items()) or "none"
+        row["notes"].append(f"tuili int8: {sess.int8_decision.reason}; oneDNN int8 nodes: {nodes}")
+        fns["tuili int8"] = partial(lambda s: s.run(None, feeds)[0], sess)
     if not args.no_openvino:
         try:
             for label, hint in (("openvino default", None), ("openvino f32", "f32")):
@@ -100,6 +114,18 @@ def bench_case(name: str, batch: int, args, workdir: Path) -> dict:
     return row
 
 
+def _quantized(name: str, path: Path, workdir: Path) -> Path:
+    """``path`` quantized with tuili quantize's defaults, calibrated on 4 example batches of 8 (seeds 1-4)."""
+    import tuili.zoo as zoo
+    from tuili.compress.quant import quantize_static
+
+    out = workdir / f"{name}.int8.onnx"
+    if not out.exists():
+        batches = [zoo.example_inputs(name, batch=8, seed=s) for s in range(1, 5)]
+        quantize_static(path, out, {k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
+    return out
+
+
 def _ratio(row: dict, a: str, b: str) -> str:
     x, y = row.get(a), row.get(b)
     return f"{x / y:.2f}x" if isinstance(x, float) and isinstance(y, float) else "-"
@@ -108,7 +134,8 @@ def _ratio(row: dict, a: str, b: str) -> str:
 def render(rows: list[dict]) -> str:
     engines = [e for e in ENGINES if any(e in r for r in rows)]
     ratios = [("tuili bf16", "openvino default"), ("tuili bf16", "tuili fp32"), ("tuili fp32", "onnxruntime fp32"),
-              ("tuili bf16", "onnxruntime fp32"), ("openvino default", "onnxruntime fp32")]
+              ("tuili bf16", "onnxruntime fp32"), ("openvino default", "onnxruntime fp32"),
+              ("tuili int8", "tuili fp32"), ("tuili int8", "onnxruntime int8")]
     head = ["model", "batch"] + [f"{a} / {b}" for a, b in ratios] + [f"{e} ms" for e in engines] + [
         f"drift {e}" for e in engines]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -131,13 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=5.0, help="seconds per engine per case")
     p.add_argument("--settle", type=float, default=0.2)
     p.add_argument("--no-openvino", action="store_true")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 (tuili quantize QDQ) columns")
     args = p.parse_args(argv)
 
-    from tuili.runtime import cpu, precision
+    from tuili.runtime import cpu, int8, precision
 
     print(f"CPU: {cpu.info().describe()}")
     auto = precision.decide("auto")
-    print(f"precision auto -> {auto.precision} ({auto.reason}); {args.threads} threads\n")
+    print(f"precision auto -> {auto.precision} ({auto.reason}); int8: {int8.decide().reason}; "
+          f"{args.threads} threads\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):

@@ -83,8 +83,10 @@ def test_export_uses_learned_scales_and_engines_agree(digits, tmp_path):
     x = data.x_test[:96]
     exact = _run_ort(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     fused = _run_ort(path, x)
-    mine = tuili.InferenceSession(str(path)).run(None, {"input": x})[0]
-    np.testing.assert_allclose(mine, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+    # level 1 runs the QDQ graph in float (no int8 fold: runtime.int8), as onnxruntime's reference does
+    as_float = tuili.InferenceSession(str(path), opt_level=1).run(None, {"input": x})[0]
+    np.testing.assert_allclose(as_float, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+    mine = tuili.InferenceSession(str(path)).run(None, {"input": x})[0]  # int8 kernels where the CPU has them
     assert np.abs(mine - fused).max() <= 0.02 * np.abs(exact).max()  # onnxruntime's fused integer kernels
     with torch.no_grad():
         trained = qm(torch.from_numpy(x)).numpy()
@@ -113,9 +115,13 @@ def test_w4a4_exports_int4_uint4_at_opset_21(digits, tmp_path):
     x = data.x_test[:32]
     exact = _run_ort(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     basic = _run_ort(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-    mine = tuili.InferenceSession(str(path)).run(None, {"input": x})[0]
-    np.testing.assert_allclose(mine, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+    # level 1 runs the QDQ graph in float (no int8 fold: runtime.int8), as onnxruntime's reference does
+    as_float = tuili.InferenceSession(str(path), opt_level=1).run(None, {"input": x})[0]
+    np.testing.assert_allclose(as_float, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
     np.testing.assert_allclose(basic, exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+    # the default session folds to int8 kernels where the CPU has them: as close as onnxruntime's fused graph
+    mine = tuili.InferenceSession(str(path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(mine, exact, rtol=0, atol=max(1e-4 * np.abs(exact).max(), np.abs(basic - exact).max()))
 
 
 def test_layers_reading_one_tensor_share_a_quantizer(tmp_path):

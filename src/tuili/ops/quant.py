@@ -61,6 +61,19 @@ _SMALL_FLOATS = {
 }
 
 
+def _same_layout(x: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x's elements in memory order as a 1-D view, a fresh output laid out like x, that output as a
+    1-D view in the same order): an elementwise kernel keeps a channels-last input (oneDNN's outputs)
+    channels-last, with no transposing copy either way. An x that is not one dense block of
+    non-negative strides is copied to C order first."""
+    flat = x.ravel(order="K")
+    if x.size and (min(x.strides) < 0 or not np.shares_memory(flat, x)):
+        x = np.ascontiguousarray(x)
+        flat = x.reshape(-1)
+    out = np.empty_like(x, dtype=dtype)
+    return flat, out, out.ravel(order="K")
+
+
 def _np_dtype(onnx_type: int, op: str) -> np.dtype:
     try:
         return np.dtype(tensor_dtype_to_np_dtype(int(onnx_type)))
@@ -134,9 +147,8 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
     ):
         lo, hi = _INT_RANGES[out_dt]
         zp = np.float32(0 if y_zero_point is None else np.asarray(y_zero_point).reshape(-1)[0])
-        out = np.empty(x.shape, dtype=out_dt)
-        _quantize8_nb(np.ascontiguousarray(x).reshape(-1), np.float32(np.asarray(y_scale).reshape(-1)[0]), zp,
-                      np.float32(lo), np.float32(hi), out.reshape(-1))
+        xf, out, outf = _same_layout(x, out_dt)
+        _quantize8_nb(xf, np.float32(np.asarray(y_scale).reshape(-1)[0]), zp, np.float32(lo), np.float32(hi), outf)
         return out
     scale = _broadcast_param(_as_float(y_scale), x.shape, axis, block_size, op, "y_scale")
     if precision:
@@ -186,8 +198,8 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
         and not block_size
     ):
         zp = np.float32(0 if x_zero_point is None else np.asarray(x_zero_point).reshape(-1)[0])
-        out = np.empty(x.shape, dtype=np.float32)
-        _dequantize8_nb(np.ascontiguousarray(x).reshape(-1), np.float32(np.asarray(x_scale).reshape(-1)[0]), zp, out.reshape(-1))
+        xf, out, outf = _same_layout(x, np.float32)
+        _dequantize8_nb(xf, np.float32(np.asarray(x_scale).reshape(-1)[0]), zp, outf)
         return out
     dx = x.astype(np.float32)
     if x_zero_point is not None and xdt not in _FLOAT8 and xdt not in _SMALL_FLOATS:

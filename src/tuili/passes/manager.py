@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tuili.errors import ConfigError, InvalidGraphError
@@ -232,10 +233,11 @@ def optimize(graph: Graph, level: int = 2, *, debug: bool = False, allow_custom_
     return pipeline(level, allow_custom_ops=allow_custom_ops, debug=debug).run(graph)
 
 
-def optimize_for_run(graph: Graph, level: int = 2, *, in_place: bool = False) -> tuple[Graph | None, Report | None]:
+def optimize_for_run(graph: Graph, level: int = 2, before: Sequence[Pass] = (), *,
+                     in_place: bool = False) -> tuple[Graph | None, Report | None]:
     """(the graph to run, its report): an optimized copy of ``graph``, or with ``in_place`` ``graph``
     itself rewritten (for a caller that owns it: no copy of every weight); ``graph`` and None at
-    level 0.
+    level 0. ``before``: passes run once ahead of the pipeline (the session's CPU-dependent QDQ fold).
 
     Used by InferenceSession. An optimizer failure is logged and the unoptimized graph returned (a
     bug in a pass must not make a valid model unusable) — except in place, where the graph may be
@@ -248,6 +250,8 @@ def optimize_for_run(graph: Graph, level: int = 2, *, in_place: bool = False) ->
         return graph, None
     try:
         target = graph if in_place else copy_graph(graph)
+        for p in before:
+            p.run(target)
         report = manager.run(target)
     except Exception as e:  # noqa: BLE001
         log.warning("graph optimizer failed (%s: %s); running the model unoptimized", type(e).__name__, e)

@@ -24,6 +24,7 @@ from tuili.runtime import executor
 from tuili.runtime.memory import SHARED_SCRATCH, plan_releases
 
 if TYPE_CHECKING:
+    from tuili.runtime.int8 import Int8Kernels
     from tuili.runtime.precision import Bf16Kernels
 
 
@@ -60,15 +61,18 @@ class Planner:
     """Builds the Plan of one graph (and, recursively, of its subgraphs)."""
 
     def __init__(self, graph: Graph, scratch: Scratch = SHARED_SCRATCH, prepare: bool = True,
-                 bf16: Bf16Kernels | None = None, tuning: TuningHook | None = None):
+                 bf16: Bf16Kernels | None = None, int8: Int8Kernels | None = None,
+                 tuning: TuningHook | None = None):
         """``prepare=False`` keeps every node on its generic kernel (no preparers: nothing pre-packed).
-        ``bf16`` (``runtime.precision``) gives the bf16 kernels of the nodes the precision policy allows.
-        ``tuning``: nodes where the generic and the prepared kernel can both run are chosen between
-        per input shape by measurement (``runtime.tuning``)."""
+        ``bf16`` (``runtime.precision``) gives the bf16 kernels of the nodes the precision policy allows,
+        ``int8`` (``runtime.int8``) the oneDNN int8 kernels of quantized nodes. ``tuning``: nodes where
+        the generic and the prepared kernel can both run are chosen between per input shape by
+        measurement (``runtime.tuning``)."""
         self.graph = graph
         self.scratch = scratch
         self.prepare = prepare
         self.bf16 = bf16
+        self.int8 = int8
         self.tuning = tuning
         self.slot_of: dict[int, int] = {}   # id(Value) -> slot
         self.n_slots = 0
@@ -136,7 +140,7 @@ class Planner:
                 raise UnsupportedOpError(f"{label}: kernel {kernel.name} takes subgraphs but no context")
             bodies = {}
             for sub in subgraphs:
-                sub_plan = Planner(sub, self.scratch, self.prepare, self.bf16, self.tuning).build()
+                sub_plan = Planner(sub, self.scratch, self.prepare, self.bf16, self.int8, self.tuning).build()
                 index = []
                 for v in sub_plan.captures:
                     captures.append(self.slot(v))
@@ -147,8 +151,11 @@ class Planner:
         fn = kernel.fn
         if bodies is None and self.prepare:  # pre-pack weights / pick a library for this node, once
             prepare = preparer(fn)
-            info = node_info(node) if prepare is not None or self.bf16 is not None else None
-            special = self.bf16.prepare(node.op_type, node.domain, info) if self.bf16 is not None else None
+            hooks = [h for h in (self.bf16, self.int8) if h is not None]
+            info = node_info(node) if prepare is not None or hooks else None
+            special = None
+            for hook in hooks:  # the session's policies first (bf16, int8), then the kernel's own preparer
+                special = special or hook.prepare(node.op_type, node.domain, info)
             if special is None and prepare is not None:
                 special = prepare(info)
             if special is not None and self.tuning is not None and not getattr(special, "absorbs", ()):

@@ -172,6 +172,7 @@ class InferenceSession:
         _check_providers(providers, provider_options)
         if opt_level is not None and opt_level not in _ORT_LEVELS.values():
             raise ConfigError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
+        from tuili.runtime import int8 as int8_policy
         from tuili.runtime import precision as precision_policy
 
         if engine == "onnxruntime" and precision != "fp32":
@@ -182,6 +183,9 @@ class InferenceSession:
         self.precision_decision = precision_policy.decide(precision)
         self.precision = self.precision_decision.precision
         self.bf16_nodes: dict[str, int] = {}
+        #: whether quantized nodes run on oneDNN's int8 kernels here (runtime.int8), and those nodes per op type
+        self.int8_decision: int8_policy.Int8Decision | None = None
+        self.int8_nodes: dict[str, int] = {}
         # onnxruntime takes its SessionOptions as they are (_ort_session)
         settings = _settings(None if engine == "onnxruntime" else sess_options, opt_level, threads)
         threads = settings.threads
@@ -213,21 +217,26 @@ class InferenceSession:
             from tuili.passes import optimize_for_run
 
             ports = self._ports(graph)
+            int8_decision = self.int8_decision = int8_policy.decide(graph)
             # a graph loaded here is optimized in place (no copy of its weights); the caller's never changes
             owned = graph is not model
             if owned:
                 graph.decode_constants()
-            plan_graph, self.optimization_report = optimize_for_run(graph, settings.opt_level, in_place=owned)
+            plan_graph, self.optimization_report = optimize_for_run(
+                graph, settings.opt_level, int8_policy.passes(int8_decision, settings.opt_level), in_place=owned)
             del graph
             if plan_graph is None:  # the optimizer failed half way through the loaded graph: load it again
                 plan_graph = load(model)  # type: ignore[arg-type]
             if settings.optimized_model_filepath:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
+            int8 = int8_policy.planner_hook(int8_decision)
             from tuili.runtime.planner import TuningHook
 
             tuning = TuningHook(bool(tune), self._threads.cap)
-            self._plan = Planner(plan_graph, bf16=bf16, tuning=tuning).build()
+            self._plan = Planner(plan_graph, bf16=bf16, int8=int8, tuning=tuning).build()
+            if int8 is not None:
+                self.int8_nodes = dict(sorted(int8.counts.items()))
             if bf16 is not None:
                 self.bf16_nodes = dict(sorted(bf16.counts.items()))
                 log.debug("precision %s (%s): bf16 nodes %s", self.precision, self.precision_decision.reason,

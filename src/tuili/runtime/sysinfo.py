@@ -25,7 +25,7 @@ def collect() -> dict:
                 "native_bf16": c.has("avx512_bf16") or c.has("amx_bf16"),
                 "exact_int8_dot": cpu.exact_int8_dot()},
         "numpy": _numpy(), "numba": _numba(), "torch": _torch(), "onnxruntime": _onnxruntime(),
-        "openvino": _openvino(), "precision_auto": _precision_auto(),
+        "openvino": _openvino(), "precision_auto": _precision_auto(), "int8": _int8(),
     }
     return out
 
@@ -35,6 +35,13 @@ def _precision_auto() -> dict:
 
     d = precision.decide("auto")
     return {"precision": d.precision, "reason": d.reason, "bf16_ops": sorted(op for _, op in d.ops)}
+
+
+def _int8() -> dict:
+    from tuili.runtime import int8
+
+    d = int8.decide()
+    return {"enabled": d.enabled, "reason": d.reason}
 
 
 def _numpy() -> dict:
@@ -88,6 +95,8 @@ def render(facts: dict) -> str:
         lines.append(f"masked       {' '.join(c['masked'])} (by {cpu.MASK_ENV})")
     lines.append(f"bf16         {'native (AVX512_BF16/AMX)' if c['native_bf16'] else 'not native: bf16 would be emulated, slower than fp32'}")
     lines.append(f"int8 dot     {'exact int32 sums via ' + c['exact_int8_dot'] if c['exact_int8_dot'] else 'no VNNI/AMX: u8s8 kernels (vpmaddubsw) saturate at int16'}")
+    lines.append(f"int8 kernels {'QLinearConv, QLinearMatMul, folded QDQ groups: ' if facts['int8']['enabled'] else 'off: '}"
+                 f"{facts['int8']['reason']}")
     a = facts["precision_auto"]
     lines.append(f"precision    auto -> {a['precision']} ({a['reason']})")
     n = facts["numpy"]

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -216,6 +217,33 @@ async def overload(url: str, rate: float, seconds: float, deadline_us: int) -> d
     return lat
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process now, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class RssSampler:
+    """The largest resident memory of a process, sampled every 20 ms while the block runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def pct(xs: list[float], q: float) -> str:
     return f"{np.percentile(xs, q):.1f}" if xs else "-"
 
@@ -236,7 +264,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     workdir = tempfile.mkdtemp(prefix="tuili-bench-isolation-")
-    rows, lat, direct = [], None, {}
+    rows, lat, direct, rss_seen = [], None, {}, ()
     try:
         repo = build_repo(workdir, args.service_ms / 1000)
         for model in args.models if args.direct_calls else []:
@@ -259,7 +287,10 @@ def main(argv=None) -> int:
             if not args.no_overload:
                 rate = 10 * 1000 / args.service_ms
                 print(f"overload: {rate:.0f} requests/s for {args.overload_seconds} s ...", file=sys.stderr)
-                lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
+                rss_before = rss_mb(proc.pid)
+                with RssSampler(proc.pid) as rss:
+                    lat = asyncio.run(overload(url, rate, args.overload_seconds, int(args.deadline_ms * 1000)))
+                rss_seen = (rss_before, rss.peak, rss_mb(proc.pid))
         finally:
             stop_server(proc)
     finally:
@@ -301,7 +332,8 @@ def main(argv=None) -> int:
             print(f"| {label} | {len(xs)} | {pct(xs, 50)} | {pct(xs, 99)} | {max(xs) if xs else 0:.1f} |")
         late = sum(1 for x in lat["ok"] if x > args.deadline_ms + args.service_ms)
         print(f"\n{total} requests, every one answered; refusal p99 {pct(lat['refused'], 99)} ms (goal < 10 ms); "
-              f"answered requests finishing later than deadline + one service time: {late}")
+              f"answered requests finishing later than deadline + one service time: {late}; server RSS before / "
+              f"peak during / after the overload: {' / '.join(f'{v:.0f}' for v in rss_seen)} MB")
     return 0
 
 

@@ -231,7 +231,7 @@ def trained(name: str, epochs: int | None, seed: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="glyphs_cnn", help="a glyphs zoo model (glyphs_cnn, resnet8_glyphs)")
+    p.add_argument("--model", default="resnet8_glyphs", help="a glyphs zoo model (glyphs_cnn, resnet8_glyphs)")
     p.add_argument("--techniques", default=",".join(TECHNIQUES), help=f"comma-separated: {', '.join(TECHNIQUES)}")
     p.add_argument("--quick", action="store_true", help="short fine-tunes (fractions of an epoch): minutes, not an hour")
     p.add_argument("--train-epochs", type=int, help="baseline training epochs (default: the zoo's; cached)")

@@ -80,7 +80,7 @@ def test_gradual_keeps_masks_through_fine_tuning_and_exports_zeros(digits, tmp_p
                                 progress=False)
     assert result.schedule == pytest.approx(cubic_schedule(0.8, 2))
     assert result.sparsity == pytest.approx(0.8, abs=1e-3)  # fine-tuning did not revive pruned weights
-    assert len(result.history) == 2
+    assert len(result.history) == 1  # one training run (0.5 + 0.5 epochs): masks tighten while it trains
     import onnx
     from onnx import numpy_helper
 
@@ -286,3 +286,51 @@ def test_channel_graph_blocks_inputs_and_logits():
     names = {n for prods in g.groups().values() for n, _ in prods}
     assert "fc" not in names  # logits are the model's output
     assert names == {f"features.{i}.0" for i in (0, 1, 3, 4, 6)}
+
+
+def test_gradual_tightens_masks_during_one_training_run(digits):
+    model = zoo.create("digits_cnn", calibrate=False)
+    seen = []
+    import tuili.compress.prune.unstructured as unstructured
+
+    real = unstructured.magnitude_masks
+
+    def spy(layers, sparsity, scope="global"):
+        seen.append(sparsity)
+        return real(layers, sparsity, scope)
+
+    unstructured.magnitude_masks = spy
+    try:
+        result = prune_unstructured(model, 0.8, schedule="gradual", steps=6, data=digits, epochs=2, final_epochs=0.25,
+                                    dense_first=False, progress=False)
+    finally:
+        unstructured.magnitude_masks = real
+    assert seen[:6] == pytest.approx(cubic_schedule(0.8, 6))  # each step's target, in order, while training
+    assert result.sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_recalibrate_batchnorm_sets_statistics_of_the_data():
+    from tuili.compress.train import recalibrate_batchnorm
+    from tuili.zoo.training import TrainData
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (512, 1, 4, 4)).astype(np.float32)
+    data = TrainData(x, np.zeros(512, np.int64), x[:8], np.zeros(8, np.int64), resolution=4, channels=1)
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(16, 1)).eval()
+    model[0].momentum = 0.5
+    assert recalibrate_batchnorm(model, data, samples=512, batch_size=64) == 1
+    assert float(model[0].running_mean) == pytest.approx(float(x.mean()), abs=1e-4)
+    assert float(model[0].running_var) == pytest.approx(float(x.var(ddof=1)), rel=1e-2)
+    assert model[0].momentum == 0.5 and not model.training  # everything else as it was
+    assert recalibrate_batchnorm(nn.Linear(2, 2), data) == 0
+
+
+def test_distilled_fine_tune_leaves_the_teacher_unchanged(digits):
+    model = zoo.create("digits_cnn", calibrate=False)
+    fine_tune(model, digits, 0.5, lr=3e-3, progress=False)
+    before = _state(model)
+    result = prune_channels(model, torch.from_numpy(digits.x_test[:2]), ratio=0.5, data=digits, epochs=0.25,
+                            distill=True, progress=False)
+    assert _same_state(before, _state(model))
+    assert result.history and result.params[1] < result.params[0]
+    with pytest.raises(ConfigError, match="alpha"):
+        fine_tune(model, digits, 0.1, teacher=model, alpha=2.0, progress=False)

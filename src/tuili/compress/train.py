@@ -4,8 +4,12 @@
 decay, cosine learning rate, fractional epochs) on a :class:`tuili.zoo.training.TrainData`'s train
 split (the test split is for the final report, never for training or selection); it takes two
 hooks: ``regularizer(model) -> loss term`` (e.g. network slimming's L1 on BN gammas) and
-``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update). The
-accuracy helpers measure a torch module or an ONNX model on one split."""
+``after_step(model)`` (e.g. re-applying pruning masks or shared weights after each update), and
+``teacher``: the dense model before compression, whose soft targets (Hinton's distillation loss)
+guide the compressed copy back to it, which recovers more than the labels alone on a small train
+split. :func:`recalibrate_batchnorm` re-estimates BatchNorm statistics after a structural change
+(removed channels or weights shift every activation's mean and variance). The accuracy helpers
+measure a torch module or an ONNX model on one split."""
 from __future__ import annotations
 
 import logging
@@ -25,16 +29,68 @@ check_trainable = trainable
 
 def fine_tune(model, data: TrainData, epochs: float = 1.0, *, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
               regularizer: Callable | None = None, after_step: Callable | None = None, params=None,
-              progress: bool = True, desc: str = "fine-tune", threads: int | None = 1) -> list[dict]:
+              progress: bool = True, desc: str = "fine-tune", threads: int | None = 1, before_step: Callable | None = None,
+              teacher=None, alpha: float = 0.9, temperature: float = 4.0) -> list[dict]:
     """Train ``model`` in place on ``data``'s train split for ``epochs`` (fractions allowed) with AdamW
     (no weight decay) and a cosine learning rate; returns one row per epoch (loss, train accuracy).
-    ``params`` limits the optimizer to those tensors (default: all trainable parameters). The loop is
-    :func:`tuili.zoo.training.fit`."""
+    ``params`` limits the optimizer to those tensors (default: all trainable parameters). With a
+    ``teacher`` (a torch module, only run), the loss is Hinton's ``alpha`` / ``temperature`` distillation
+    loss (:func:`tuili.compress.distill.kd.kd_loss`) instead of cross-entropy. The loop is
+    :func:`tuili.zoo.training.fit`; ``before_step(step)`` runs before each of its steps."""
     if epochs <= 0:
         return []
+    loss = None
+    if teacher is not None:
+        import torch
+
+        from tuili.compress.distill.kd import check_alpha, check_temperature, kd_loss
+
+        alpha, temperature = check_alpha(alpha), check_temperature(temperature)
+        teacher.eval()
+
+        def loss(logits, xb, yb):
+            with torch.no_grad():
+                soft = teacher(xb)
+            return kd_loss(logits, soft, yb, alpha, temperature)
     return fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, weight_decay=0.0, schedule="cosine",
-               batch_size=batch_size, seed=seed, params=params, regularizer=regularizer, after_step=after_step,
-               progress=progress, desc=desc, threads=threads)
+               batch_size=batch_size, seed=seed, params=params, regularizer=regularizer, before_step=before_step,
+               after_step=after_step, loss=loss, progress=progress, desc=desc, threads=threads)
+
+
+def steps_per_epoch(data: TrainData, batch_size: int = 64) -> int:
+    """Optimizer steps :func:`fine_tune` takes per epoch (full batches of the train split)."""
+    return max(1, len(data.x_train) // max(2, min(int(batch_size), len(data.x_train))))
+
+
+def recalibrate_batchnorm(model, data: TrainData, samples: int = 4096, batch_size: int = 256, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``samples`` train images (forward
+    passes in train mode, no gradient, cumulative average); other state is untouched. Pruning changes
+    what each BatchNorm sees, and stale statistics alone cost a pruned CNN tens of points before any
+    fine-tuning. Returns the number of BatchNorm layers recalibrated (0: nothing to do)."""
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    idx = np.random.default_rng(seed).permutation(len(data.x_train))[:samples]
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+            m.train()
+        with torch.no_grad():
+            for i in range(0, len(idx), batch_size):
+                model(torch.from_numpy(np.ascontiguousarray(data.x_train[np.sort(idx[i:i + batch_size])])))
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return len(bns)
 
 
 def accuracy(model, data: TrainData, split: str = "test") -> float:
@@ -81,4 +137,5 @@ def export_onnx(model, path, example, *, keep_batchnorm: bool = False):
     return path
 
 
-__all__ = ["accuracy", "check_trainable", "export_onnx", "fine_tune", "onnx_accuracy", "subset", "trainable"]
+__all__ = ["accuracy", "check_trainable", "export_onnx", "fine_tune", "onnx_accuracy", "recalibrate_batchnorm",
+           "steps_per_epoch", "subset", "trainable"]

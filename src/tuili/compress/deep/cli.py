@@ -18,9 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "an .onnx is not pruned unless given)")
     p.add_argument("--conv-bits", type=int, default=5, help="log2 of the shared weights per conv layer (default 5)")
     p.add_argument("--fc-bits", type=int, default=4, help="log2 of the shared weights per fully connected layer (default 4)")
-    p.add_argument("--epochs", type=float, help="fine-tuning epochs after each pruning step (checkpoint; default 1)")
+    p.add_argument("--epochs", type=float, help="pruning epochs in all: masks tighten over the first half (checkpoint; default 2)")
     p.add_argument("--share-epochs", type=float, help="centroid fine-tuning epochs (checkpoint; default 1)")
-    p.add_argument("--steps", type=int, help="gradual pruning steps (checkpoint; default 3)")
+    p.add_argument("--steps", type=int, help="gradual pruning: mask updates (checkpoint; default 16)")
+    p.add_argument("--distill", action="store_true", help="the unpruned model teaches every fine-tune (checkpoint)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=deep_command)
 
@@ -28,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def deep_command(args: argparse.Namespace) -> int:
     from tuili.errors import ConfigError
 
-    training = [o for o, v in (("--epochs", args.epochs), ("--share-epochs", args.share_epochs), ("--steps", args.steps))
-                if v is not None]
+    training = [o for o, v in (("--epochs", args.epochs), ("--share-epochs", args.share_epochs), ("--steps", args.steps),
+                                   ("--distill", args.distill or None)) if v is not None]
     if args.decompress:
         from tuili.compress.deep import decompress
 
@@ -58,8 +59,9 @@ def deep_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model!r}: deep compression of a torch model fine-tunes on its data set; give a "
                           "checkpoint from `tuili zoo train` (or an exported .onnx for the data-free path)")
     result = deep_compress(model, data, args.output, sparsity=0.9 if args.sparsity is None else args.sparsity,
-                           steps=args.steps or 3, prune_epochs=1.0 if args.epochs is None else args.epochs,
-                           share_epochs=1.0 if args.share_epochs is None else args.share_epochs, bits=bits, seed=args.seed)
+                           steps=args.steps or 16, prune_epochs=2.0 if args.epochs is None else args.epochs,
+                           share_epochs=1.0 if args.share_epochs is None else args.share_epochs, bits=bits,
+                           distill=args.distill, seed=args.seed)
     print(result.table())
     print(result.report.table())
     print(f"wrote {args.output}")

@@ -53,11 +53,15 @@ def fold_batchnorm(model):
     return folded
 
 
-def deep_compress(model, data, path, *, sparsity: float = 0.9, scope: str = "layer", schedule: str = "gradual",
-                  steps: int = 3, prune_epochs: float = 1.0, share_epochs: float = 1.0, bits: dict | None = None,
-                  lr: float = 1e-3, seed: int = 0, progress: bool = True, exclude=()) -> DeepResult:
+def deep_compress(model, data, path, *, sparsity: float = 0.9, scope: str = "global", schedule: str = "gradual",
+                  steps: int = 16, prune_epochs: float = 2.0, share_epochs: float = 1.0, bits: dict | None = None,
+                  lr: float = 1e-3, distill: bool = False, seed: int = 0, progress: bool = True, exclude=()) -> DeepResult:
     """Compress a torch classifier to a ``.tdc`` file at ``path``; fine-tunes on ``data``'s train
-    split and measures every stage on its test split. The input module is never modified."""
+    split and measures every stage on its test split. The input module is never modified.
+
+    Pruning runs ``prune_epochs`` in all (:func:`prune_unstructured`; gradual: masks tightened ``steps``
+    times over the first half, the second half at ``sparsity``); the centroids are then fine-tuned
+    ``share_epochs``. ``distill`` makes the input model the teacher of both fine-tunes."""
     import numpy as np
     import torch
 
@@ -72,15 +76,18 @@ def deep_compress(model, data, path, *, sparsity: float = 0.9, scope: str = "lay
     tmp = Path(tempfile.mkdtemp(prefix="tuili-deep-"))
     base_onnx = export_onnx(copy.deepcopy(model), tmp / "baseline.onnx", example)
     stages = [Stage("baseline fp32 (ONNX)", base_onnx.stat().st_size, accuracy(model, data))]
+    ramp = prune_epochs / 2 if schedule == "gradual" else 0.0
     pruned = prune_unstructured(model, sparsity, scope=scope, schedule=schedule, steps=steps, data=data,
-                                epochs=prune_epochs, lr=lr, seed=seed, progress=progress, exclude=exclude)
+                                epochs=ramp, final_epochs=prune_epochs - ramp, lr=lr, distill=distill, seed=seed,
+                                progress=progress, exclude=exclude)
     folded = fold_batchnorm(pruned.model)
     acc_pruned = accuracy(folded, data)
     shared = copy.deepcopy(folded)
     clusters = share_weights(shared, bits, exclude=exclude)
     log.info("weight sharing: %s", ", ".join(f"{n}: {k}" for n, k in clusters.items()))
     acc_shared0 = accuracy(shared, data)
-    fine_tune(shared, data, share_epochs, lr=lr * 0.5, seed=seed + 100, progress=progress, desc="fine-tune centroids")
+    fine_tune(shared, data, share_epochs, lr=lr * 0.5, seed=seed + 100, progress=progress, desc="fine-tune centroids",
+              teacher=model if distill else None)
     unshare(shared)
     onnx_path = export_onnx(shared, path.with_suffix(".onnx"), example)
     report = compress(onnx_path, path)

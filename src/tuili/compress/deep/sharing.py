@@ -62,6 +62,8 @@ def share_weights(model, bits: dict | None = None, exclude=()) -> dict[str, int]
         w = m.weight.detach().numpy()
         mask = w != 0
         centroids, idx = kmeans_1d(w[mask], 1 << _bits_for(m, bits))
+        if not len(centroids):  # a layer global pruning emptied: one centroid (0) keeps the index valid
+            centroids = np.zeros(1, np.float32)
         index = np.zeros(w.shape, np.int64)
         index[mask] = idx
         del m._parameters["weight"]

@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rank weights over all layers or within each layer (default: global unstructured, layer structured)")
     p.add_argument("--schedule", choices=["oneshot", "gradual"], help="unstructured: default oneshot")
     p.add_argument("--steps", type=int, help="gradual schedule: pruning steps (default 4)")
-    p.add_argument("--epochs", type=float, default=0.0, help="fine-tuning epochs (after each gradual step; default 0)")
+    p.add_argument("--epochs", type=float, default=0.0,
+                   help="fine-tuning epochs (gradual: masks tighten over these, then as many at the target; default 0)")
+    p.add_argument("--distill", action="store_true", help="the unpruned model teaches the fine-tune (soft targets)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=prune_command)
@@ -83,14 +85,14 @@ def prune_command(args: argparse.Namespace) -> int:
             raise ConfigError("--structured needs exactly one of --sparsity (channel fraction) or --flops (FLOPs kept)")
         result = prune_channels(model, example, ratio=args.sparsity, flops_target=args.flops,
                                 criterion=args.criterion or "l1", scope=args.scope or "layer", data=data,
-                                epochs=args.epochs, lr=args.lr, seed=args.seed)
+                                epochs=args.epochs, lr=args.lr, distill=args.distill, seed=args.seed)
     else:
         from tuili.compress.prune import prune_unstructured
 
         if args.sparsity is None:
             raise ConfigError("unstructured pruning needs --sparsity S (fraction of weights to zero, in (0, 1))")
         result = prune_unstructured(model, args.sparsity, scope=args.scope or "global", schedule=args.schedule or "oneshot",
-                                    steps=args.steps or 4, data=data, epochs=args.epochs, lr=args.lr, seed=args.seed)
+                                    steps=args.steps or 4, data=data, epochs=args.epochs, lr=args.lr, distill=args.distill, seed=args.seed)
     export_onnx(result.model, args.output, example)
     print(result.summary())
     if data is not None:

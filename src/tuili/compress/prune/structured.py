@@ -223,14 +223,16 @@ def _params(model) -> int:
 
 def prune_channels(model, example, *, ratio: float | None = None, flops_target: float | None = None,
                    criterion: str = "l1", scope: str = "layer", data=None, epochs: float = 0.0, lr: float = 1e-3,
-                   seed: int = 0, progress: bool = True) -> StructuredResult:
+                   distill: bool = False, seed: int = 0, progress: bool = True) -> StructuredResult:
     """Remove channels from a deep copy of ``model`` (traced on ``example``, a batch of inputs).
 
     Give ``ratio`` (fraction of each layer's removable channels) or ``flops_target`` (the fraction of
-    FLOPs to keep, e.g. 0.5: the ratio is found by bisection on the real pruned model). ``epochs`` of
-    fine-tuning on ``data`` follow. The input module is never modified."""
+    FLOPs to keep, e.g. 0.5: the ratio is found by bisection on the real pruned model). With ``data``,
+    the BatchNorm statistics of the cut model are re-estimated on its train split (the surviving
+    channels' inputs changed), then ``epochs`` of fine-tuning follow; ``distill`` makes the unpruned
+    input model their teacher (Hinton's soft targets). The input module is never modified."""
     from tuili.compress.prune.unstructured import check_sparsity
-    from tuili.compress.train import check_trainable, fine_tune
+    from tuili.compress.train import check_trainable, fine_tune, recalibrate_batchnorm
 
     if (ratio is None) == (flops_target is None):
         raise ConfigError("give exactly one of ratio (fraction of channels to remove) or flops_target "
@@ -265,7 +267,11 @@ def prune_channels(model, example, *, ratio: float | None = None, flops_target: 
                 hi = mid
         ratio = hi
     out, changes = pruned(ratio)
-    history = fine_tune(out, data, epochs, lr=lr, seed=seed, progress=progress, desc="fine-tune pruned") if epochs > 0 else []
+    history = []
+    if data is not None:
+        recalibrate_batchnorm(out, data, seed=seed)
+        history = fine_tune(out, data, epochs, lr=lr, seed=seed, progress=progress, desc="fine-tune pruned",
+                            teacher=model if distill else None)
     out.eval()
     for u in graph.unsupported:
         log.info("structured pruning left intact: %s", u)

@@ -183,36 +183,58 @@ class PruneResult:
 
 def prune_unstructured(model, sparsity: float, *, scope: str = "global", schedule: str = "oneshot", steps: int = 4,
                        data=None, epochs: float = 0.0, final_epochs: float | None = None, lr: float = 1e-3,
-                       exclude=(), dense_first: bool = True, seed: int = 0, progress: bool = True) -> PruneResult:
+                       exclude=(), dense_first: bool = True, distill: bool = False, seed: int = 0,
+                       progress: bool = True) -> PruneResult:
     """Magnitude-prune a deep copy of ``model`` to ``sparsity`` (fraction of Conv/Linear weights zeroed).
 
-    ``schedule="oneshot"`` prunes once, then fine-tunes ``final_epochs`` (default ``epochs``) on
-    ``data``'s train split; ``"gradual"`` reaches the target in ``steps`` steps of Zhu & Gupta's cubic
-    schedule with ``epochs`` of fine-tuning after each, masks held fixed while training. ``dense_first``
-    keeps the first layer dense (common practice since Zhu & Gupta 2017 / Gale et al. 2019: it holds few
-    weights, and 3x3 filters on a grey input lose their shape: glyphs_cnn's conv1 at 50% alone costs
-    tens of points); ``sparsity`` is then over the other layers. The input module is never modified."""
+    ``schedule="oneshot"`` prunes once, re-estimates the BatchNorm statistics, then fine-tunes
+    ``final_epochs`` (default ``epochs``) on ``data``'s train split. ``"gradual"`` is Zhu & Gupta's
+    recipe: one training run of ``epochs`` + ``final_epochs`` (default ``epochs``) epochs under one
+    cosine learning rate, the masks tightened ``steps`` times along the cubic schedule, evenly over
+    the first ``epochs`` (pruning while training: each step removes few weights and the next
+    updates repair them), then ``final_epochs`` at the target sparsity. Without data the gradual
+    schedule only prunes, ``steps`` times. Masks hold pruned weights at zero throughout (their
+    gradient is zero). ``distill`` makes the dense input model the teacher of every fine-tune
+    (Hinton's soft targets, :func:`tuili.compress.train.fine_tune`). ``dense_first`` keeps the first
+    layer dense (common practice since Zhu & Gupta 2017 / Gale et al. 2019: it holds few weights, and
+    3x3 filters on a grey input lose their shape: glyphs_cnn's conv1 at 50% alone costs tens of
+    points); ``sparsity`` is then over the other layers. The input module is never modified."""
     import copy
 
-    from tuili.compress.train import fine_tune
+    from tuili.compress.train import fine_tune, recalibrate_batchnorm, steps_per_epoch
 
     sparsity = check_sparsity(sparsity)
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if (epochs > 0 or (final_epochs or 0) > 0) and data is None:
         raise ConfigError("fine-tuning (epochs > 0) needs training data: pass data=TrainData")
+    teacher = model if distill else None
     model = copy.deepcopy(model)
     layers = prunable_layers(model, exclude, dense_first)
     targets = [sparsity] if schedule == "oneshot" else cubic_schedule(sparsity, steps)
-    history = []
-    for i, target in enumerate(targets):
-        apply_masks(layers, magnitude_masks(layers, target, scope))
-        log.info("pruned to %.1f%% (step %d/%d)", 100 * target, i + 1, len(targets))
-        last = i == len(targets) - 1
-        ep = final_epochs if (last and final_epochs is not None) else epochs
-        if ep > 0:
-            history += fine_tune(model, data, ep, lr=lr, seed=seed + i, progress=progress,
-                            desc=f"fine-tune at {100 * target:.0f}%")
+    final = epochs if final_epochs is None else final_epochs
+    history: list[dict] = []
+    if schedule == "oneshot" or data is None or epochs <= 0:
+        for target in targets:
+            apply_masks(layers, magnitude_masks(layers, target, scope))
+        if data is not None:
+            recalibrate_batchnorm(model, data, seed=seed)
+        log.info("pruned to %.1f%% in %d step(s)", 100 * sparsity, len(targets))
+        if final > 0:
+            history = fine_tune(model, data, final, lr=lr, seed=seed, progress=progress, teacher=teacher,
+                                desc=f"fine-tune at {100 * sparsity:.0f}%")
+    else:
+        ramp = epochs * steps_per_epoch(data)
+        at = {int(round(i * ramp / steps)): t for i, t in enumerate(targets)}  # step -> sparsity from then on
+
+        def tighten(step: int) -> None:
+            if step in at:
+                apply_masks(layers, magnitude_masks(layers, at[step], scope))
+                log.debug("step %d: pruned to %.1f%%", step, 100 * at[step])
+
+        history = fine_tune(model, data, epochs + final, lr=lr, seed=seed, progress=progress, before_step=tighten,
+                            teacher=teacher, desc=f"gradual pruning to {100 * sparsity:.0f}%")
+        apply_masks(layers, magnitude_masks(layers, sparsity, scope))  # the target, even if rounding cut a step
     finalize(model)
     model.eval()
     return PruneResult(model, sparsity_table(model, layers), targets, history)

@@ -87,8 +87,8 @@ def bench_kernel(args) -> str:
     return "\n".join(head + rows)
 
 
-def accuracy(path, x, y) -> float:
-    s = ort_session(path)
+def accuracy(path, x, y, engine: str = "onnxruntime") -> float:
+    s = (ort_session if engine == "onnxruntime" else tuili_session)(path)
     pred = np.concatenate([s.run(None, {"input": x[i:i + 512]})[0].argmax(1) for i in range(0, len(x), 512)])
     return float((pred == y).mean())
 
@@ -110,7 +110,7 @@ def params_of(path) -> int:
 
 
 def row(label, path, ds, engines, args, **extra) -> dict:
-    r = dict(model=label, params=params_of(path), bytes=Path(path).stat().st_size, acc=accuracy(path, ds.x_test, ds.y_test),
+    r = dict(model=label, params=params_of(path), bytes=Path(path).stat().st_size, acc=accuracy(path, ds.x_test, ds.y_test, engines[0]),
              lat=latency(path, ds.x_test, engines, args), engines=engines)
     r.update(extra)
     return r

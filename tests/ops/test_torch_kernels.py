@@ -161,3 +161,18 @@ def _attention_numpy(q, kt, v, bias, scale):
     s = np.matmul(q, kt) * scale + bias
     s = np.exp(s - s.max(-1, keepdims=True))
     return np.matmul(s / s.sum(-1, keepdims=True), v)
+
+
+def test_a_convolution_packs_its_weight_per_input_shape():
+    """oneDNN's layout depends on the input shape: each new shape gets its own packing (made from the
+    packed copy itself), up to MAX_PACKED_SHAPES; results never change."""
+    from tuili.ops import _torch
+
+    rng = np.random.default_rng(9)
+    w, b = rand(rng, 16, 8, 1, 1), rand(rng, 16)
+    kernel = preparer(conv)(info("Conv", [rand(rng, 1, 8, 7, 7), w, b]))
+    packed = next(c.cell_contents for c in kernel.__closure__ if isinstance(c.cell_contents, _torch.PackedConv2d))
+    for n in range(1, _torch.MAX_PACKED_SHAPES + 3):
+        x = rand(rng, n, 8, 7, 7)
+        np.testing.assert_allclose(kernel(x, w, b), conv(x, w, b), **TOL)
+    assert len(packed.by_shape) == _torch.MAX_PACKED_SHAPES and packed.generic is None

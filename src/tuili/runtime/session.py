@@ -206,7 +206,7 @@ class InferenceSession:
             # the planner pulls in every kernel: only the tuili engine imports it
             from tuili.runtime import executor
             from tuili.runtime.memory import trim_heap
-            from tuili.runtime.planner import Planner
+            from tuili.runtime.planner import Planner, TuningHook
 
             self._run_plan = executor.run
             graph.validate()
@@ -231,8 +231,6 @@ class InferenceSession:
                 plan_graph.save(settings.optimized_model_filepath)
             bf16 = precision_policy.planner_hook(self.precision_decision)
             int8 = int8_policy.planner_hook(int8_decision)
-            from tuili.runtime.planner import TuningHook
-
             tuning = TuningHook(bool(tune), self._threads.cap)
             self._plan = Planner(plan_graph, bf16=bf16, int8=int8, tuning=tuning).build()
             if int8 is not None:
